@@ -1,0 +1,113 @@
+"""What `jaxseg.main` does with its flags: checks, dispatch, one-line errors.
+
+User mistakes (a missing config file, a misspelt key, an unwritable workdir, a
+corrupt checkpoint, a NaN loss...) end the program with one line on stderr,
+`jaxseg: error: ...`, and exit status 2 for bad flags or 1 otherwise, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import pathlib
+import re
+import sys
+from typing import Callable, Sequence
+
+from jaxseg.errors import JaxsegError
+
+_OVERRIDE = re.compile(r"^--?config\.([A-Za-z0-9_.]+)(=|$)")
+
+
+def fail(message: str, status: int = 1) -> None:
+  print(f"jaxseg: error: {message}", file=sys.stderr)
+  sys.exit(status)
+
+
+def _config_file(argv: Sequence[str]) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg.startswith(("--config=", "-config=")):
+      return arg.split("=", 1)[1]
+    if arg in ("--config", "-config") and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _known_keys() -> list[str]:
+  from jaxseg import config as config_lib  # pylint: disable=g-import-not-at-top
+  keys = []
+
+  def walk(tree, prefix):
+    for key, value in tree.items():
+      keys.append(prefix + key)
+      if isinstance(value, dict):
+        walk(value, f"{prefix}{key}.")
+  walk(config_lib.base_config().to_dict(), "")
+  return keys
+
+
+def _explain_flag_error(argv: Sequence[str], error: Exception, config_file: str | None) -> str:
+  known = _known_keys()
+  for arg in argv:
+    match = _OVERRIDE.match(arg)
+    if match and match.group(1) not in known:
+      key = match.group(1)
+      close = difflib.get_close_matches(key, known, n=1)
+      hint = f"; did you mean config.{close[0]}?" if close else ""
+      return f"unknown config key config.{key} (in {arg}){hint}"
+  text = " ".join(str(error).split()) or type(error).__name__
+  if config_file and not isinstance(error, ValueError):
+    return f"config file {config_file}: {text}"
+  return text
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with one-line errors for bad config files and keys."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  config_file = _config_file(argv)
+  if config_file is None:
+    fail("--config is required, e.g. --config=configs/unet_ct.py", 2)
+  path = pathlib.Path(config_file.split(":", 1)[0])
+  if not path.is_file():
+    fail(f"config file {path} does not exist", 2)
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # absl, ml_collections and the config file itself raise many types.
+    fail(_explain_flag_error(argv, e, str(path)), 2)
+  raise AssertionError("unreachable")
+
+
+def parse_and_run(app_run: Callable, main: Callable) -> None:
+  try:
+    app_run(main, flags_parser=parse_flags)
+  except JaxsegError as e:
+    fail(str(e))
+
+
+def hide_gpus_from_tensorflow() -> None:
+  """TensorFlow (clu's writer backend) must not take GPU memory from JAX."""
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], "GPU")
+  except (ImportError, RuntimeError):
+    pass
+
+
+def default_workdir(config_arg: str) -> pathlib.Path:
+  return pathlib.Path("runs") / pathlib.Path(config_arg.split(":", 1)[0]).stem
+
+
+def run(config, config_arg: str, workdir: str | None, mode: str) -> int:
+  """Dispatches `--mode` (errors propagate as JaxsegError)."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  from jaxseg import parallel  # pylint: disable=g-import-not-at-top
+  parallel.initialize_distributed()
+  workdir = pathlib.Path(workdir) if workdir else default_workdir(config_arg)
+  logging.info("jaxseg %s: config %s, workdir %s (pid %d)", mode, config_arg, workdir, os.getpid())
+  from jaxseg import train  # pylint: disable=g-import-not-at-top
+  if mode == "train":
+    train.train_and_evaluate(config, workdir)
+  elif mode == "evaluate":
+    train.evaluate_workdir(config, workdir)
+  return 0

@@ -1,0 +1,183 @@
+"""Patch sampling and augmentation, as seeded numpy functions for grain.
+
+A *case* is one preprocessed volume: `image` `[Z, Y, X, C]` float32 and
+`label` `[Z, Y, X]` uint8 (2D datasets have Z = 1). Training samples are axial
+slices `[H, W, C]` for 2D models or patches `[D, H, W, C]` for 3D models.
+Every function takes an explicit `np.random.Generator`, so a sample is a pure
+function of (case, seed, sample index).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import ml_collections
+import numpy as np
+from scipy import ndimage
+
+MAX_LOCATIONS_PER_CLASS = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """One preprocessed case held in memory.
+
+  Attributes:
+    case_id: the case's identifier (file stem).
+    image: float32 `[Z, Y, X, C]`, normalised.
+    label: uint8 `[Z, Y, X]`, or None for unlabelled cases.
+    spacing: voxel size (z, y, x) in mm.
+    meta: geometry needed to map predictions back to the raw file (see preprocess).
+    locations: class value -> int32 `[N, 3]` (z, y, x) voxel coordinates of that
+      class (a random subset of at most MAX_LOCATIONS_PER_CLASS), for foreground
+      oversampling.
+    pad_value: float32 `[C]`, the image minimum, used outside the volume.
+  """
+  case_id: str
+  image: np.ndarray
+  label: np.ndarray | None
+  spacing: tuple[float, float, float]
+  meta: dict
+  locations: dict[int, np.ndarray]
+  pad_value: np.ndarray
+
+
+def class_locations(label: np.ndarray, seed: int = 0) -> dict[int, np.ndarray]:
+  """Voxel coordinates of each foreground class (subsampled, deterministic)."""
+  rng = np.random.default_rng(seed)
+  locations = {}
+  for value in np.unique(label):
+    if value == 0:
+      continue
+    coords = np.argwhere(label == value).astype(np.int32)
+    if len(coords) > MAX_LOCATIONS_PER_CLASS:
+      coords = coords[rng.choice(len(coords), MAX_LOCATIONS_PER_CLASS, replace=False)]
+    locations[int(value)] = coords
+  return locations
+
+
+def make_case(case_id: str, image: np.ndarray, label: np.ndarray | None, spacing, meta: dict) -> Case:
+  locations = class_locations(label) if label is not None else {}
+  pad_value = image.reshape(-1, image.shape[-1]).min(axis=0).astype(np.float32)
+  return Case(case_id, image, label, tuple(float(s) for s in spacing), meta, locations, pad_value)
+
+
+def is_forced_foreground(position: int, batch_size: int, fraction: float) -> bool:
+  """Whether batch position `position` must be centred on foreground.
+
+  Exactly ceil(batch_size * fraction) positions per batch are, spread evenly.
+  """
+  del batch_size  # The count follows from the positions 0..batch_size-1.
+  return math.ceil((position + 1) * fraction - 1e-9) - math.ceil(position * fraction - 1e-9) == 1
+
+
+def choose_center(case: Case, patch_size: Sequence[int], rng: np.random.Generator, force_foreground: bool
+                  ) -> np.ndarray:
+  """The (z, y, x) voxel a sample is centred on.
+
+  Foreground samples pick a class uniformly among those present, then one of
+  its voxels; other samples pick a centre uniformly such that the patch lies
+  inside the volume where it fits.
+  """
+  shape = np.asarray(case.image.shape[:3])
+  if force_foreground and case.locations:
+    classes = sorted(case.locations)
+    coords = case.locations[classes[rng.integers(len(classes))]]
+    return coords[rng.integers(len(coords))].astype(np.float64)
+  full = np.ones(3, np.int64)
+  full[3 - len(patch_size):] = patch_size
+  center = np.empty(3)
+  for axis in range(3):
+    if len(patch_size) == 2 and axis == 0:
+      center[0] = rng.integers(shape[0])
+      continue
+    half = full[axis] / 2
+    low, high = half, shape[axis] - half
+    center[axis] = rng.uniform(low, high) if high > low else shape[axis] / 2
+  return np.floor(center)
+
+
+def _crop(array: np.ndarray, start: np.ndarray, size: Sequence[int], pad_value) -> np.ndarray:
+  """array[start:start+size] over the leading len(size) axes, padding outside."""
+  pad, slices = [], []
+  for axis, (s, n) in enumerate(zip(start, size)):
+    lo, hi = int(s), int(s) + int(n)
+    clip_lo, clip_hi = max(lo, 0), min(hi, array.shape[axis])
+    slices.append(slice(clip_lo, max(clip_hi, clip_lo)))
+    pad.append((clip_lo - lo, hi - max(clip_hi, clip_lo)))
+  out = array[tuple(slices)]
+  pad += [(0, 0)] * (array.ndim - len(size))
+  if not any(p for pair in pad for p in pair):
+    return out
+  if np.ndim(pad_value) == 0:
+    return np.pad(out, pad, constant_values=pad_value)
+  channels = [np.pad(out[..., c], pad[:-1], constant_values=pad_value[c]) for c in range(out.shape[-1])]
+  return np.stack(channels, axis=-1)
+
+
+def _transformed_coordinates(center: np.ndarray, patch_size: Sequence[int], angle: float, scale: float
+                             ) -> np.ndarray:
+  """Source coordinates `[ndim, *patch]` of a patch rotated in-plane by `angle` and zoomed by `scale`."""
+  grids = np.meshgrid(*[np.arange(n, dtype=np.float64) - n // 2 for n in patch_size], indexing="ij")
+  y, x = grids[-2] / scale, grids[-1] / scale
+  cos, sin = math.cos(angle), math.sin(angle)
+  coords = [y * cos - x * sin + center[-2], y * sin + x * cos + center[-1]]
+  if len(patch_size) == 3:
+    coords.insert(0, grids[0] / scale + center[0])
+  return np.stack(coords)
+
+
+def extract_patch(case: Case, center: np.ndarray, patch_size: Sequence[int], *, angle: float = 0.0,
+                  scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+  """Image `[*patch, C]` and label `[*patch]` around `center`, optionally rotated/zoomed.
+
+  2D patches come from the axial slice `center[0]`. Rotation is in-plane (about
+  the z axis); image voxels are interpolated linearly, labels by nearest
+  neighbour; outside the volume the image is `case.pad_value`, the label 0.
+  """
+  ndim = len(patch_size)
+  image, label = case.image, case.label
+  if ndim == 2:
+    image, label = image[int(center[0])], label[int(center[0])]
+  center = center[3 - ndim:]
+  if angle == 0.0 and scale == 1.0:
+    start = center - np.asarray(patch_size) // 2
+    return (_crop(image, start, patch_size, case.pad_value), _crop(label, start, patch_size, 0))
+  coords = _transformed_coordinates(center, patch_size, angle, scale)
+  out_image = np.stack([
+      ndimage.map_coordinates(image[..., c], coords, order=1, mode="constant", cval=case.pad_value[c])
+      for c in range(image.shape[-1])], axis=-1).astype(np.float32)
+  out_label = ndimage.map_coordinates(label, coords, order=0, mode="constant", cval=0)
+  return out_image, out_label
+
+
+def augment_spatial(rng: np.random.Generator, augment: ml_collections.ConfigDict) -> tuple[float, float]:
+  """Random in-plane rotation angle (radians) and zoom factor."""
+  angle = 0.0
+  if rng.uniform() < augment.rotate_prob:
+    angle = math.radians(rng.uniform(-augment.rotate_max_deg, augment.rotate_max_deg))
+  scale = 1.0
+  if rng.uniform() < augment.scale_prob:
+    scale = rng.uniform(*augment.scale_range)
+  return angle, scale
+
+
+def random_flip(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, axes: Sequence[int],
+                prob: float) -> tuple[np.ndarray, np.ndarray]:
+  """Mirrors each of the spatial `axes` independently with probability `prob`."""
+  for axis in axes:
+    if rng.uniform() < prob:
+      image, label = np.flip(image, axis), np.flip(label, axis)
+  return image, label
+
+
+def training_sample(case: Case, patch_size: Sequence[int], rng: np.random.Generator, *, force_foreground: bool,
+                    augment: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+  """One augmented training sample: `image` `[*patch, C]` float32, `label` `[*patch]` int32."""
+  center = choose_center(case, patch_size, rng, force_foreground)
+  angle, scale = augment_spatial(rng, augment)
+  image, label = extract_patch(case, center, patch_size, angle=angle, scale=scale)
+  image, label = random_flip(image, label, rng, augment.flip_axes, augment.flip_prob)
+  return {"image": np.ascontiguousarray(image, np.float32), "label": np.ascontiguousarray(label, np.int32)}

@@ -1,0 +1,101 @@
+"""Segmentation losses: cross-entropy, soft Dice, Dice + CE, focal, multi-output.
+
+All losses take logits `[B, *spatial, K]` and integer labels `[B, *spatial]`
+and return a float32 scalar. Soft Dice is a *batch* Dice: intersections and
+sums are taken over the whole batch before dividing (as nnU-Net does for 2D),
+over the foreground classes only.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean softmax cross-entropy over all voxels."""
+  logits = logits.astype(jnp.float32)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def soft_dice_loss(logits: jax.Array, labels: jax.Array, *, smooth: float = 1e-5) -> jax.Array:
+  """1 - mean over foreground classes of the batch soft Dice.
+
+  Dice_k = (2 sum p_k y_k + smooth) / (sum p_k + sum y_k + smooth), sums over
+  the batch and all voxels, p = softmax(logits), y = one-hot(labels).
+  """
+  num_classes = logits.shape[-1]
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  axes = tuple(range(logits.ndim - 1))
+  intersection = jnp.sum(probs * onehot, axis=axes)
+  denominator = jnp.sum(probs, axis=axes) + jnp.sum(onehot, axis=axes)
+  dice = (2.0 * intersection + smooth) / (denominator + smooth)
+  foreground = dice[1:] if num_classes > 1 else dice
+  return 1.0 - foreground.mean()
+
+
+def dice_ce(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Cross-entropy + soft Dice loss, equally weighted (nnU-Net's default)."""
+  return cross_entropy(logits, labels) + soft_dice_loss(logits, labels)
+
+
+def focal_loss(logits: jax.Array, labels: jax.Array, *, gamma: float = 2.0) -> jax.Array:
+  """Mean focal loss -(1 - p_t)^gamma log p_t (Lin et al. 2017)."""
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  log_pt = jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+  return -(((1.0 - jnp.exp(log_pt)) ** gamma) * log_pt).mean()
+
+
+LOSSES: dict[str, LossFn] = {
+    "dice_ce": dice_ce,
+    "ce": cross_entropy,
+    "dice": soft_dice_loss,
+    "focal": focal_loss,
+}
+
+
+def resize_labels_nearest(labels: jax.Array, spatial_shape: Sequence[int]) -> jax.Array:
+  """Labels `[B, *spatial]` subsampled to `[B, *spatial_shape]`.
+
+  Along each axis the stride is the smallest power of two s with
+  ceil(size / s) <= target, and the labels are `labels[::s][:target]`: the
+  convention of the models' deep-supervision outputs (`labels[:, ::2**l]`).
+  """
+  for axis, size in enumerate(spatial_shape, start=1):
+    in_size = labels.shape[axis]
+    if in_size != size:
+      stride = 1
+      while -(-in_size // stride) > size:
+        stride *= 2
+      labels = jax.lax.slice_in_dim(labels, 0, in_size, stride, axis)
+      labels = jax.lax.slice_in_dim(labels, 0, size, 1, axis)
+  return labels
+
+
+def multi_output_loss(loss_fn: LossFn, outputs: jax.Array | Sequence[jax.Array], labels: jax.Array,
+                      weights: Sequence[float]) -> jax.Array:
+  """Weighted sum of `loss_fn` over a model's outputs.
+
+  Args:
+    loss_fn: one of `LOSSES`.
+    outputs: logits `[B, *spatial, K]`, or a list of them (deep supervision:
+      full resolution first, then lower resolutions; auxiliary heads: main
+      then auxiliary), each compared with labels resized (nearest) to its size.
+    labels: `[B, *spatial]` integer labels at full resolution.
+    weights: one weight per output (`jaxseg.models.output_weights`).
+  """
+  if not isinstance(outputs, (list, tuple)):
+    outputs = [outputs]
+  if len(outputs) != len(weights):
+    raise ValueError(f"{len(outputs)} model outputs but {len(weights)} loss weights")
+  total = jnp.zeros((), jnp.float32)
+  for output, weight in zip(outputs, weights):
+    if weight:
+      total += weight * loss_fn(output, resize_labels_nearest(labels, output.shape[1:-1]))
+  return total

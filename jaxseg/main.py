@@ -1,0 +1,30 @@
+"""Command line: `python -m jaxseg.main --config=configs/NAME.py[:ARG] [--workdir=DIR] [--mode=...]`.
+
+Flags and dispatch only; `jaxseg.cli` checks the flags and turns user mistakes
+into one-line errors, the work is in train.py and evaluate.py.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow is only clu's writer backend.
+
+from absl import app, flags  # pylint: disable=g-import-not-at-top
+from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+from jaxseg import cli  # pylint: disable=g-import-not-at-top
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file: configs/NAME.py[:ARG].")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: runs/<config file stem>).")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "What to do.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  cli.hide_gpus_from_tensorflow()
+  return cli.run(_CONFIG.value, config_flags.get_config_filename(flags.FLAGS["config"]), _WORKDIR.value,
+                 _MODE.value)
+
+
+if __name__ == "__main__":
+  cli.parse_and_run(app.run, main)

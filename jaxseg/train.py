@@ -1,0 +1,258 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+One process per host; the jitted train step runs over every device of the
+mesh. Periodic actions: progress report (steps/s, images/s, ETA), optional
+profile, TensorBoard scalars and overlay images, validation Dice, the latest
+and best checkpoints. Rerunning in a workdir that has checkpoints resumes from
+the newest one and ends exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import pathlib
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from jaxseg import checkpointing, evaluate, metrics, models, parallel, state as state_lib, steps
+from jaxseg import config as config_lib
+from jaxseg.data import pipeline
+from jaxseg.errors import ConfigError, TrainingError, WorkdirError
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything built from a config before the first step."""
+  config: ml_collections.ConfigDict
+  workdir: pathlib.Path
+  prepared: pipeline.PreparedDataset
+  model: nn.Module
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  mesh: jax.sharding.Mesh
+  input_shape: tuple[int, ...]
+
+  def init_state(self) -> state_lib.TrainState:
+    """A fresh, replicated train state."""
+    create = functools.partial(state_lib.create_train_state, self.config, self.model, self.tx, self.input_shape)
+    return jax.jit(create, out_shardings=parallel.replicated(self.mesh))()
+
+  def abstract_state(self) -> Any:
+    """Shapes, dtypes and shardings of the train state, without allocating it."""
+    shapes = jax.eval_shape(functools.partial(state_lib.create_train_state, self.config, self.model, self.tx,
+                                              self.input_shape))
+    sharding = parallel.replicated(self.mesh)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+  def predictor(self, state: state_lib.TrainState) -> evaluate.PredictFn:
+    return evaluate.make_predictor(self.model, state.params, state.batch_stats)
+
+
+def ensure_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
+  """Creates the workdir and checks it can be written."""
+  path = pathlib.Path(workdir).expanduser()
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".write_test_{os.getpid()}"
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as e:
+    raise WorkdirError(f"workdir {path} cannot be written: {e.strerror or e}") from e
+  return path
+
+
+def resolve_config(config: ml_collections.ConfigDict, prepared: pipeline.PreparedDataset
+                   ) -> ml_collections.ConfigDict:
+  """A copy of `config` with values that come from the dataset filled in."""
+  config = ml_collections.ConfigDict(config.to_dict())  # Deep copy, same keys.
+  config.lock()
+  if config.model.num_classes == 0:
+    config.model.num_classes = prepared.num_classes
+  elif config.model.num_classes != prepared.num_classes:
+    raise ConfigError(f"config.model.num_classes={config.model.num_classes} but dataset {prepared.name!r} has "
+                      f"{prepared.num_classes} classes ({', '.join(prepared.labels)}); set it to 0 to follow "
+                      "the dataset")
+  return config
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Experiment:
+  config_lib.validate(config)
+  workdir = ensure_workdir(workdir)
+  prepared = pipeline.prepare(config)
+  config = resolve_config(config, prepared)
+  mesh = parallel.create_mesh(config.mesh)
+  parallel.check_batch_size(config.train.batch_size, mesh)
+  model = models.create_model(config.model)
+  schedule = state_lib.learning_rate_schedule(config.train)
+  tx = state_lib.create_optimizer(config.train)
+  input_shape = (1, *config.data.patch_size, prepared.num_channels)
+  return Experiment(config, workdir, prepared, model, tx, schedule, mesh, input_shape)
+
+
+def write_config(exp: Experiment) -> None:
+  if jax.process_index() == 0:
+    path = exp.workdir / "config.json"
+    tmp = path.with_name("config.json.tmp")
+    tmp.write_text(config_lib.to_json(exp.config))
+    os.replace(tmp, path)
+
+
+class MetricsBuffer:
+  """Per-step train metrics kept on device until the next flush.
+
+  `flush` fetches them once, stops training on a non-finite loss (naming the
+  first bad step) and returns the means to log. It runs before every
+  checkpoint, so no checkpoint ever holds a state that produced a NaN.
+  """
+
+  def __init__(self, checkpoints: checkpointing.Checkpoints):
+    self._pending: list[tuple[int, dict[str, jax.Array]]] = []
+    self._checkpoints = checkpoints
+    self._last_time = time.time()
+    self._images = 0
+
+  def add(self, step: int, step_metrics: dict[str, jax.Array], images: int) -> None:
+    self._pending.append((step, step_metrics))
+    self._images += images
+
+  def flush(self) -> dict[str, float]:
+    if not self._pending:
+      return {}
+    pending = jax.device_get(self._pending)
+    self._pending = []
+    for step, values in pending:
+      if not np.isfinite(values["loss"]):
+        last = self._checkpoints.latest_step()
+        kept = f"the last good checkpoint (step {last}) is kept" if last is not None else "no checkpoint was saved"
+        raise TrainingError(f"loss became {values['loss']} at step {step}; training stopped and {kept} "
+                            f"in {self._checkpoints.directory}")
+    counts = sum(values["counts"] for _, values in pending)
+    dice = np.asarray(metrics.scores_from_counts(counts)["dice"])
+    now = time.time()
+    summary = {name: float(np.mean([values[name] for _, values in pending]))
+               for name in ("loss", "grad_norm", "learning_rate")}
+    summary["dice_foreground"] = float(np.mean(dice[1:])) if len(dice) > 1 else float(dice[0])
+    summary["images_per_sec"] = self._images / max(now - self._last_time, 1e-9)
+    self._last_time, self._images = now, 0
+    return {f"train/{k}": v for k, v in summary.items()}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+  """Trains (or resumes), then evaluates the best checkpoint on `config.eval.splits`.
+
+  Returns {split: summary} as written to `results/<split>/summary.json`.
+  """
+  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+
+  exp = setup(config, workdir)
+  config = exp.config
+  checkpoints = checkpointing.Checkpoints(exp.workdir, keep=config.train.keep_checkpoints)
+  state = exp.init_state()
+  if checkpoints.latest_step() is not None:
+    state, _ = checkpoints.restore(exp.abstract_state(), "latest")
+    logging.info("Resumed from checkpoint step %d in %s", int(state.step), checkpoints.directory)
+  elif config.model.pretrained:
+    state = jax.device_put(state_lib.load_pretrained(jax.device_get(state), config.model, exp.tx),
+                           parallel.replicated(exp.mesh))
+  write_config(exp)
+  start_step = int(state.step)
+
+  writer = metric_writers.create_default_writer(exp.workdir, just_logging=jax.process_index() > 0)
+  if start_step == 0:
+    writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
+  num_steps = config.train.num_steps
+  hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
+                                           every_steps=config.train.log_every_steps)]
+  if config.train.profile_steps and jax.process_index() == 0:
+    hooks.append(periodic_actions.Profile(logdir=exp.workdir, num_profile_steps=config.train.profile_steps))
+
+  train_step = jax.jit(
+      steps.make_train_step(exp.model, exp.tx, exp.schedule, config.train.loss, models.output_weights(config.model)),
+      in_shardings=(parallel.replicated(exp.mesh), parallel.batch_sharding(exp.mesh)),
+      out_shardings=(parallel.replicated(exp.mesh), None), donate_argnums=0)
+  train_source = pipeline.CaseSource(exp.prepared, "train", config.data.cache_cases)
+  val_source = pipeline.CaseSource(exp.prepared, "validation", config.data.cache_cases)
+  local_batch = parallel.check_batch_size(config.train.batch_size, exp.mesh)
+  batches = pipeline.train_batches(config, train_source, start_step=start_step, local_batch_size=local_batch)
+  buffer = MetricsBuffer(checkpoints)
+
+  logging.info("Training %s on %s from step %d to %d on %d devices", config.model.name, exp.prepared.name,
+               start_step, num_steps, exp.mesh.devices.size)
+  for step in range(start_step + 1, num_steps + 1):
+    with jax.profiler.StepTraceAnnotation("train", step_num=step):
+      batch = parallel.global_batch(next(batches), exp.mesh)
+      state, step_metrics = train_step(state, batch)
+      buffer.add(step, step_metrics, config.train.batch_size)
+    for hook in hooks:
+      hook(step)
+    is_last = step == num_steps
+    log_now = step % config.train.log_every_steps == 0 or is_last
+    eval_now = (step % config.train.eval_every_steps == 0 or is_last) and len(val_source) > 0
+    save_now = step % config.train.checkpoint_every_steps == 0 or is_last
+    if log_now or eval_now or save_now:
+      writer.write_scalars(step, buffer.flush())
+    if eval_now:
+      dice, scores, picture = evaluate.validation_dice(exp.predictor(state), val_source, config,
+                                                       exp.prepared.num_classes)
+      names = list(exp.prepared.labels)
+      writer.write_scalars(step, {"validation/dice_foreground": dice,
+                                  **{f"validation/dice_{names[k]}": float(scores["dice"][k])
+                                     for k in range(1, len(names))}})
+      writer.write_images(step, {"validation/image_reference_prediction": picture[None]})
+      if checkpoints.save_best(step, state, dice):
+        logging.info("Step %d: new best validation Dice %.4f", step, dice)
+    if save_now:
+      checkpoints.save(step, state)
+  writer.flush()
+
+  results = evaluate_checkpoint(exp, checkpoints, config.eval.checkpoint)
+  checkpoints.close()
+  writer.close()
+  return results
+
+
+def evaluate_checkpoint(exp: Experiment, checkpoints: checkpointing.Checkpoints, which: str | int
+                        ) -> dict[str, Any]:
+  """Evaluates checkpoint `which` on every split of `config.eval.splits`."""
+  state, step = checkpoints.restore(exp.abstract_state(), which)
+  predict = exp.predictor(state)
+  results = {}
+  for split in exp.config.eval.splits:
+    source = pipeline.CaseSource(exp.prepared, split, exp.config.data.cache_cases)
+    if len(source) == 0:
+      logging.warning("Split %r has no cases; nothing to evaluate.", split)
+      continue
+    results[split] = evaluate.evaluate_split(predict, source, exp.prepared, exp.config, exp.workdir / "results",
+                                             step)
+    fg = results[split]["mean_foreground"]["dice"]
+    logging.info("%s (step %d): mean foreground Dice %.4f", split, step, fg)
+  return results
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+  """`--mode=evaluate`: evaluates `config.eval.checkpoint` of a trained workdir."""
+  exp = setup(config, workdir)
+  checkpoints = checkpointing.Checkpoints(exp.workdir, read_only=True)
+  try:
+    return evaluate_checkpoint(exp, checkpoints, exp.config.eval.checkpoint)
+  finally:
+    checkpoints.close()
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = str(value) if isinstance(value, (list, tuple)) else value
+  return flat
