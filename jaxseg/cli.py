@@ -105,9 +105,9 @@ def run(config, config_arg: str, workdir: str | None, mode: str) -> int:
   parallel.initialize_distributed()
   workdir = pathlib.Path(workdir) if workdir else default_workdir(config_arg)
   logging.info("jaxseg %s: config %s, workdir %s (pid %d)", mode, config_arg, workdir, os.getpid())
-  from jaxseg import train  # pylint: disable=g-import-not-at-top
+  from jaxseg import evaluate, train  # pylint: disable=g-import-not-at-top
   if mode == "train":
     train.train_and_evaluate(config, workdir)
   elif mode == "evaluate":
-    train.evaluate_workdir(config, workdir)
+    evaluate.evaluate_workdir(config, workdir)
   return 0

@@ -108,6 +108,16 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.adversarial = ml_collections.ConfigDict()
   config.adversarial.enabled = False
+  config.adversarial.weight = 0.01            # lambda of the segmenter's adversarial term.
+  config.adversarial.warmup_steps = 100       # steps trained without the adversarial term.
+  config.adversarial.disc_every_steps = 1     # the discriminator is updated every k steps.
+  config.adversarial.learning_rate = 1e-4
+  config.adversarial.beta1 = 0.5
+  config.adversarial.label_smoothing = 0.1    # real targets are 1 - smoothing.
+  config.adversarial.input = "product"        # product (Luc et al. 2016) | concat.
+  config.adversarial.spectral_norm = False
+  config.adversarial.features = 32
+  config.adversarial.num_layers = 3
 
   config.lock()
   return config

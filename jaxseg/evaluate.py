@@ -30,21 +30,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxseg import inference, metrics, steps, visualize
+from jaxseg import checkpointing, experiment, inference, metrics, visualize
 from jaxseg.data import pipeline, transforms
 from jaxseg.errors import WorkdirError
 
-METRIC_NAMES = ("dice", "iou", "sensitivity", "specificity", "precision", "hd95", "assd", "nsd",
-                "volume_difference")
+METRIC_NAMES = metrics.METRIC_NAMES
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
-
-
-def make_predictor(model, params: Any, batch_stats: Any) -> PredictFn:
-  """`predict(images [N, *window, C]) -> logits [N, *window, K]` on this process's devices."""
-  params, batch_stats = jax.device_get((params, batch_stats))
-  forward = jax.jit(steps.make_predict_fn(model))
-  return lambda images: np.asarray(forward(params, batch_stats, images))
 
 
 def predict_case(predict: PredictFn, case: transforms.Case, config: ml_collections.ConfigDict,
@@ -164,3 +156,31 @@ def evaluate_split(predict: PredictFn, source: pipeline.CaseSource, prepared: pi
   if jax.process_index() != 0:
     return summarize(rows, list(labels), step)
   return write_reports(results_dir / source.split, rows, list(labels), source.split, step, figures)
+
+
+def evaluate_checkpoint(exp: experiment.Experiment, checkpoints: checkpointing.Checkpoints, which: str | int
+                        ) -> dict[str, Any]:
+  """Evaluates checkpoint `which` on every split of `config.eval.splits`."""
+  state, step = checkpoints.restore(exp.abstract_state(), which)
+  predict = exp.predictor(state)
+  results = {}
+  for split in exp.config.eval.splits:
+    source = pipeline.CaseSource(exp.prepared, split, exp.config.data.cache_cases)
+    if len(source) == 0:
+      logging.warning("Split %r has no cases; nothing to evaluate.", split)
+      continue
+    results[split] = evaluate_split(predict, source, exp.prepared, exp.config, exp.workdir / "results",
+                                             step)
+    fg = results[split]["mean_foreground"]["dice"]
+    logging.info("%s (step %d): mean foreground Dice %.4f", split, step, fg)
+  return results
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+  """`--mode=evaluate`: evaluates `config.eval.checkpoint` of a trained workdir."""
+  exp = experiment.setup(config, workdir)
+  checkpoints = checkpointing.Checkpoints(exp.workdir, read_only=True)
+  try:
+    return evaluate_checkpoint(exp, checkpoints, exp.config.eval.checkpoint)
+  finally:
+    checkpoints.close()

@@ -9,101 +9,18 @@ the newest one and ends exactly as an uninterrupted run would.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import os
 import pathlib
 import time
 from typing import Any
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 
-from jaxseg import checkpointing, evaluate, metrics, models, parallel, state as state_lib, steps
-from jaxseg import config as config_lib
+from jaxseg import checkpointing, evaluate, experiment, metrics, models, parallel, state as state_lib, steps
 from jaxseg.data import pipeline
-from jaxseg.errors import ConfigError, TrainingError, WorkdirError
-
-
-@dataclasses.dataclass
-class Experiment:
-  """Everything built from a config before the first step."""
-  config: ml_collections.ConfigDict
-  workdir: pathlib.Path
-  prepared: pipeline.PreparedDataset
-  model: nn.Module
-  tx: optax.GradientTransformation
-  schedule: optax.Schedule
-  mesh: jax.sharding.Mesh
-  input_shape: tuple[int, ...]
-
-  def init_state(self) -> state_lib.TrainState:
-    """A fresh, replicated train state."""
-    create = functools.partial(state_lib.create_train_state, self.config, self.model, self.tx, self.input_shape)
-    return jax.jit(create, out_shardings=parallel.replicated(self.mesh))()
-
-  def abstract_state(self) -> Any:
-    """Shapes, dtypes and shardings of the train state, without allocating it."""
-    shapes = jax.eval_shape(functools.partial(state_lib.create_train_state, self.config, self.model, self.tx,
-                                              self.input_shape))
-    sharding = parallel.replicated(self.mesh)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
-
-  def predictor(self, state: state_lib.TrainState) -> evaluate.PredictFn:
-    return evaluate.make_predictor(self.model, state.params, state.batch_stats)
-
-
-def ensure_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
-  """Creates the workdir and checks it can be written."""
-  path = pathlib.Path(workdir).expanduser()
-  try:
-    path.mkdir(parents=True, exist_ok=True)
-    probe = path / f".write_test_{os.getpid()}"
-    probe.write_text("ok")
-    probe.unlink()
-  except OSError as e:
-    raise WorkdirError(f"workdir {path} cannot be written: {e.strerror or e}") from e
-  return path
-
-
-def resolve_config(config: ml_collections.ConfigDict, prepared: pipeline.PreparedDataset
-                   ) -> ml_collections.ConfigDict:
-  """A copy of `config` with values that come from the dataset filled in."""
-  config = ml_collections.ConfigDict(config.to_dict())  # Deep copy, same keys.
-  config.lock()
-  if config.model.num_classes == 0:
-    config.model.num_classes = prepared.num_classes
-  elif config.model.num_classes != prepared.num_classes:
-    raise ConfigError(f"config.model.num_classes={config.model.num_classes} but dataset {prepared.name!r} has "
-                      f"{prepared.num_classes} classes ({', '.join(prepared.labels)}); set it to 0 to follow "
-                      "the dataset")
-  return config
-
-
-def setup(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Experiment:
-  config_lib.validate(config)
-  workdir = ensure_workdir(workdir)
-  prepared = pipeline.prepare(config)
-  config = resolve_config(config, prepared)
-  mesh = parallel.create_mesh(config.mesh)
-  parallel.check_batch_size(config.train.batch_size, mesh)
-  model = models.create_model(config.model)
-  schedule = state_lib.learning_rate_schedule(config.train)
-  tx = state_lib.create_optimizer(config.train)
-  input_shape = (1, *config.data.patch_size, prepared.num_channels)
-  return Experiment(config, workdir, prepared, model, tx, schedule, mesh, input_shape)
-
-
-def write_config(exp: Experiment) -> None:
-  if jax.process_index() == 0:
-    path = exp.workdir / "config.json"
-    tmp = path.with_name("config.json.tmp")
-    tmp.write_text(config_lib.to_json(exp.config))
-    os.replace(tmp, path)
+from jaxseg.errors import TrainingError
 
 
 class MetricsBuffer:
@@ -139,7 +56,7 @@ class MetricsBuffer:
     dice = np.asarray(metrics.scores_from_counts(counts)["dice"])
     now = time.time()
     summary = {name: float(np.mean([values[name] for _, values in pending]))
-               for name in ("loss", "grad_norm", "learning_rate")}
+               for name in pending[0][1] if name != "counts"}
     summary["dice_foreground"] = float(np.mean(dice[1:])) if len(dice) > 1 else float(dice[0])
     summary["images_per_sec"] = self._images / max(now - self._last_time, 1e-9)
     self._last_time, self._images = now, 0
@@ -153,7 +70,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   """
   from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
 
-  exp = setup(config, workdir)
+  exp = experiment.setup(config, workdir)
   config = exp.config
   checkpoints = checkpointing.Checkpoints(exp.workdir, keep=config.train.keep_checkpoints)
   state = exp.init_state()
@@ -163,7 +80,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   elif config.model.pretrained:
     state = jax.device_put(state_lib.load_pretrained(jax.device_get(state), config.model, exp.tx),
                            parallel.replicated(exp.mesh))
-  write_config(exp)
+  experiment.write_config(exp)
   start_step = int(state.step)
 
   writer = metric_writers.create_default_writer(exp.workdir, just_logging=jax.process_index() > 0)
@@ -214,38 +131,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       checkpoints.save(step, state)
   writer.flush()
 
-  results = evaluate_checkpoint(exp, checkpoints, config.eval.checkpoint)
+  results = evaluate.evaluate_checkpoint(exp, checkpoints, config.eval.checkpoint)
   checkpoints.close()
   writer.close()
   return results
-
-
-def evaluate_checkpoint(exp: Experiment, checkpoints: checkpointing.Checkpoints, which: str | int
-                        ) -> dict[str, Any]:
-  """Evaluates checkpoint `which` on every split of `config.eval.splits`."""
-  state, step = checkpoints.restore(exp.abstract_state(), which)
-  predict = exp.predictor(state)
-  results = {}
-  for split in exp.config.eval.splits:
-    source = pipeline.CaseSource(exp.prepared, split, exp.config.data.cache_cases)
-    if len(source) == 0:
-      logging.warning("Split %r has no cases; nothing to evaluate.", split)
-      continue
-    results[split] = evaluate.evaluate_split(predict, source, exp.prepared, exp.config, exp.workdir / "results",
-                                             step)
-    fg = results[split]["mean_foreground"]["dice"]
-    logging.info("%s (step %d): mean foreground Dice %.4f", split, step, fg)
-  return results
-
-
-def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
-  """`--mode=evaluate`: evaluates `config.eval.checkpoint` of a trained workdir."""
-  exp = setup(config, workdir)
-  checkpoints = checkpointing.Checkpoints(exp.workdir, read_only=True)
-  try:
-    return evaluate_checkpoint(exp, checkpoints, exp.config.eval.checkpoint)
-  finally:
-    checkpoints.close()
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
