@@ -45,7 +45,10 @@ class Experiment:
   def init_state(self) -> state_lib.TrainState:
     """A fresh, replicated train state."""
     create = functools.partial(state_lib.create_train_state, self.config, self.model, self.tx, self.input_shape)
-    return jax.jit(create, out_shardings=parallel.replicated(self.mesh))()
+    # The replicated init needs no partitionable random bits; the classic threefry lowering
+    # compiles several times faster on CPU (8 s instead of 52 s for the default U-Net).
+    with jax.threefry_partitionable(False):
+      return jax.jit(create, out_shardings=parallel.replicated(self.mesh))()
 
   def abstract_state(self) -> Any:
     """Shapes, dtypes and shardings of the train state, without allocating it."""

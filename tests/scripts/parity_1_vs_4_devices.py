@@ -22,7 +22,8 @@ def run(num_devices: int):
   tx = state_lib.create_optimizer(config.train)
   schedule = state_lib.learning_rate_schedule(config.train)
   create = functools.partial(state_lib.create_train_state, config, model, tx, (1, 16, 16, 2))
-  state = jax.jit(create, out_shardings=parallel.replicated(mesh))()
+  with jax.threefry_partitionable(False):
+    state = jax.jit(create, out_shardings=parallel.replicated(mesh))()
   step = jax.jit(steps.make_train_step(model, tx, schedule, "dice_ce", [1.0]),
                  in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
                  out_shardings=(parallel.replicated(mesh), None), donate_argnums=0)

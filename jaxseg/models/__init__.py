@@ -1,0 +1,288 @@
+"""Model zoo: an explicit registry of segmentation networks.
+
+Every model is a `flax.linen.Module` called as `model.apply(variables, x,
+train=...)` on float inputs `[B, H, W, C_in]` (2D) or `[B, D, H, W, C_in]`
+(3D) of any spatial size and any number of channels, returning float32 logits
+of the input's spatial size with `num_classes` channels. Batch-norm
+statistics live in the `batch_stats` collection; dropout draws from the rng
+named `dropout`.
+
+In train mode a model may return a list of logit maps instead of one array:
+deep supervision (U-Nets with `deep_supervision=True`: full resolution first,
+then each lower decoder resolution l, cropped to the shape of
+`labels[:, ::2**l, ::2**l]`) or an auxiliary head (FCN/DeepLab with
+`aux_head=True`: `[main, aux]`, both at input resolution).
+`output_weights(config.model)` gives the loss weight of each returned map.
+"""
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from jaxseg.errors import ConfigError
+from jaxseg.models import backbones
+from jaxseg.models import layers
+from jaxseg.models.attention_unet import AttentionUNet
+from jaxseg.models.deeplab import DeepLab
+from jaxseg.models.deeplab import OUTPUT_STRIDES as DEEPLAB_OUTPUT_STRIDES
+from jaxseg.models.fcn import FCN
+from jaxseg.models.unet import UNet
+from jaxseg.models.unet3d import UNet3D
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
+           "float16": jnp.float16}
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+  """Every key any model reads, with its default (used as `config.model`)."""
+  return ml_collections.ConfigDict({
+      # Registry name, one of MODELS.
+      "name": "unet",
+      "num_classes": 5,
+      # U-Nets: channels of the first stage, doubled at every downsampling
+      # and capped at max_features (nnU-Net 3D: 32 capped at 320).
+      "features": 32,
+      # U-Nets: number of downsamplings (the input is padded to a multiple
+      # of 2**depth).
+      "depth": 4,
+      "max_features": 512,
+      # batch | instance | group | layer | none. Used by U-Nets, ResNet
+      # backbones and the FCN/DeepLab heads (VGG16 has no normalisation).
+      "norm": "batch",
+      # Groups of norm="group"; must divide every channel count.
+      "norm_groups": 8,
+      # relu | leaky_relu (slope 0.01) | gelu | silu. U-Nets only; ResNet,
+      # VGG, FCN and DeepLab use ReLU as published.
+      "activation": "relu",
+      # U-Nets: dropout rate after the bottleneck and every decoder block.
+      # FCN and DeepLab heads keep their published rates (0.5 in VGG
+      # fc6/fc7 and the ASPP projection, 0.1 in the FCN head).
+      "dropout": 0.0,
+      # U-Nets: in train mode return one logit map per decoder stage.
+      "deep_supervision": False,
+      # Compute dtype (float32 | bfloat16 | float16); params stay float32.
+      "dtype": "float32",
+      # FCN/DeepLab: resnet18 | resnet34 | resnet50 | resnet101 | vgg16
+      # (vgg16: FCN only).
+      "backbone": "resnet50",
+      # Channels of the backbone's first stage (64 in torchvision; smaller
+      # values give tiny models for tests and quick runs).
+      "backbone_width": 64,
+      # ResNet backbones: input size / feature size; later stages trade
+      # stride for dilation. DeepLab: 8 or 16; FCN: 8, 16 or 32.
+      "output_stride": 8,
+      # FCN/DeepLab on ResNet: auxiliary FCN head on stage 3 (train mode
+      # returns [main, aux], loss weights [1.0, 0.5]).
+      "aux_head": False,
+      # Path of torchvision ImageNet weights (.pth state_dict or
+      # .safetensors) for the backbone; '' for random initialisation.
+      "pretrained": "",
+  })
+
+
+def _get(cfg: ml_collections.ConfigDict, key: str):
+  if key not in cfg:
+    raise ConfigError(f"config.model.{key} is missing")
+  return cfg[key]
+
+
+def choice(cfg: ml_collections.ConfigDict, key: str,
+           options: tuple[str, ...]) -> str:
+  """Returns `cfg[key]`, checked to be one of `options`."""
+  value = _get(cfg, key)
+  if value not in options:
+    raise ConfigError(f"config.model.{key}={value!r} is not one of "
+                      f"{', '.join(map(str, options))}")
+  return value
+
+
+def positive_int(cfg: ml_collections.ConfigDict, key: str) -> int:
+  """Returns `cfg[key]`, checked to be an integer >= 1."""
+  value = _get(cfg, key)
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ConfigError(f"config.model.{key}={value!r} must be an integer >= 1")
+  return value
+
+
+def flag(cfg: ml_collections.ConfigDict, key: str) -> bool:
+  """Returns `cfg[key]`, checked to be a bool."""
+  value = _get(cfg, key)
+  if not isinstance(value, bool):
+    raise ConfigError(f"config.model.{key}={value!r} must be True or False")
+  return value
+
+
+def rate(cfg: ml_collections.ConfigDict, key: str) -> float:
+  """Returns `cfg[key]`, checked to be a probability in [0, 1)."""
+  value = _get(cfg, key)
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+      0 <= value < 1):
+    raise ConfigError(f"config.model.{key}={value!r} must be in [0, 1)")
+  return float(value)
+
+
+def compute_dtype(cfg: ml_collections.ConfigDict) -> layers.Dtype:
+  """The jnp dtype named by `cfg.dtype`."""
+  return _DTYPES[choice(cfg, "dtype", tuple(_DTYPES))]
+
+
+def norm_settings(cfg: ml_collections.ConfigDict, widths: tuple[int, ...]
+                  ) -> tuple[str, int]:
+  """Returns `(norm, norm_groups)`, checking the groups divide `widths`."""
+  norm = choice(cfg, "norm", layers.NORMS)
+  groups = positive_int(cfg, "norm_groups")
+  if norm == "group":
+    for width in widths:
+      if width % groups:
+        raise ConfigError(
+            f"config.model.norm_groups={groups} does not divide the "
+            f"{width} channels of a layer of {cfg.get('name')!r}")
+  return norm, groups
+
+
+def no_extra_outputs(cfg: ml_collections.ConfigDict, *keys: str) -> None:
+  """Rejects output options (`deep_supervision`, `aux_head`) a model lacks."""
+  for key in keys:
+    if flag(cfg, key):
+      raise ConfigError(f"config.model.{key}=True is not supported by "
+                        f"model {cfg.name!r}")
+
+
+def unet_fields(cfg: ml_collections.ConfigDict) -> dict:
+  """U-Net constructor arguments from the config (all three U-Nets)."""
+  features = positive_int(cfg, "features")
+  max_features = positive_int(cfg, "max_features")
+  norm, groups = norm_settings(cfg, (features, max_features))
+  no_extra_outputs(cfg, "aux_head")
+  return dict(
+      num_classes=positive_int(cfg, "num_classes"), features=features,
+      depth=positive_int(cfg, "depth"), max_features=max_features, norm=norm,
+      norm_groups=groups,
+      activation=choice(cfg, "activation", layers.ACTIVATIONS),
+      dropout=rate(cfg, "dropout"),
+      deep_supervision=flag(cfg, "deep_supervision"),
+      dtype=compute_dtype(cfg))
+
+
+def unet(cfg: ml_collections.ConfigDict) -> nn.Module:
+  """2D U-Net."""
+  return UNet(**unet_fields(cfg))
+
+
+def unet3d(cfg: ml_collections.ConfigDict) -> nn.Module:
+  """nnU-Net-style 3D U-Net."""
+  return UNet3D(**unet_fields(cfg))
+
+
+def attention_unet(cfg: ml_collections.ConfigDict) -> nn.Module:
+  """2D Attention U-Net."""
+  return AttentionUNet(**unet_fields(cfg))
+
+
+def backbone_fields(cfg: ml_collections.ConfigDict,
+                    names: tuple[str, ...], output_strides: tuple[int, ...],
+                    head_widths: tuple[int, ...] = ()) -> dict:
+  """Constructor arguments shared by the backbone models (FCN, DeepLab)."""
+  no_extra_outputs(cfg, "deep_supervision")
+  backbone = choice(cfg, "backbone", names)
+  width = positive_int(cfg, "backbone_width")
+  norm, groups = norm_settings(cfg, (width, *head_widths))
+  output_stride = _get(cfg, "output_stride")
+  if backbone != "vgg16" and output_stride not in output_strides:
+    raise ConfigError(f"config.model.output_stride={output_stride!r} is not "
+                      f"one of {', '.join(map(str, output_strides))} for "
+                      f"model {cfg.name!r}")
+  aux_head = flag(cfg, "aux_head")
+  if aux_head and backbone == "vgg16":
+    raise ConfigError("config.model.aux_head=True needs a ResNet "
+                      "config.model.backbone, not 'vgg16'")
+  return dict(num_classes=positive_int(cfg, "num_classes"),
+              backbone=backbone, backbone_width=width,
+              output_stride=output_stride, norm=norm, norm_groups=groups,
+              aux_head=aux_head, dtype=compute_dtype(cfg))
+
+
+def fcn(num_skips: int) -> Callable[[ml_collections.ConfigDict], nn.Module]:
+  """Factory of FCN-32s (0 skips), FCN-16s (1) or FCN-8s (2)."""
+
+  def create(cfg: ml_collections.ConfigDict) -> nn.Module:
+    return FCN(num_skips=num_skips, **backbone_fields(
+        cfg, backbones.BACKBONES, backbones.RESNET_OUTPUT_STRIDES))
+
+  return create
+
+
+def deeplab(plus: bool) -> Callable[[ml_collections.ConfigDict], nn.Module]:
+  """Factory of DeepLabv3 or (plus) DeepLabv3+."""
+
+  def create(cfg: ml_collections.ConfigDict) -> nn.Module:
+    return DeepLab(plus=plus, **backbone_fields(
+        cfg, tuple(backbones.RESNETS), DEEPLAB_OUTPUT_STRIDES,
+        head_widths=(48, 256)))
+
+  return create
+
+
+MODELS: dict[str, Callable[[ml_collections.ConfigDict], nn.Module]] = {
+    "unet": unet,
+    "unet3d": unet3d,
+    "attention_unet": attention_unet,
+    "fcn32s": fcn(0),
+    "fcn16s": fcn(1),
+    "fcn8s": fcn(2),
+    "deeplabv3": deeplab(plus=False),
+    "deeplabv3plus": deeplab(plus=True),
+}
+
+_SPATIAL_DIMS: dict[str, int] = {
+    "unet": 2,
+    "unet3d": 3,
+    "attention_unet": 2,
+    "fcn32s": 2,
+    "fcn16s": 2,
+    "fcn8s": 2,
+    "deeplabv3": 2,
+    "deeplabv3plus": 2,
+}
+
+
+def _check_name(name: str) -> str:
+  if name not in MODELS:
+    raise ConfigError(f"config.model.name={name!r} is not a model; valid "
+                      f"names: {', '.join(MODELS)}")
+  return name
+
+
+def create_model(model_config: ml_collections.ConfigDict) -> nn.Module:
+  """Builds the model `model_config.name` from `config.model`."""
+  return MODELS[_check_name(_get(model_config, "name"))](model_config)
+
+
+def spatial_dims(name: str) -> int:
+  """2 for models of `[B, H, W, C]` inputs, 3 for `[B, D, H, W, C]`."""
+  return _SPATIAL_DIMS[_check_name(name)]
+
+
+def deep_supervision_weights(num_outputs: int) -> list[float]:
+  """nnU-Net's loss weights: 1/2**i, the lowest resolution 0, sum 1."""
+  weights = [0.5**i for i in range(num_outputs)]
+  if num_outputs > 1:
+    weights[-1] = 0.0
+  total = sum(weights)
+  return [w / total for w in weights]
+
+
+def output_weights(model_config: ml_collections.ConfigDict) -> list[float]:
+  """Loss weight of each logit map the model returns in train mode.
+
+  Deep supervision: `deep_supervision_weights(depth)`; auxiliary head:
+  `[1.0, 0.5]` (torchvision's weighting); otherwise `[1.0]`.
+  """
+  model = create_model(model_config)
+  if getattr(model, "deep_supervision", False):
+    return deep_supervision_weights(model.depth)
+  if getattr(model, "aux_head", False):
+    return [1.0, 0.5]
+  return [1.0]

@@ -1,0 +1,70 @@
+"""Attention U-Net (Oktay et al., 2018): additive attention gates on skips.
+
+Each skip connection x (level l) is multiplied by a gate map alpha in [0, 1]
+computed from x and the coarser decoder features g (level l + 1):
+
+  q = psi(relu(theta(x) + phi(g))),  alpha = sigmoid(q),
+
+where theta is a 2x2 stride-2 convolution without bias (bringing x to g's
+resolution), phi and psi are 1x1 convolutions with bias (F_int = half the
+skip's channels, then 1 channel), and alpha is resampled to x's resolution by
+(bi/tri)linear interpolation. The gated skip `alpha * x` is concatenated with
+the upsampled decoder features as in a plain U-Net.
+
+The gate maps are sown into the `intermediates` collection as
+`intermediates['attention_gates']`: a tuple ordered as the decoder runs, from
+the deepest skip (level depth - 1) to the full-resolution one (level 0); the
+map of level l has shape `[B, ceil(H / 2**l), ceil(W / 2**l), 1]`, float32.
+Read them with `model.apply(..., mutable=['intermediates'])`.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxseg.models import layers
+from jaxseg.models.unet import UNet
+
+Array = jax.Array
+
+
+class AttentionGate(nn.Module):
+  """Additive attention gate.
+
+  `skip` `[B, *s, C_x]` and `gating` `[B, *s / 2, C_g]` ->
+  (`alpha * skip` `[B, *s, C_x]`, alpha `[B, *s, 1]`).
+  """
+  inter_features: int
+  ndim: int = 2
+  dtype: layers.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, skip: Array, gating: Array) -> tuple[Array, Array]:
+    window = (2,) * self.ndim
+    theta = nn.Conv(self.inter_features, window, strides=window,
+                    padding="VALID", use_bias=False, dtype=self.dtype,
+                    name="theta")(skip)
+    phi = nn.Conv(self.inter_features, (1,) * self.ndim, dtype=self.dtype,
+                  name="phi")(gating)
+    q = nn.Conv(1, (1,) * self.ndim, dtype=self.dtype,
+                name="psi")(nn.relu(theta + phi))
+    alpha = layers.resize_bilinear(nn.sigmoid(q), skip.shape[1:-1])
+    return skip * alpha, alpha
+
+
+class AttentionUNet(UNet):
+  """U-Net whose skip connections pass through attention gates.
+
+  Same input/output contract as `UNet`; see the module docstring for the
+  sown gate maps.
+  """
+
+  def merge_skip(self, skip: Array, coarse: Array, up: Array, level: int,
+                 spatial: tuple[int, ...]) -> Array:
+    gated, alpha = AttentionGate(max(skip.shape[-1] // 2, 1), ndim=self.ndim,
+                                 dtype=self.dtype, name=f"gate{level}")(
+                                     skip, coarse)
+    self.sow("intermediates", "attention_gates",
+             layers.crop_to_downsampled(alpha.astype(jnp.float32), spatial,
+                                        2**level))
+    return jnp.concatenate([gated, up], axis=-1)

@@ -1,0 +1,189 @@
+"""Building blocks shared by the models: norms, activations, convolutions.
+
+Layout is channels-last everywhere: `[B, H, W, C]` in 2D and `[B, D, H, W, C]`
+in 3D. Convolutions use explicit symmetric zero padding of
+`dilation * (kernel - 1) // 2` per side (PyTorch's convention), so a strided
+convolution sees the same pixels as its torchvision counterpart and pretrained
+weights transfer exactly.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Dtype = Any
+
+NORMS = ("batch", "instance", "group", "layer", "none")
+ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu")
+
+# Batch norm as in PyTorch: running statistics are updated as
+# `0.9 * running + 0.1 * batch` and the variance epsilon is 1e-5.
+BATCH_NORM_MOMENTUM = 0.9
+NORM_EPSILON = 1e-5
+# Negative slope of the leaky ReLU (nnU-Net's value).
+LEAKY_RELU_SLOPE = 0.01
+
+
+def activation_fn(name: str) -> Callable[[Array], Array]:
+  """Returns the elementwise activation called `name` (one of ACTIVATIONS)."""
+  if name == "relu":
+    return nn.relu
+  if name == "leaky_relu":
+    return lambda x: nn.leaky_relu(x, negative_slope=LEAKY_RELU_SLOPE)
+  if name == "gelu":
+    return nn.gelu
+  if name == "silu":
+    return nn.silu
+  raise ValueError(f"unknown activation {name!r}; expected one of "
+                   f"{ACTIVATIONS}")
+
+
+def norm_layer(kind: str, *, train: bool, dtype: Dtype, groups: int = 8,
+               name: str | None = None) -> Callable[[Array], Array]:
+  """Returns a normalisation layer over the channel axis of `[B, ..., C]`.
+
+  Must be called inside a compact method; the layer becomes a submodule.
+
+  Args:
+    kind: "batch" (statistics in the `batch_stats` collection, running
+      averages when `train` is False), "instance" (per sample and channel,
+      over the spatial axes), "group" (`groups` channel groups per sample),
+      "layer" (one group: per sample over spatial axes and channels) or
+      "none" (identity).
+    train: whether batch norm normalises with batch statistics and updates
+      its running averages.
+    dtype: computation dtype.
+    groups: number of groups for "group".
+    name: submodule name.
+  """
+  if kind == "batch":
+    return nn.BatchNorm(use_running_average=not train,
+                        momentum=BATCH_NORM_MOMENTUM, epsilon=NORM_EPSILON,
+                        dtype=dtype, name=name)
+  if kind == "instance":
+    return nn.InstanceNorm(epsilon=NORM_EPSILON, dtype=dtype, name=name)
+  if kind == "group":
+    return nn.GroupNorm(num_groups=groups, epsilon=NORM_EPSILON, dtype=dtype,
+                        name=name)
+  if kind == "layer":
+    return nn.GroupNorm(num_groups=1, epsilon=NORM_EPSILON, dtype=dtype,
+                        name=name)
+  if kind == "none":
+    return lambda x: x
+  raise ValueError(f"unknown norm {kind!r}; expected one of {NORMS}")
+
+
+def conv(features: int, kernel_size: int, *, ndim: int = 2, strides: int = 1,
+         dilation: int = 1, use_bias: bool = False, dtype: Dtype = jnp.float32,
+         kernel_init: nn.initializers.Initializer | None = None,
+         name: str | None = None) -> nn.Conv:
+  """An `ndim`-D convolution with symmetric zero padding (PyTorch style).
+
+  Each side is padded by `dilation * (kernel_size - 1) // 2`, so a stride-1
+  convolution keeps the spatial size and a stride-s one maps an input size
+  divisible by s to size / s.
+  """
+  pad = dilation * (kernel_size - 1) // 2
+  kwargs = {} if kernel_init is None else {"kernel_init": kernel_init}
+  return nn.Conv(features, (kernel_size,) * ndim, strides=(strides,) * ndim,
+                 padding=[(pad, pad)] * ndim,
+                 kernel_dilation=(dilation,) * ndim, use_bias=use_bias,
+                 dtype=dtype, name=name, **kwargs)
+
+
+def atrous_conv(features: int, rate: int, *, kernel_size: int = 3,
+                ndim: int = 2, use_bias: bool = False,
+                dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Conv:
+  """Atrous (dilated) convolution that keeps the spatial size.
+
+  The kernel taps are `rate` pixels apart, so a 3x3 kernel sees a
+  `(2 * rate + 1)`-pixel square with 9 weights (Chen et al., DeepLab). The
+  input is zero padded by `rate * (kernel_size - 1) // 2` on each side.
+  """
+  return conv(features, kernel_size, ndim=ndim, dilation=rate,
+              use_bias=use_bias, dtype=dtype, name=name)
+
+
+def bilinear_upsample_init(factor: int = 2) -> nn.initializers.Initializer:
+  """Initialiser of a `[k, k, C, C]` transposed-convolution kernel.
+
+  Channel c maps to channel c with the separable bilinear kernel of Long et
+  al. (k = 2 * factor), and channels do not mix, so the layer starts as
+  bilinear interpolation by `factor`.
+  """
+
+  def init(key: Array, shape: Sequence[int], dtype: Dtype = jnp.float32
+           ) -> Array:
+    del key
+    size, _, in_features, out_features = shape
+    if in_features != out_features:
+      raise ValueError(f"bilinear init needs in == out features, got {shape}")
+    center = (size - 1) / 2
+    taps = 1 - np.abs(np.arange(size) - center) / factor
+    kernel = np.zeros(shape, np.float32)
+    kernel[:, :, np.arange(in_features), np.arange(in_features)] = (
+        np.outer(taps, taps)[:, :, None])
+    return jnp.asarray(kernel, dtype)
+
+  return init
+
+
+def upsample_2x_learned(features: int, *, dtype: Dtype,
+                        name: str | None = None) -> nn.ConvTranspose:
+  """Learned 2x upsampling `[B, H, W, C] -> [B, 2H, 2W, C]`, bilinear at init.
+
+  A 4x4 transposed convolution with stride 2 (FCN's `upscore` layers), no bias.
+  """
+  return nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME",
+                          use_bias=False, dtype=dtype,
+                          kernel_init=bilinear_upsample_init(2), name=name)
+
+
+def resize_bilinear(x: Array, spatial_shape: Sequence[int]) -> Array:
+  """Bilinear resize of `[B, *spatial, C]` to `spatial_shape`.
+
+  Half-pixel centres, as PyTorch's `interpolate(..., align_corners=False)`;
+  only used for upsampling (no antialiasing happens then).
+  """
+  shape = (x.shape[0], *spatial_shape, x.shape[-1])
+  if tuple(shape) == x.shape:
+    return x
+  return jax.image.resize(x, shape, method="bilinear").astype(x.dtype)
+
+
+def pad_to_multiple(x: Array, multiple: int) -> tuple[Array, tuple[int, ...]]:
+  """Zero pads the spatial axes of `[B, *spatial, C]` at their high end.
+
+  Returns the padded array, whose spatial sizes are the smallest multiples of
+  `multiple` not below the input's, and the original spatial sizes.
+  """
+  spatial = tuple(x.shape[1:-1])
+  pads = [(0, -size % multiple) for size in spatial]
+  if any(high for _, high in pads):
+    x = jnp.pad(x, [(0, 0), *pads, (0, 0)])
+  return x, spatial
+
+
+def crop_spatial(x: Array, spatial: Sequence[int]) -> Array:
+  """Keeps the first `spatial[i]` entries of spatial axis i of `[B, ..., C]`."""
+  return x[(slice(None), *(slice(0, size) for size in spatial), slice(None))]
+
+
+def downsampled_size(size: int, factor: int) -> int:
+  """Size of an axis of `size` pixels after downsampling by `factor` (ceil)."""
+  return -(-size // factor)
+
+
+def crop_to_downsampled(x: Array, spatial: Sequence[int], factor: int
+                        ) -> Array:
+  """Crops a `1/factor`-resolution map of a padded input to the input's extent.
+
+  The result has `ceil(spatial[i] / factor)` entries per axis, the shape of
+  `labels[:, ::factor, ::factor]` for labels of spatial shape `spatial`.
+  """
+  return crop_spatial(x, [downsampled_size(s, factor) for s in spatial])

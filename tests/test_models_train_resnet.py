@@ -1,0 +1,34 @@
+"""Two training steps for the ResNet-based models (see test_models_train)."""
+
+import jax
+import pytest
+
+from jaxseg import models
+from test_models_train import run_two_steps
+from test_models_train import TINY as TINY_OTHERS
+
+TINY_RESNET = dict(backbone="resnet18", backbone_width=4)
+TINY = {
+    "fcn16s": (dict(output_stride=16, **TINY_RESNET), (2, 32, 35, 1)),
+    "fcn8s": (dict(output_stride=32, aux_head=True, **TINY_RESNET),
+              (2, 64, 64, 1)),
+    "deeplabv3": (dict(output_stride=8, **TINY_RESNET), (2, 32, 32, 1)),
+    "deeplabv3plus": (dict(output_stride=16, norm="group", norm_groups=4,
+                           **TINY_RESNET), (2, 32, 32, 1)),
+}
+
+
+@pytest.fixture(autouse=True)
+def _fast_random_compile():
+  with jax.threefry_partitionable(False):
+    yield
+
+
+def test_every_registry_entry_is_trained_in_a_test():
+  assert set(TINY) | set(TINY_OTHERS) == set(models.MODELS)
+  assert not set(TINY) & set(TINY_OTHERS)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_two_training_steps(name):
+  run_two_steps(name, *TINY[name])
