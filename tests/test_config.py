@@ -21,12 +21,16 @@ def load(path, arg=None):
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_config_loads_and_validates(path):
   config = load(path)
+  if config.data.name == "msd":  # Needs the user's dataset directory.
+    config.data.root = "/data/Task09_Spleen"
   config_lib.validate(config)
   assert config.is_locked
 
 
-def test_quick_variant_is_small():
-  config = load(pathlib.Path("configs/unet_ct.py"), "quick")
+@pytest.mark.parametrize("name,arg", [("unet_ct", "quick"), ("unet3d_ct", "quick"), ("attention_unet_ct", "quick"),
+                                      ("fcn_ct", "16s_quick"), ("deeplab_ct", "v3_quick")])
+def test_quick_variants_are_small(name, arg):
+  config = load(pathlib.Path(f"configs/{name}.py"), arg)
   config_lib.validate(config)
   assert config.train.num_steps <= 50
 
