@@ -9,7 +9,10 @@ Layout under `<workdir>/checkpoints/`:
 Orbax writes each checkpoint to a temporary directory and renames it when
 complete, so a run killed while saving leaves no half-written checkpoint that
 looks finished. A checkpoint that exists but cannot be read is an error
-(`CheckpointError`), never a reason to start over and overwrite it.
+(`CheckpointError`), never a reason to start over and overwrite it; so is a
+checkpoint whose arrays do not match the state built from the config (another
+model, another width), which is detected from orbax's metadata before any
+array is read.
 """
 
 from __future__ import annotations
@@ -68,15 +71,37 @@ class Checkpoints:
                                                   meta=ocp.args.JsonSave({"dice": float(dice), "step": step})))
     return True
 
-  def restore(self, abstract_state: Any, which: str | int = "latest") -> tuple[Any, int]:
+  def restore(self, abstract_state: Any, which: str | int = "latest", *, mismatch_hint: str = ""
+              ) -> tuple[Any, int]:
     """Restores `which` ('latest', 'best' or a step number) onto `abstract_state`'s shardings.
 
+    Args:
+      abstract_state: pytree of `jax.ShapeDtypeStruct` (with shardings) of the state to restore.
+      which: 'latest', 'best' (the latest when no best exists yet) or a step number.
+      mismatch_hint: text appended to the error when the checkpoint does not match `abstract_state`.
+
     Raises:
-      CheckpointError: when there is no such checkpoint or it cannot be read.
+      CheckpointError: when there is no such checkpoint, it cannot be read, or its arrays differ in
+        names or shapes from `abstract_state`.
     """
     manager, step = self._resolve(which)
+    self._check_matches(manager, step, abstract_state, mismatch_hint)
     restored = self._restore(manager, step, {"state": ocp.args.StandardRestore(abstract_state)})
     return restored["state"], step
+
+  def _check_matches(self, manager: ocp.CheckpointManager, step: int, abstract_state: Any, hint: str) -> None:
+    path = manager.directory / str(step)
+    handler = ocp.StandardCheckpointHandler()
+    try:
+      stored = handler.metadata(path / "state")
+    except Exception as e:  # Orbax raises many types for missing or corrupt metadata.
+      raise _corrupt(path, e) from e
+    finally:
+      handler.close()
+    problem = tree_difference(_shapes(stored), _shapes(abstract_state))
+    if problem:
+      raise CheckpointError(f"checkpoint {path} does not match the config: {problem}"
+                            + (f"; {hint}" if hint else ""))
 
   def _resolve(self, which: str | int) -> tuple[ocp.CheckpointManager, int]:
     if which == "best":
@@ -104,13 +129,52 @@ class Checkpoints:
     try:
       return manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # Orbax raises many types for truncated or corrupt files.
-      message = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-      raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({message}); move it away "
-                            "to resume from an older one, or use a new --workdir") from e
+      raise _corrupt(path, e) from e
 
   def close(self) -> None:
     self._latest.close()
     self._best.close()
+
+
+def _corrupt(path: pathlib.Path, error: Exception) -> CheckpointError:
+  message = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+  return CheckpointError(f"checkpoint {path} is corrupt or unreadable ({message}); move it away "
+                         "to resume from an older one, or use a new --workdir")
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """'params/down0/conv0/kernel' -> shape, for every array leaf of a pytree (or orbax metadata tree)."""
+  def name(key) -> str:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        return str(getattr(key, attr))
+    return str(key)
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {"/".join(name(k) for k in path): tuple(getattr(leaf, "shape", ()) or ()) for path, leaf in leaves}
+
+
+def tree_difference(stored: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]) -> str:
+  """A one-line description of how two {array name: shape} maps differ ('' when they agree).
+
+  Model arrays (params, batch_stats) are named before optimiser state, so the message points
+  at the layer that differs.
+  """
+  def order(names):
+    return sorted(names, key=lambda n: (0 if n.startswith("params") else 1 if n.startswith("batch_stats") else 2, n))
+  shape_diff = [n for n in order(stored.keys() & expected.keys()) if stored[n] != expected[n]]
+  missing = order(expected.keys() - stored.keys())
+  extra = order(stored.keys() - expected.keys())
+  parts = []
+  if shape_diff:
+    n = shape_diff[0]
+    more = f" (and {len(shape_diff) - 1} more arrays)" if len(shape_diff) > 1 else ""
+    parts.append(f"{n} has shape {stored[n]} in the checkpoint but {expected[n]} for this config{more}")
+  if missing:
+    parts.append(f"{len(missing)} arrays of this config's state are not in the checkpoint "
+                 f"(e.g. {missing[0]})")
+  if extra:
+    parts.append(f"{len(extra)} arrays of the checkpoint are not in this config's state (e.g. {extra[0]})")
+  return "; ".join(parts)
 
 
 def abstract_like(tree: Any) -> Any:

@@ -1,9 +1,9 @@
 """What `jaxseg.main` does with its flags: checks, dispatch, one-line errors.
 
 User mistakes (a missing config file, a misspelt key, an unwritable workdir, a
-corrupt checkpoint, a NaN loss...) end the program with one line on stderr,
-`jaxseg: error: ...`, and exit status 2 for bad flags or 1 otherwise, never a
-traceback.
+corrupt checkpoint or one of another model, a NaN loss, a bad input image...)
+end the program with one line on stderr, `jaxseg: error: ...`, and exit status
+2 for bad flags or 1 otherwise, never a traceback.
 """
 
 from __future__ import annotations
@@ -105,9 +105,11 @@ def run(config, config_arg: str, workdir: str | None, mode: str) -> int:
   parallel.initialize_distributed()
   workdir = pathlib.Path(workdir) if workdir else default_workdir(config_arg)
   logging.info("jaxseg %s: config %s, workdir %s (pid %d)", mode, config_arg, workdir, os.getpid())
-  from jaxseg import evaluate, train  # pylint: disable=g-import-not-at-top
+  from jaxseg import evaluate, predict, train  # pylint: disable=g-import-not-at-top
   if mode == "train":
     train.train_and_evaluate(config, workdir)
   elif mode == "evaluate":
     evaluate.evaluate_workdir(config, workdir)
+  elif mode == "predict":
+    predict.predict_workdir(config, workdir)
   return 0

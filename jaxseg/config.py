@@ -11,14 +11,25 @@ Key reference (units in brackets):
   data.name                 `ct_phantom` | `mr_phantom` | `microscopy_phantom` (embedded
                             synthetic datasets) | `msd` (any MSD / nnU-Net raw directory
                             at `data.root`).
-  data.root                 raw dataset directory for `msd`.
+  data.root                 raw dataset directory for `msd`; with `data.task`, the directory
+                            the task archive was extracted into.
+  data.task                 '' or a Medical Segmentation Decathlon task name
+                            (`Task01_BrainTumour` .. `Task10_Colon`), checked against the
+                            published dataset (`jaxseg.data.builders.msd`).
   data.data_dir             where phantoms are generated and prepared datasets live;
                             '' = $JAXSEG_DATA_DIR or ~/.cache/jaxseg.
   data.num_cases            phantom size (0 = the phantom's default).
+  data.prepare_workers      processes preparing cases (0 = one per CPU core).
   data.patch_size           training patch: (H, W) for 2D models, (D, H, W) for 3D [voxels].
   data.foreground_fraction  share of every batch centred on a foreground voxel.
+  data.class_balanced       foreground samples pick the class first, uniformly over the
+                            split's foreground classes (for rare classes).
+  data.num_workers          grain worker processes (0 = read threads of the training process).
   data.num_threads          grain read threads; data.prefetch: batches prefetched.
-  data.augment.*            augmentation probabilities and ranges.
+  data.cache_cases          decoded cases kept in memory per reader.
+  data.augment.*            augmentation probabilities and ranges (`jaxseg.data.augment`);
+                            nnU-Net's defaults; flip_axes / rotate_max_deg None = nnU-Net's
+                            choice for the model's dimension (all axes; 180 deg 2D, 30 deg 3D).
   model.*                   see `jaxseg.models.default_model_config`.
   train.*                   steps, batch size (global), optimiser, schedule, logging.
   mesh.data                 devices on the mesh's data axis (-1 = all devices).
@@ -35,6 +46,7 @@ import pathlib
 from typing import Any
 
 import ml_collections
+from ml_collections import config_dict
 
 from jaxseg import models
 from jaxseg.errors import ConfigError
@@ -52,20 +64,40 @@ def base_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.name = "ct_phantom"
   config.data.root = ""
+  config.data.task = ""
   config.data.data_dir = ""
   config.data.num_cases = 0
+  config.data.prepare_workers = 0
   config.data.patch_size = (128, 128)
   config.data.foreground_fraction = 1 / 3
+  config.data.class_balanced = False
+  config.data.num_workers = 0
   config.data.num_threads = 2
   config.data.prefetch = 4
   config.data.cache_cases = 64
-  config.data.augment = ml_collections.ConfigDict()
-  config.data.augment.flip_axes = ()
+  config.data.augment = ml_collections.ConfigDict()  # nnU-Net v2's defaults (jaxseg/data/augment.py).
+  config.data.augment.flip_axes = config_dict.placeholder(tuple)  # None: every spatial axis.
   config.data.augment.flip_prob = 0.5
   config.data.augment.rotate_prob = 0.2
-  config.data.augment.rotate_max_deg = 15.0
+  config.data.augment.rotate_max_deg = config_dict.placeholder(float)  # None: 180 (2D), 30 (3D).
   config.data.augment.scale_prob = 0.2
-  config.data.augment.scale_range = (0.85, 1.15)
+  config.data.augment.scale_range = (0.7, 1.4)                # Zoom factor, > 1 magnifies.
+  config.data.augment.elastic_prob = 0.0
+  config.data.augment.elastic_alpha = (0.0, 900.0)            # Displacement scale [voxels].
+  config.data.augment.elastic_sigma = (9.0, 13.0)             # Smoothing [voxels].
+  config.data.augment.noise_prob = 0.1
+  config.data.augment.noise_std = (0.0, 0.1)
+  config.data.augment.blur_prob = 0.2
+  config.data.augment.blur_sigma = (0.5, 1.0)                 # [voxels].
+  config.data.augment.brightness_prob = 0.15
+  config.data.augment.brightness_range = (0.75, 1.25)
+  config.data.augment.contrast_prob = 0.15
+  config.data.augment.contrast_range = (0.75, 1.25)
+  config.data.augment.lowres_prob = 0.25
+  config.data.augment.lowres_range = (0.5, 1.0)               # Downsampling factor.
+  config.data.augment.inverted_gamma_prob = 0.1
+  config.data.augment.gamma_prob = 0.3
+  config.data.augment.gamma_range = (0.7, 1.5)
 
   config.model = models.default_model_config()
   config.model.num_classes = 0  # 0: as many as the dataset has labels.
@@ -93,18 +125,20 @@ def base_config() -> ml_collections.ConfigDict:
   config.mesh.data = -1
 
   config.eval = ml_collections.ConfigDict()
-  config.eval.splits = ("validation", "test")
-  config.eval.batch_size = 16
-  config.eval.step_fraction = 0.5
-  config.eval.mirror_axes = ()
-  config.eval.num_figures = 4
-  config.eval.checkpoint = "best"
+  config.eval.splits = ("validation", "test")  # Reports under results/<split>/.
+  config.eval.batch_size = 16                  # Sliding windows per forward pass.
+  config.eval.step_fraction = 0.5              # Step between windows / window size.
+  config.eval.mirror_axes = ()                 # Spatial axes mirrored for test-time augmentation.
+  config.eval.num_figures = 4                  # Best and worst cases shown in figures/.
+  config.eval.checkpoint = "best"              # best | latest | a step number.
+  config.eval.tolerances_mm = ()               # Surface Dice tolerance [mm]: () = 1 mm, one value, or one per class.
+  config.eval.postprocess = True               # Decide largest-component post-processing on validation.
 
   config.predict = ml_collections.ConfigDict()
-  config.predict.input = ""
-  config.predict.output = ""
-  config.predict.checkpoint = "best"
-  config.predict.save_probabilities = False
+  config.predict.input = ""                    # A NIfTI file or a directory of them.
+  config.predict.output = ""                   # Directory for <case>.nii.gz label maps.
+  config.predict.checkpoint = "best"           # best | latest | a step number.
+  config.predict.save_probabilities = False    # Also write <case>_probabilities.nii.gz [X, Y, Z, K].
 
   config.adversarial = ml_collections.ConfigDict()
   config.adversarial.enabled = False
@@ -137,6 +171,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.data.name == "msd" and not config.data.root:
     fail("data.root", "is empty; set it to an MSD / nnU-Net raw dataset directory "
          "(--config.data.root=/data/Task09_Spleen)")
+  if config.data.task and config.data.name != "msd":
+    fail("data.task", f"{config.data.task!r} needs data.name 'msd', got {config.data.name!r}")
   if config.model.name not in models.MODELS:
     fail("model.name", f"unknown model {config.model.name!r}; choose one of {', '.join(models.MODELS)}")
   ndim = models.spatial_dims(config.model.name)
@@ -144,8 +180,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if len(patch) != ndim or any(int(p) < 1 for p in patch):
     fail("data.patch_size", f"{patch} must be {ndim} positive sizes for the {ndim}D model "
          f"{config.model.name!r}")
-  if not 0.0 <= config.data.foreground_fraction <= 1.0:
-    fail("data.foreground_fraction", f"{config.data.foreground_fraction} is not in [0, 1]")
+  _validate_data(config.data, ndim, fail)
   for key in ("num_steps", "batch_size", "log_every_steps", "eval_every_steps",
               "checkpoint_every_steps", "keep_checkpoints"):
     if config.train[key] < 1:
@@ -163,12 +198,48 @@ def validate(config: ml_collections.ConfigDict) -> None:
       fail("eval.splits", f"unknown split {split!r}; choose from train, validation, test")
   if not 0.0 < config.eval.step_fraction <= 1.0:
     fail("eval.step_fraction", f"{config.eval.step_fraction} is not in (0, 1]")
-  for axis in config.data.augment.flip_axes:
-    if not 0 <= axis < ndim:
-      fail("data.augment.flip_axes", f"axis {axis} is not a spatial axis of a {ndim}D model (0..{ndim - 1})")
   for axis in config.eval.mirror_axes:
     if not 0 <= axis < ndim:
       fail("eval.mirror_axes", f"axis {axis} is not a spatial axis of a {ndim}D model (0..{ndim - 1})")
+  if config.eval.batch_size < 1:
+    fail("eval.batch_size", f"must be >= 1, got {config.eval.batch_size}")
+  if config.eval.num_figures < 0:
+    fail("eval.num_figures", f"must be >= 0, got {config.eval.num_figures}")
+  if not all(isinstance(t, (int, float)) and t > 0 for t in config.eval.tolerances_mm):
+    fail("eval.tolerances_mm", f"{tuple(config.eval.tolerances_mm)} must be positive distances in mm")
+  for key in ("eval.checkpoint", "predict.checkpoint"):
+    which = str(config[key.split(".")[0]].checkpoint)
+    if which not in ("best", "latest") and not which.isdigit():
+      fail(key, f"{which!r} is not 'best', 'latest' or a step number")
+
+
+def _validate_data(data: ml_collections.ConfigDict, ndim: int, fail) -> None:
+  """Checks `config.data` for a model of `ndim` spatial axes."""
+  if data.task:
+    from jaxseg.data.builders import msd  # pylint: disable=g-import-not-at-top  (imports TFDS)
+    if data.task not in msd.TASKS:
+      fail("data.task", f"unknown task {data.task!r}; choose one of {', '.join(msd.TASKS)}")
+  if not 0.0 <= data.foreground_fraction <= 1.0:
+    fail("data.foreground_fraction", f"{data.foreground_fraction} is not in [0, 1]")
+  for key in ("num_workers", "prepare_workers", "num_threads", "prefetch"):
+    if data[key] < 0:
+      fail(f"data.{key}", f"must be >= 0, got {data[key]}")
+  if data.cache_cases < 1:
+    fail("data.cache_cases", f"must be >= 1, got {data.cache_cases}")
+  augment = data.augment
+  for axis in augment.flip_axes or ():
+    if not 0 <= axis < ndim:
+      fail("data.augment.flip_axes", f"axis {axis} is not a spatial axis of a {ndim}D model (0..{ndim - 1})")
+  if augment.rotate_max_deg is not None and augment.rotate_max_deg < 0:
+    fail("data.augment.rotate_max_deg", f"must be >= 0 degrees, got {augment.rotate_max_deg}")
+  for key, value in augment.items():
+    if key.endswith("_prob") and not 0.0 <= value <= 1.0:
+      fail(f"data.augment.{key}", f"{value} is not a probability in [0, 1]")
+    if key.endswith(("_range", "_std", "_sigma", "_alpha")):
+      if len(value) != 2 or not 0 <= value[0] <= value[1]:
+        fail(f"data.augment.{key}", f"{tuple(value)} must be (low, high) with 0 <= low <= high")
+      if key in ("scale_range", "lowres_range", "gamma_range") and value[0] <= 0:
+        fail(f"data.augment.{key}", f"{tuple(value)} must be positive factors")
 
 
 def data_dir(config: ml_collections.ConfigDict) -> pathlib.Path:

@@ -1,62 +1,87 @@
 """Whole-volume evaluation of a trained model and the `results/<split>/` reports.
 
-For each case of a split: sliding-window prediction over the preprocessed
-volume (`jaxseg.inference`), argmax, then `jaxseg.metrics.case_metrics` per
-foreground class with the case's voxel spacing. Reports:
+Cases are scored in their ORIGINAL geometry, as nnU-Net does. For each case:
 
-  results/<split>/summary.json  per class name: mean over cases of every metric,
-                                `mean_foreground` (mean over foreground classes),
-                                `num_cases` and the checkpoint `step`.
+1. sliding-window softmax over the preprocessed volume (`jaxseg.inference`
+   with `config.eval` settings: step, batch, mirror axes), then argmax;
+2. the label map goes back to the raw file's voxel grid
+   (`preprocess.restore_to_original`: resampling undone with nearest
+   neighbour, the cropped-away border set to background, orientation undone);
+3. post-processing (`jaxseg.postprocess`) of the classes chosen on validation;
+4. `metrics.case_metrics` per foreground class against the raw label file,
+   with the raw file's voxel spacing (mm) and the surface Dice tolerances of
+   `config.eval.tolerances_mm`.
+
+`evaluate_checkpoint` first scores the validation split both as predicted and
+with only the largest connected component of each class, chooses the
+post-processing (`postprocess.decide`), writes it to
+`<workdir>/postprocessing.json` and then evaluates `config.eval.splits` with
+it (the validation report gets the chosen post-processing too). Reports:
+
+  results/<split>/summary.json  per class name: mean over cases of every metric of
+                                `metrics.METRIC_NAMES`; `mean_foreground` (mean of the
+                                class means); `std` (class -> metric -> std over cases);
+                                `nan_skipped` (class -> metric -> NaN values left out of
+                                mean and std); `num_cases`; the checkpoint `step`;
+                                `postprocessing` (classes kept to their largest component).
   results/<split>/cases.csv     one row per (case, class) with every metric.
-  results/<split>/summary.md    mean +- std per class and metric.
-  results/<split>/figures/      image | reference | prediction overlays.
+  results/<split>/summary.md    mean +- std per class and metric, NaN counts.
+  results/<split>/figures/      best_cases.png and worst_cases.png (by mean foreground
+                                Dice; image | reference | prediction on the axial slice
+                                with most reference foreground, radiological view) and
+                                boxplots.png (every metric per class).
 
-Evaluation runs on each process's local devices on identical inputs; only
-process 0 writes.
+`validation_dice`, run by the training loop, stays in the preprocessed space
+and only counts voxels: it is cheap. Evaluation runs on each process's local
+devices on identical inputs; only process 0 writes.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
 import os
 import pathlib
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import ml_collections
+import nibabel as nib
 import numpy as np
 from absl import logging
 
-from jaxseg import checkpointing, experiment, inference, metrics, visualize
-from jaxseg.data import pipeline, transforms
-from jaxseg.errors import WorkdirError
+from jaxseg import checkpointing, config as config_lib, experiment, inference, metrics, postprocess, visualize
+from jaxseg.data import nifti, pipeline, preprocess, transforms
+from jaxseg.errors import ConfigError, DataError, WorkdirError
 
 METRIC_NAMES = metrics.METRIC_NAMES
+METRIC_UNITS = {"hd95": "mm", "assd": "mm", "volume_difference": "mL; cm^2 in 2D"}
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
 
 
-def predict_case(predict: PredictFn, case: transforms.Case, config: ml_collections.ConfigDict,
-                 num_classes: int) -> np.ndarray:
-  """Softmax probabilities `[Z, Y, X, K]` for one preprocessed case."""
-  image = case.image
+def predict_probabilities(predict: PredictFn, image: np.ndarray, config: ml_collections.ConfigDict,
+                          num_classes: int) -> np.ndarray:
+  """Softmax probabilities `[Z, Y, X, K]` of a preprocessed image `[Z, Y, X, C]` (Z = 1 for 2D data)."""
   window = tuple(config.data.patch_size)
+  settings = dict(window=window, num_classes=num_classes, step_fraction=config.eval.step_fraction,
+                  batch_size=config.eval.batch_size, mirror_axes=tuple(config.eval.mirror_axes))
   if len(window) == 3 or image.shape[0] > 1:
-    return inference.sliding_window_predict(
-        predict, image, window=window, num_classes=num_classes, step_fraction=config.eval.step_fraction,
-        batch_size=config.eval.batch_size, mirror_axes=tuple(config.eval.mirror_axes))
-  probabilities = inference.sliding_window_predict(  # A 2D dataset: one slice.
-      predict, image[0], window=window, num_classes=num_classes, step_fraction=config.eval.step_fraction,
-      batch_size=config.eval.batch_size, mirror_axes=tuple(config.eval.mirror_axes))
-  return probabilities[None]
+    return inference.sliding_window_predict(predict, image, **settings)
+  return inference.sliding_window_predict(predict, image[0], **settings)[None]
+
+
+def label_dtype(num_classes: int) -> type:
+  """The smallest unsigned integer type that holds labels 0 .. num_classes - 1."""
+  return np.uint8 if num_classes <= 256 else np.uint16
 
 
 def validation_dice(predict: PredictFn, source: pipeline.CaseSource, config: ml_collections.ConfigDict,
                     num_classes: int) -> tuple[float, dict[str, np.ndarray], np.ndarray | None]:
-  """Mean foreground Dice over a split from summed confusion counts.
+  """Mean foreground Dice over a split from summed confusion counts (preprocessed space).
 
   Returns (mean foreground Dice, per-class scores, an overlay row of the first
   case's most foreground slice for TensorBoard, or None if the split is empty).
@@ -64,7 +89,7 @@ def validation_dice(predict: PredictFn, source: pipeline.CaseSource, config: ml_
   counts = np.zeros((num_classes, 4), np.float64)
   picture = None
   for case in source:
-    prediction = predict_case(predict, case, config, num_classes).argmax(-1)
+    prediction = predict_probabilities(predict, case.image, config, num_classes).argmax(-1)
     counts += np.asarray(metrics.confusion_counts(prediction, case.label, num_classes), np.float64)
     if picture is None:
       z = visualize.most_foreground_slice(case.label)
@@ -73,39 +98,236 @@ def validation_dice(predict: PredictFn, source: pipeline.CaseSource, config: ml_
   return float(np.mean(scores["dice"][1:])), scores, picture
 
 
-def summarize(rows: Sequence[dict[str, Any]], class_names: Sequence[str], step: int) -> dict[str, Any]:
-  """summary.json content from per-(case, class) rows."""
+def surface_tolerances(config: ml_collections.ConfigDict, foreground: Mapping[str, int]) -> dict[str, float]:
+  """Class name -> surface Dice tolerance (mm) from `config.eval.tolerances_mm`.
+
+  () gives {} (metrics.DEFAULT_TOLERANCE_MM for every class); one value applies to every
+  class; otherwise one value per foreground class in label order.
+  """
+  values = [float(v) for v in config.eval.tolerances_mm]
+  if len(values) > 1 and len(values) != len(foreground):
+    raise ConfigError(f"config.eval.tolerances_mm has {len(values)} values; give one, or one per foreground "
+                      f"class ({len(foreground)}: {', '.join(foreground)})")
+  if len(values) == 1:
+    values = values * len(foreground)
+  return dict(zip(foreground, values))
+
+
+class RawCases:
+  """The raw files of a prepared dataset, to score predictions in their original geometry."""
+
+  def __init__(self, prepared: pipeline.PreparedDataset):
+    self.root = pathlib.Path(prepared.builder.info.metadata["raw_root"])
+    try:
+      self.dataset = nifti.read_dataset(self.root)
+    except DataError as e:
+      raise DataError(f"evaluation in the original geometry reads the raw dataset that was prepared: {e}") from e
+    self._cases = {case.case_id: case for case in self.dataset.training}
+
+  def load(self, case_id: str) -> nifti.LoadedCase:
+    if case_id not in self._cases:
+      raise DataError(f"case {case_id!r} of the prepared dataset is not in the raw dataset {self.root}; "
+                      "prepare the dataset again")
+    return nifti.load_case(self._cases[case_id], self.dataset)
+
+
+@dataclasses.dataclass
+class CaseView:
+  """Axial slices (radiological view, raw resolution) for the report figures."""
+  image: np.ndarray       # [H, W] float, first channel.
+  reference: np.ndarray   # [H, W] labels.
+  prediction: np.ndarray  # [H, W] labels as scored.
+  largest: np.ndarray | None  # [H, W] labels with every class kept to its largest component.
+
+  def final_prediction(self, chosen_values: Sequence[int]) -> np.ndarray:
+    if self.largest is None or not chosen_values:
+      return self.prediction
+    return np.where(np.isin(self.prediction, chosen_values), self.largest, self.prediction)
+
+
+@dataclasses.dataclass
+class CaseResult:
+  """Scores of one case: `scores` of the prediction as scored, `largest` (when compared) of the classes
+  whose largest-component post-processing changes something."""
+  case_id: str
+  scores: dict[str, dict[str, float]]
+  largest: dict[str, dict[str, float]]
+  view: CaseView | None
+
+  def final_scores(self, chosen: Sequence[str]) -> dict[str, dict[str, float]]:
+    return {name: self.largest.get(name, s) if name in chosen else s for name, s in self.scores.items()}
+
+
+def _canonical_slices(volumes_xyz: Sequence[np.ndarray], affine: np.ndarray, reference_index: int
+                      ) -> list[np.ndarray]:
+  """The axial slice with most reference foreground of each `[X, Y, Z]` volume, in radiological view."""
+  ornt = nib.orientations.io_orientation(affine)
+  canonical = [np.swapaxes(nib.orientations.apply_orientation(v, ornt), 0, 2) for v in volumes_xyz]
+  z = visualize.most_foreground_slice(canonical[reference_index])
+  return [np.ascontiguousarray(visualize.axial_view(v, z)) for v in canonical]
+
+
+class Evaluator:
+  """Scores the cases of a prepared dataset with one checkpoint's predictions."""
+
+  def __init__(self, exp: experiment.Experiment, predict: PredictFn, step: int):
+    self.config = exp.config
+    self.workdir = exp.workdir
+    self.num_classes = exp.prepared.num_classes
+    self.labels = exp.prepared.foreground
+    self.tolerances = surface_tolerances(exp.config, self.labels)
+    self.raw = RawCases(exp.prepared)
+    self.predict = predict
+    self.step = step
+
+  def score_case(self, case: transforms.Case, choice: postprocess.Postprocessing, compare_largest: bool,
+                 with_view: bool) -> CaseResult:
+    """Predicts one preprocessed case and scores it against its raw label file."""
+    probabilities = predict_probabilities(self.predict, case.image, self.config, self.num_classes)
+    prediction = probabilities.argmax(-1).astype(label_dtype(self.num_classes))
+    del probabilities
+    prediction = choice.apply(preprocess.restore_to_original(prediction, case.meta, is_label=True), self.labels)
+    loaded = self.raw.load(case.case_id)
+    reference, spacing = loaded.label, loaded.spacing
+    largest = None
+    if compare_largest:
+      largest = postprocess.keep_largest_components(prediction, list(self.labels.values()))
+    view = None
+    if with_view:
+      volumes = [loaded.image[..., 0], reference, prediction] + ([largest] if largest is not None else [])
+      slices = _canonical_slices(volumes, loaded.affine, 1)
+      view = CaseView(*slices[:3], slices[3] if largest is not None else None)
+    if self.raw.dataset.ndim == 2:  # [X, Y, 1] -> [X, Y].
+      prediction, reference, spacing = prediction[..., 0], reference[..., 0], spacing[:2]
+      largest = None if largest is None else largest[..., 0]
+    scores = metrics.case_metrics(prediction, reference, spacing=spacing, labels=self.labels,
+                                  tolerances_mm=self.tolerances)
+    largest_scores = {}
+    if largest is not None:
+      changed = {int(v) for v in np.unique(prediction[largest != prediction])}
+      classes = {n: v for n, v in self.labels.items() if v in changed}
+      if classes:
+        largest_scores = metrics.case_metrics(largest, reference, spacing=spacing, labels=classes,
+                                              tolerances_mm={n: self.tolerances[n] for n in classes
+                                                             if n in self.tolerances})
+    logging.info("%s: %s", case.case_id, ", ".join(f"{n} dice {scores[n]['dice']:.3f}" for n in self.labels))
+    return CaseResult(case.case_id, scores, largest_scores, view)
+
+  def score_split(self, source: pipeline.CaseSource, choice: postprocess.Postprocessing,
+                  compare_largest: bool = False) -> list[CaseResult]:
+    """Scores every case of a split.
+
+    With `compare_largest` (deciding post-processing) every case keeps its figure slices until the
+    choice is made; otherwise only the cases that can still end up best or worst keep them.
+    """
+    results = []
+    keep = self.config.eval.num_figures
+    for case in source:
+      results.append(self.score_case(case, choice, compare_largest, with_view=keep > 0))
+      if not compare_largest:  # Final scores are known: drop slices that cannot be shown.
+        shown = {r.case_id for r in _best_and_worst(results, (), keep)}
+        for result in results:
+          if result.case_id not in shown:
+            result.view = None
+    return results
+
+  def report(self, split: str, results: Sequence[CaseResult], choice: postprocess.Postprocessing
+             ) -> dict[str, Any]:
+    """Writes `results/<split>/` (process 0) and returns the summary."""
+    chosen = choice.largest_component
+    rows = [{"case_id": r.case_id, "class": name, **scores}
+            for r in results for name, scores in r.final_scores(chosen).items()]
+    summary = summarize(rows, list(self.labels), self.step, chosen)
+    if jax.process_index() == 0:
+      write_reports(self.workdir / "results" / split, rows, list(self.labels), split, summary)
+      self._write_figures(self.workdir / "results" / split / "figures", split, results, choice)
+    logging.info("%s (step %d): mean foreground Dice %s over %d cases", split, self.step,
+                 summary["mean_foreground"]["dice"], summary["num_cases"])
+    return summary
+
+  def _write_figures(self, directory: pathlib.Path, split: str, results: Sequence[CaseResult],
+                     choice: postprocess.Postprocessing) -> None:
+    chosen = choice.largest_component
+    values = {m: {n: [r.final_scores(chosen)[n][m] for r in results] for n in self.labels} for m in METRIC_NAMES}
+    visualize.save_boxplots(directory / "boxplots.png", values, METRIC_UNITS,
+                            f"{split}: {len(results)} cases, checkpoint step {self.step}")
+    k = self.config.eval.num_figures
+    if k == 0 or not results:
+      return
+    chosen_values = choice.values(self.labels)
+    ranked = _best_and_worst(results, chosen, k)
+    for name, cases in (("best", ranked[:k]), ("worst", ranked[::-1][:k])):
+      rows = []
+      for r in cases:
+        scores = r.final_scores(chosen)
+        caption = f"{r.case_id}: mean foreground Dice {_mean_dice(scores):.3f} (" + ", ".join(
+            f"{n} {s['dice']:.2f}" for n, s in scores.items()) + ")"
+        rows.append((caption, visualize.comparison_row(r.view.image, r.view.reference,
+                                                       r.view.final_prediction(chosen_values))))
+      visualize.save_case_montage(directory / f"{name}_cases.png", rows, f"{split}: {name} cases")
+
+
+def _mean_dice(scores: Mapping[str, Mapping[str, float]]) -> float:
+  return float(np.mean([s["dice"] for s in scores.values()]))
+
+
+def _best_and_worst(results: Sequence[CaseResult], chosen: Sequence[str], k: int) -> list[CaseResult]:
+  """The k best then the k worst cases with slices, by mean foreground Dice (best first, worst last)."""
+  ranked = sorted((r for r in results if r.view is not None), key=lambda r: -_mean_dice(r.final_scores(chosen)))
+  return ranked if len(ranked) <= 2 * k else ranked[:k] + ranked[-k:]
+
+
+def summarize(rows: Sequence[dict[str, Any]], class_names: Sequence[str], step: int,
+              postprocessed: Sequence[str] = ()) -> dict[str, Any]:
+  """summary.json content from per-(case, class) rows (NaN values are left out and counted)."""
   summary: dict[str, Any] = {}
+  std, skipped = {}, {}
   for name in class_names:
-    class_rows = [r for r in rows if r["class"] == name]
-    summary[name] = {m: _nanmean([r[m] for r in class_rows]) for m in METRIC_NAMES}
+    columns = {m: [r[m] for r in rows if r["class"] == name] for m in METRIC_NAMES}
+    summary[name] = {m: _nanmean(v) for m, v in columns.items()}
+    std[name] = {m: _nanstd(v) for m, v in columns.items()}
+    skipped[name] = {m: sum(1 for x in v if _is_nan(x)) for m, v in columns.items()}
   summary["mean_foreground"] = {m: _nanmean([summary[n][m] for n in class_names]) for m in METRIC_NAMES}
+  summary["std"] = std
+  summary["nan_skipped"] = skipped
   summary["num_cases"] = len({r["case_id"] for r in rows})
   summary["step"] = int(step)
+  summary["postprocessing"] = {"largest_component": list(postprocessed)}
   return summary
 
 
-def _nanmean(values: Sequence[float]) -> float | None:
-  finite = [v for v in values if v is not None and not math.isnan(v)]
+def _is_nan(value: float | None) -> bool:
+  return value is None or math.isnan(value)
+
+
+def _nanmean(values: Sequence[float | None]) -> float | None:
+  finite = [v for v in values if not _is_nan(v)]
   return float(np.mean(finite)) if finite else None
 
 
-def _nanstd(values: Sequence[float]) -> float | None:
-  finite = [v for v in values if v is not None and not math.isnan(v)]
+def _nanstd(values: Sequence[float | None]) -> float | None:
+  finite = [v for v in values if not _is_nan(v)]
   return float(np.std(finite)) if finite else None
 
 
-def summary_markdown(rows: Sequence[dict[str, Any]], class_names: Sequence[str], split: str, step: int) -> str:
-  lines = [f"# {split}: {len({r['case_id'] for r in rows})} cases, checkpoint step {step}", "",
-           "Mean ± std over cases (distances in mm; NaN values, e.g. HD95 with an empty side, are left out).", "",
+def summary_markdown(summary: Mapping[str, Any], class_names: Sequence[str], split: str) -> str:
+  """summary.md: mean ± std per class and metric, with the NaN values left out."""
+  post = summary["postprocessing"]["largest_component"]
+  lines = [f"# {split}: {summary['num_cases']} cases, checkpoint step {summary['step']}", "",
+           "Scored in the original image geometry. Mean ± std over cases; distances in mm, volume difference "
+           "in mL (cm^2 for 2D images). NaN values (a distance to an empty surface) are left out and counted.",
+           "", "Post-processing (largest connected component): " + (", ".join(post) if post else "none") + ".", "",
            "| class | " + " | ".join(METRIC_NAMES) + " |", "|---" * (len(METRIC_NAMES) + 1) + "|"]
   for name in class_names:
     cells = []
     for m in METRIC_NAMES:
-      values = [r[m] for r in rows if r["class"] == name]
-      mean, std = _nanmean(values), _nanstd(values)
-      cells.append("n/a" if mean is None else f"{mean:.4f} ± {std:.4f}")
+      mean, std, nan = summary[name][m], summary["std"][name][m], summary["nan_skipped"][name][m]
+      cell = "n/a" if mean is None else f"{mean:.4f} ± {std:.4f}"
+      cells.append(cell + (f" ({nan} NaN)" if nan else ""))
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  means = summary["mean_foreground"]
+  lines.append("| mean_foreground | " + " | ".join("n/a" if means[m] is None else f"{means[m]:.4f}"
+                                                  for m in METRIC_NAMES) + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -115,64 +337,84 @@ def _write_text(path: pathlib.Path, text: str) -> None:
   os.replace(tmp, path)
 
 
-def write_reports(out_dir: pathlib.Path, rows: list[dict[str, Any]], class_names: Sequence[str], split: str,
-                  step: int, figures: dict[str, np.ndarray]) -> dict[str, Any]:
-  """Writes summary.json, cases.csv, summary.md and figures/*.png; returns the summary."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import image as mpl_image  # pylint: disable=g-import-not-at-top
+def write_reports(out_dir: pathlib.Path, rows: Sequence[dict[str, Any]], class_names: Sequence[str], split: str,
+                  summary: Mapping[str, Any]) -> None:
+  """Writes summary.json, cases.csv and summary.md (and creates figures/)."""
   try:
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+    _write_text(out_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["case_id", "class", *METRIC_NAMES])
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_text(out_dir / "cases.csv", buffer.getvalue())
+    _write_text(out_dir / "summary.md", summary_markdown(summary, class_names, split))
   except OSError as e:
     raise WorkdirError(f"cannot write results to {out_dir}: {e.strerror or e}") from e
-  summary = summarize(rows, class_names, step)
-  _write_text(out_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
-  buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=["case_id", "class", *METRIC_NAMES])
-  writer.writeheader()
-  writer.writerows(rows)
-  _write_text(out_dir / "cases.csv", buffer.getvalue())
-  _write_text(out_dir / "summary.md", summary_markdown(rows, class_names, split, step))
-  for name, picture in figures.items():
-    mpl_image.imsave(out_dir / "figures" / f"{name}.png", picture)
-  return summary
 
 
-def evaluate_split(predict: PredictFn, source: pipeline.CaseSource, prepared: pipeline.PreparedDataset,
-                   config: ml_collections.ConfigDict, results_dir: pathlib.Path, step: int) -> dict[str, Any]:
-  """Predicts every case of a split, scores it and writes `results_dir/<split>/`."""
-  labels = prepared.foreground
-  rows, figures = [], {}
-  for index, case in enumerate(source):
-    prediction = predict_case(predict, case, config, prepared.num_classes).argmax(-1).astype(np.uint8)
-    scores = metrics.case_metrics(prediction, case.label, spacing=case.spacing, labels=labels)
-    for name in labels:
-      rows.append({"case_id": case.case_id, "class": name, **scores[name]})
-    if index < config.eval.num_figures:
-      z = visualize.most_foreground_slice(case.label)
-      figures[case.case_id] = visualize.comparison_row(case.image[z, ..., 0], case.label[z], prediction[z])
-    logging.info("%s %s: %s", source.split, case.case_id,
-                 ", ".join(f"{n} dice {scores[n]['dice']:.3f}" for n in labels))
-  if jax.process_index() != 0:
-    return summarize(rows, list(labels), step)
-  return write_reports(results_dir / source.split, rows, list(labels), source.split, step, figures)
+def trained_config_hint(exp: experiment.Experiment) -> str:
+  """How the model settings of `<workdir>/config.json` (the training run) differ from `exp.config`."""
+  path = exp.workdir / "config.json"
+  try:
+    trained = json.loads(path.read_text())
+  except (OSError, ValueError):
+    return "was it trained with another config.model or dataset?"
+  current = json.loads(config_lib.to_json(exp.config))
+  diffs = [f"model.{key}={trained['model'][key]!r} (this config: {current['model'].get(key)!r})"
+           for key in sorted(trained.get("model", {})) if trained["model"][key] != current["model"].get(key)]
+  if trained.get("data", {}).get("name") != current["data"]["name"]:
+    diffs.append(f"data.name={trained['data'].get('name')!r} (this config: {current['data']['name']!r})")
+  if not diffs:
+    return f"its model settings in {path} equal this config's"
+  return f"it was trained with {', '.join(diffs)} according to {path}"
+
+
+def restore_state(exp: experiment.Experiment, checkpoints: checkpointing.Checkpoints, which: str | int
+                  ) -> tuple[Any, int]:
+  """Restores checkpoint `which`; a checkpoint of another model config is a CheckpointError saying so."""
+  return checkpoints.restore(exp.abstract_state(), which, mismatch_hint=trained_config_hint(exp))
 
 
 def evaluate_checkpoint(exp: experiment.Experiment, checkpoints: checkpointing.Checkpoints, which: str | int
                         ) -> dict[str, Any]:
-  """Evaluates checkpoint `which` on every split of `config.eval.splits`."""
-  state, step = checkpoints.restore(exp.abstract_state(), which)
-  predict = exp.predictor(state)
+  """Decides post-processing on validation, then evaluates checkpoint `which` on `config.eval.splits`.
+
+  Returns {split: summary} as written to `results/<split>/summary.json`.
+  """
+  state, step = restore_state(exp, checkpoints, which)
+  return evaluate_predictor(exp, exp.predictor(state), step)
+
+
+def evaluate_predictor(exp: experiment.Experiment, predict: PredictFn, step: int) -> dict[str, Any]:
+  """`evaluate_checkpoint` for any `predict(windows [N, *window, C]) -> logits [N, *window, K]`.
+
+  Writes `<workdir>/postprocessing.json` and `results/<split>/`; returns {split: summary}.
+  """
+  evaluator = Evaluator(exp, predict, step)
+  config = exp.config
   results = {}
-  for split in exp.config.eval.splits:
-    source = pipeline.CaseSource(exp.prepared, split, exp.config.data.cache_cases)
+  choice = postprocess.Postprocessing(step=step)
+  validation = pipeline.CaseSource(exp.prepared, "validation", config.data.cache_cases)
+  if config.eval.postprocess and len(validation):
+    scored = evaluator.score_split(validation, choice, compare_largest=True)
+    choice = postprocess.decide({n: [r.scores[n]["dice"] for r in scored] for n in evaluator.labels},
+                                {n: [r.final_scores([n])[n]["dice"] for r in scored] for n in evaluator.labels},
+                                step)
+    logging.info("Post-processing chosen on %d validation cases: largest component for %s", len(scored),
+                 ", ".join(choice.largest_component) or "no class")
+    if "validation" in config.eval.splits:
+      results["validation"] = evaluator.report("validation", scored, choice)
+  if jax.process_index() == 0:
+    postprocess.save(exp.workdir, choice)
+  for split in config.eval.splits:
+    if split in results:
+      continue
+    source = pipeline.CaseSource(exp.prepared, split, config.data.cache_cases)
     if len(source) == 0:
       logging.warning("Split %r has no cases; nothing to evaluate.", split)
       continue
-    results[split] = evaluate_split(predict, source, exp.prepared, exp.config, exp.workdir / "results",
-                                             step)
-    fg = results[split]["mean_foreground"]["dice"]
-    logging.info("%s (step %d): mean foreground Dice %.4f", split, step, fg)
+    results[split] = evaluator.report(split, evaluator.score_split(source, choice), choice)
   return results
 
 

@@ -93,6 +93,11 @@ def _check_args(image, window, num_classes, step_fraction, sigma_scale,
   if image.ndim not in (3, 4):
     raise DataError(f'image must be [H, W, C] or [D, H, W, C], got shape '
                     f'{image.shape}')
+  finite = np.isfinite(image)
+  if not finite.all():
+    raise DataError(f'image has {finite.size - np.count_nonzero(finite)} NaN '
+                    f'or infinite voxels (first at index '
+                    f'{tuple(int(i) for i in np.argwhere(~finite)[0])})')
   spatial = image.ndim - 1
   if len(window) not in (2, 3) or len(window) > spatial:
     raise ConfigError(f'window {tuple(window)} does not fit an image with '
@@ -147,7 +152,8 @@ def sliding_window_predict(
     [*spatial, K] float32 probabilities (summing to 1 over K).
 
   Raises:
-    DataError: the image is not [H, W, C] or [D, H, W, C].
+    DataError: the image is not [H, W, C] or [D, H, W, C], or has NaN or
+      infinite voxels.
     ConfigError: bad window or settings, or logits of the wrong shape.
   """
   image = np.asarray(image)

@@ -1,9 +1,12 @@
-"""Segmentation losses: cross-entropy, soft Dice, Dice + CE, focal, multi-output.
+"""Segmentation losses: cross-entropy, soft Dice, Dice + CE, focal, multi-output; adversarial losses.
 
-All losses take logits `[B, *spatial, K]` and integer labels `[B, *spatial]`
-and return a float32 scalar. Soft Dice is a *batch* Dice: intersections and
-sums are taken over the whole batch before dividing (as nnU-Net does for 2D),
-over the foreground classes only.
+All segmentation losses take logits `[B, *spatial, K]` and integer labels
+`[B, *spatial]` and return a float32 scalar. Soft Dice is a *batch* Dice:
+intersections and sums are taken over the whole batch before dividing (as
+nnU-Net does for 2D), over the foreground classes only.
+
+The adversarial losses take a discriminator's real/fake logits (any shape,
+one per patch) and average over all of them.
 """
 
 from __future__ import annotations
@@ -99,3 +102,31 @@ def multi_output_loss(loss_fn: LossFn, outputs: jax.Array | Sequence[jax.Array],
     if weight:
       total += weight * loss_fn(output, resize_labels_nearest(labels, output.shape[1:-1]))
   return total
+
+
+def sigmoid_cross_entropy(logits: jax.Array, target: float | jax.Array) -> jax.Array:
+  """Mean binary cross-entropy -[t log s(x) + (1 - t) log(1 - s(x))], s the sigmoid."""
+  logits = logits.astype(jnp.float32)
+  return optax.sigmoid_binary_cross_entropy(logits, jnp.broadcast_to(target, logits.shape)).mean()
+
+
+def discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array, *,
+                       label_smoothing: float = 0.0) -> jax.Array:
+  """Discriminator's binary cross-entropy, the mean of its real and fake halves.
+
+  0.5 * (BCE(real_logits, 1 - label_smoothing) + BCE(fake_logits, 0)): real
+  inputs (ground truth) have target 1 - label_smoothing (one-sided label
+  smoothing, Salimans et al. 2016), fake inputs (the segmenter's softmax) 0.
+  """
+  return 0.5 * (sigmoid_cross_entropy(real_logits, 1.0 - label_smoothing)
+                + sigmoid_cross_entropy(fake_logits, 0.0))
+
+
+def generator_adversarial_loss(fake_logits: jax.Array) -> jax.Array:
+  """Non-saturating adversarial loss of the segmenter: mean -log sigmoid(D(fake)).
+
+  Goodfellow et al. 2014: the segmenter maximises log D(fake) rather than
+  minimising log(1 - D(fake)), whose gradient vanishes while the
+  discriminator rejects its outputs confidently.
+  """
+  return sigmoid_cross_entropy(fake_logits, 1.0)

@@ -1,7 +1,7 @@
 """Command line: `python -m jaxseg.main --config=configs/NAME.py[:ARG] [--workdir=DIR] [--mode=...]`.
 
 Flags and dispatch only; `jaxseg.cli` checks the flags and turns user mistakes
-into one-line errors, the work is in train.py and evaluate.py.
+into one-line errors, the work is in train.py, evaluate.py and predict.py.
 """
 
 import os
@@ -15,7 +15,9 @@ from jaxseg import cli  # pylint: disable=g-import-not-at-top
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file: configs/NAME.py[:ARG].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: runs/<config file stem>).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "What to do.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"],
+                          "train (then evaluate), evaluate a trained workdir, or predict "
+                          "--config.predict.input into --config.predict.output.")
 
 
 def main(argv):

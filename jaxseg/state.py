@@ -1,4 +1,4 @@
-"""The training state pytree and the optimiser that updates it."""
+"""The training state pytree, the optimisers that update it, and the adversarial settings it is built from."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from jaxseg.errors import ConfigError
+from jaxseg.models import discriminator as discriminator_lib
+
+# fold_in index of the discriminator's initialisation key (independent of the segmenter's keys).
+_DISCRIMINATOR_STREAM = 1
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -21,13 +26,23 @@ class TrainState(flax.struct.PyTreeNode):
     params: the model's `params` collection.
     batch_stats: the model's `batch_stats` collection (empty dict if none).
     opt_state: optax state of the segmenter's optimiser.
-    rng: PRNG key; per-step keys are `jax.random.fold_in(rng, step)`.
+    rng: PRNG key data; per-step keys are `jax.random.fold_in(rng, step)`.
+    disc_params: the discriminator's `params` (None unless
+      `config.adversarial.enabled`).
+    disc_batch_stats: the discriminator's `batch_stats` (spectral-norm
+      power-iteration state; empty dict without spectral norm; None when
+      adversarial training is off).
+    disc_opt_state: optax state of the discriminator's optimiser (None when
+      adversarial training is off).
   """
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
   rng: jax.Array
+  disc_params: Any = None
+  disc_batch_stats: Any = None
+  disc_opt_state: Any = None
 
 
 def learning_rate_schedule(train_config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -73,6 +88,54 @@ def create_optimizer(train_config: ml_collections.ConfigDict) -> optax.GradientT
   return optax.chain(optax.clip_by_global_norm(train_config.grad_clip_norm), tx)
 
 
+def check_adversarial_config(config: ml_collections.ConfigDict) -> None:
+  """Checks `config.adversarial` (and that `data.patch_size` suits the discriminator).
+
+  Raises:
+    ConfigError: naming the key and what is wrong.
+  """
+  adv = config.adversarial
+
+  def check(ok: bool, key: str, message: str):
+    if not ok:
+      raise ConfigError(f"config.adversarial.{key}={adv[key]!r}: {message}")
+
+  def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+  def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+  check(isinstance(adv.enabled, bool), "enabled", "must be True or False")
+  check(adv.input in discriminator_lib.INPUT_FORMS, "input",
+        f"unknown input form; choose one of {', '.join(discriminator_lib.INPUT_FORMS)}")
+  check(isinstance(adv.spectral_norm, bool), "spectral_norm", "must be True or False")
+  for key in ("features", "num_layers", "disc_every_steps"):
+    check(is_int(adv[key]) and adv[key] >= 1, key, "must be an integer >= 1")
+  check(is_int(adv.warmup_steps) and adv.warmup_steps >= 0, "warmup_steps", "must be an integer >= 0")
+  check(is_number(adv.weight) and adv.weight >= 0, "weight", "must be >= 0")
+  check(is_number(adv.learning_rate) and adv.learning_rate > 0, "learning_rate", "must be > 0")
+  check(is_number(adv.beta1) and 0 <= adv.beta1 < 1, "beta1", "must be in [0, 1)")
+  check(is_number(adv.label_smoothing) and 0 <= adv.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+  smallest = 2**adv.num_layers
+  if adv.enabled and min(config.data.patch_size) < smallest:
+    raise ConfigError(f"config.data.patch_size={tuple(config.data.patch_size)} is smaller than the "
+                      f"{smallest} voxels the discriminator's {adv.num_layers} stride-2 layers need per axis; "
+                      "lower config.adversarial.num_layers or enlarge the patch")
+
+
+def create_discriminator(adversarial_config: ml_collections.ConfigDict) -> discriminator_lib.PatchDiscriminator:
+  """The patch discriminator described by `config.adversarial`."""
+  return discriminator_lib.PatchDiscriminator(
+      features=adversarial_config.features, num_layers=adversarial_config.num_layers,
+      input_form=adversarial_config.input, spectral_norm=adversarial_config.spectral_norm)
+
+
+def create_discriminator_optimizer(adversarial_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam with `adversarial.learning_rate` (constant) and `adversarial.beta1` (0.5 as in DCGAN)."""
+  return optax.adam(adversarial_config.learning_rate, b1=adversarial_config.beta1)
+
+
 def init_variables(model: nn.Module, rng: jax.Array, input_shape: tuple[int, ...]) -> dict:
   """Initialises the model's variables for inputs of `input_shape` ([B, *spatial, C])."""
   params_rng, dropout_rng = jax.random.split(rng)
@@ -81,14 +144,35 @@ def init_variables(model: nn.Module, rng: jax.Array, input_shape: tuple[int, ...
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, tx: optax.GradientTransformation,
-                       input_shape: tuple[int, ...]) -> TrainState:
-  """A fresh state from `config.seed` (pure: jit it with out_shardings to place it)."""
-  init_rng, state_rng = jax.random.split(jax.random.key(config.seed))
+                       input_shape: tuple[int, ...],
+                       disc_tx: optax.GradientTransformation | None = None) -> TrainState:
+  """A fresh state from `config.seed` (pure: jit it with out_shardings to place it).
+
+  With `config.adversarial.enabled` the state also holds the discriminator
+  (for images `input_shape` `[B, *spatial, C]` and `config.model.num_classes`
+  label channels) and the state of its optimiser `disc_tx` (default
+  `create_discriminator_optimizer(config.adversarial)`); the segmenter's part
+  is the same as without it.
+  """
+  seed_key = jax.random.key(config.seed)
+  init_rng, state_rng = jax.random.split(seed_key)
   variables = init_variables(model, init_rng, input_shape)
   params = variables["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-                    rng=jax.random.key_data(state_rng))
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                     batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                     rng=jax.random.key_data(state_rng))
+  if not config.adversarial.enabled:
+    return state
+  check_adversarial_config(config)
+  label_shape = (*input_shape[:-1], config.model.num_classes)
+  disc_variables = create_discriminator(config.adversarial).init(
+      jax.random.fold_in(seed_key, _DISCRIMINATOR_STREAM), jnp.zeros(input_shape, jnp.float32),
+      jnp.zeros(label_shape, jnp.float32))
+  disc_params = disc_variables["params"]
+  if disc_tx is None:
+    disc_tx = create_discriminator_optimizer(config.adversarial)
+  return state.replace(disc_params=disc_params, disc_batch_stats=disc_variables.get("batch_stats", {}),
+                       disc_opt_state=disc_tx.init(disc_params))
 
 
 def load_pretrained(state: TrainState, model_config: ml_collections.ConfigDict,

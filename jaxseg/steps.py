@@ -65,6 +65,96 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
   return train_step
 
 
+def make_adversarial_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                                loss_name: str, weights: Sequence[float], discriminator: nn.Module,
+                                disc_tx: optax.GradientTransformation, *, adversarial_weight: float,
+                                warmup_steps: int, disc_every_steps: int, label_smoothing: float) -> StepFn:
+  """Builds `train_step(state, batch) -> (state, metrics)` updating the segmenter and the discriminator.
+
+  `state` has the discriminator fields (`create_train_state` with
+  `config.adversarial.enabled`); `batch` is as for `make_train_step`. Both
+  networks step from the state before this step (simultaneous updates); with
+  t = `state.step` (a traced value: the step compiles once):
+
+  - segmenter: one `tx` step on `seg_loss + lambda_t * adv_loss`, where
+    `adv_loss = mean(-log sigmoid(D(image, softmax(logits))))` is the
+    non-saturating adversarial loss through the discriminator D (whose
+    parameters this gradient does not change) and `lambda_t` is
+    `adversarial_weight` from t = `warmup_steps` on, 0 before. With
+    `lambda_t = 0` the update is exactly `make_train_step`'s.
+  - discriminator, when t % `disc_every_steps` == 0: one `disc_tx` step on
+    `losses.discriminator_loss` with real = one-hot labels (target
+    1 - `label_smoothing`) and fake = the segmenter's softmax with gradients
+    stopped; it is trained during the warm-up as well.
+
+  Deep-supervision / auxiliary-head models are judged by the discriminator on
+  their full-resolution output (`main_output`). Metrics: those of
+  `make_train_step` (`loss` is the segmenter's whole objective) plus
+  `segmentation_loss`, `adversarial_loss` (unweighted), `adversarial_weight`
+  (`lambda_t`), `disc_loss` and `disc_accuracy_real` / `disc_accuracy_fake`
+  (share of patch logits on the right side of 0), all of D before this step.
+  """
+  loss_fn = losses.LOSSES[loss_name]
+  weights = tuple(weights)
+
+  def segmenter_objective(params, state: TrainState, batch: Batch, rng: jax.Array, adv_weight: jax.Array):
+    seg_loss, (outputs, batch_stats) = segmentation_forward(model, params, state.batch_stats, batch, rng,
+                                                            loss_fn, weights)
+    probs = jax.nn.softmax(main_output(outputs).astype(jnp.float32), axis=-1)
+    fake_logits = discriminator.apply({"params": state.disc_params, "batch_stats": state.disc_batch_stats},
+                                      batch["image"], probs)
+    adv_loss = losses.generator_adversarial_loss(fake_logits)
+    return seg_loss + adv_weight * adv_loss, (seg_loss, adv_loss, probs, outputs, batch_stats)
+
+  def discriminator_objective(disc_params, disc_batch_stats, image, real, fake, update_stats: bool):
+    """Real and fake in one batch `[2B, ...]`: D has no batch-coupled layers, so this equals two calls."""
+    logits, updates = discriminator.apply(
+        {"params": disc_params, "batch_stats": disc_batch_stats}, jnp.concatenate([image, image]),
+        jnp.concatenate([real, fake]), update_stats=update_stats, mutable=["batch_stats"])
+    real_logits, fake_logits = jnp.split(logits, 2)
+    loss = losses.discriminator_loss(real_logits, fake_logits, label_smoothing=label_smoothing)
+    return loss, (real_logits, fake_logits, updates.get("batch_stats", disc_batch_stats))
+
+  def train_step(state: TrainState, batch: Batch):
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    adv_weight = jnp.where(state.step >= warmup_steps, adversarial_weight, 0.0).astype(jnp.float32)
+    grad_fn = jax.value_and_grad(segmenter_objective, has_aux=True)
+    (loss, (seg_loss, adv_loss, probs, outputs, batch_stats)), grads = grad_fn(state.params, state, batch, rng,
+                                                                               adv_weight)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+
+    real = jax.nn.one_hot(batch["label"], probs.shape[-1], dtype=jnp.float32)
+    fake = jax.lax.stop_gradient(probs)
+
+    def update_discriminator():
+      disc_grad_fn = jax.value_and_grad(discriminator_objective, has_aux=True)
+      (disc_loss, (real_logits, fake_logits, disc_batch_stats)), disc_grads = disc_grad_fn(
+          state.disc_params, state.disc_batch_stats, batch["image"], real, fake, True)
+      disc_updates, disc_opt_state = disc_tx.update(disc_grads, state.disc_opt_state, state.disc_params)
+      return (optax.apply_updates(state.disc_params, disc_updates), disc_batch_stats, disc_opt_state,
+              disc_loss, real_logits, fake_logits)
+
+    def keep_discriminator():
+      disc_loss, (real_logits, fake_logits, _) = discriminator_objective(
+          state.disc_params, state.disc_batch_stats, batch["image"], real, fake, False)
+      return (state.disc_params, state.disc_batch_stats, state.disc_opt_state, disc_loss, real_logits,
+              fake_logits)
+
+    disc_params, disc_batch_stats, disc_opt_state, disc_loss, real_logits, fake_logits = jax.lax.cond(
+        state.step % disc_every_steps == 0, update_discriminator, keep_discriminator)
+    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                              batch_stats=batch_stats, opt_state=opt_state, disc_params=disc_params,
+                              disc_batch_stats=disc_batch_stats, disc_opt_state=disc_opt_state)
+    logged = step_metrics(loss, grads, main_output(outputs), batch["label"], schedule(state.step))
+    logged.update(
+        segmentation_loss=seg_loss, adversarial_loss=adv_loss, adversarial_weight=adv_weight,
+        disc_loss=disc_loss, disc_accuracy_real=jnp.mean(real_logits > 0, dtype=jnp.float32),
+        disc_accuracy_fake=jnp.mean(fake_logits < 0, dtype=jnp.float32))
+    return new_state, logged
+
+  return train_step
+
+
 def make_predict_fn(model: nn.Module) -> Callable[[Any, Any, jax.Array], jax.Array]:
   """Builds `predict(params, batch_stats, images) -> logits` (eval mode, float32)."""
 

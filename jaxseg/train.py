@@ -5,6 +5,13 @@ mesh. Periodic actions: progress report (steps/s, images/s, ETA), optional
 profile, TensorBoard scalars and overlay images, validation Dice, the latest
 and best checkpoints. Rerunning in a workdir that has checkpoints resumes from
 the newest one and ends exactly as an uninterrupted run would.
+
+With `config.adversarial.enabled` the step also trains a patch discriminator
+(`steps.make_adversarial_train_step`) and TensorBoard gets its scalars too:
+`train/disc_loss`, `train/disc_accuracy_real`, `train/disc_accuracy_fake`,
+`train/adversarial_loss` (unweighted), `train/adversarial_weight` (0 during
+the warm-up) and `train/segmentation_loss` (`train/loss` is then the
+segmenter's whole objective).
 """
 
 from __future__ import annotations
@@ -22,12 +29,15 @@ from jaxseg import checkpointing, evaluate, experiment, metrics, models, paralle
 from jaxseg.data import pipeline
 from jaxseg.errors import TrainingError
 
+# Step metrics that stop training when not finite (the discriminator's loss only in adversarial training).
+_CHECKED_LOSSES = ("loss", "disc_loss")
+
 
 class MetricsBuffer:
   """Per-step train metrics kept on device until the next flush.
 
-  `flush` fetches them once, stops training on a non-finite loss (naming the
-  first bad step) and returns the means to log. It runs before every
+  `flush` fetches them once, stops training on a non-finite loss or
+  discriminator loss (naming the first bad step) and returns the means to log. It runs before every
   checkpoint, so no checkpoint ever holds a state that produced a NaN.
   """
 
@@ -47,11 +57,12 @@ class MetricsBuffer:
     pending = jax.device_get(self._pending)
     self._pending = []
     for step, values in pending:
-      if not np.isfinite(values["loss"]):
-        last = self._checkpoints.latest_step()
-        kept = f"the last good checkpoint (step {last}) is kept" if last is not None else "no checkpoint was saved"
-        raise TrainingError(f"loss became {values['loss']} at step {step}; training stopped and {kept} "
-                            f"in {self._checkpoints.directory}")
+      for name in _CHECKED_LOSSES:
+        if name in values and not np.isfinite(values[name]):
+          last = self._checkpoints.latest_step()
+          kept = f"the last good checkpoint (step {last}) is kept" if last is not None else "no checkpoint was saved"
+          raise TrainingError(f"{name} became {values[name]} at step {step}; training stopped and {kept} "
+                              f"in {self._checkpoints.directory}")
     counts = sum(values["counts"] for _, values in pending)
     dice = np.asarray(metrics.scores_from_counts(counts)["dice"])
     now = time.time()
@@ -63,6 +74,19 @@ class MetricsBuffer:
     return {f"train/{k}": v for k, v in summary.items()}
 
 
+def make_step(exp: experiment.Experiment) -> steps.StepFn:
+  """The train step: adversarial when `config.adversarial.enabled`, else the plain one."""
+  config = exp.config
+  weights = models.output_weights(config.model)
+  if not config.adversarial.enabled:
+    return steps.make_train_step(exp.model, exp.tx, exp.schedule, config.train.loss, weights)
+  adv = config.adversarial
+  return steps.make_adversarial_train_step(
+      exp.model, exp.tx, exp.schedule, config.train.loss, weights, state_lib.create_discriminator(adv),
+      state_lib.create_discriminator_optimizer(adv), adversarial_weight=adv.weight,
+      warmup_steps=adv.warmup_steps, disc_every_steps=adv.disc_every_steps, label_smoothing=adv.label_smoothing)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
   """Trains (or resumes), then evaluates the best checkpoint on `config.eval.splits`.
 
@@ -70,6 +94,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   """
   from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
 
+  state_lib.check_adversarial_config(config)  # Before preparing the dataset.
   exp = experiment.setup(config, workdir)
   config = exp.config
   checkpoints = checkpointing.Checkpoints(exp.workdir, keep=config.train.keep_checkpoints)
@@ -88,12 +113,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
   num_steps = config.train.num_steps
   hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
-                                           every_steps=config.train.log_every_steps)]
+                                           every_steps=config.train.log_every_steps, every_secs=None)]
   if config.train.profile_steps and jax.process_index() == 0:
     hooks.append(periodic_actions.Profile(logdir=exp.workdir, num_profile_steps=config.train.profile_steps))
 
   train_step = jax.jit(
-      steps.make_train_step(exp.model, exp.tx, exp.schedule, config.train.loss, models.output_weights(config.model)),
+      make_step(exp),
       in_shardings=(parallel.replicated(exp.mesh), parallel.batch_sharding(exp.mesh)),
       out_shardings=(parallel.replicated(exp.mesh), None), donate_argnums=0)
   train_source = pipeline.CaseSource(exp.prepared, "train", config.data.cache_cases)
@@ -109,14 +134,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       batch = parallel.global_batch(next(batches), exp.mesh)
       state, step_metrics = train_step(state, batch)
       buffer.add(step, step_metrics, config.train.batch_size)
-    for hook in hooks:
-      hook(step)
     is_last = step == num_steps
     log_now = step % config.train.log_every_steps == 0 or is_last
     eval_now = (step % config.train.eval_every_steps == 0 or is_last) and len(val_source) > 0
     save_now = step % config.train.checkpoint_every_steps == 0 or is_last
     if log_now or eval_now or save_now:
-      writer.write_scalars(step, buffer.flush())
+      writer.write_scalars(step, buffer.flush())  # Waits for the device: hooks below time real work.
+    for hook in hooks:
+      hook(step)
     if eval_now:
       dice, scores, picture = evaluate.validation_dice(exp.predictor(state), val_source, config,
                                                        exp.prepared.num_classes)

@@ -50,3 +50,8 @@ def test_unwritable_workdir(tmp_path):
   blocker.write_text("")
   assert_one_line_error(run_cli("--config=configs/unet_ct.py", f"--workdir={blocker}/run"),
                         f"workdir {blocker}/run cannot be written")
+
+
+def test_predict_mode_without_input_names_the_key(tmp_path):
+  assert_one_line_error(run_cli("--config=configs/unet_ct.py", "--mode=predict", f"--workdir={tmp_path}"),
+                        "config.predict.input is empty")

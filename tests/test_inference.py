@@ -239,3 +239,13 @@ def test_bad_arguments_raise(image_shape, kwargs, error, message):
   with pytest.raises(error, match=message):
     inference.sliding_window_predict(pointwise_logits,
                                      np.zeros(image_shape, np.float32), **args)
+
+
+def test_non_finite_image_raises():
+  image = np.zeros((6, 7, 1), np.float32)
+  image[2, 3, 0] = np.nan
+  image[5, 0, 0] = -np.inf
+  with pytest.raises(DataError, match=r'2 NaN or infinite voxels \(first at '
+                     r'index \(2, 3, 0\)\)'):
+    inference.sliding_window_predict(pointwise_logits, image, window=(4, 4),
+                                     num_classes=3)

@@ -80,3 +80,28 @@ def test_losses_are_differentiable(example):
   for name, fn in losses.LOSSES.items():
     grad = jax.grad(lambda x, f=fn: f(x, jnp.asarray(labels)))(jnp.asarray(logits))
     assert np.all(np.isfinite(grad)), name
+
+
+def _bce(x, t):
+  """Binary cross-entropy with the sigmoid written out, float64."""
+  s = 1.0 / (1.0 + np.exp(-x))
+  return -(t * np.log(s) + (1 - t) * np.log(1 - s))
+
+
+def test_discriminator_loss_matches_hand_computation():
+  real = np.array([[2.0, -1.0], [0.5, 3.0]], np.float32)
+  fake = np.array([[-2.0, 0.25], [1.0, -0.5]], np.float32)
+  expected = 0.5 * (_bce(real.astype(np.float64), 0.9).mean() + _bce(fake.astype(np.float64), 0.0).mean())
+  np.testing.assert_allclose(losses.discriminator_loss(jnp.asarray(real), jnp.asarray(fake), label_smoothing=0.1),
+                             expected, rtol=1e-6)
+
+
+def test_generator_adversarial_loss_is_non_saturating():
+  fake = np.array([-8.0, -1.0, 0.0, 3.0], np.float32)
+  np.testing.assert_allclose(losses.generator_adversarial_loss(jnp.asarray(fake)),
+                             _bce(fake.astype(np.float64), 1.0).mean(), rtol=1e-6)
+  # Where the discriminator confidently rejects a fake (logit -8), the gradient of -log s(x) stays near
+  # -1 per element, while that of the saturating log(1 - s(x)) would vanish (-s(-8) = -3e-4).
+  grad = jax.grad(lambda x: losses.generator_adversarial_loss(x) * x.size)(jnp.asarray(fake))
+  np.testing.assert_allclose(grad, -1.0 / (1.0 + np.exp(fake.astype(np.float64))), rtol=1e-5)
+  assert grad[0] < -0.99

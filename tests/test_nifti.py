@@ -453,11 +453,27 @@ def test_non_finite_image(tmp_path, value):
                  match=r'NaN or infinite .* \(2, 1, 0')
 
 
-def test_4d_image_for_single_channel_dataset(tmp_path):
+def test_4d_image_where_3d_is_declared(tmp_path):
   root = _make_msd(tmp_path)
   _write(root / 'imagesTr/case_0.nii.gz', _image(0, channels=2))
   _raises_naming(root / 'imagesTr/case_0.nii.gz', _load_first, root,
+                 match=r"is 4D \(shape \(5, 4, 3, 2\)\) but dataset.json "
+                       r"declares tensorImageSize '3D'")
+
+
+def test_4d_image_for_single_channel_dataset(tmp_path):
+  root = _make_msd(tmp_path)
+  _edit_json(root, tensorImageSize=None)
+  _write(root / 'imagesTr/case_0.nii.gz', _image(0, channels=2))
+  _raises_naming(root / 'imagesTr/case_0.nii.gz', _load_first, root,
                  match='2 channel')
+
+
+def test_bad_tensor_image_size(tmp_path):
+  root = _make_msd(tmp_path)
+  _edit_json(root, tensorImageSize='5D')
+  _raises_naming(root / 'dataset.json', nifti.read_dataset, root,
+                 match="'tensorImageSize' must be '3D' or '4D'")
 
 
 def test_nnunet_channel_file_with_two_channels(tmp_path):

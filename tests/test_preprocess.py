@@ -192,6 +192,24 @@ def test_fingerprint_samples_percentiles_but_not_mean():
   assert again == fp  # the sample is seeded
 
 
+def test_per_case_statistics_merge_to_the_pooled_float64_statistics():
+  rng = np.random.default_rng(0)
+  cases = []
+  for size in (50, 7, 300):
+    image = rng.normal(40.0, 9.0, (1, 2, size, 2)).astype(np.float32)
+    label = (rng.uniform(size=(1, 2, size)) < 0.6).astype(np.uint8)
+    cases.append((image, label, (2.0, 1.0, 1.0)))
+  # What worker processes send: per-case statistics, in training order.
+  parts = [preprocess.case_statistics(im, lb, sp, i) for i, (im, lb, sp) in enumerate(cases)]
+  assert preprocess.merge_statistics(parts) == preprocess.compute_fingerprint(cases)
+  pooled = np.concatenate([im[lb > 0].astype(np.float64) for im, lb, _ in cases])
+  for c, stats in enumerate(preprocess.merge_statistics(parts).intensity):
+    assert stats['mean'] == pytest.approx(pooled[:, c].mean(), rel=1e-12)
+    assert stats['std'] == pytest.approx(pooled[:, c].std(), rel=1e-12)
+    assert (stats['min'], stats['max']) == (pooled[:, c].min(), pooled[:, c].max())
+    assert stats['p00_5'] == pytest.approx(np.percentile(pooled[:, c], 0.5))
+
+
 def test_fingerprint_without_foreground():
   image = np.ones((2, 3, 4, 1), np.float32)
   with pytest.raises(DataError, match='foreground'):

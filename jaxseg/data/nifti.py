@@ -6,7 +6,8 @@ Two raw layouts are read, detected from `dataset.json`:
   files (`training: [{"image": "./imagesTr/x.nii.gz", "label": ...}]`,
   `test: ["./imagesTs/y.nii.gz"]`), `modality` names the channels and
   `labels` maps label value (string) -> class name. A multi-channel image is
-  one 4D file `(x, y, z, channel)`.
+  one 4D file `(x, y, z, channel)`; `tensorImageSize` ('3D' or '4D'), when
+  present, says whether image files may be 4D.
 * nnU-Net v2 (`format='nnunetv2'`): `channel_names`, `labels` (class name ->
   value) and `file_ending`; files are found by name, one per channel:
   `imagesTr/CASE_0000.nii.gz`, `imagesTr/CASE_0001.nii.gz`, ...,
@@ -91,6 +92,8 @@ class RawDataset:
     test: unlabelled cases (label_path None).
     splits: lists of training case ids from `root/splits.json` (e.g. 'train',
       'validation', 'test'), or None without that file.
+    tensor_image_size: MSD `tensorImageSize` ('3D': every image file holds
+      one channel; '4D': channels last), or None (nnU-Net, or key absent).
   """
   root: pathlib.Path
   name: str
@@ -102,6 +105,7 @@ class RawDataset:
   training: tuple[RawCase, ...]
   test: tuple[RawCase, ...]
   splits: dict[str, list[str]] | None
+  tensor_image_size: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +153,7 @@ def read_dataset(root: str | os.PathLike[str]) -> RawDataset:
   meta = _read_json(json_path)
   if not isinstance(meta, dict):
     raise DataError(f'{json_path}: expected a JSON object')
+  tensor_image_size = None
   if 'channel_names' in meta:
     fmt = 'nnunetv2'
     channel_names = _channel_names(meta, 'channel_names', json_path)
@@ -157,6 +162,10 @@ def read_dataset(root: str | os.PathLike[str]) -> RawDataset:
     name = str(meta.get('name', root.name))
   elif 'modality' in meta or 'training' in meta:
     fmt = 'msd'
+    tensor_image_size = meta.get('tensorImageSize')
+    if tensor_image_size not in (None, '3D', '4D'):
+      raise DataError(f"{json_path}: 'tensorImageSize' must be '3D' or '4D', "
+                      f'got {tensor_image_size!r}')
     channel_names = _channel_names(meta, 'modality', json_path)
     labels = _msd_labels(_require(meta, 'labels', json_path), json_path)
     training, test = _msd_cases(root, meta, json_path)
@@ -180,7 +189,8 @@ def read_dataset(root: str | os.PathLike[str]) -> RawDataset:
       ndim=_spatial_ndim(training[0].image_paths[0]),
       training=training,
       test=test,
-      splits=splits)
+      splits=splits,
+      tensor_image_size=tensor_image_size)
 
 
 def load_case(case: RawCase, dataset: RawDataset) -> LoadedCase:
@@ -197,7 +207,8 @@ def load_case(case: RawCase, dataset: RawDataset) -> LoadedCase:
   Raises:
     DataError: naming the file, for an unreadable or corrupt NIfTI file,
       NaN or infinite image voxels, a channel count that differs from
-      `dataset.json`, a 3D image in a 2D dataset, image and label (or
+      `dataset.json`, a 4D image where `tensorImageSize` is '3D', a 3D image
+      in a 2D dataset, image and label (or
       channel files) of different shape or affine, fractional label values
       or label values not declared in `dataset.json`.
   """
@@ -208,6 +219,10 @@ def load_case(case: RawCase, dataset: RawDataset) -> LoadedCase:
   for path in case.image_paths:
     data, file_affine = _read_nifti(path, integer=False)
     data = _as_xyzc(data, path)
+    if dataset.tensor_image_size == '3D' and data.shape[3] > 1:
+      raise DataError(
+          f'{path}: image is 4D (shape {data.shape}) but dataset.json declares '
+          "tensorImageSize '3D' (one channel per image file)")
     if dataset.format == 'msd' and data.shape[3] != num_channels:
       raise DataError(
           f'{path}: image has {data.shape[3]} channel(s) (shape '

@@ -187,10 +187,100 @@ class Fingerprint:
                    for c in _get(d, 'intensity')])
 
 
+@dataclasses.dataclass(frozen=True)
+class CaseStatistics:
+  """What one training case contributes to the `Fingerprint`.
+
+  Small (at most PERCENTILE_SAMPLES_PER_CASE voxels per channel), so worker
+  processes can compute it next to the voxels and send it to the parent.
+
+  Attributes:
+    spacing: (z, y, x) voxel size (mm), canonical order.
+    shape: canonical (Z, Y, X) before resampling.
+    channels: per channel, running statistics of every foreground voxel.
+    samples: float64 [N, C], the voxels drawn for the percentiles.
+  """
+  spacing: tuple[float, float, float]
+  shape: tuple[int, int, int]
+  channels: list['_RunningStats']
+  samples: np.ndarray
+
+
+def case_statistics(image: np.ndarray, label: np.ndarray,
+                    spacing: Sequence[float], index: int) -> CaseStatistics:
+  """Foreground statistics of one canonical training case.
+
+  Args:
+    image: float [Z, Y, X, C], canonical as from `to_canonical`.
+    label: int [Z, Y, X].
+    spacing: (z, y, x) mm.
+    index: the case's position among the training cases; seeds its
+      percentile sample, so the fingerprint does not depend on which process
+      computed which case.
+
+  Returns:
+    The case's statistics, merged over cases by `merge_statistics`.
+  """
+  image = np.asarray(image)
+  values = image[np.asarray(label) > 0].astype(np.float64)  # [N, C]
+  rng = np.random.default_rng([PERCENTILE_SAMPLE_SEED, index])
+  if len(values) > PERCENTILE_SAMPLES_PER_CASE:
+    sampled = values[rng.choice(len(values), PERCENTILE_SAMPLES_PER_CASE,
+                                replace=False)]
+  else:
+    sampled = values
+  channels = []
+  for c in range(image.shape[3]):
+    stats = _RunningStats()
+    stats.add(values[:, c])
+    channels.append(stats)
+  return CaseStatistics(spacing=tuple(float(s) for s in spacing),
+                        shape=tuple(int(s) for s in image.shape[:3]),
+                        channels=channels, samples=sampled)
+
+
+def merge_statistics(cases: Iterable[CaseStatistics]) -> Fingerprint:
+  """The dataset fingerprint from per-case statistics in training order.
+
+  Raises:
+    DataError: no training case has a foreground voxel, or the cases have
+      different numbers of channels.
+  """
+  spacings, shapes, stats, samples = [], [], [], []
+  for index, case in enumerate(cases):
+    if stats and len(case.channels) != len(stats):
+      raise DataError(f'training case {index} has {len(case.channels)} '
+                      f'channels, earlier cases {len(stats)}')
+    if not stats:
+      stats = [_RunningStats() for _ in case.channels]
+    spacings.append(case.spacing)
+    shapes.append(case.shape)
+    for total, channel in zip(stats, case.channels):
+      total.merge(channel)
+    samples.append(case.samples)
+  if not stats or stats[0].count == 0:
+    raise DataError('no foreground (label > 0) voxel in any training case: '
+                    'cannot compute intensity statistics')
+  pooled = np.concatenate(samples)
+  intensity = []
+  for c, channel_stats in enumerate(stats):
+    intensity.append({
+        'mean': channel_stats.mean,
+        'std': channel_stats.std,
+        'p00_5': float(np.percentile(pooled[:, c], 0.5)),
+        'p99_5': float(np.percentile(pooled[:, c], 99.5)),
+        'min': channel_stats.minimum,
+        'max': channel_stats.maximum,
+    })
+  return Fingerprint(spacings=spacings, shapes=shapes, intensity=intensity)
+
+
 def compute_fingerprint(
     cases: Iterable[tuple[np.ndarray, np.ndarray, Sequence[float]]]
 ) -> Fingerprint:
   """Collects spacings, shapes and foreground intensity statistics.
+
+  Equal to `merge_statistics` of `case_statistics` of every case.
 
   Args:
     cases: per training case (image_zyx float [Z, Y, X, C], label_zyx int
@@ -203,43 +293,9 @@ def compute_fingerprint(
     DataError: no training case has a foreground voxel, or the cases have
       different numbers of channels.
   """
-  spacings, shapes, stats, samples = [], [], [], []
-  for index, (image, label, spacing) in enumerate(cases):
-    image = np.asarray(image)
-    foreground = np.asarray(label) > 0
-    if stats and image.shape[3] != len(stats):
-      raise DataError(f'training case {index} has {image.shape[3]} channels, '
-                      f'earlier cases {len(stats)}')
-    if not stats:
-      stats = [_RunningStats() for _ in range(image.shape[3])]
-      samples = [[] for _ in range(image.shape[3])]
-    spacings.append(tuple(float(s) for s in spacing))
-    shapes.append(tuple(int(s) for s in image.shape[:3]))
-    values = image[foreground].astype(np.float64)  # [N, C]
-    rng = np.random.default_rng([PERCENTILE_SAMPLE_SEED, index])
-    if len(values) > PERCENTILE_SAMPLES_PER_CASE:
-      sampled = values[rng.choice(len(values), PERCENTILE_SAMPLES_PER_CASE,
-                                  replace=False)]
-    else:
-      sampled = values
-    for c in range(len(stats)):
-      stats[c].add(values[:, c])
-      samples[c].append(sampled[:, c])
-  if not stats or stats[0].count == 0:
-    raise DataError('no foreground (label > 0) voxel in any training case: '
-                    'cannot compute intensity statistics')
-  intensity = []
-  for c, channel_stats in enumerate(stats):
-    pooled = np.concatenate(samples[c])
-    intensity.append({
-        'mean': channel_stats.mean,
-        'std': channel_stats.std,
-        'p00_5': float(np.percentile(pooled, 0.5)),
-        'p99_5': float(np.percentile(pooled, 99.5)),
-        'min': channel_stats.minimum,
-        'max': channel_stats.maximum,
-    })
-  return Fingerprint(spacings=spacings, shapes=shapes, intensity=intensity)
+  return merge_statistics(
+      case_statistics(image, label, spacing, index)
+      for index, (image, label, spacing) in enumerate(cases))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -451,18 +507,27 @@ class _RunningStats:
     self.maximum = -np.inf
 
   def add(self, values: np.ndarray) -> None:
-    n = values.size
-    if n == 0:
+    if values.size == 0:
       return
-    mean = float(values.mean())
-    m2 = float(np.sum((values - mean) ** 2))
+    other = _RunningStats()
+    other.count = values.size
+    other.mean = float(values.mean())
+    other.m2 = float(np.sum((values - other.mean) ** 2))
+    other.minimum = float(values.min())
+    other.maximum = float(values.max())
+    self.merge(other)
+
+  def merge(self, other: '_RunningStats') -> None:
+    if other.count == 0:
+      return
+    n = other.count
     total = self.count + n
-    delta = mean - self.mean
-    self.m2 += m2 + delta * delta * self.count * n / total
+    delta = other.mean - self.mean
+    self.m2 += other.m2 + delta * delta * self.count * n / total
     self.mean += delta * n / total
     self.count = total
-    self.minimum = min(self.minimum, float(values.min()))
-    self.maximum = max(self.maximum, float(values.max()))
+    self.minimum = min(self.minimum, other.minimum)
+    self.maximum = max(self.maximum, other.maximum)
 
   @property
   def std(self) -> float:

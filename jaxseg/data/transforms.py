@@ -1,8 +1,17 @@
-"""Patch sampling and augmentation, as seeded numpy functions for grain.
+"""Training-sample selection and patch extraction, as seeded numpy functions for grain.
 
 A *case* is one preprocessed volume: `image` `[Z, Y, X, C]` float32 and
 `label` `[Z, Y, X]` uint8 (2D datasets have Z = 1). Training samples are axial
 slices `[H, W, C]` for 2D models or patches `[D, H, W, C]` for 3D models.
+
+Foreground oversampling (nnU-Net): `is_forced_foreground` marks
+ceil(batch * foreground_fraction) positions of every batch; a forced sample
+is drawn from a case that holds foreground and centred on a voxel of one of
+its foreground classes, so it contains foreground whatever the augmentation
+(`augment` keeps the centre voxel). `CaseIndex.choose` picks the case (and,
+with class-balanced sampling, the class first: every foreground class of the
+split equally often, however few cases hold it).
+
 Every function takes an explicit `np.random.Generator`, so a sample is a pure
 function of (case, seed, sample index).
 """
@@ -11,11 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
-import ml_collections
 import numpy as np
 from scipy import ndimage
+
+from jaxseg.data import augment as augment_lib
 
 MAX_LOCATIONS_PER_CLASS = 10_000
 
@@ -73,18 +83,64 @@ def is_forced_foreground(position: int, batch_size: int, fraction: float) -> boo
   return math.ceil((position + 1) * fraction - 1e-9) - math.ceil(position * fraction - 1e-9) == 1
 
 
-def choose_center(case: Case, patch_size: Sequence[int], rng: np.random.Generator, force_foreground: bool
-                  ) -> np.ndarray:
+@dataclasses.dataclass(frozen=True)
+class CaseIndex:
+  """Which cases of a split hold which foreground classes, without decoding them.
+
+  Attributes:
+    num_cases: records in the split.
+    cases_with_class: foreground class value -> int `[N]` indices of the cases
+      holding at least one voxel of it.
+    cases_with_foreground: int `[N]` indices of the cases holding any foreground.
+  """
+  num_cases: int
+  cases_with_class: dict[int, np.ndarray]
+  cases_with_foreground: np.ndarray
+
+  @classmethod
+  def from_class_voxels(cls, class_voxels: Sequence[Mapping[str, int]]) -> CaseIndex:
+    """From the prepared dataset's `class_voxels` of a split (label value -> voxel count per case)."""
+    by_class: dict[int, list[int]] = {}
+    for index, counts in enumerate(class_voxels):
+      for value, count in counts.items():
+        if int(value) != 0 and count > 0:
+          by_class.setdefault(int(value), []).append(index)
+    foreground = sorted({i for cases in by_class.values() for i in cases})
+    return cls(len(class_voxels), {k: np.asarray(v) for k, v in sorted(by_class.items())},
+               np.asarray(foreground, np.int64))
+
+  def choose(self, rng: np.random.Generator, *, force_foreground: bool, class_balanced: bool
+             ) -> tuple[int, int | None]:
+    """(case index, foreground class to centre on or None for any present class).
+
+    Unforced samples take any case uniformly. Forced ones take a case holding
+    foreground uniformly, or with `class_balanced` a foreground class
+    uniformly and then a case holding it.
+    """
+    if not force_foreground or not len(self.cases_with_foreground):
+      return int(rng.integers(self.num_cases)), None
+    if class_balanced:
+      classes = list(self.cases_with_class)
+      value = classes[int(rng.integers(len(classes)))]
+      cases = self.cases_with_class[value]
+      return int(cases[rng.integers(len(cases))]), value
+    return int(self.cases_with_foreground[rng.integers(len(self.cases_with_foreground))]), None
+
+
+def choose_center(case: Case, patch_size: Sequence[int], rng: np.random.Generator, force_foreground: bool,
+                  class_value: int | None = None) -> np.ndarray:
   """The (z, y, x) voxel a sample is centred on.
 
-  Foreground samples pick a class uniformly among those present, then one of
-  its voxels; other samples pick a centre uniformly such that the patch lies
-  inside the volume where it fits.
+  Foreground samples take `class_value` if the case holds it, else a class
+  uniformly among those present, then one of its voxels; other samples pick
+  a centre uniformly such that the patch lies inside the volume where it fits.
   """
   shape = np.asarray(case.image.shape[:3])
   if force_foreground and case.locations:
-    classes = sorted(case.locations)
-    coords = case.locations[classes[rng.integers(len(classes))]]
+    if class_value not in case.locations:
+      classes = sorted(case.locations)
+      class_value = classes[rng.integers(len(classes))]
+    coords = case.locations[class_value]
     return coords[rng.integers(len(coords))].astype(np.float64)
   full = np.ones(3, np.int64)
   full[3 - len(patch_size):] = patch_size
@@ -117,35 +173,24 @@ def _crop(array: np.ndarray, start: np.ndarray, size: Sequence[int], pad_value) 
   return np.stack(channels, axis=-1)
 
 
-def _transformed_coordinates(center: np.ndarray, patch_size: Sequence[int], angle: float, scale: float
-                             ) -> np.ndarray:
-  """Source coordinates `[ndim, *patch]` of a patch rotated in-plane by `angle` and zoomed by `scale`."""
-  grids = np.meshgrid(*[np.arange(n, dtype=np.float64) - n // 2 for n in patch_size], indexing="ij")
-  y, x = grids[-2] / scale, grids[-1] / scale
-  cos, sin = math.cos(angle), math.sin(angle)
-  coords = [y * cos - x * sin + center[-2], y * sin + x * cos + center[-1]]
-  if len(patch_size) == 3:
-    coords.insert(0, grids[0] / scale + center[0])
-  return np.stack(coords)
+def extract_patch(case: Case, center: np.ndarray, patch_size: Sequence[int],
+                  transform: augment_lib.SpatialTransform | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Image `[*patch, C]` and label `[*patch]` around `center`, optionally rotated/zoomed/deformed.
 
-
-def extract_patch(case: Case, center: np.ndarray, patch_size: Sequence[int], *, angle: float = 0.0,
-                  scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-  """Image `[*patch, C]` and label `[*patch]` around `center`, optionally rotated/zoomed.
-
-  2D patches come from the axial slice `center[0]`. Rotation is in-plane (about
-  the z axis); image voxels are interpolated linearly, labels by nearest
-  neighbour; outside the volume the image is `case.pad_value`, the label 0.
+  2D patches come from the axial slice `center[0]` (2D rotation is about the
+  z axis). Patch voxel `patch_size // 2` is the case voxel `center`. Image
+  voxels are interpolated linearly, labels by nearest neighbour; outside the
+  volume the image is `case.pad_value`, the label 0.
   """
   ndim = len(patch_size)
   image, label = case.image, case.label
   if ndim == 2:
     image, label = image[int(center[0])], label[int(center[0])]
   center = center[3 - ndim:]
-  if angle == 0.0 and scale == 1.0:
+  if transform is None or transform.is_identity:
     start = center - np.asarray(patch_size) // 2
     return (_crop(image, start, patch_size, case.pad_value), _crop(label, start, patch_size, 0))
-  coords = _transformed_coordinates(center, patch_size, angle, scale)
+  coords = augment_lib.source_coordinates(center, patch_size, transform)
   out_image = np.stack([
       ndimage.map_coordinates(image[..., c], coords, order=1, mode="constant", cval=case.pad_value[c])
       for c in range(image.shape[-1])], axis=-1).astype(np.float32)
@@ -153,31 +198,12 @@ def extract_patch(case: Case, center: np.ndarray, patch_size: Sequence[int], *, 
   return out_image, out_label
 
 
-def augment_spatial(rng: np.random.Generator, augment: ml_collections.ConfigDict) -> tuple[float, float]:
-  """Random in-plane rotation angle (radians) and zoom factor."""
-  angle = 0.0
-  if rng.uniform() < augment.rotate_prob:
-    angle = math.radians(rng.uniform(-augment.rotate_max_deg, augment.rotate_max_deg))
-  scale = 1.0
-  if rng.uniform() < augment.scale_prob:
-    scale = rng.uniform(*augment.scale_range)
-  return angle, scale
-
-
-def random_flip(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, axes: Sequence[int],
-                prob: float) -> tuple[np.ndarray, np.ndarray]:
-  """Mirrors each of the spatial `axes` independently with probability `prob`."""
-  for axis in axes:
-    if rng.uniform() < prob:
-      image, label = np.flip(image, axis), np.flip(label, axis)
-  return image, label
-
-
 def training_sample(case: Case, patch_size: Sequence[int], rng: np.random.Generator, *, force_foreground: bool,
-                    augment: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+                    augment: augment_lib.Augmentation, class_value: int | None = None) -> dict[str, np.ndarray]:
   """One augmented training sample: `image` `[*patch, C]` float32, `label` `[*patch]` int32."""
-  center = choose_center(case, patch_size, rng, force_foreground)
-  angle, scale = augment_spatial(rng, augment)
-  image, label = extract_patch(case, center, patch_size, angle=angle, scale=scale)
-  image, label = random_flip(image, label, rng, augment.flip_axes, augment.flip_prob)
+  center = choose_center(case, patch_size, rng, force_foreground, class_value)
+  spatial = augment_lib.sample_spatial(rng, augment, patch_size)
+  image, label = extract_patch(case, center, patch_size, spatial)
+  image = augment_lib.intensity(np.asarray(image, np.float32), rng, augment)
+  image, label = augment_lib.mirror(image, label, rng, augment.flip_axes, augment.flip_prob)
   return {"image": np.ascontiguousarray(image, np.float32), "label": np.ascontiguousarray(label, np.int32)}

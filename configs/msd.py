@@ -1,0 +1,68 @@
+"""Any Medical Segmentation Decathlon / nnU-Net v2 raw dataset on disk.
+
+  python -m jaxseg.main --config=configs/msd.py --config.data.root=/data/Task09_Spleen
+
+trains a 2D U-Net on axial slices of the dataset at `data.root` (the
+directory holding dataset.json; layouts in README "Bring your own dataset").
+Variants, by argument (comma-separated):
+
+  configs/msd.py:unet3d         3D U-Net on (64, 128, 128) patches.
+  configs/msd.py:MODEL          any registered model (`deeplabv3plus`, `fcn8s`,
+                                `attention_unet`, ...) with the patch of its dimension.
+  configs/msd.py:unet3d,quick   a smoke test of every stage (tiny model, 20 steps).
+
+`--config.data.task=Task09_Spleen --config.data.root=/data` prepares the
+task with the Decathlon builder instead (checked against the published task;
+`data.root` is the directory the archive was extracted into). Augmentation
+is nnU-Net's default (jaxseg/data/augment.py); the patch and model sizes are
+for one GPU.
+"""
+
+from jaxseg import models
+from jaxseg.config import base_config
+from jaxseg.errors import ConfigError
+
+PATCH = {2: (256, 256), 3: (64, 128, 128)}
+BATCH = {2: 12, 3: 2}
+DEPTH = {2: 5, 3: 4}
+
+
+def get_config(arg=None):
+  options = [a for a in (arg or "").split(",") if a]
+  quick = "quick" in options
+  names = [a for a in options if a != "quick"]
+  if len(names) > 1 or (names and names[0] not in models.MODELS):
+    raise ConfigError(f"unknown variant {arg!r} of configs/msd.py; use a model name "
+                      f"({', '.join(models.MODELS)}) and/or 'quick'")
+  name = names[0] if names else "unet"
+  ndim = models.spatial_dims(name)
+  config = base_config()
+  config.data.name = "msd"
+  config.data.patch_size = PATCH[ndim]
+  config.model.name = name
+  config.model.features = 32
+  config.model.depth = DEPTH[ndim]
+  config.model.max_features = 320 if ndim == 3 else 512
+  config.model.norm = "instance"
+  config.model.activation = "leaky_relu"
+  config.train.num_steps = 25_000
+  config.train.batch_size = BATCH[ndim]
+  config.train.learning_rate = 1e-3
+  config.train.warmup_steps = 250
+  config.train.log_every_steps = 100
+  config.train.eval_every_steps = 1000
+  config.train.checkpoint_every_steps = 1000
+  config.eval.mirror_axes = tuple(range(ndim))
+  if quick:
+    config.data.patch_size = (32, 64, 64) if ndim == 3 else (128, 128)
+    config.model.features = 8
+    config.model.depth = 3
+    config.train.num_steps = 20
+    config.train.batch_size = 2
+    config.train.warmup_steps = 5
+    config.train.log_every_steps = 5
+    config.train.eval_every_steps = 10
+    config.train.checkpoint_every_steps = 10
+    config.eval.mirror_axes = ()
+    config.eval.num_figures = 2
+  return config
