@@ -12,7 +12,7 @@ def get_config(arg=None):
   config = base_config()
   config.data.name = "ct_phantom"
   config.data.patch_size = (128, 128)
-  # Light, cheap augmentation (measured: test Dice >= 0.95 on liver, spleen and kidney): no mirroring,
+  # Light, cheap augmentation (measured at 400 steps: test Dice liver 0.957, spleen 0.935, kidney 0.953): no mirroring,
   # since the anatomy has sides; small rotations and zooms; nnU-Net's intensity transforms off.
   config.data.augment.flip_axes = ()
   config.data.augment.rotate_max_deg = 15.0
