@@ -132,9 +132,10 @@ def main():
   voxels = int(np.prod(args.image))
   print(f'machine: {platform.platform()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, '
         f'jax {jax.__version__}, devices {jax.devices()}')
+  size = '' if args.model == 'pointwise' else f'features={args.features}, depth={args.depth}, '
   print(f'settings: image {args.image} x {args.channels} ch, window {args.window}, batch {args.batch_size}, '
-        f'step {args.step_fraction}, mirror {mirror_axes}, model {args.model}(features={args.features}, '
-        f'depth={args.depth}, classes={args.num_classes}), repeats {args.repeats}')
+        f'step {args.step_fraction}, mirror {mirror_axes}, model {args.model}({size}classes={args.num_classes}), '
+        f'repeats {args.repeats}')
   print(f'first prediction (with compilation): {first:.2f} s, {calls_per_prediction} forward calls, '
         f'{voxels / first:,.0f} voxels/s')
   if args.repeats > 0:

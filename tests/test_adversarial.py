@@ -294,7 +294,7 @@ def scalar_tags(workdir):
           for event in tf.compat.v1.train.summary_iterator(str(path)) for value in event.summary.value}
 
 
-@pytest.mark.slow  # Three short training runs with evaluation: about 3 minutes on 2 loaded cores.
+@pytest.mark.slow  # Three short runs with evaluation: about 80 s of CPU time (6 minutes on 2 loaded cores).
 def test_adversarial_training_logs_and_resumes_both_networks(tmp_path, monkeypatch):
   config = tiny_train_config(tmp_path / "data")
   reference = train.train_and_evaluate(config, tmp_path / "uninterrupted")

@@ -5,8 +5,9 @@ truth or a segmenter's softmax) and returns one real/fake logit per patch:
 
   image `[B, *S, C]`, label map `[B, *S, K]` -> logits `[B, *S / 2**L, 1]`
 
-with `S` = `(H, W)` in 2D and `(D, H, W)` in 3D and `L = num_layers`. Every
-spatial size must be at least `2**L`. The two inputs are joined either by
+with `S` = `(H, W)` in 2D and `(D, H, W)` in 3D and `L = num_layers` (each
+stride-2 layer halves a size, rounding down). Every spatial size must be at
+least `2**L`. The two inputs are joined either by
 concatenation (`C + K` channels) or in the "product" form of Luc et al. 2016,
 "Semantic Segmentation using Adversarial Networks" (each image channel times
 each class map, `C * K` channels), which hides the image where the label map
