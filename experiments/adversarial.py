@@ -9,12 +9,14 @@ the paired Dice differences (same seed: same initialisation and batches), and
 the discriminator's final training accuracies.
 
   # What a user would run (the shipped configs: 400 steps of 128 x 128
-  # patches, the adversarial term from step 100; about 45 minutes on an idle
+  # patches, the adversarial term from step 100; about an hour on an idle
   # 2-core CPU, a few minutes on a GPU):
   python experiments/adversarial.py
   # A reduced run (64 x 64 patches, 150 steps, the adversarial term from
-  # step 38; about 25 minutes on a loaded 2-core CPU):
+  # step 38; 39 minutes on a heavily loaded 2-core CPU):
   python experiments/adversarial.py --quick
+  # Rewrite the tables from <output>.json without training:
+  python experiments/adversarial.py --rewrite_report
 
 Writes `<output>.md` and `<output>.json` (default
 `experiments/results/adversarial`); every run's workdir is kept under
@@ -87,15 +89,23 @@ def last_scalars(workdir: pathlib.Path, tags) -> dict[str, float]:
   return {tag: value for tag, (_, value) in values.items()}
 
 
-def mean_std(values):
+TIE = 0.01  # Paired Dice differences within this are counted as ties.
+
+
+def mean_std(values) -> tuple[float | None, float | None, int]:
+  """Mean, sample std and count of the finite values (None, None, 0 when there are none)."""
   finite = [v for v in values if v is not None and not math.isnan(v)]
   if not finite:
-    return None, None
-  return statistics.mean(finite), (statistics.stdev(finite) if len(finite) > 1 else 0.0)
+    return None, None, 0
+  return statistics.mean(finite), (statistics.stdev(finite) if len(finite) > 1 else 0.0), len(finite)
 
 
-def fmt(mean, std, digits):
-  return "n/a" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+def fmt(stat: tuple[float | None, float | None, int], num_seeds: int, digits: int) -> str:
+  mean, std, count = stat
+  if mean is None:
+    return "n/a"
+  text = f"{mean:.{digits}f} ± {std:.{digits}f}"
+  return text if count == num_seeds else f"{text} ({count} of {num_seeds} seeds)"
 
 
 def aggregate(runs: list[dict], classes: list[str]) -> dict:
@@ -112,8 +122,8 @@ def aggregate(runs: list[dict], classes: list[str]) -> dict:
       adv = next((r for r in runs if r["arm"] == "adversarial" and r["seed"] == plain["seed"]), None)
       if adv is not None:
         diffs.append(adv["test"][name]["dice"] - plain["test"][name]["dice"])
-    paired[name] = {"mean": mean_std(diffs)[0], "std": mean_std(diffs)[1], "per_seed": diffs,
-                    "better_seeds": sum(d > 0 for d in diffs)}
+    paired[name] = {"stat": mean_std(diffs), "per_seed": diffs, "better_seeds": sum(d > TIE for d in diffs),
+                    "worse_seeds": sum(d < -TIE for d in diffs)}
   return {"table": table, "paired_dice_difference": paired}
 
 
@@ -123,8 +133,10 @@ def verdict(summary: dict) -> str:
   diffs = diff["per_seed"]
   if not diffs:
     return "No paired runs finished; no conclusion."
-  mean, better = statistics.mean(diffs), diff["better_seeds"]
-  size = f"{mean:+.4f} (adversarial better in {better}/{len(diffs)} seeds"
+  mean = statistics.mean(diffs)
+  ties = len(diffs) - diff["better_seeds"] - diff["worse_seeds"]
+  size = (f"{mean:+.4f} (adversarial better by more than {TIE} in {diff['better_seeds']}, worse in "
+          f"{diff['worse_seeds']}, within {TIE} in {ties} of {len(diffs)} seeds")
   if len(diffs) < 2:
     return f"Mean foreground test Dice change {size}); one seed, no conclusion."
   half_width = stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
@@ -136,23 +148,28 @@ def verdict(summary: dict) -> str:
   return f"The adversarial term {direction}: mean foreground test Dice change {size}."
 
 
-def write_report(path: pathlib.Path, runs: list[dict], args: argparse.Namespace, command: str,
-                 started: str, wall_s: float) -> None:
+def machine_description() -> str:
+  return (f"{platform.node()}: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+          f"JAX {jax.__version__} on {jax.devices()[0].platform} ({len(jax.devices())} device(s)), "
+          f"Python {platform.python_version()}")
+
+
+def write_report(path: pathlib.Path, runs: list[dict], meta: dict) -> None:
+  """Writes `path`.md and `path`.json; `meta` holds command, date, wall_seconds, machine and quick."""
   classes = [k for k, v in runs[0]["test"].items() if isinstance(v, dict) and "dice" in v and "hd95" in v]
   summary = aggregate(runs, classes)
   seeds = sorted({r["seed"] for r in runs})
+  n = len(seeds)
   cfg = runs[0]["config"]
   adv_cfg = next(r["config"] for r in runs if r["arm"] == "adversarial")["adversarial"]
-  machine = (f"{platform.node()}: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-             f"JAX {jax.__version__} on {jax.devices()[0].platform} ({len(jax.devices())} device(s)), "
-             f"Python {platform.python_version()}")
   lines = [
       "# Adversarial training on the CT phantom: U-Net with and without the adversarial term", "",
-      f"- Command: `{command}`",
-      f"- Date: {started} (wall time {wall_s / 60:.1f} min)",
-      f"- Machine: {machine}",
+      f"- Command: `{meta['command']}`",
+      f"- Date: {meta['date']} (wall time {meta['wall_seconds'] / 60:.1f} min)",
+      f"- Machine: {meta['machine']}",
       f"- Data: `{cfg['data']['name']}` (synthetic CT phantom), test split, {runs[0]['test']['num_cases']} cases; "
-      "every run's final checkpoint.",
+      "every run's final checkpoint, evaluated as `--mode=evaluate` does (with the post-processing chosen on "
+      "the validation split).",
       f"- Segmenter: `{cfg['model']['name']}` features {cfg['model']['features']}, depth {cfg['model']['depth']}, "
       f"{cfg['model']['norm']} norm; patch {tuple(cfg['data']['patch_size'])}, batch {cfg['train']['batch_size']}, "
       f"{cfg['train']['num_steps']} steps, {cfg['train']['optimizer']} lr {cfg['train']['learning_rate']}, "
@@ -164,31 +181,28 @@ def write_report(path: pathlib.Path, runs: list[dict], args: argparse.Namespace,
       f"{adv_cfg['disc_every_steps']} step(s), real-label smoothing {adv_cfg['label_smoothing']}.",
       f"- Seeds: {', '.join(map(str, seeds))} (same seed = same initialisation and batches in both arms).", "",
       "## Result", "", verdict(summary), "",
-      f"Test Dice and HD95 (mm): mean ± std over {len(seeds)} seeds of each run's mean over test cases "
-      "(HD95 leaves out cases where a side is empty).", "",
+      f"Test Dice and HD95 (mm): mean ± std over {n} seeds of each run's mean over test cases "
+      "(HD95 leaves out cases where a side is empty, and a run where it is empty in every case).", "",
       "| class | Dice plain | Dice adversarial | paired Dice change | HD95 plain | HD95 adversarial |",
       "|---|---|---|---|---|---|"]
   for name in classes:
     plain, adv = summary["table"]["plain"][name], summary["table"]["adversarial"][name]
-    diff = summary["paired_dice_difference"][name]
-    lines.append(f"| {name} | {fmt(*plain['dice'], 4)} | {fmt(*adv['dice'], 4)} | "
-                 f"{fmt(diff['mean'], diff['std'], 4)} | {fmt(*plain['hd95'], 1)} | {fmt(*adv['hd95'], 1)} |")
-  lines += ["", "Per run (mean foreground over test cases; discriminator values are the last logged training "
-            "means):", "",
-            "| arm | seed | Dice | HD95 (mm) | disc acc. real | disc acc. fake | disc loss | adv. loss | time (s) |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    lines.append(f"| {name} | {fmt(plain['dice'], n, 4)} | {fmt(adv['dice'], n, 4)} | "
+                 f"{fmt(summary['paired_dice_difference'][name]['stat'], n, 4)} | {fmt(plain['hd95'], n, 1)} | "
+                 f"{fmt(adv['hd95'], n, 1)} |")
+  lines += ["", "Per run: test Dice per class, the discriminator's last logged training means, and the wall "
+            "time of the whole run (set-up, compilation, training, evaluation):", "",
+            "| arm | seed | " + " | ".join(f"Dice {c}" for c in classes) +
+            " | disc acc. real | disc acc. fake | disc loss | adv. loss | time (s) |",
+            "|---|---|" + "---|" * (len(classes) + 5)]
   for r in sorted(runs, key=lambda r: (r["arm"], r["seed"])):
-    fg = r["test"]["mean_foreground"]
-    d = [r["disc"].get(t) for t in DISC_SCALARS]
-    cells = ["-" if v is None else f"{v:.3f}" for v in d]
-    hd95 = "n/a" if fg["hd95"] is None else f"{fg['hd95']:.1f}"
-    lines.append(f"| {r['arm']} | {r['seed']} | {fg['dice']:.4f} | {hd95} | {' | '.join(cells)} | "
-                 f"{r['seconds']:.0f} |")
+    dice = [f"{r['test'][c]['dice']:.4f}" for c in classes]
+    disc = ["-" if r["disc"].get(t) is None else f"{r['disc'][t]:.3f}" for t in DISC_SCALARS]
+    lines.append(f"| {r['arm']} | {r['seed']} | {' | '.join(dice)} | {' | '.join(disc)} | {r['seconds']:.0f} |")
   path.with_suffix(".md").write_text("\n".join(lines) + "\n")
   path.with_suffix(".json").write_text(json.dumps(
-      {"command": command, "date": started, "machine": machine, "wall_seconds": wall_s, "quick": args.quick,
-       "seeds": seeds, "summary": summary, "verdict": verdict(summary), "runs": runs},
-      indent=2, default=str))
+      {**meta, "seeds": seeds, "summary": summary, "verdict": verdict(summary), "runs": runs}, indent=2,
+      default=str))
 
 
 def main():
@@ -206,7 +220,15 @@ def main():
   parser.add_argument("--data_dir", default="", help="phantom/prepared data dir (default: $JAXSEG_DATA_DIR "
                       "or ~/.cache/jaxseg)")
   parser.add_argument("--output", default=str(ROOT / "experiments" / "results" / "adversarial"))
+  parser.add_argument("--rewrite_report", action="store_true",
+                      help="train nothing: rewrite <output>.md (and .json) from the runs in <output>.json")
   args = parser.parse_args()
+  output = pathlib.Path(args.output)
+  if args.rewrite_report:
+    saved = json.loads(output.with_suffix(".json").read_text())
+    write_report(output, saved["runs"], {k: saved[k] for k in ("command", "date", "wall_seconds", "machine", "quick")})
+    print(output.with_suffix(".md").read_text())
+    return
   adv_default = load_config(ARMS["adversarial"])
   if args.steps is None:
     args.steps = 150 if args.quick else adv_default.train.num_steps
@@ -214,9 +236,9 @@ def main():
     args.adv_warmup_steps = round(
         args.steps * adv_default.adversarial.warmup_steps / adv_default.train.num_steps)
   seeds = [int(s) for s in args.seeds.split(",")]
-  command = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
-  started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-  output = pathlib.Path(args.output)
+  meta = {"command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
+          "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+          "machine": machine_description(), "quick": args.quick}
   output.parent.mkdir(parents=True, exist_ok=True)
   start = time.time()
   runs = []
@@ -232,7 +254,7 @@ def main():
       print(f"{arm} seed {seed}: test mean foreground Dice {results['test']['mean_foreground']['dice']:.4f} "
             f"({runs[-1]['seconds']:.0f} s)", flush=True)
       if any(r["arm"] == "adversarial" for r in runs):
-        write_report(output, runs, args, command, started, time.time() - start)
+        write_report(output, runs, {**meta, "wall_seconds": time.time() - start})
   print(output.with_suffix(".md").read_text())
 
 
