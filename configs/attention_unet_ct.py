@@ -4,7 +4,7 @@ The gate maps are sown as `intermediates['attention_gates']` for interpretabilit
 Variants: none, or `:quick` (a smoke run).
 """
 
-from jaxseg.config import base_config
+from jaxseg.config import base_config, smoke_run
 from jaxseg.errors import ConfigError
 
 
@@ -23,14 +23,9 @@ def get_config(arg=None):
   config.train.eval_every_steps = 200
   config.train.checkpoint_every_steps = 200
   if arg == "quick":
-    config.data.num_cases = 6
     config.model.features = 4
     config.model.depth = 3
-    config.train.num_steps = 10
-    config.train.batch_size = 2
-    config.train.log_every_steps = 5
-    config.train.eval_every_steps = 10
-    config.train.checkpoint_every_steps = 10
+    smoke_run(config, num_cases=6, num_steps=10, batch_size=2)
   elif arg is not None:
     raise ConfigError(f"unknown variant {arg!r} of configs/attention_unet_ct.py; use no variant or ':quick'")
   return config

@@ -8,7 +8,7 @@ paper's network is `--config.model.backbone=vgg16 --config.model.backbone_width=
 Append `_quick` to a variant (`:8s_quick`) for a smoke run.
 """
 
-from jaxseg.config import base_config
+from jaxseg.config import base_config, smoke_run
 from jaxseg.errors import ConfigError
 
 VARIANTS = ("32s", "16s", "8s")
@@ -34,11 +34,6 @@ def get_config(arg=None):
   config.train.eval_every_steps = 200
   config.train.checkpoint_every_steps = 200
   if quick:
-    config.data.num_cases = 6
     config.model.backbone_width = 8
-    config.train.num_steps = 10
-    config.train.batch_size = 2
-    config.train.log_every_steps = 5
-    config.train.eval_every_steps = 10
-    config.train.checkpoint_every_steps = 10
+    smoke_run(config, num_cases=6, num_steps=10, batch_size=2)
   return config

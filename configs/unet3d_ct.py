@@ -8,7 +8,7 @@ The default is sized for a CPU; nnU-Net's own setting is
 Variants: none, or `:quick` (a smoke run).
 """
 
-from jaxseg.config import base_config
+from jaxseg.config import base_config, smoke_run
 from jaxseg.errors import ConfigError
 
 
@@ -32,14 +32,10 @@ def get_config(arg=None):
   config.train.checkpoint_every_steps = 200
   config.eval.batch_size = 2
   if arg == "quick":
-    config.data.num_cases = 6
     config.data.patch_size = (16, 64, 64)
     config.model.features = 4
     config.model.depth = 3
-    config.train.num_steps = 10
-    config.train.log_every_steps = 5
-    config.train.eval_every_steps = 10
-    config.train.checkpoint_every_steps = 10
+    smoke_run(config, num_cases=6, num_steps=10, batch_size=2)
   elif arg is not None:
     raise ConfigError(f"unknown variant {arg!r} of configs/unet3d_ct.py; use no variant or ':quick'")
   return config

@@ -4,7 +4,7 @@ Variants: `configs/unet_ct.py` (default, about 7 minutes on a 2-core CPU) and
 `configs/unet_ct.py:quick` (a smoke test of every stage in about a minute).
 """
 
-from jaxseg.config import base_config
+from jaxseg.config import base_config, smoke_run
 from jaxseg.errors import ConfigError
 
 
@@ -33,14 +33,9 @@ def get_config(arg=None):
   config.train.eval_every_steps = 200
   config.train.checkpoint_every_steps = 100
   if arg == "quick":
-    config.data.num_cases = 8
     config.model.features = 8
     config.model.depth = 3
-    config.train.num_steps = 20
-    config.train.batch_size = 4
-    config.train.log_every_steps = 5
-    config.train.eval_every_steps = 10
-    config.train.checkpoint_every_steps = 10
+    smoke_run(config, num_cases=8, num_steps=20, batch_size=4)
     config.eval.num_figures = 2
   elif arg is not None:
     raise ConfigError(f"unknown variant {arg!r} of configs/unet_ct.py; use no variant or ':quick'")

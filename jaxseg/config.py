@@ -157,6 +157,16 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
+def smoke_run(config: ml_collections.ConfigDict, *, num_cases: int, num_steps: int, batch_size: int) -> None:
+  """Turns `config` into a `:quick` smoke run of every stage (tiny data, few steps, frequent actions)."""
+  config.data.num_cases = num_cases
+  config.train.num_steps = num_steps
+  config.train.batch_size = batch_size
+  config.train.log_every_steps = 5
+  config.train.eval_every_steps = 10
+  config.train.checkpoint_every_steps = 10
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks values that a locked config cannot check by itself.
 

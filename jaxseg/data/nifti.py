@@ -441,7 +441,7 @@ def _nnunet_cases(root: pathlib.Path, meta: Mapping[str, Any],
 def _nnunet_folder(root: pathlib.Path, images_dir: pathlib.Path,
                    labels_dir: pathlib.Path | None, ending: str,
                    num_channels: int) -> tuple[RawCase, ...]:
-  """Groups CASE_XXXX files by case; checks channel and label files."""
+  """Groups CASE_cccc files (cccc: channel index) by case; checks channel and label files."""
   if not images_dir.is_dir():
     return ()
   pattern = re.compile(r'(.+)_(\d{4})' + re.escape(ending))
@@ -451,8 +451,8 @@ def _nnunet_folder(root: pathlib.Path, images_dir: pathlib.Path,
       continue
     match = pattern.fullmatch(path.name)
     if match is None:
-      raise DataError(f'{path}: image file name must be CASE_XXXX{ending} '
-                      '(XXXX the 4-digit channel index)')
+      raise DataError(f'{path}: image file name must be CASE_cccc{ending} '
+                      '(cccc the 4-digit channel index)')
     channel = int(match.group(2))
     if channel >= num_channels:
       raise DataError(f'{path}: channel {channel} but dataset.json declares '
