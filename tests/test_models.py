@@ -6,6 +6,7 @@ of seconds (a few seconds without it). The flag only changes which random
 numbers an init draws, not what the tests check.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -377,3 +378,67 @@ def test_pad_and_crop_round_trip():
   assert float(padded[:, 5:].sum()) == 0 and float(padded[:, :, 7:].sum()) == 0
   np.testing.assert_array_equal(layers.crop_spatial(padded, spatial), x)
   assert layers.crop_to_downsampled(padded, spatial, 2).shape == (2, 3, 4, 1)
+
+
+# Kernel == stride transposed convolution as matmul + depth-to-space.
+
+
+@pytest.mark.parametrize("factor", [(2, 2), (3, 2), (2, 2, 2), (1, 2, 2)])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_stride_upsample_equals_flax_conv_transpose(factor, dtype):
+  shape = (2, *(5, 6, 3)[:len(factor)], 6)
+  x = jax.random.normal(jax.random.key(1), shape)
+  reference = nn.ConvTranspose(4, factor, strides=factor, dtype=dtype)
+  layer = layers.StrideUpsample(4, factor, dtype=dtype)
+  ref_vars = reference.init(jax.random.key(0), x)
+  new_vars = layer.init(jax.random.key(0), x)
+  # Same tree, shapes, dtypes and initial values: checkpoints interchange.
+  assert (jax.tree.structure(ref_vars) == jax.tree.structure(new_vars))
+  for a, b in zip(jax.tree.leaves(ref_vars), jax.tree.leaves(new_vars)):
+    assert a.shape == b.shape and a.dtype == b.dtype == jnp.float32
+    np.testing.assert_array_equal(a, b)
+  # Random (nonzero) bias too, then the same variables in both layers.
+  variables = jax.tree.map(
+      lambda v: jax.random.normal(jax.random.key(v.size), v.shape), ref_vars)
+  expected = reference.apply(variables, x)
+  got = layer.apply(variables, x)
+  assert got.shape == expected.shape == (
+      2, *(s * f for s, f in zip(shape[1:-1], factor)), 4)
+  assert got.dtype == expected.dtype == dtype
+  if dtype == jnp.float32:
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  else:
+    np.testing.assert_allclose(np.asarray(got, np.float32),
+                               np.asarray(expected, np.float32),
+                               rtol=2e-2, atol=2e-2)
+
+
+def test_stride_upsample_matches_float64_reference():
+  # Independent of flax: output[f * i + a] = x[i] @ kernel[f - 1 - a] + bias.
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(1, 3, 4, 2))
+  kernel = rng.normal(size=(2, 3, 2, 5))
+  bias = rng.normal(size=(5,))
+  got = layers.StrideUpsample(5, (2, 3)).apply(
+      {"params": {"kernel": jnp.asarray(kernel, jnp.float32),
+                  "bias": jnp.asarray(bias, jnp.float32)}},
+      jnp.asarray(x, jnp.float32))
+  expected = np.zeros((1, 6, 12, 5))
+  for i in range(3):
+    for j in range(4):
+      for a in range(2):
+        for b in range(3):
+          expected[0, 2 * i + a, 3 * j + b] = (
+              x[0, i, j] @ kernel[1 - a, 2 - b] + bias)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_unet_upconv_parameters_keep_conv_transpose_layout():
+  cfg = make_config(name="unet3d", features=4, depth=2, num_classes=2)
+  variables = jax.eval_shape(
+      lambda: models.create_model(cfg).init(
+          {"params": jax.random.key(0)}, jnp.zeros((1, 8, 8, 8, 1)),
+          train=False))
+  upconv = variables["params"]["upconv1"]
+  assert upconv["kernel"].shape == (2, 2, 2, 16, 8)
+  assert upconv["bias"].shape == (8,)

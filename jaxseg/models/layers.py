@@ -144,6 +144,63 @@ def upsample_2x_learned(features: int, *, dtype: Dtype,
                           kernel_init=bilinear_upsample_init(2), name=name)
 
 
+class StrideUpsample(nn.Module):
+  """Transposed convolution whose kernel equals its stride, as one matmul.
+
+  `[B, *S, C_in] -> [B, *(S * factor), features]`. Equal to
+  `nn.ConvTranspose(features, factor, strides=factor)` (flax's default
+  `padding='SAME'`, `transpose_kernel=False`) with the same parameters:
+  'kernel' `[*factor, C_in, features]` and 'bias' `[features]`, drawn by the
+  same initialisers, so checkpoints of either load into the other.
+
+  The windows of such a layer do not overlap: output voxel
+  `factor * i + a` (per axis) is `x[i] @ kernel[factor - 1 - a] + bias` (flax
+  flips the kernel's spatial axes). So the layer is one `[C_in] x
+  [prod(factor) * features]` matrix product followed by a depth-to-space
+  reshape, which XLA runs far faster than its transposed convolution (3.6x to
+  15x for a whole 3D U-Net step on an H200; see the README's Performance
+  section).
+  """
+  features: int
+  factor: Sequence[int]
+  use_bias: bool = True
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+  kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
+  bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    factor = tuple(int(f) for f in self.factor)
+    ndim = len(factor)
+    if x.ndim != ndim + 2:
+      raise ValueError(f"StrideUpsample with factor {factor} needs "
+                       f"[B, *{ndim} spatial, C] inputs, got {x.shape}")
+    in_features = x.shape[-1]
+    kernel = self.param("kernel", self.kernel_init,
+                        factor + (in_features, self.features),
+                        self.param_dtype)
+    bias = (self.param("bias", self.bias_init, (self.features,),
+                       self.param_dtype) if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
+                                              dtype=self.dtype)
+    # [*k, C_in, C_out] -> flipped -> [C_in, *k, C_out]: one matrix product
+    # gives [B, *S, *k, C_out].
+    kernel = jnp.flip(kernel, axis=tuple(range(ndim)))
+    kernel = jnp.moveaxis(kernel, ndim, 0)
+    y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+    if bias is not None:
+      y = y + bias
+    # Depth to space: [B, s1, .., sn, k1, .., kn, C] -> [B, s1 k1, .., sn kn, C].
+    batch, spatial = x.shape[0], x.shape[1:-1]
+    order = [0]
+    for axis in range(ndim):
+      order += [1 + axis, 1 + ndim + axis]
+    y = jnp.transpose(y, order + [2 * ndim + 1])
+    return y.reshape((batch, *(s * f for s, f in zip(spatial, factor)),
+                      self.features))
+
+
 def resize_bilinear(x: Array, spatial_shape: Sequence[int]) -> Array:
   """Bilinear resize of `[B, *spatial, C]` to `spatial_shape`.
 
