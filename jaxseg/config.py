@@ -32,7 +32,10 @@ Key reference (units in brackets):
                             choice for the model's dimension (all axes; 180 deg 2D, 30 deg 3D).
   model.*                   see `jaxseg.models.default_model_config`.
   train.*                   steps, batch size (global), optimiser, schedule, logging.
-  mesh.data                 devices on the mesh's data axis (-1 = all devices).
+  mesh.data                 devices on the mesh's data axis (-1 = all devices / mesh.fsdp).
+  mesh.fsdp                 devices on the mesh's fsdp axis: batch rows AND large state arrays
+                            (parameters, optimiser moments) are split over it (`jaxseg.parallel`).
+  mesh.fsdp_min_size        state arrays with fewer elements are replicated [elements].
   eval.*                    splits, sliding-window and test-time-augmentation settings.
   predict.*                 input/output paths and checkpoint for `--mode=predict`.
   adversarial.*             adversarial training (off by default).
@@ -141,6 +144,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.predict.save_probabilities = False    # Also write <case>_probabilities.nii.gz [X, Y, Z, K].
 
   config.adversarial = ml_collections.ConfigDict()
+  config.mesh.fsdp = 1                         # Devices each large state array is split over (FSDP).
+  config.mesh.fsdp_min_size = 2**16            # Arrays with fewer elements stay replicated.
   config.adversarial.enabled = False
   config.adversarial.weight = 0.01            # lambda of the segmenter's adversarial term.
   config.adversarial.warmup_steps = 100       # steps trained without the adversarial term.
@@ -233,6 +238,10 @@ def _validate_data(data: ml_collections.ConfigDict, ndim: int, fail) -> None:
     fail("data.foreground_fraction", f"{data.foreground_fraction} is not in [0, 1]")
   for key in ("num_workers", "prepare_workers", "num_threads", "prefetch"):
     if data[key] < 0:
+  if config.mesh.fsdp < 1:
+    fail("mesh.fsdp", f"must be a positive device count, got {config.mesh.fsdp}")
+  if config.mesh.fsdp_min_size < 0:
+    fail("mesh.fsdp_min_size", f"must be >= 0 elements, got {config.mesh.fsdp_min_size}")
       fail(f"data.{key}", f"must be >= 0, got {data[key]}")
   if data.cache_cases < 1:
     fail("data.cache_cases", f"must be >= 1, got {data.cache_cases}")

@@ -48,18 +48,24 @@ class Experiment:
     # The replicated init needs no partitionable random bits; the classic threefry lowering
     # compiles several times faster on CPU (8 s instead of 52 s for the default U-Net).
     with jax.threefry_partitionable(False):
-      return jax.jit(create, out_shardings=parallel.replicated(self.mesh))()
+      return jax.jit(create, out_shardings=self.state_shardings())()
+
+  def state_shardings(self) -> Any:
+    """Sharding of every train-state leaf: replicated, or split over the mesh's fsdp axis (`parallel`)."""
+    shapes = jax.eval_shape(functools.partial(state_lib.create_train_state, self.config, self.model, self.tx,
+                                              self.input_shape))
+    return parallel.state_shardings(shapes, self.mesh, self.config.mesh)
 
   def abstract_state(self) -> Any:
     """Shapes, dtypes and shardings of the train state, without allocating it."""
     shapes = jax.eval_shape(functools.partial(state_lib.create_train_state, self.config, self.model, self.tx,
                                               self.input_shape))
-    sharding = parallel.replicated(self.mesh)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+    return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes,
+                        parallel.state_shardings(shapes, self.mesh, self.config.mesh))
 
   def predictor(self, state: state_lib.TrainState) -> Callable[[np.ndarray], np.ndarray]:
     """`predict(images [N, *window, C]) -> logits [N, *window, K]` with `state`'s weights on local devices."""
-    params, batch_stats = jax.device_get((state.params, state.batch_stats))
+    params, batch_stats = parallel.host_copy((state.params, state.batch_stats))  # Gathers fsdp-split arrays.
     return lambda images: np.asarray(self.forward(params, batch_stats, images))
 
 
@@ -98,6 +104,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Exp
   mesh = parallel.create_mesh(config.mesh)
   parallel.check_batch_size(config.train.batch_size, mesh)
   model = models.create_model(config.model)
+  parallel.check_same_config(config)
   schedule = state_lib.learning_rate_schedule(config.train)
   tx = state_lib.create_optimizer(config.train)
   input_shape = (1, *config.data.patch_size, prepared.num_channels)

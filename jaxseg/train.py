@@ -103,8 +103,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     state, _ = checkpoints.restore(exp.abstract_state(), "latest")
     logging.info("Resumed from checkpoint step %d in %s", int(state.step), checkpoints.directory)
   elif config.model.pretrained:
-    state = jax.device_put(state_lib.load_pretrained(jax.device_get(state), config.model, exp.tx),
-                           parallel.replicated(exp.mesh))
+    state = jax.device_put(state_lib.load_pretrained(parallel.host_copy(state), config.model, exp.tx),
+                           exp.state_shardings())
   experiment.write_config(exp)
   start_step = int(state.step)
 
@@ -119,8 +119,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   train_step = jax.jit(
       make_step(exp),
-      in_shardings=(parallel.replicated(exp.mesh), parallel.batch_sharding(exp.mesh)),
-      out_shardings=(parallel.replicated(exp.mesh), None), donate_argnums=0)
+      in_shardings=(exp.state_shardings(), parallel.batch_sharding(exp.mesh)),
+      out_shardings=(exp.state_shardings(), None), donate_argnums=0)
   train_source = pipeline.CaseSource(exp.prepared, "train", config.data.cache_cases)
   val_source = pipeline.CaseSource(exp.prepared, "validation", config.data.cache_cases)
   local_batch = parallel.check_batch_size(config.train.batch_size, exp.mesh)
