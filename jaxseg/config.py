@@ -126,6 +126,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1
+  config.mesh.fsdp = 1                         # Devices each large state array is split over (FSDP).
+  config.mesh.fsdp_min_size = 2**16            # Arrays with fewer elements stay replicated.
 
   config.eval = ml_collections.ConfigDict()
   config.eval.splits = ("validation", "test")  # Reports under results/<split>/.
@@ -144,8 +146,6 @@ def base_config() -> ml_collections.ConfigDict:
   config.predict.save_probabilities = False    # Also write <case>_probabilities.nii.gz [X, Y, Z, K].
 
   config.adversarial = ml_collections.ConfigDict()
-  config.mesh.fsdp = 1                         # Devices each large state array is split over (FSDP).
-  config.mesh.fsdp_min_size = 2**16            # Arrays with fewer elements stay replicated.
   config.adversarial.enabled = False
   config.adversarial.weight = 0.01            # lambda of the segmenter's adversarial term.
   config.adversarial.warmup_steps = 100       # steps trained without the adversarial term.
@@ -208,6 +208,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("train.learning_rate", f"must be > 0, got {config.train.learning_rate}")
   if config.mesh.data == 0 or config.mesh.data < -1:
     fail("mesh.data", f"must be -1 (all devices) or a positive device count, got {config.mesh.data}")
+  if config.mesh.fsdp < 1:
+    fail("mesh.fsdp", f"must be a positive device count, got {config.mesh.fsdp}")
+  if config.mesh.fsdp_min_size < 0:
+    fail("mesh.fsdp_min_size", f"must be >= 0 elements, got {config.mesh.fsdp_min_size}")
   for split in config.eval.splits:
     if split not in ("train", "validation", "test"):
       fail("eval.splits", f"unknown split {split!r}; choose from train, validation, test")
@@ -238,10 +242,6 @@ def _validate_data(data: ml_collections.ConfigDict, ndim: int, fail) -> None:
     fail("data.foreground_fraction", f"{data.foreground_fraction} is not in [0, 1]")
   for key in ("num_workers", "prepare_workers", "num_threads", "prefetch"):
     if data[key] < 0:
-  if config.mesh.fsdp < 1:
-    fail("mesh.fsdp", f"must be a positive device count, got {config.mesh.fsdp}")
-  if config.mesh.fsdp_min_size < 0:
-    fail("mesh.fsdp_min_size", f"must be >= 0 elements, got {config.mesh.fsdp_min_size}")
       fail(f"data.{key}", f"must be >= 0, got {data[key]}")
   if data.cache_cases < 1:
     fail("data.cache_cases", f"must be >= 1, got {data.cache_cases}")

@@ -98,13 +98,13 @@ def resolve_config(config: ml_collections.ConfigDict, prepared: pipeline.Prepare
 
 def setup(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Experiment:
   config_lib.validate(config)
+  parallel.check_same_config(config)
   workdir = ensure_workdir(workdir)
   prepared = pipeline.prepare(config)
   config = resolve_config(config, prepared)
   mesh = parallel.create_mesh(config.mesh)
   parallel.check_batch_size(config.train.batch_size, mesh)
   model = models.create_model(config.model)
-  parallel.check_same_config(config)
   schedule = state_lib.learning_rate_schedule(config.train)
   tx = state_lib.create_optimizer(config.train)
   input_shape = (1, *config.data.patch_size, prepared.num_channels)
