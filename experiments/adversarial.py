@@ -44,7 +44,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import jax  # pylint: disable=g-import-not-at-top
 from scipy import stats  # pylint: disable=g-import-not-at-top
 
-from jaxseg import train  # pylint: disable=g-import-not-at-top
+from jaxseg import train, writers  # pylint: disable=g-import-not-at-top
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ARMS = {"plain": ROOT / "configs" / "unet_ct.py", "adversarial": ROOT / "configs" / "unet_adversarial_ct.py"}
@@ -81,15 +81,8 @@ def run_config(arm: str, seed: int, args: argparse.Namespace):
 
 
 def last_scalars(workdir: pathlib.Path, tags) -> dict[str, float]:
-  """The last logged value of each TensorBoard scalar in `tags` (TensorFlow is clu's writer backend)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  values = {}
-  for path in sorted(workdir.glob("events.out.tfevents.*")):
-    for event in tf.compat.v1.train.summary_iterator(str(path)):
-      for value in event.summary.value:
-        if value.tag in tags:
-          values[value.tag] = (event.step, float(tf.make_ndarray(value.tensor)))
-  return {tag: value for tag, (_, value) in values.items()}
+  """The last logged value of each TensorBoard scalar in `tags`."""
+  return {tag: values[-1][1] for tag, values in writers.read_scalars(workdir).items() if tag in tags}
 
 
 TIE = 0.01  # Paired Dice differences within this are counted as ties.

@@ -86,11 +86,19 @@ def parse_and_run(app_run: Callable, main: Callable) -> None:
 
 
 def hide_gpus_from_tensorflow() -> None:
-  """TensorFlow (clu's writer backend) must not take GPU memory from JAX."""
+  """If something already imported TensorFlow, it must not take GPU memory from JAX.
+
+  jaxseg itself never imports TensorFlow (events are written by jaxseg.writers,
+  datasets read through TFDS's array_record sources); importing it here just
+  to hide GPUs would cost seconds on every command, so only an already
+  imported TensorFlow is told.
+  """
+  tf = sys.modules.get("tensorflow")
+  if tf is None:
+    return
   try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.config.set_visible_devices([], "GPU")
-  except (ImportError, RuntimeError):
+  except (AttributeError, RuntimeError):  # A partial import, or devices already initialised.
     pass
 
 

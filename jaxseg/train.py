@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxseg import checkpointing, evaluate, experiment, metrics, models, parallel, state as state_lib, steps
+from jaxseg import checkpointing, evaluate, experiment, metrics, models, parallel, state as state_lib, steps, writers
 from jaxseg.data import pipeline
 from jaxseg.errors import TrainingError
 
@@ -92,8 +92,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   Returns {split: summary} as written to `results/<split>/summary.json`.
   """
-  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
-
   state_lib.check_adversarial_config(config)  # Before preparing the dataset.
   exp = experiment.setup(config, workdir)
   config = exp.config
@@ -108,14 +106,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   experiment.write_config(exp)
   start_step = int(state.step)
 
-  writer = metric_writers.create_default_writer(exp.workdir, just_logging=jax.process_index() > 0)
+  writer = writers.create_default_writer(exp.workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:
     writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
   num_steps = config.train.num_steps
-  hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
-                                           every_steps=config.train.log_every_steps, every_secs=None)]
+  hooks = [writers.ReportProgress(num_train_steps=num_steps, writer=writer,
+                                  every_steps=config.train.log_every_steps)]
+  profile = None
   if config.train.profile_steps and jax.process_index() == 0:
-    hooks.append(periodic_actions.Profile(logdir=exp.workdir, num_profile_steps=config.train.profile_steps))
+    warmup = max(1, min(10, num_steps - start_step - config.train.profile_steps))  # Past compilation.
+    profile = writers.Profile(logdir=exp.workdir, num_profile_steps=config.train.profile_steps,
+                              first_step=start_step + warmup)
+    hooks.append(profile)
 
   train_step = jax.jit(
       make_step(exp),
@@ -155,6 +157,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     if save_now:
       checkpoints.save(step, state)
   writer.flush()
+  if profile is not None:
+    profile.close()
 
   results = evaluate.evaluate_checkpoint(exp, checkpoints, config.eval.checkpoint)
   checkpoints.close()

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxseg import checkpointing, experiment, state as state_lib, steps, train
+from jaxseg import checkpointing, experiment, state as state_lib, steps, train, writers
 from jaxseg.config import base_config
 from jaxseg.data import pipeline
 from jaxseg.errors import ConfigError
@@ -289,9 +289,7 @@ def tiny_train_config(data_dir, **train_overrides):
 
 
 def scalar_tags(workdir):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (clu's writer backend)
-  return {value.tag for path in workdir.glob("events.out.tfevents.*")
-          for event in tf.compat.v1.train.summary_iterator(str(path)) for value in event.summary.value}
+  return set(writers.read_scalars(workdir))
 
 
 @pytest.mark.slow  # Three short runs with evaluation: about 80 s of CPU time (6 minutes on 2 loaded cores).
