@@ -14,8 +14,15 @@ Variants, by argument (comma-separated):
 `--config.data.task=Task09_Spleen --config.data.root=/data` prepares the
 task with the Decathlon builder instead (checked against the published task;
 `data.root` is the directory the archive was extracted into). Augmentation
-is nnU-Net's default (jaxseg/data/augment.py); the patch and model sizes are
-for one GPU.
+is nnU-Net's default (jaxseg/data/augment.py).
+
+Planning is on (`config.plan.enabled`, `jaxseg.plan`): patch, batch, network
+depth and features, steps and evaluation cadence come from the dataset
+fingerprint and the devices -- nnU-Net's rules on a GPU/TPU, a run of
+`config.plan.time_budget_min` (15) minutes on a CPU. The values below are
+what is used with `--config.plan.enabled=False`; any `--config.KEY=VALUE`
+on the command line wins over the plan (recorded in <workdir>/plan.json).
+`--mode=plan` prints the plan without training. `:quick` does not plan.
 """
 
 from jaxseg import models
@@ -53,7 +60,9 @@ def get_config(arg=None):
   config.train.eval_every_steps = 1000
   config.train.checkpoint_every_steps = 1000
   config.eval.mirror_axes = tuple(range(ndim))
+  config.plan.enabled = True
   if quick:
+    config.plan.enabled = False
     config.data.patch_size = (32, 64, 64) if ndim == 3 else (128, 128)
     config.model.features = 8
     config.model.depth = 3

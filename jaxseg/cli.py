@@ -62,6 +62,18 @@ def _explain_flag_error(argv: Sequence[str], error: Exception, config_file: str 
   return text
 
 
+def command_line_keys(argv: Sequence[str]) -> list[str]:
+  """Config keys set on the command line (`--config.KEY=VALUE` or `--config.KEY VALUE`), in order."""
+  return [m.group(1) for m in map(_OVERRIDE.match, argv) if m]
+
+
+def keep_command_line_keys(config, argv: Sequence[str]) -> None:
+  """Adds the command line's config keys to `config.plan.fixed`, so that a plan never overrides them."""
+  keys = [k for k in command_line_keys(argv) if not k.startswith("plan.")]
+  if keys:
+    config.plan.fixed = tuple(dict.fromkeys((*config.plan.fixed, *keys)))
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing with one-line errors for bad config files and keys."""
   from absl import flags  # pylint: disable=g-import-not-at-top
@@ -113,6 +125,10 @@ def run(config, config_arg: str, workdir: str | None, mode: str) -> int:
   parallel.initialize_distributed()
   workdir = pathlib.Path(workdir) if workdir else default_workdir(config_arg)
   logging.info("jaxseg %s: config %s, workdir %s (pid %d)", mode, config_arg, workdir, os.getpid())
+  if mode == "plan":
+    from jaxseg import experiment  # pylint: disable=g-import-not-at-top
+    print(experiment.plan_workdir(config, workdir))
+    return 0
   from jaxseg import evaluate, predict, train  # pylint: disable=g-import-not-at-top
   if mode == "train":
     train.train_and_evaluate(config, workdir)

@@ -19,6 +19,11 @@ Key reference (units in brackets):
   data.data_dir             where phantoms are generated and prepared datasets live;
                             '' = $JAXSEG_DATA_DIR or ~/.cache/jaxseg.
   data.num_cases            phantom size (0 = the phantom's default).
+  data.fold                 '' = the prepared dataset's fixed train/validation split; '0'..'4' =
+                            nnU-Net's 5-fold cross-validation over the train + validation cases
+                            (KFold, shuffled with seed 12345, over the sorted case ids; the test
+                            split stays held out); 'all' = train on all of them (validation then
+                            is not held out). Stored in the prepared dataset's metadata.
   data.prepare_workers      processes preparing cases (0 = one per CPU core).
   data.patch_size           training patch: (H, W) for 2D models, (D, H, W) for 3D [voxels].
   data.foreground_fraction  share of every batch centred on a foreground voxel.
@@ -39,6 +44,17 @@ Key reference (units in brackets):
   eval.*                    splits, sliding-window and test-time-augmentation settings.
   predict.*                 input/output paths and checkpoint for `--mode=predict`.
   adversarial.*             adversarial training (off by default).
+  plan.enabled              plan patch, batch, network depth/features, steps and evaluation cadence
+                            from the dataset fingerprint and the devices (`jaxseg.plan`; nnU-Net's
+                            rules on GPU/TPU, a time budget on CPU). Off in base_config() and the
+                            phantom configs (their documented numbers stay); on in configs/msd.py.
+                            The plan is written to <workdir>/plan.json and reused from there
+                            (resume, evaluate, predict); `--mode=plan` only plans.
+  plan.time_budget_min      CPU runs: minutes that training plus evaluation should take.
+  plan.memory_gb            memory per device to plan for [GB]; 0 = what the device reports (host
+                            RAM on a CPU).
+  plan.fixed                config keys the plan must not change; every `--config.KEY=VALUE` given
+                            on the command line is added (an override wins and plan.json records it).
 """
 
 from __future__ import annotations
@@ -57,6 +73,7 @@ from jaxseg.errors import ConfigError
 DATASETS = ("ct_phantom", "mr_phantom", "microscopy_phantom", "msd")
 OPTIMIZERS = ("adamw", "sgd")
 LOSSES = ("dice_ce", "ce", "dice", "focal")
+FOLDS = ("", "0", "1", "2", "3", "4", "all")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -70,6 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.task = ""
   config.data.data_dir = ""
   config.data.num_cases = 0
+  config.data.fold = ""                          # '' | '0'..'4' | 'all' (5-fold cross-validation).
   config.data.prepare_workers = 0
   config.data.patch_size = (128, 128)
   config.data.foreground_fraction = 1 / 3
@@ -145,6 +163,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.predict.checkpoint = "best"           # best | latest | a step number.
   config.predict.save_probabilities = False    # Also write <case>_probabilities.nii.gz [X, Y, Z, K].
 
+  config.plan = ml_collections.ConfigDict()
+  config.plan.enabled = False
+  config.plan.time_budget_min = 15.0
+  config.plan.memory_gb = 0.0
+  config.plan.fixed = ()                       # Keys the plan keeps (the CLI adds its overrides).
+
   config.adversarial = ml_collections.ConfigDict()
   config.adversarial.enabled = False
   config.adversarial.weight = 0.01            # lambda of the segmenter's adversarial term.
@@ -188,6 +212,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "(--config.data.root=/data/Task09_Spleen)")
   if config.data.task and config.data.name != "msd":
     fail("data.task", f"{config.data.task!r} needs data.name 'msd', got {config.data.name!r}")
+  if str(config.data.fold) not in FOLDS:
+    fail("data.fold", f"{config.data.fold!r} is not a fold; use '' (the fixed split), 0..4 or 'all'")
+  if config.plan.time_budget_min <= 0:
+    fail("plan.time_budget_min", f"must be > 0 minutes, got {config.plan.time_budget_min}")
+  if config.plan.memory_gb < 0:
+    fail("plan.memory_gb", f"must be >= 0 GB (0 = the device's), got {config.plan.memory_gb}")
   if config.model.name not in models.MODELS:
     fail("model.name", f"unknown model {config.model.name!r}; choose one of {', '.join(models.MODELS)}")
   ndim = models.spatial_dims(config.model.name)

@@ -1,16 +1,20 @@
 """An experiment as built from a config: dataset, model, optimiser, mesh, workdir.
 
 `setup(config, workdir)` validates the config, checks the workdir, prepares the
-dataset and fills in what the dataset decides (the number of classes); train,
-evaluate and predict modes all start from it.
+dataset, fills in what the dataset decides (the number of classes) and, with
+`config.plan.enabled`, what the plan decides (`jaxseg.plan`: patch, batch,
+network size, steps, evaluation cadence; recorded in `<workdir>/plan.json`
+and reused from there); train, evaluate and predict modes all start from it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import pathlib
+import time
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -19,9 +23,11 @@ import ml_collections
 import numpy as np
 import optax
 
+from absl import logging
+
 from jaxseg import config as config_lib
-from jaxseg import models, parallel, state as state_lib, steps
-from jaxseg.data import pipeline
+from jaxseg import models, parallel, plan as plan_lib, state as state_lib, steps
+from jaxseg.data import folds, pipeline
 from jaxseg.errors import ConfigError, WorkdirError
 
 
@@ -100,8 +106,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Exp
   config_lib.validate(config)
   parallel.check_same_config(config)
   workdir = ensure_workdir(workdir)
-  prepared = pipeline.prepare(config)
+  prepared = folds.select(pipeline.prepare(config), config.data.fold)
   config = resolve_config(config, prepared)
+  if config.plan.enabled:
+    config = planned_config(config, workdir, prepared)
   mesh = parallel.create_mesh(config.mesh)
   parallel.check_batch_size(config.train.batch_size, mesh)
   model = models.create_model(config.model)
@@ -117,3 +125,116 @@ def write_config(exp: Experiment) -> None:
     tmp = path.with_name("config.json.tmp")
     tmp.write_text(config_lib.to_json(exp.config))
     os.replace(tmp, path)
+
+
+PLAN_FILE = "plan.json"
+
+
+def dataset_summary(config: ml_collections.ConfigDict, prepared: pipeline.PreparedDataset) -> plan_lib.DatasetSummary:
+  """What planning needs from the prepared dataset's fingerprint (`plan.summarize_dataset`)."""
+  from jaxseg.data import preprocess  # pylint: disable=g-import-not-at-top
+  fingerprint = preprocess.Fingerprint.from_dict(prepared.builder.info.metadata["fingerprint"])
+  return plan_lib.summarize_dataset(fingerprint, prepared.plan.target_spacing, num_classes=prepared.num_classes,
+                                    ndim=prepared.ndim, validation_cases=len(prepared.splits.get("validation", [])),
+                                    test_cases=len(prepared.splits.get("test", [])))
+
+
+def measure_step_time(config: ml_collections.ConfigDict, num_channels: int, candidate: plan_lib.Candidate,
+                      steps_timed: int = 2) -> float:
+  """Seconds per jitted training step of `candidate` on one local device (after compiling).
+
+  The network is `config.model` with the candidate's depth and features; the batch is random data of the
+  candidate's patch and per-device batch size. An adversarial run's discriminator is not included.
+  """
+  values = plan_lib.network_values(candidate.network, config.model.name, candidate.dim, 1)
+  cfg, _ = plan_lib.apply_plan(config, {"values": values})
+  model = models.create_model(cfg.model)
+  tx = state_lib.create_optimizer(cfg.train)
+  batch_size, patch = candidate.network.batch_size, tuple(candidate.network.patch_size)
+  with cfg.unlocked():
+    cfg.adversarial.enabled = False
+  train_step = jax.jit(steps.make_train_step(model, tx, state_lib.learning_rate_schedule(cfg.train),
+                                             cfg.train.loss, models.output_weights(cfg.model)), donate_argnums=0)
+  with jax.threefry_partitionable(False):
+    state = jax.jit(functools.partial(state_lib.create_train_state, cfg, model, tx, (1, *patch, num_channels)))()
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.standard_normal((batch_size, *patch, num_channels)).astype(np.float32),
+           "label": rng.integers(0, cfg.model.num_classes, (batch_size, *patch)).astype(np.int32)}
+  state, metrics = train_step(state, batch)  # Compiles.
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(steps_timed):
+    state, metrics = train_step(state, batch)
+  jax.block_until_ready(metrics)
+  return (time.perf_counter() - start) / steps_timed
+
+
+def _plan_inputs(config: ml_collections.ConfigDict, summary: plan_lib.DatasetSummary,
+                 devices: plan_lib.Devices) -> dict[str, Any]:
+  """What a stored plan must have been made from to be reused."""
+  return {"dataset": summary.to_dict(), "devices": devices.to_dict(), "model": config.model.name,
+          "time_budget_min": config.plan.time_budget_min if devices.kind == "cpu" else None,
+          "mirror_axes": [int(a) for a in config.eval.mirror_axes]}
+
+
+def make_plan(config: ml_collections.ConfigDict, prepared: pipeline.PreparedDataset) -> dict[str, Any]:
+  """A new plan for this dataset and these devices (on a CPU: measures candidate step times)."""
+  summary = dataset_summary(config, prepared)
+  devices = plan_lib.detect_devices(config.plan.memory_gb)
+  measure = functools.partial(measure_step_time, config, prepared.num_channels)
+  plan = plan_lib.make_plan(summary, devices, config.model.name, time_budget_min=config.plan.time_budget_min,
+                            measure=measure, step_fraction=config.eval.step_fraction)
+  plan["inputs"] = _plan_inputs(config, summary, devices)
+  return plan
+
+
+def load_or_make_plan(config: ml_collections.ConfigDict, workdir: pathlib.Path, prepared: pipeline.PreparedDataset,
+                      *, replan: bool = False) -> dict[str, Any]:
+  """`<workdir>/plan.json`'s plan when it was made from the same dataset, devices and model; else a new one."""
+  path = workdir / PLAN_FILE
+  if path.exists() and not replan:
+    try:
+      stored = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+      raise WorkdirError(f"{path}: cannot read the stored plan ({e}); delete it to plan again") from e
+    summary = dataset_summary(config, prepared)
+    devices = plan_lib.detect_devices(config.plan.memory_gb)
+    if stored.get("inputs") == json.loads(json.dumps(_plan_inputs(config, summary, devices))):
+      logging.info("Using the plan in %s", path)
+      return stored
+    logging.info("The plan in %s was made for another dataset, model or machine; planning again", path)
+  return make_plan(config, prepared)
+
+
+def write_plan(workdir: pathlib.Path, plan: dict[str, Any], record: dict[str, Any]) -> None:
+  """Writes `<workdir>/plan.json`: the plan and, per planned key, the planned and used value (process 0)."""
+  if jax.process_index() != 0:
+    return
+  path = workdir / PLAN_FILE
+  tmp = path.with_name(PLAN_FILE + ".tmp")
+  tmp.write_text(json.dumps({**plan, "keys": record}, indent=2, sort_keys=True))
+  os.replace(tmp, path)
+
+
+def planned_config(config: ml_collections.ConfigDict, workdir: pathlib.Path, prepared: pipeline.PreparedDataset,
+                   *, replan: bool = False) -> ml_collections.ConfigDict:
+  """`config` with the plan applied (keys in `config.plan.fixed` keep their value); writes plan.json."""
+  plan = load_or_make_plan(config, workdir, prepared, replan=replan)
+  config, record = plan_lib.apply_plan(config, plan, tuple(config.plan.fixed))
+  overridden = [k for k, r in record.items() if r["overridden"]]
+  logging.info("%s%s", plan["reason"], f"; kept from the command line: {', '.join(overridden)}" if overridden else "")
+  write_plan(workdir, plan, record)
+  return config
+
+
+def plan_workdir(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> str:
+  """`--mode=plan`: plans (whatever `config.plan.enabled` says; a matching plan.json is reused), writes
+  plan.json and returns the plan as text."""
+  config_lib.validate(config)
+  workdir = ensure_workdir(workdir)
+  prepared = folds.select(pipeline.prepare(config), config.data.fold)
+  config = resolve_config(config, prepared)
+  plan = load_or_make_plan(config, workdir, prepared)
+  _, record = plan_lib.apply_plan(config, plan, tuple(config.plan.fixed))
+  write_plan(workdir, plan, record)
+  return plan_lib.format_plan(plan, record) + f"\nWritten to {workdir / PLAN_FILE}"

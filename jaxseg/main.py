@@ -5,6 +5,7 @@ into one-line errors, the work is in train.py, evaluate.py and predict.py.
 """
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow is only clu's writer backend.
 
@@ -15,15 +16,17 @@ from jaxseg import cli  # pylint: disable=g-import-not-at-top
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file: configs/NAME.py[:ARG].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: runs/<config file stem>).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"],
-                          "train (then evaluate), evaluate a trained workdir, or predict "
-                          "--config.predict.input into --config.predict.output.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "plan"],
+                          "train (then evaluate), evaluate a trained workdir, predict "
+                          "--config.predict.input into --config.predict.output, or plan (print the plan "
+                          "of jaxseg.plan and write <workdir>/plan.json).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   cli.hide_gpus_from_tensorflow()
+  cli.keep_command_line_keys(_CONFIG.value, sys.argv)  # A plan never overrides --config.KEY=VALUE.
   return cli.run(_CONFIG.value, config_flags.get_config_filename(flags.FLAGS["config"]), _WORKDIR.value,
                  _MODE.value)
 

@@ -160,31 +160,47 @@ class Fingerprint:
 
   Attributes:
     spacings: (z, y, x) voxel size (mm) per training case, canonical order.
-    shapes: canonical (Z, Y, X) per training case, before resampling.
+    shapes: canonical (Z, Y, X) per training case, before cropping and resampling.
     intensity: per channel, statistics of the foreground (label > 0) voxels
       of all training cases: 'mean', 'std' (population), 'min', 'max' over
       every foreground voxel; 'p00_5', 'p99_5' percentiles (linear
       interpolation) of up to PERCENTILE_SAMPLES_PER_CASE voxels per case
       drawn without replacement with a fixed seed (all voxels when fewer).
+    cropped_shapes: canonical (Z, Y, X) per training case after cropping to
+      the non-zero region (None in fingerprints of jaxseg < 1.2 datasets).
   """
   spacings: list[tuple[float, float, float]]
   shapes: list[tuple[int, int, int]]
   intensity: list[dict[str, float]]
+  cropped_shapes: list[tuple[int, int, int]] | None = None
+
+  @property
+  def median_relative_size_after_cropping(self) -> float:
+    """Median over cases of (voxels after cropping) / (voxels before); 1 without cropped shapes."""
+    if not self.cropped_shapes:
+      return 1.0
+    return float(np.median([np.prod(c, dtype=np.float64) / np.prod(s, dtype=np.float64)
+                            for c, s in zip(self.cropped_shapes, self.shapes)]))
 
   def to_dict(self) -> dict[str, Any]:
-    return {
+    d = {
         'spacings': [list(s) for s in self.spacings],
         'shapes': [list(s) for s in self.shapes],
         'intensity': [dict(c) for c in self.intensity],
     }
+    if self.cropped_shapes is not None:
+      d['cropped_shapes'] = [list(s) for s in self.cropped_shapes]
+    return d
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> 'Fingerprint':
+    cropped = d.get('cropped_shapes')
     return cls(
         spacings=[tuple(float(v) for v in s) for s in _get(d, 'spacings')],
         shapes=[tuple(int(v) for v in s) for s in _get(d, 'shapes')],
         intensity=[{k: float(v) for k, v in c.items()}
-                   for c in _get(d, 'intensity')])
+                   for c in _get(d, 'intensity')],
+        cropped_shapes=None if cropped is None else [tuple(int(v) for v in s) for s in cropped])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,14 +212,16 @@ class CaseStatistics:
 
   Attributes:
     spacing: (z, y, x) voxel size (mm), canonical order.
-    shape: canonical (Z, Y, X) before resampling.
+    shape: canonical (Z, Y, X) before cropping and resampling.
     channels: per channel, running statistics of every foreground voxel.
     samples: float64 [N, C], the voxels drawn for the percentiles.
+    cropped_shape: (Z, Y, X) after cropping to the non-zero region.
   """
   spacing: tuple[float, float, float]
   shape: tuple[int, int, int]
   channels: list['_RunningStats']
   samples: np.ndarray
+  cropped_shape: tuple[int, int, int] | None = None
 
 
 def case_statistics(image: np.ndarray, label: np.ndarray,
@@ -234,9 +252,11 @@ def case_statistics(image: np.ndarray, label: np.ndarray,
     stats = _RunningStats()
     stats.add(values[:, c])
     channels.append(stats)
+  bbox = _nonzero_bbox(image, np.asarray(label))
   return CaseStatistics(spacing=tuple(float(s) for s in spacing),
                         shape=tuple(int(s) for s in image.shape[:3]),
-                        channels=channels, samples=sampled)
+                        channels=channels, samples=sampled,
+                        cropped_shape=tuple(stop - start for start, stop in bbox))
 
 
 def merge_statistics(cases: Iterable[CaseStatistics]) -> Fingerprint:
@@ -246,7 +266,7 @@ def merge_statistics(cases: Iterable[CaseStatistics]) -> Fingerprint:
     DataError: no training case has a foreground voxel, or the cases have
       different numbers of channels.
   """
-  spacings, shapes, stats, samples = [], [], [], []
+  spacings, shapes, stats, samples, cropped = [], [], [], [], []
   for index, case in enumerate(cases):
     if stats and len(case.channels) != len(stats):
       raise DataError(f'training case {index} has {len(case.channels)} '
@@ -255,6 +275,7 @@ def merge_statistics(cases: Iterable[CaseStatistics]) -> Fingerprint:
       stats = [_RunningStats() for _ in case.channels]
     spacings.append(case.spacing)
     shapes.append(case.shape)
+    cropped.append(case.cropped_shape or case.shape)
     for total, channel in zip(stats, case.channels):
       total.merge(channel)
     samples.append(case.samples)
@@ -272,7 +293,8 @@ def merge_statistics(cases: Iterable[CaseStatistics]) -> Fingerprint:
         'min': channel_stats.minimum,
         'max': channel_stats.maximum,
     })
-  return Fingerprint(spacings=spacings, shapes=shapes, intensity=intensity)
+  return Fingerprint(spacings=spacings, shapes=shapes, intensity=intensity,
+                     cropped_shapes=cropped)
 
 
 def compute_fingerprint(
@@ -431,7 +453,7 @@ def preprocess_case(loaded: LoadedCase, plan: Plan) -> PreprocessedCase:
   bbox = _nonzero_bbox(image, label)
   crop = tuple(slice(start, stop) for start, stop in bbox)
   cropped_image = _normalize(image[crop], plan.normalization)
-  new_shape = _resampled_shape(cropped_image.shape[:3], info.spacing,
+  new_shape = resampled_shape(cropped_image.shape[:3], info.spacing,
                                plan.target_spacing)
   separate_axis = _separate_axis(info.spacing, plan.target_spacing)
   resampled_image = np.stack(
@@ -598,8 +620,9 @@ def _normalize(image: np.ndarray,
   return out
 
 
-def _resampled_shape(shape: Sequence[int], spacing: Sequence[float],
-                     target: Sequence[float]) -> tuple[int, int, int]:
+def resampled_shape(shape: Sequence[int], spacing: Sequence[float],
+                    target: Sequence[float]) -> tuple[int, int, int]:
+  """Shape after resampling from `spacing` to `target` (mm), as `preprocess_case` resamples."""
   new_shape = []
   for size, current, wanted in zip(shape, spacing, target):
     if size == 1 or abs(current - wanted) <= SPACING_RTOL * wanted:

@@ -8,8 +8,9 @@ parallel over cases in 'spawn' worker processes, each with a progress bar.
 
 Recorded in the dataset's metadata (`builder.info.metadata`): `raw_root`,
 `raw_signature`, `name`, `format`, `ndim`, `labels`, `channel_names`,
-`splits` (split -> case ids in record order), `plan`, `fingerprint` and
-`class_voxels` (split -> per record, label value -> voxel count after
+`splits` (split -> case ids in record order), `folds` (nnU-Net's 5-fold
+split of the train + validation cases, `jaxseg.data.folds`; [] below 5
+cases), `plan`, `fingerprint` and `class_voxels` (split -> per record, label value -> voxel count after
 preprocessing, which the pipeline samples rare classes from).
 
 Atomicity: TFDS writes into an `incomplete.*` directory and renames it to the
@@ -34,7 +35,7 @@ from typing import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxseg.data import nifti, preprocess
+from jaxseg.data import folds, nifti, preprocess
 from jaxseg.data.builders import workers
 from jaxseg.errors import DataError
 
@@ -202,6 +203,7 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
         "labels": dict(raw.labels),
         "channel_names": list(raw.channel_names),
         "splits": splits,
+        "folds": folds.dataset_folds(splits),
         "plan": plan.to_dict(),
         "fingerprint": fingerprint.to_dict(),
         "class_voxels": {name: [] for name, ids in splits.items() if ids},

@@ -1,0 +1,188 @@
+"""Planning (jaxseg.plan): pure functions of a dataset summary and a device description, no training."""
+
+import math
+
+import numpy as np
+import pytest
+
+from jaxseg import config as config_lib
+from jaxseg import plan
+from jaxseg.data import preprocess
+from jaxseg.errors import ConfigError
+
+GPU8 = plan.Devices("gpu", 1, 8.0, "1 x test GPU")
+
+
+def summary(shape, spacing, cases=40, channels=1, classes=2, ndim=3, val=4, test=8):
+  return plan.DatasetSummary(tuple(shape), tuple(spacing), cases, channels, classes, ndim, val, test)
+
+
+# Spleen-, prostate-, hippocampus- and BraTS-like fingerprints: nnU-Net v2 plans these (published plans files)
+# as 3d_fullres (64,192,160) b2, (20,320,256) b2, (40,56,40) b9 and (128,128,128) b2; 2d (512,512) b12 etc.
+@pytest.mark.parametrize("shape, spacing, cases, channels, classes, fullres, batch3d, twod, batch2d", [
+    ((187, 512, 512), (1.6, 0.793, 0.793), 41, 1, 2, (64, 192, 160), 2, (512, 512), 12),
+    ((20, 320, 319), (3.6, 0.625, 0.625), 32, 2, 3, (20, 320, 256), 2, (320, 320), 31),
+    ((36, 50, 35), (1.0, 1.0, 1.0), 260, 1, 3, (40, 56, 40), 9, (56, 40), 366),
+    ((138, 169, 138), (1.0, 1.0, 1.0), 484, 4, 4, (128, 128, 128), 2, (192, 160), 105),
+])
+def test_gpu_plans_match_nnunet(shape, spacing, cases, channels, classes, fullres, batch3d, twod, batch2d):
+  s = summary(shape, spacing, cases, channels, classes)
+  p = plan.make_plan(s, GPU8, "unet3d")
+  conf = p["configurations"]
+  assert tuple(conf["3d_fullres"]["patch_size"]) == fullres and conf["3d_fullres"]["batch_size"] == batch3d
+  assert tuple(conf["2d"]["patch_size"]) == twod and conf["2d"]["batch_size"] == batch2d
+  assert p["applied_configuration"] == "3d_fullres"
+  values = p["values"]
+  assert values["data.patch_size"] == fullres and values["train.batch_size"] == batch3d
+  assert values["model.features"] == 32 and values["model.max_features"] == 320
+  assert values["train.num_steps"] == 250_000 and values["train.eval_every_steps"] == 12_500
+  # Every patch axis is a multiple of 2**pools along it.
+  for c in conf.values():
+    assert all(p_ % 2**n == 0 for p_, n in zip(c["patch_size"], c["pool_per_axis"]))
+
+
+def test_anisotropic_data_pools_the_thick_axis_later():
+  s = summary((20, 320, 319), (3.6, 0.625, 0.625))
+  network, _ = plan.configure(s, 3, 8.0)
+  strides = np.asarray(network.strides)
+  assert network.pool_per_axis == (2, 6, 6)
+  assert strides[1:3, 0].tolist() == [1, 1] and strides[3:5, 0].tolist() == [2, 2]  # z pooled from stage 3.
+  assert network.kernel_sizes[0] == (1, 3, 3) and network.kernel_sizes[-1] == (3, 3, 3)
+  assert s.anisotropy == pytest.approx(5.76)
+
+
+def test_isotropic_data_pools_every_axis_together():
+  pools, strides, kernels, patch, divisible = plan.pool_and_conv((1.0, 1.0, 1.0), (128, 128, 128))
+  assert pools == (5, 5, 5) and all(set(s) == {2} for s in strides[1:]) and patch == (128, 128, 128)
+  assert divisible == (32, 32, 32) and all(k == (3, 3, 3) for k in kernels)
+
+
+def test_2d_data_gets_only_a_2d_configuration():
+  s = summary((1, 512, 512), (1.0, 0.5, 0.5), cases=100, ndim=2)
+  p = plan.make_plan(s, GPU8, "unet")
+  assert list(p["configurations"]) == ["2d"] and p["applied_configuration"] == "2d"
+  assert p["values"]["data.patch_size"] == (512, 512) and p["values"]["model.depth"] == 7
+  with pytest.raises(ConfigError, match="3D model but the dataset is 2D"):
+    plan.make_plan(s, GPU8, "unet3d")
+
+
+def test_tiny_fingerprint():
+  s = summary((8, 10, 9), (1.0, 1.0, 1.0), cases=3)
+  p = plan.make_plan(s, GPU8, "unet3d")
+  conf = p["configurations"]["3d_fullres"]
+  assert tuple(conf["patch_size"]) == (8, 10, 9) or all(a >= b for a, b in zip(conf["patch_size"], (8, 10, 9)))
+  assert conf["batch_size"] == plan.MIN_BATCH  # 5 % of 3 tiny cases is less than two patches.
+  assert p["values"]["model.depth"] == len(conf["strides"]) - 1
+
+
+def test_huge_fingerprint_shrinks_patch_and_memory_grows_batch():
+  s = summary((1000, 1000, 1000), (0.5, 0.5, 0.5), cases=500)
+  small, info_small = plan.configure(s, 3, 8.0)
+  big, info_big = plan.configure(s, 3, 80.0)
+  assert math.prod(small.patch_size) <= 256**3 and info_small["estimated_gb"] <= 8.0 * 1.01
+  assert big.batch_size > small.batch_size or math.prod(big.patch_size) > math.prod(small.patch_size)
+  assert info_big["estimated_gb"] <= 80.0 * 1.01
+
+
+def test_batch_scales_with_devices_and_steps_shrink():
+  s = summary((187, 512, 512), (1.6, 0.793, 0.793))
+  four = plan.make_plan(s, plan.Devices("gpu", 4, 8.0), "unet3d")["values"]
+  assert four["train.batch_size"] == 8 and four["train.num_steps"] == 250_000 // 4
+
+
+def test_smallest_patch_that_does_not_fit_names_the_numbers():
+  s = summary((187, 512, 512), (1.6, 0.793, 0.793))
+  with pytest.raises(ConfigError, match=r"smallest patch .* needs an estimated [0-9.]+ GB per device but the device "
+                                        r"has 0.00 GB"):
+    plan.configure(s, 3, 0.001)
+
+
+def _cpu_stub(seconds_per_gflop):
+  calls = []
+
+  def measure(candidate):
+    calls.append(candidate)
+    return candidate.flops / 1e9 * seconds_per_gflop
+  return measure, calls
+
+
+def test_cpu_plan_fits_the_time_budget():
+  s = summary((187, 512, 512), (1.6, 0.793, 0.793), val=4, test=8)
+  measure, calls = _cpu_stub(0.01)  # 100 GFLOP/s.
+  cpu = plan.Devices("cpu", 1, 16.0)
+  p = plan.make_plan(s, cpu, "unet", time_budget_min=15, measure=measure)
+  values = p["values"]
+  assert 1 <= len(calls) <= plan.MAX_MEASUREMENTS and len(p["measurements"]) == len(calls)
+  step_s = calls[-1].flops / 1e9 * 0.01
+  assert values["train.num_steps"] >= plan.MIN_CPU_STEPS
+  assert values["train.num_steps"] * step_s <= 15 * 60
+  assert values["data.patch_size"] == calls[-1].network.patch_size
+  assert "15-minute budget" in p["reason"] and "s/step" in p["reason"] and "\n" not in p["reason"]
+  # The cadence gives the best-checkpoint selection several validation passes.
+  assert 1 <= values["train.eval_every_steps"] <= values["train.num_steps"]
+  assert values["eval.mirror_axes"] == ()
+
+
+def test_cpu_plan_keeps_the_big_network_when_it_is_fast():
+  s = summary((36, 50, 35), (1.0, 1.0, 1.0), cases=260, classes=3)
+  measure, calls = _cpu_stub(1e-5)
+  p = plan.make_plan(s, plan.Devices("cpu", 1, 16.0), "unet3d", time_budget_min=15, measure=measure)
+  assert calls[-1].network.features[0] == 32 and p["values"]["model.features"] == 32
+  assert p["values"]["data.patch_size"] == (40, 56, 40)
+
+
+def test_cpu_plan_that_cannot_train_says_so():
+  s = summary((187, 512, 512), (1.6, 0.793, 0.793))
+  measure, _ = _cpu_stub(1e3)
+  with pytest.raises(ConfigError, match="raise config.plan.time_budget_min"):
+    plan.make_plan(s, plan.Devices("cpu", 1, 16.0), "unet", time_budget_min=1, measure=measure)
+
+
+def test_phantom_fingerprint_plans():
+  """The CT phantom's fingerprint (shapes and spacings of its generator) plans a 2D and a 3D run on a GPU."""
+  fingerprint = preprocess.Fingerprint(spacings=[(5.0, 0.98, 0.98)] * 20, shapes=[(40, 320, 320)] * 20,
+                                       intensity=[{"mean": 0.0, "std": 1.0, "p00_5": 0.0, "p99_5": 1.0,
+                                                   "min": 0.0, "max": 1.0}],
+                                       cropped_shapes=[(40, 320, 320)] * 20)
+  s = plan.summarize_dataset(fingerprint, (5.0, 0.98, 0.98), num_classes=4, ndim=3)
+  assert s.median_shape == (40, 320, 320) and s.anisotropy == pytest.approx(5.0 / 0.98)
+  p = plan.make_plan(s, GPU8, "unet")
+  assert p["values"]["data.patch_size"] == (320, 320)
+  p3 = plan.make_plan(s, GPU8, "unet3d")
+  assert p3["configurations"]["3d_fullres"]["pool_per_axis"][0] < p3["configurations"]["3d_fullres"]["pool_per_axis"][1]
+
+
+def test_summary_uses_cropped_and_resampled_shapes():
+  fingerprint = preprocess.Fingerprint(spacings=[(2.0, 1.0, 1.0), (2.0, 1.0, 1.0), (4.0, 1.0, 1.0)],
+                                       shapes=[(50, 100, 100)] * 3, intensity=[{}],
+                                       cropped_shapes=[(40, 80, 60), (40, 80, 60), (20, 80, 60)])
+  s = plan.summarize_dataset(fingerprint, (2.0, 0.5, 0.5), num_classes=2, ndim=3)
+  assert s.median_shape == (40, 160, 120) and s.num_cases == 3
+
+
+def test_override_wins_and_is_recorded():
+  config = config_lib.base_config()
+  config.model.name = "unet3d"
+  config.train.num_steps = 7
+  s = summary((187, 512, 512), (1.6, 0.793, 0.793))
+  p = plan.make_plan(s, GPU8, "unet3d")
+  out, record = plan.apply_plan(config, p, fixed=("train.num_steps",))
+  assert out.train.num_steps == 7 and record["train.num_steps"] == {"planned": 250_000, "used": 7,
+                                                                     "overridden": True}
+  assert out.data.patch_size == (64, 192, 160) and record["data.patch_size"]["overridden"] is False
+  assert config.data.patch_size == (128, 128)  # The input config is not modified.
+  assert "override; planned 250000" in plan.format_plan(p, record)
+
+
+def test_non_unet_models_get_patch_batch_and_schedule_only():
+  s = summary((187, 512, 512), (1.6, 0.793, 0.793))
+  values = plan.make_plan(s, GPU8, "deeplabv3plus")["values"]
+  assert "model.depth" not in values and values["data.patch_size"] == (512, 512)
+
+
+def test_command_line_keys_are_kept():
+  from jaxseg import cli
+  config = config_lib.base_config()
+  cli.keep_command_line_keys(config, ["main.py", "--config=configs/msd.py", "--config.train.num_steps=5",
+                                      "--config.plan.time_budget_min=3", "--config.data.patch_size", "(8,8)"])
+  assert config.plan.fixed == ("train.num_steps", "data.patch_size")
