@@ -207,3 +207,29 @@ def training_sample(case: Case, patch_size: Sequence[int], rng: np.random.Genera
   image = augment_lib.intensity(np.asarray(image, np.float32), rng, augment)
   image, label = augment_lib.mirror(image, label, rng, augment.flip_axes, augment.flip_prob)
   return {"image": np.ascontiguousarray(image, np.float32), "label": np.ascontiguousarray(label, np.int32)}
+
+
+def training_crop(case: Case, patch_size: Sequence[int], crop_size: Sequence[int], rng: np.random.Generator, *,
+                  force_foreground: bool, class_value: int | None = None) -> dict[str, np.ndarray]:
+  """An unaugmented crop for device augmentation (`jaxseg.data.device_augment.augment_batch`).
+
+  The centre is drawn exactly as `training_sample` draws it (same `rng`
+  calls), and crop voxel `crop_size // 2` is that centre; `crop_size` holds
+  the margin rotation and zoom need (`device_augment.crop_size`).
+
+  Returns:
+    `image` `[*crop, C]` float32 (the case minimum outside the volume),
+    `label` `[*crop]` uint8 (0 outside), `pad_value` `[C]` float32, and
+    `low` / `high` `[ndim]` int32: the case's first / last voxel in crop
+    coordinates (scipy's constant mode: a point outside them reads the pad value).
+  """
+  center = choose_center(case, patch_size, rng, force_foreground, class_value)
+  ndim = len(patch_size)
+  image, label = case.image, case.label
+  if ndim == 2:
+    image, label = image[int(center[0])], label[int(center[0])]
+  start = (center[3 - ndim:] - np.asarray(crop_size) // 2).astype(np.int64)
+  return {"low": (-start).astype(np.int32), "high": (np.asarray(image.shape[:ndim]) - 1 - start).astype(np.int32),
+          "image": np.ascontiguousarray(_crop(image, start, crop_size, case.pad_value), np.float32),
+          "label": np.ascontiguousarray(_crop(label, start, crop_size, 0), np.uint8),
+          "pad_value": np.asarray(case.pad_value, np.float32)}
