@@ -442,3 +442,53 @@ def test_unet_upconv_parameters_keep_conv_transpose_layout():
   upconv = variables["params"]["upconv1"]
   assert upconv["kernel"].shape == (2, 2, 2, 16, 8)
   assert upconv["bias"].shape == (8,)
+
+
+# 3D convolution with the depth taps folded into channels (CPU speed).
+
+
+@pytest.mark.parametrize("kernel,strides,dilation,padding", [
+    (3, 1, 1, [(1, 1)] * 3), (3, 2, 1, [(1, 1)] * 3), (3, 1, 2, [(2, 2)] * 3),
+    (1, 1, 1, [(0, 0)] * 3), (2, 2, 1, "VALID"), (3, 1, 1, "SAME"),
+])
+def test_depth_folded_conv_equals_3d_conv(kernel, strides, dilation, padding):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 7, 9, 8, 3)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel,) * 3 + (3, 5)), jnp.float32)
+  args = ((strides,) * 3, padding)
+  kwargs = dict(rhs_dilation=(dilation,) * 3,
+                dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+  expected = jax.lax.conv_general_dilated(x, w, *args, **kwargs)
+  got = layers.depth_folded_conv(x, w, *args, **kwargs)
+  assert got.shape == expected.shape
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  # Gradients as well (the backward pass is what training runs).
+  grad = lambda f: jax.grad(lambda x, w: jnp.sum(jnp.sin(
+      f(x, w, *args, **kwargs))), argnums=(0, 1))(x, w)
+  for a, b in zip(grad(layers.depth_folded_conv),
+                  grad(jax.lax.conv_general_dilated)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_unet3d_conv3d_implementations_share_params_and_outputs():
+  x = jax.random.normal(jax.random.key(1), (1, 8, 12, 8, 2))
+  outputs, trees = [], []
+  for impl in ("native", "folded"):
+    model = models.create_model(make_config(
+        name="unet3d", features=4, depth=2, num_classes=3, norm="instance",
+        deep_supervision=True, conv3d=impl))
+    variables = init_variables(model, x.shape)
+    trees.append(variables)
+    outputs.append(run_jitted(
+        lambda v, x: model.apply(v, x, train=True), trees[0], x))
+  assert jax.tree.structure(trees[0]) == jax.tree.structure(trees[1])
+  for a, b in zip(jax.tree.leaves(trees[0]), jax.tree.leaves(trees[1])):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(outputs[0], outputs[1]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_conv3d_option_is_checked():
+  with pytest.raises(ConfigError, match=r"config\.model\.conv3d"):
+    models.create_model(make_config(name="unet3d", conv3d="fast"))
+  assert layers.fold_depth("auto") == (jax.default_backend() == "cpu")

@@ -37,17 +37,19 @@ class AttentionGate(nn.Module):
   inter_features: int
   ndim: int = 2
   dtype: layers.Dtype = jnp.float32
+  conv3d: str = "auto"
 
   @nn.compact
   def __call__(self, skip: Array, gating: Array) -> tuple[Array, Array]:
     window = (2,) * self.ndim
+    impl = layers.conv3d_kwargs(self.ndim, self.conv3d)
     theta = nn.Conv(self.inter_features, window, strides=window,
                     padding="VALID", use_bias=False, dtype=self.dtype,
-                    name="theta")(skip)
+                    name="theta", **impl)(skip)
     phi = nn.Conv(self.inter_features, (1,) * self.ndim, dtype=self.dtype,
-                  name="phi")(gating)
+                  name="phi", **impl)(gating)
     q = nn.Conv(1, (1,) * self.ndim, dtype=self.dtype,
-                name="psi")(nn.relu(theta + phi))
+                name="psi", **impl)(nn.relu(theta + phi))
     alpha = layers.resize_bilinear(nn.sigmoid(q), skip.shape[1:-1])
     return skip * alpha, alpha
 
@@ -62,7 +64,8 @@ class AttentionUNet(UNet):
   def merge_skip(self, skip: Array, coarse: Array, up: Array, level: int,
                  spatial: tuple[int, ...]) -> Array:
     gated, alpha = AttentionGate(max(skip.shape[-1] // 2, 1), ndim=self.ndim,
-                                 dtype=self.dtype, name=f"gate{level}")(
+                                 dtype=self.dtype, conv3d=self.conv3d,
+                                 name=f"gate{level}")(
                                      skip, coarse)
     self.sow("intermediates", "attention_gates",
              layers.crop_to_downsampled(alpha.astype(jnp.float32), spatial,

@@ -32,6 +32,7 @@ class ConvBlock(nn.Module):
   ndim: int = 2
   strides: int = 1
   dtype: layers.Dtype = jnp.float32
+  conv3d: str = "auto"
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
@@ -40,7 +41,7 @@ class ConvBlock(nn.Module):
       x = layers.conv(self.features, 3, ndim=self.ndim,
                       strides=self.strides if i == 0 else 1,
                       use_bias=self.norm == "none", dtype=self.dtype,
-                      name=f"conv{i}")(x)
+                      conv3d=self.conv3d, name=f"conv{i}")(x)
       x = layers.norm_layer(self.norm, train=train, dtype=self.dtype,
                             groups=self.norm_groups, name=f"norm{i}")(x)
       x = act(x)
@@ -70,6 +71,8 @@ class UNet(nn.Module):
   ndim: int = 2
   strided_downsampling: bool = False
   dtype: layers.Dtype = jnp.float32
+  # How 3D convolutions run (layers.CONV3D_IMPLS); same parameters for all.
+  conv3d: str = "auto"
 
   def width(self, level: int) -> int:
     """Number of channels of the blocks at resolution `1 / 2**level`."""
@@ -79,7 +82,7 @@ class UNet(nn.Module):
     return ConvBlock(self.width(level), norm=self.norm,
                      norm_groups=self.norm_groups, activation=self.activation,
                      ndim=self.ndim, strides=strides, dtype=self.dtype,
-                     name=name)
+                     conv3d=self.conv3d, name=name)
 
   def merge_skip(self, skip: Array, coarse: Array, up: Array, level: int,
                  spatial: tuple[int, ...]) -> Array:
@@ -124,7 +127,8 @@ class UNet(nn.Module):
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
       if level == 0 or self.deep_supervision:
         logits = nn.Conv(self.num_classes, (1,) * self.ndim,
-                         dtype=self.dtype, name=f"head{level}")(x)
+                         dtype=self.dtype, name=f"head{level}",
+                         **layers.conv3d_kwargs(self.ndim, self.conv3d))(x)
         outputs.append(layers.crop_to_downsampled(
             logits.astype(jnp.float32), spatial, 2**level))
     outputs.reverse()
