@@ -156,6 +156,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.checkpoint = "best"              # best | latest | a step number.
   config.eval.tolerances_mm = ()               # Surface Dice tolerance [mm]: () = 1 mm, one value, or one per class.
   config.eval.postprocess = True               # Decide largest-component post-processing on validation.
+  config.eval.resample = "probabilities"       # To the original grid: probabilities (nnU-Net) | labels.
 
   config.predict = ml_collections.ConfigDict()
   config.predict.input = ""                    # A NIfTI file or a directory of them.
@@ -250,6 +251,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for axis in config.eval.mirror_axes:
     if not 0 <= axis < ndim:
       fail("eval.mirror_axes", f"axis {axis} is not a spatial axis of a {ndim}D model (0..{ndim - 1})")
+  if config.eval.resample not in ("probabilities", "labels"):
+    fail("eval.resample", f"{config.eval.resample!r} is not 'probabilities' or 'labels'")
   if config.eval.batch_size < 1:
     fail("eval.batch_size", f"must be >= 1, got {config.eval.batch_size}")
   if config.eval.num_figures < 0:

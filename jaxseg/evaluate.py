@@ -3,10 +3,15 @@
 Cases are scored in their ORIGINAL geometry, as nnU-Net does. For each case:
 
 1. sliding-window softmax over the preprocessed volume (`jaxseg.inference`
-   with `config.eval` settings: step, batch, mirror axes), then argmax;
-2. the label map goes back to the raw file's voxel grid
-   (`preprocess.restore_to_original`: resampling undone with nearest
-   neighbour, the cropped-away border set to background, orientation undone);
+   with `config.eval` settings: step, batch, mirror axes);
+2. back to the raw file's voxel grid, as nnU-Net exports predictions
+   (`to_original_labels`, `config.eval.resample='probabilities'`): the class
+   probabilities are resampled (linear; nearest neighbour along the thick
+   axis of anisotropic data), the cropped-away border is background, the
+   orientation is undone, and the label map is their argmax. With
+   `config.eval.resample='labels'` the argmax is taken on the preprocessed
+   grid and the label map resampled with nearest neighbour instead (jaxseg
+   before 2026-12; cheaper, blockier boundaries);
 3. post-processing (`jaxseg.postprocess`) of the classes chosen on validation;
 4. `metrics.case_metrics` per foreground class against the raw label file,
    with the raw file's voxel spacing (mm) and the surface Dice tolerances of
@@ -53,7 +58,7 @@ import nibabel as nib
 import numpy as np
 from absl import logging
 
-from jaxseg import checkpointing, config as config_lib, experiment, inference, metrics, postprocess, visualize
+from jaxseg import checkpointing, config as config_lib, ensemble, experiment, inference, metrics, parallel, postprocess, visualize
 from jaxseg.data import nifti, pipeline, preprocess, transforms
 from jaxseg.errors import ConfigError, DataError, WorkdirError
 
@@ -72,6 +77,24 @@ def predict_probabilities(predict: PredictFn, image: np.ndarray, config: ml_coll
   if len(window) == 3 or image.shape[0] > 1:
     return inference.sliding_window_predict(predict, image, **settings)
   return inference.sliding_window_predict(predict, image[0], **settings)[None]
+
+
+def to_original_labels(probabilities: np.ndarray, meta: Mapping[str, Any], num_classes: int, resample: str,
+                       keep_probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+  """Labels `[X, Y, Z]` on the raw file's grid from probabilities `[Z, Y, X, K]` on the preprocessed grid.
+
+  `resample`: 'probabilities' (resample every class's probability, then argmax; nnU-Net) or 'labels'
+  (argmax, then nearest-neighbour resampling). Returns (labels, the restored float32 probabilities
+  `[X, Y, Z, K]` when `keep_probabilities`, else None).
+  """
+  dtype = label_dtype(num_classes)
+  if resample == "labels":
+    labels = preprocess.restore_to_original(probabilities.argmax(-1).astype(dtype), meta, is_label=True)
+    restored = preprocess.restore_to_original(probabilities, meta, is_label=False) if keep_probabilities else None
+    return labels, restored
+  restored = preprocess.restore_to_original(probabilities, meta, is_label=False)
+  labels = restored.argmax(-1).astype(dtype)
+  return labels, (restored if keep_probabilities else None)
 
 
 def label_dtype(num_classes: int) -> type:
@@ -168,9 +191,18 @@ def _canonical_slices(volumes_xyz: Sequence[np.ndarray], affine: np.ndarray, ref
 
 
 class Evaluator:
-  """Scores the cases of a prepared dataset with one checkpoint's predictions."""
+  """Scores the cases of a prepared dataset with one checkpoint's (or an ensemble's) predictions.
 
-  def __init__(self, exp: experiment.Experiment, predict: PredictFn, step: int):
+  `probabilities(image [Z, Y, X, C]) -> [Z, Y, X, K]` replaces the sliding-window softmax of `predict`
+  (an ensemble's average); `extra_summary` is merged into every summary.json.
+  """
+
+  def __init__(self, exp: experiment.Experiment, predict: PredictFn | None, step: int,
+               probabilities: Callable[[np.ndarray], np.ndarray] | None = None,
+               extra_summary: Mapping[str, Any] | None = None):
+    self.probabilities = probabilities or (
+        lambda image: predict_probabilities(self.predict, image, self.config, self.num_classes))
+    self.extra_summary = dict(extra_summary or {})
     self.config = exp.config
     self.workdir = exp.workdir
     self.num_classes = exp.prepared.num_classes
@@ -183,10 +215,10 @@ class Evaluator:
   def score_case(self, case: transforms.Case, choice: postprocess.Postprocessing, compare_largest: bool,
                  with_view: bool) -> CaseResult:
     """Predicts one preprocessed case and scores it against its raw label file."""
-    probabilities = predict_probabilities(self.predict, case.image, self.config, self.num_classes)
-    prediction = probabilities.argmax(-1).astype(label_dtype(self.num_classes))
+    probabilities = self.probabilities(case.image)
+    prediction, _ = to_original_labels(probabilities, case.meta, self.num_classes, self.config.eval.resample)
     del probabilities
-    prediction = choice.apply(preprocess.restore_to_original(prediction, case.meta, is_label=True), self.labels)
+    prediction = choice.apply(prediction, self.labels)
     loaded = self.raw.load(case.case_id)
     reference, spacing = loaded.label, loaded.spacing
     largest = None
@@ -237,7 +269,7 @@ class Evaluator:
     chosen = choice.largest_component
     rows = [{"case_id": r.case_id, "class": name, **scores}
             for r in results for name, scores in r.final_scores(chosen).items()]
-    summary = summarize(rows, list(self.labels), self.step, chosen)
+    summary = summarize(rows, list(self.labels), self.step, chosen) | self.extra_summary
     if jax.process_index() == 0:
       write_reports(self.workdir / "results" / split, rows, list(self.labels), split, summary)
       self._write_figures(self.workdir / "results" / split / "figures", split, results, choice)
@@ -419,10 +451,98 @@ def evaluate_predictor(exp: experiment.Experiment, predict: PredictFn, step: int
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
-  """`--mode=evaluate`: evaluates `config.eval.checkpoint` of a trained workdir."""
+  """`--mode=evaluate`: evaluates `config.eval.checkpoint` of a trained workdir, or of an ensemble of them
+  (several comma-separated workdirs or a folds directory: `evaluate_ensemble`)."""
+  members = ensemble.find_members(workdir)
+  if members is not None:
+    return evaluate_ensemble(config, members)
   exp = experiment.setup(config, workdir)
   checkpoints = checkpointing.Checkpoints(exp.workdir, read_only=True)
   try:
     return evaluate_checkpoint(exp, checkpoints, exp.config.eval.checkpoint)
   finally:
     checkpoints.close()
+
+
+def restore_members(exps: Sequence[experiment.Experiment], which: str
+                    ) -> tuple[list[Callable[[np.ndarray], np.ndarray]], list[int]]:
+  """Each member's `image -> softmax [Z, Y, X, K]` (its own window settings) and checkpoint step."""
+  functions, steps = [], []
+  for exp in exps:
+    checkpoints = checkpointing.Checkpoints(exp.workdir, read_only=True)
+    try:
+      state, step = restore_state(exp, checkpoints, exp.config[which].checkpoint)
+    finally:
+      checkpoints.close()
+    predict = exp.predictor(state)
+    functions.append(lambda image, predict=predict, config=exp.config: predict_probabilities(
+        predict, image, config, config.model.num_classes))
+    steps.append(int(step))
+  return functions, steps
+
+
+def setup_members(config: ml_collections.ConfigDict, members: ensemble.Members) -> list[experiment.Experiment]:
+  """Each member's experiment with the config it was trained with; refuses mixed folds or label sets."""
+  configs = [ensemble.trained_config(w, config) for w in members.workdirs]
+  ensemble.check_same_config(members, configs)
+  exps = [experiment.setup(c, w) for c, w in zip(configs, members.workdirs)]
+  ensemble.check_compatible(members, [e.prepared for e in exps])
+  return exps
+
+
+def evaluate_ensemble(config: ml_collections.ConfigDict, members: ensemble.Members) -> dict[str, Any]:
+  """`--mode=evaluate` of several workdirs (`jaxseg.ensemble`): the summary over folds of cross-validation
+  members and the averaged-softmax ensemble on the splits no member trained on.
+
+  Returns {'cross_validation': cv summary (folds only), split: summary}.
+  """
+  exps = setup_members(config, members)
+  out_dir = experiment.ensure_workdir(members.output_dir)
+  folds = [str(e.config.data.fold) for e in exps]
+  results: dict[str, Any] = {}
+  if all(f in ensemble_folds() for f in folds) and len(set(folds)) == len(folds) > 1:
+    summaries = []
+    for exp in exps:
+      path = exp.workdir / "results" / "validation" / "summary.json"
+      if not path.exists():
+        logging.info("%s has no validation results yet: evaluating it", exp.workdir)
+        own = ml_collections.ConfigDict(exp.config.to_dict())
+        own.eval.splits = ("validation",)
+        checkpoints = checkpointing.Checkpoints(exp.workdir, read_only=True)
+        try:
+          evaluate_checkpoint(dataclasses.replace(exp, config=own), checkpoints, own.eval.checkpoint)
+        finally:
+          checkpoints.close()
+      summaries.append(json.loads(path.read_text()))
+    cv = ensemble.cross_validation_summary(summaries, list(exps[0].prepared.foreground), members.workdirs, folds)
+    if jax.process_index() == 0:
+      ensemble.write_json_and_markdown(out_dir, "cv_summary", cv,
+                                       ensemble.cv_markdown(cv, list(exps[0].prepared.foreground)))
+    logging.info("Cross-validation over %d folds: mean foreground Dice %s +- %s (%s)", len(folds),
+                 cv["mean_foreground"]["dice"]["mean"], cv["mean_foreground"]["dice"]["std"],
+                 out_dir / ensemble.CV_SUMMARY)
+    results["cross_validation"] = cv
+  functions, steps = restore_members(exps, "eval")
+  ensemble.log_members(members, steps)
+  trained_on_validation = any(f != "" for f in folds)
+  splits = [s for s in config.eval.splits if not (s == "validation" and trained_on_validation)]
+  base = exps[0]
+  ens_config = ml_collections.ConfigDict(base.config.to_dict())
+  ens_config.eval.postprocess = False
+  ens_exp = dataclasses.replace(base, config=ens_config, workdir=out_dir)
+  evaluator = Evaluator(ens_exp, None, min(steps), probabilities=ensemble.average(functions),
+                        extra_summary={"ensemble": [{"workdir": str(w), "step": s, "fold": f}
+                                                    for w, s, f in zip(members.workdirs, steps, folds)]})
+  choice = postprocess.Postprocessing(step=min(steps))
+  for split in splits:
+    source = pipeline.CaseSource(base.prepared, split, config.data.cache_cases)
+    if len(source) == 0:
+      logging.warning("Split %r has no cases; nothing to evaluate.", split)
+      continue
+    results[split] = evaluator.report(split, evaluator.score_split(source, choice), choice)
+  return results
+
+
+def ensemble_folds() -> tuple[str, ...]:
+  from jaxseg.data import folds  # pylint: disable=g-import-not-at-top
+  return folds.FOLDS[:-1]

@@ -17,7 +17,8 @@ either raw layout of `jaxseg.data.nifti`:
 Every case is checked (channels and dimensionality against the training data,
 no NaN or infinite voxel), preprocessed with the prepared dataset's `Plan`
 (`jaxseg.data.preprocess`), predicted with sliding windows (`config.eval`
-window settings), mapped back to the input's voxel grid, post-processed as
+window settings), mapped back to the input's voxel grid (class probabilities
+resampled, then argmax: `evaluate.to_original_labels`), post-processed as
 recorded in `<workdir>/postprocessing.json` (`jaxseg.postprocess`) and written
 atomically with the input's affine:
 
@@ -27,6 +28,10 @@ atomically with the input's affine:
                                         softmax `[X, Y, Z, K]` (before post-processing)
 
 The checkpoint is `config.predict.checkpoint` ('best', 'latest' or a step).
+
+`--workdir=DIR1,DIR2,...` or a folds directory predicts with an ensemble
+(`jaxseg.ensemble`): the members' softmax probabilities are averaged, and no
+post-processing is applied.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import nibabel as nib
 import numpy as np
 from absl import logging
 
-from jaxseg import checkpointing, evaluate, experiment, postprocess
+from jaxseg import ensemble, evaluate, experiment, postprocess
 from jaxseg.data import nifti, pipeline, preprocess
 from jaxseg.errors import CheckpointError, ConfigError, DataError, WorkdirError
 
@@ -177,17 +182,21 @@ def _load_postprocessing(workdir: pathlib.Path, step: int) -> postprocess.Postpr
   return choice
 
 
-def predict_case(predict: evaluate.PredictFn, loaded: nifti.LoadedCase, prepared: pipeline.PreparedDataset,
+def predict_case(predict: evaluate.PredictFn | None, loaded: nifti.LoadedCase, prepared: pipeline.PreparedDataset,
                  config: ml_collections.ConfigDict, choice: postprocess.Postprocessing, *,
-                 with_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
-  """Labels `[X, Y, Z]` (and float32 probabilities `[X, Y, Z, K]`) of a loaded case on its own grid."""
+                 with_probabilities: bool, probabilities_fn=None) -> tuple[np.ndarray, np.ndarray | None]:
+  """Labels `[X, Y, Z]` (and float32 probabilities `[X, Y, Z, K]`) of a loaded case on its own grid.
+
+  `probabilities_fn(image [Z, Y, X, C]) -> [Z, Y, X, K]` (an ensemble's) replaces `predict`'s sliding window.
+  """
   case = preprocess.preprocess_case(loaded, prepared.plan)
-  probabilities = evaluate.predict_probabilities(predict, case.image, config, prepared.num_classes)
-  labels = probabilities.argmax(-1).astype(evaluate.label_dtype(prepared.num_classes))
-  labels = choice.apply(preprocess.restore_to_original(labels, case.meta, is_label=True), prepared.labels)
-  if not with_probabilities:
-    return labels, None
-  return labels, preprocess.restore_to_original(probabilities, case.meta, is_label=False)
+  if probabilities_fn is not None:
+    probabilities = probabilities_fn(case.image)
+  else:
+    probabilities = evaluate.predict_probabilities(predict, case.image, config, prepared.num_classes)
+  labels, restored = evaluate.to_original_labels(probabilities, case.meta, prepared.num_classes,
+                                                 config.eval.resample, keep_probabilities=with_probabilities)
+  return choice.apply(labels, prepared.labels), restored
 
 
 def predict_workdir(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[pathlib.Path]:
@@ -201,13 +210,15 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
     WorkdirError: the output directory cannot be written.
   """
   input_path, output = _paths(config)
+  members = ensemble.find_members(workdir)
   workdir = pathlib.Path(workdir).expanduser()
-  if not (workdir / "checkpoints").is_dir():
+  if members is None and not (workdir / "checkpoints").is_dir():
     raise CheckpointError(f"no checkpoints in {workdir}: train first, or pass the --workdir of a trained run")
   if not input_path.exists():
     raise DataError(f"config.predict.input: {input_path} does not exist")
   check_output_dir(output)
-  exp = experiment.setup(config, workdir)
+  exps = evaluate.setup_members(config, members) if members else [experiment.setup(config, workdir)]
+  exp = exps[0]
   prepared = exp.prepared
   ndim = int(prepared.builder.info.metadata["ndim"])
   cases = find_cases(input_path, prepared.channel_names)
@@ -220,21 +231,25 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
       if (output / name).resolve() in inputs:
         raise ConfigError(f"config.predict.output: writing {output / name} would overwrite an input; choose "
                           "another directory")
-  checkpoints = checkpointing.Checkpoints(exp.workdir, read_only=True)
-  try:
-    state, step = evaluate.restore_state(exp, checkpoints, config.predict.checkpoint)
-  finally:
-    checkpoints.close()
-  predict = exp.predictor(state)
-  choice = _load_postprocessing(exp.workdir, step)
+  functions, steps = evaluate.restore_members(exps, "predict")
+  if members is None:
+    step = steps[0]
+    choice = _load_postprocessing(exp.workdir, step)
+    probabilities_fn = functions[0]
+  else:
+    ensemble.log_members(members, steps)
+    step = min(steps)
+    choice = postprocess.Postprocessing()
+    probabilities_fn = ensemble.average(functions)
   raw = {layout: nifti.RawDataset(root=input_path, name=prepared.name, description="", format=layout,
                                   channel_names=prepared.channel_names, labels=prepared.labels, ndim=ndim,
                                   training=(), test=(), splits=None) for layout in ("msd", "nnunetv2")}
   written = []
   for case in cases:
     loaded = nifti.load_case(nifti.RawCase(case.case_id, case.paths, None), raw[case.layout])
-    labels, probabilities = predict_case(predict, loaded, prepared, exp.config, choice,
-                                         with_probabilities=config.predict.save_probabilities)
+    labels, probabilities = predict_case(None, loaded, prepared, exp.config, choice,
+                                         with_probabilities=config.predict.save_probabilities,
+                                         probabilities_fn=probabilities_fn)
     shape = shapes[case.case_id]
     path = output / f"{case.case_id}.nii.gz"
     if jax.process_index() == 0:

@@ -245,7 +245,7 @@ def test_plan_zscore_channel_and_json_round_trip():
   label[0, 0, 0] = 1
   fp = preprocess.compute_fingerprint([(image, label, (1.0, 1.0, 1.0))])
   plan = preprocess.make_plan(fp, ['CT', 'T2w'], LABELS)
-  assert plan.normalization[1] == {'scheme': 'zscore'}
+  assert plan.normalization[1] == {'scheme': 'zscore', 'use_mask': False}
   assert plan.target_spacing == (1.0, 1.0, 1.0)
   assert plan.channel_names == ['CT', 'T2w'] and plan.labels == LABELS
   restored = preprocess.Plan.from_dict(json.loads(json.dumps(plan.to_dict())))
@@ -416,3 +416,85 @@ def test_restore_checks_shape():
 def test_channel_count_must_match_plan():
   with pytest.raises(DataError, match='channels'):
     preprocess.preprocess_case(_boxed_case(), _plan((2.0, 1.0, 1.0), ['CT']))
+
+
+# nnU-Net's use_mask_for_norm and probability export.
+
+
+def _framed_case(frame):
+  """[Z, Y, X, C] = [4, 8, 8, 2]: intensities inside a box, zeros in a frame of `frame` voxels."""
+  image = np.zeros((4, 8, 8, 2), np.float32)
+  inner = (slice(None), slice(frame, 8 - frame), slice(frame, 8 - frame))
+  image[inner] = np.random.default_rng(frame).uniform(1.0, 2.0, image[inner].shape)
+  label = np.zeros((4, 8, 8), np.uint8)
+  label[1:3, 3:5, 3:5] = 1
+  return image, label, (1.0, 1.0, 1.0)
+
+
+def test_use_mask_for_norm_when_cropping_shrinks_the_median_case_by_a_quarter():
+  # Frame 2: 4 x 4 x 4 of 4 x 8 x 8 voxels remain (1/4); frame 1: 6 x 6 of 8 x 8 (9/16).
+  for frame, relative, use_mask in ((2, 0.25, True), (1, 36 / 64, True)):
+    fp = preprocess.compute_fingerprint([_framed_case(frame)] * 3)
+    assert fp.median_relative_size_after_cropping == pytest.approx(relative)
+    plan = preprocess.make_plan(fp, ['CT', 'T1'], LABELS)
+    assert plan.normalization[0]['scheme'] == 'ct' and 'use_mask' not in plan.normalization[0]
+    assert plan.normalization[1] == {'scheme': 'zscore', 'use_mask': use_mask}
+  # Cropping that keeps more than 3/4 of the voxels: per-image z-score over everything.
+  image, label, spacing = _framed_case(2)
+  image[:, :, 1:7] = 1.5  # Non-zero except two columns: 6/8 of the voxels are kept.
+  fp = preprocess.compute_fingerprint([(image, label, spacing)])
+  assert fp.median_relative_size_after_cropping == pytest.approx(0.75)
+  assert preprocess.make_plan(fp, ['T1', 'T2'], LABELS).normalization[0] == {'scheme': 'zscore',
+                                                                               'use_mask': False}
+
+
+def test_zscore_within_the_nonzero_mask_fills_holes_and_zeroes_the_outside():
+  image = np.zeros((3, 7, 7, 1), np.float32)
+  image[:, 1:6, 1:6, 0] = np.arange(1, 76, dtype=np.float32).reshape(3, 5, 5)
+  image[1, 3, 3, 0] = 0.0  # An enclosed hole: part of the mask (binary_fill_holes), as in nnU-Net.
+  out = preprocess._normalize(image, [{'scheme': 'zscore', 'use_mask': True}])
+  inside = np.zeros((3, 7, 7), bool)
+  inside[:, 1:6, 1:6] = True
+  values = image[..., 0][inside].astype(np.float64)  # 74 values and the hole's 0.
+  expected = (image[..., 0] - values.mean()) / values.std()
+  np.testing.assert_allclose(out[..., 0][inside], expected[inside], rtol=1e-5, atol=1e-6)
+  assert np.all(out[..., 0][~inside] == 0.0)
+  plain = preprocess._normalize(image, [{'scheme': 'zscore'}])
+  np.testing.assert_allclose(plain[..., 0], (image[..., 0] - image.mean()) / image.std(), rtol=1e-5, atol=1e-6)
+
+
+def test_probabilities_go_back_with_nearest_neighbour_along_the_thick_axis():
+  # z 2.5 mm vs 0.5 mm in-plane: preprocessing doubled the slices; going back picks slices, never blends them.
+  shape, spacing = (8, 8, 4), (0.5, 0.5, 2.5)
+  image = np.random.default_rng(3).uniform(1.0, 2.0, shape + (1,)).astype(np.float32)
+  loaded = LoadedCase('a', image, None, _affine(spacing), spacing)
+  pp = preprocess.preprocess_case(loaded, _plan((1.25, 0.5, 0.5), ['MR']))
+  assert pp.meta['target_spacing'] == [1.25, 0.5, 0.5]
+  z = np.arange(8, dtype=np.float32) / 7
+  probs = np.zeros((8, 8, 8, 2), np.float32)
+  probs[..., 1] = z[:, None, None]
+  probs[..., 0] = 1 - probs[..., 1]
+  restored = preprocess.restore_to_original(probs, pp.meta, is_label=False)  # [X, Y, Z, K]
+  assert restored.shape == (8, 8, 4, 2)
+  for value in np.unique(restored[..., 1]):
+    assert np.isclose(z, value).any(), value  # One of the preprocessed slices' values.
+  # Metadata written before 'target_spacing' was stored gives the same result.
+  old = {k: v for k, v in pp.meta.items() if k != 'target_spacing'}
+  np.testing.assert_array_equal(preprocess.restore_to_original(probs, old, is_label=False), restored)
+
+
+def test_probability_export_beats_nearest_labels_on_a_downsampled_sphere():
+  """A sphere segmented on a 2x coarser grid: resampling probabilities and taking the argmax (nnU-Net) is
+  closer to the fine reference than resampling the argmax labels with nearest neighbour."""
+  from jaxseg import evaluate
+  shape, spacing = (40, 40, 40), (1.0, 1.0, 1.0)
+  label = _sphere(shape, spacing, (19.3, 20.1, 19.7), 9.0).astype(np.uint8)
+  image = np.where(label > 0, 100.0, 20.0).astype(np.float32)[..., None]
+  loaded = LoadedCase('s', image, label, _affine(spacing), spacing)
+  pp = preprocess.preprocess_case(loaded, _plan((2.0, 2.0, 2.0), ['MR']))
+  probs = np.eye(2, dtype=np.float32)[pp.label]
+  by_probs, _ = evaluate.to_original_labels(probs, pp.meta, 2, 'probabilities')
+  by_labels, _ = evaluate.to_original_labels(probs, pp.meta, 2, 'labels')
+  assert by_probs.shape == by_labels.shape == label.shape
+  assert (by_probs != by_labels).any()
+  assert _dice(by_probs > 0, label > 0) > _dice(by_labels > 0, label > 0)

@@ -16,7 +16,12 @@ Per case (`preprocess_case`), in nnU-Net's order:
    clips to the dataset's foreground 0.5 / 99.5 percentiles then subtracts
    the foreground mean and divides by the foreground std (fixed numbers for
    the dataset); scheme 'zscore' subtracts the mean and divides by the std of
-   that channel of that cropped image.
+   that channel of that cropped image. With 'use_mask' (nnU-Net's
+   `use_mask_for_norm`, chosen by `make_plan` for 'zscore' channels when
+   cropping to the non-zero region shrank the median case to less than 3/4
+   of its voxels, as for skull-stripped brain MRI) mean and std are those of
+   the non-zero mask (voxels where any channel is non-zero, holes filled) and
+   the voxels outside it are set to 0.
 4. Resampling to `Plan.target_spacing` with scipy.ndimage (voxel-centre grid
    keeping the field of view: new size = round(size * spacing / target)):
    cubic (order 3) for images; labels one-hot linear (each class mask
@@ -31,7 +36,11 @@ Per case (`preprocess_case`), in nnU-Net's order:
    is not interpolated at all.
 
 `restore_to_original` undoes all of this for a prediction, and `meta` holds
-the geometry it needs.
+the geometry it needs. Class probabilities go back to the original grid the
+way nnU-Net exports them: linear interpolation of every class's probability
+(with the separate-z rule above: nearest neighbour along the thick axis),
+background probability 1 in the cropped-away border; the label map is their
+argmax (`jaxseg.evaluate.to_original_labels`).
 
 Dataset-level numbers come from a `Fingerprint` of the training cases and
 are turned into a `Plan` by `make_plan`; both are JSON-serialisable.
@@ -61,6 +70,9 @@ PERCENTILE_SAMPLES_PER_CASE = 10_000
 PERCENTILE_SAMPLE_SEED = 1234
 # Floor on the std that divides intensities (nnU-Net's value).
 MIN_STD = 1e-8
+# 'zscore' normalises within the non-zero mask when cropping left the median
+# case less than this share of its voxels (nnU-Net's use_mask_for_norm rule).
+USE_MASK_MAX_RELATIVE_SIZE = 0.75
 
 _RAS = nib.orientations.axcodes2ornt('RAS')
 
@@ -369,7 +381,10 @@ def make_plan(fingerprint: Fingerprint, channel_names: Sequence[str],
 
   Normalisation: a channel named 'CT' (any case) gets scheme 'ct' with the
   foreground 0.5 / 99.5 percentiles as clip range and the foreground mean
-  and std; any other channel per-image 'zscore'.
+  and std; any other channel per-image 'zscore', with 'use_mask': True when
+  cropping to the non-zero region left the median case less than 3/4 of its
+  voxels (`Fingerprint.median_relative_size_after_cropping`, nnU-Net's
+  rule for `use_mask_for_norm`).
 
   Args:
     fingerprint: from `compute_fingerprint` over the training cases.
@@ -406,7 +421,8 @@ def make_plan(fingerprint: Fingerprint, channel_names: Sequence[str],
           'std': stats['std'],
       })
     else:
-      normalization.append({'scheme': 'zscore'})
+      normalization.append({'scheme': 'zscore', 'use_mask': bool(
+          fingerprint.median_relative_size_after_cropping < USE_MASK_MAX_RELATIVE_SIZE)})
   return Plan(target_spacing=spacing, normalization=normalization,
               channel_names=list(channel_names), labels=dict(labels))
 
@@ -468,6 +484,7 @@ def preprocess_case(loaded: LoadedCase, plan: Plan) -> PreprocessedCase:
       'crop_bbox': [list(b) for b in bbox],
       'shape_after_crop': list(cropped_image.shape[:3]),
       'shape_after_resampling': list(new_shape),
+      'target_spacing': list(plan.target_spacing),
   }
   return PreprocessedCase(
       case_id=loaded.case_id, image=resampled_image.astype(np.float32),
@@ -478,8 +495,9 @@ def restore_to_original(array_zyx: np.ndarray, meta: Mapping[str, Any], *,
                         is_label: bool) -> np.ndarray:
   """Maps a prediction on a preprocessed case back to the original file grid.
 
-  Resamples back to the cropped shape (nearest neighbour for labels, linear
-  for probabilities), pads the cropped-away region with background (label 0,
+  Resamples back to the cropped shape (nearest neighbour for labels; for
+  probabilities, linear per class with nnU-Net's separate-z rule: nearest
+  neighbour along the one coarse axis of an anisotropic grid), pads the cropped-away region with background (label 0,
   or probability 1 for class 0 and 0 for the others) and undoes the canonical
   reorientation. Save the result with `meta['original_affine']`.
 
@@ -509,8 +527,9 @@ def restore_to_original(array_zyx: np.ndarray, meta: Mapping[str, Any], *,
     array = array.astype(np.float32)
     full = np.zeros(full_shape + array.shape[3:], np.float32)
     full[..., 0] = 1.0
+    separate_axis = _separate_axis(_get(meta, 'canonical_spacing'), _target_spacing(meta))
     full[crop] = np.stack(
-        [_resample(array[..., k], cropped_shape, 1, None)
+        [_resample(array[..., k], cropped_shape, 1, separate_axis)
          for k in range(array.shape[3])], axis=-1)
   return from_canonical(full, CanonicalInfo.from_dict(meta))
 
@@ -562,6 +581,14 @@ def _get(d: Mapping[str, Any], key: str) -> Any:
   return d[key]
 
 
+def _target_spacing(meta: Mapping[str, Any]) -> list[float]:
+  """The plan's spacing of a case (derived from the shapes for metadata written before it was stored)."""
+  if 'target_spacing' in meta:
+    return [float(s) for s in meta['target_spacing']]
+  return [float(s) * c / r for s, c, r in zip(_get(meta, 'canonical_spacing'), _get(meta, 'shape_after_crop'),
+                                              _get(meta, 'shape_after_resampling'))]
+
+
 def _ras_to_zyx(array_ras: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(np.swapaxes(array_ras, 0, 2))
 
@@ -604,6 +631,7 @@ def _normalize(image: np.ndarray,
                normalization: Sequence[Mapping[str, Any]]) -> np.ndarray:
   """Per-channel intensity normalisation of [Z, Y, X, C] (module doc)."""
   out = np.empty(image.shape, np.float32)
+  nonzero = None
   for c, norm in enumerate(normalization):
     x = image[..., c].astype(np.float64)
     scheme = norm.get('scheme')
@@ -611,6 +639,13 @@ def _normalize(image: np.ndarray,
       low, high = norm['clip']
       x = np.clip(x, low, high)
       mean, std = norm['mean'], norm['std']
+    elif scheme == 'zscore' and norm.get('use_mask'):
+      if nonzero is None:
+        nonzero = nonzero_mask(image)
+      values = x[nonzero]
+      mean, std = (values.mean(), values.std()) if values.size else (0.0, 1.0)
+      out[..., c] = np.where(nonzero, (x - mean) / max(std, MIN_STD), 0.0)
+      continue
     elif scheme == 'zscore':
       mean, std = x.mean(), x.std()
     else:
@@ -618,6 +653,11 @@ def _normalize(image: np.ndarray,
                       f"{c}; expected 'ct' or 'zscore'")
     out[..., c] = (x - mean) / max(std, MIN_STD)
   return out
+
+
+def nonzero_mask(image: np.ndarray) -> np.ndarray:
+  """bool [Z, Y, X]: voxels where any channel of [Z, Y, X, C] is non-zero, holes filled (nnU-Net's mask)."""
+  return scipy.ndimage.binary_fill_holes(np.any(np.asarray(image) != 0, axis=-1))
 
 
 def resampled_shape(shape: Sequence[int], spacing: Sequence[float],

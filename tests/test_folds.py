@@ -1,0 +1,227 @@
+"""Cross-validation folds (jaxseg.data.folds), ensembles and the summary over folds (jaxseg.ensemble)."""
+
+import hashlib
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from jaxseg import config as config_lib
+from jaxseg import ensemble, evaluate, experiment
+from jaxseg.data import folds, nifti, pipeline
+from jaxseg.errors import ConfigError, DataError
+
+AFFINE = np.diag([1.5, 1.5, 3.0, 1.0])
+CASES = [f"case_{i:02d}" for i in range(7)]
+SPLITS = {"train": CASES[:5], "validation": [CASES[5]], "test": [CASES[6]]}
+
+
+def write_dataset(root, labels=None):
+  rng = np.random.default_rng(0)
+  entries = []
+  for i, case_id in enumerate(CASES):
+    label = np.zeros((12, 14, 3), np.uint8)
+    label[3 + i % 3:8 + i % 3, 4:10, 1:3] = 1
+    image = np.where(label == 1, 80.0, -50.0) + rng.normal(0, 5, label.shape)
+    nifti.save_nifti(root / "imagesTr" / f"{case_id}.nii.gz", image.astype(np.float32), AFFINE)
+    nifti.save_nifti(root / "labelsTr" / f"{case_id}.nii.gz", label, AFFINE)
+    entries.append({"image": f"./imagesTr/{case_id}.nii.gz", "label": f"./labelsTr/{case_id}.nii.gz"})
+  (root / "dataset.json").write_text(json.dumps({
+      "name": "Folds", "modality": {"0": "CT"}, "labels": labels or {"0": "background", "1": "organ"},
+      "tensorImageSize": "3D", "numTraining": len(CASES), "training": entries, "test": []}))
+  (root / "splits.json").write_text(json.dumps(SPLITS))
+  return root
+
+
+def tiny_config(root, data_dir, fold=""):
+  config = config_lib.base_config()
+  config.data.name = "msd"
+  config.data.root = str(root)
+  config.data.data_dir = str(data_dir)
+  config.data.prepare_workers = 1
+  config.data.patch_size = (8, 8)
+  config.data.fold = fold
+  config.model.update(features=4, depth=2)
+  config.eval.num_figures = 0
+  return config
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  base = tmp_path_factory.mktemp("folds")
+  root = write_dataset(base / "raw")
+  config = tiny_config(root, base / "data")
+  return config, pipeline.prepare(config)
+
+
+def test_kfold_is_sklearn_kfold_with_nnunet_seed():
+  ids = [f"c{i:02d}" for i in range(13)][::-1]  # Unsorted input: the folds use the sorted ids.
+  result = folds.kfold(ids)
+  ordered = sorted(ids)
+  order = np.arange(13)
+  np.random.RandomState(12345).shuffle(order)
+  starts = np.cumsum([0, 3, 3, 3, 2, 2])  # 13 = 3 + 3 + 3 + 2 + 2: the first 13 % 5 folds get one more.
+  for k, fold in enumerate(result):
+    expected = sorted(ordered[i] for i in order[starts[k]:starts[k + 1]])
+    assert fold["val"] == expected
+    assert fold["train"] == [c for c in ordered if c not in expected]
+  assert sorted(c for f in result for c in f["val"]) == ordered
+  assert folds.kfold(ids) == result  # Deterministic.
+  with pytest.raises(DataError, match="at least 5"):
+    folds.kfold(["a", "b", "c"])
+
+
+def test_folds_are_stored_and_select_reads_the_right_records(dataset):
+  config, prepared = dataset
+  stored = prepared.builder.info.metadata["folds"]
+  assert stored == folds.kfold(CASES[:6])
+  for k in range(5):
+    view = folds.select(prepared, str(k))
+    assert view.splits["train"] == stored[k]["train"] and view.splits["validation"] == stored[k]["val"]
+    assert view.splits["test"] == SPLITS["test"]
+    for split in ("train", "validation", "test"):
+      source = pipeline.CaseSource(view, split)
+      assert [c.case_id for c in source] == view.splits[split]
+      assert len(view.class_voxels[split]) == len(view.splits[split])
+    source = pickle.loads(pickle.dumps(pipeline.CaseSource(view, "train")))  # grain worker processes.
+    assert source[0].case_id == view.splits["train"][0]
+  everything = folds.select(prepared, "all")
+  assert everything.splits["train"] == sorted(CASES[:6]) and everything.splits["validation"] == SPLITS["validation"]
+  assert folds.select(prepared, "") is prepared
+
+
+def test_setup_applies_the_fold(dataset, tmp_path):
+  config, _ = dataset
+  exp = experiment.setup(tiny_config(config.data.root, config.data.data_dir, fold="3"), tmp_path)
+  assert exp.prepared.splits["validation"] == folds.kfold(CASES[:6])[3]["val"]
+
+
+@pytest.mark.parametrize("fold", ["5", "-1", "x"])
+def test_fold_outside_0_to_4_is_refused(fold):
+  config = config_lib.base_config()
+  config.data.fold = fold
+  with pytest.raises(ConfigError, match=r"config.data.fold: .* is not a fold; use '' \(the fixed split\), 0..4"):
+    config_lib.validate(config)
+
+
+def test_fold_on_the_command_line_is_a_one_line_error(tmp_path):
+  import subprocess
+  import sys
+  result = subprocess.run([sys.executable, "-m", "jaxseg.main", "--config=configs/unet_ct.py",
+                           f"--workdir={tmp_path}", "--config.data.fold=7"], capture_output=True, text=True,
+                          cwd=str(__import__("pathlib").Path(__file__).parent.parent), timeout=120)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+      "jaxseg: error: config.data.fold: '7' is not a fold; use '' (the fixed split), 0..4 or 'all'")
+
+
+# Ensembles.
+
+
+def trained_workdir(path, config, fold):
+  """A workdir as training leaves it, as far as an ensemble reads it: config.json and checkpoints/."""
+  config = tiny_config(config.data.root, config.data.data_dir, fold=fold)
+  exp = experiment.setup(config, path)
+  experiment.write_config(exp)
+  (path / "checkpoints").mkdir()
+  return exp
+
+
+def oracle_members(prepared, blobs):
+  """Stand-ins for the members' softmax: one-hot reference, member i with 'organ' on `blobs[i]` voxels."""
+  labels = {}
+  for split in ("train", "validation", "test"):
+    for case in pipeline.CaseSource(prepared, split):
+      labels[hashlib.sha1(case.image.tobytes()).hexdigest()] = case.label
+
+  def member(blob):
+    def probabilities(image):
+      label = labels[hashlib.sha1(image.tobytes()).hexdigest()].copy()
+      if blob:
+        label[0, :2, :2] = 1
+      return np.eye(2, dtype=np.float32)[label]
+    return probabilities
+  return [member(b) for b in blobs]
+
+
+def fake_validation_summary(workdir, dice, hd95):
+  summary = evaluate.summarize([{"case_id": "x", "class": "organ", **{m: 0.5 for m in evaluate.METRIC_NAMES},
+                                 "dice": dice, "hd95": hd95}], ["organ"], step=9)
+  (workdir / "results" / "validation").mkdir(parents=True)
+  (workdir / "results" / "validation" / "summary.json").write_text(json.dumps(summary))
+
+
+def test_folds_directory_cv_summary_and_ensemble(dataset, tmp_path, monkeypatch):
+  config, prepared = dataset
+  folds_dir = tmp_path / "folds"
+  dices, hd95s = [0.9, 0.8, 0.7], [1.0, 2.0, None]
+  for k in range(3):
+    trained_workdir(folds_dir / f"fold_{k}", config, str(k))
+    fake_validation_summary(folds_dir / f"fold_{k}", dices[k], hd95s[k])
+  # Two members right, one with a spurious blob: the averaged softmax (1/3 organ) drops the blob.
+  functions = oracle_members(prepared, [False, True, False])
+  monkeypatch.setattr(evaluate, "restore_members", lambda exps, which: (functions, [11, 12, 13]))
+  results = evaluate.evaluate_workdir(tiny_config(config.data.root, config.data.data_dir), folds_dir)
+  cv = json.loads((folds_dir / "ensemble" / "cv_summary.json").read_text())
+  assert cv == results["cross_validation"] and cv["num_folds"] == 3
+  assert cv["organ"]["dice"]["mean"] == pytest.approx(0.8)
+  assert cv["organ"]["dice"]["std"] == pytest.approx(np.std(dices))
+  assert cv["organ"]["hd95"] == {"mean": 1.5, "std": 0.5, "folds": 2}
+  assert "| organ |" in (folds_dir / "ensemble" / "cv_summary.md").read_text()
+  assert set(results) == {"cross_validation", "test"}  # Folds trained on each other's validation cases.
+  test = json.loads((folds_dir / "ensemble" / "results" / "test" / "summary.json").read_text())
+  assert test["organ"]["dice"] == 1.0 and test["step"] == 11
+  assert [m["fold"] for m in test["ensemble"]] == ["0", "1", "2"]
+  # With the blob in two members of three it stays.
+  functions[:] = oracle_members(prepared, [True, True, False])
+  results = evaluate.evaluate_workdir(tiny_config(config.data.root, config.data.data_dir), folds_dir)
+  assert results["test"]["organ"]["dice"] < 1.0
+
+
+def test_average_of_probabilities():
+  a = lambda image: np.array([[0.9, 0.1]], np.float32)
+  b = lambda image: np.array([[0.2, 0.8]], np.float32)
+  np.testing.assert_allclose(ensemble.average([a, b])(None), [[0.55, 0.45]])
+
+
+def test_folds_directory_with_mixed_configs_is_refused(dataset, tmp_path):
+  config, _ = dataset
+  folds_dir = tmp_path / "folds"
+  trained_workdir(folds_dir / "fold_0", config, "0")
+  exp = trained_workdir(folds_dir / "fold_1", config, "1")
+  trained = json.loads((folds_dir / "fold_1" / "config.json").read_text())
+  trained["model"]["features"] = 8
+  (folds_dir / "fold_1" / "config.json").write_text(json.dumps(trained))
+  del exp
+  with pytest.raises(ConfigError, match=rf"{folds_dir / 'fold_1'}: trained with another config than "
+                                        rf"{folds_dir / 'fold_0'}: model.features=8 \(not 4\)"):
+    evaluate.evaluate_workdir(tiny_config(config.data.root, config.data.data_dir), folds_dir)
+
+
+def test_ensemble_of_different_label_sets_is_refused(dataset, tmp_path):
+  config, _ = dataset
+  trained_workdir(tmp_path / "a", config, "")
+  other_root = write_dataset(tmp_path / "raw_other", labels={"0": "background", "1": "tumour"})
+  other = tiny_config(other_root, config.data.data_dir)
+  exp = experiment.setup(other, tmp_path / "b")
+  experiment.write_config(exp)
+  (tmp_path / "b" / "checkpoints").mkdir()
+  with pytest.raises(DataError, match=rf"{tmp_path / 'b'}: trained on labels .*tumour.* but {tmp_path / 'a'} on "
+                                      r".*organ.*; an ensemble needs models of one label set"):
+    evaluate.evaluate_workdir(tiny_config(config.data.root, config.data.data_dir),
+                              f"{tmp_path / 'a'},{tmp_path / 'b'}")
+
+
+def test_find_members(tmp_path):
+  (tmp_path / "one" / "checkpoints").mkdir(parents=True)
+  assert ensemble.find_members(tmp_path / "one") is None
+  members = ensemble.find_members(tmp_path)
+  assert members.workdirs == (tmp_path / "one",) and members.output_dir == tmp_path / "ensemble"
+  (tmp_path / "two" / "checkpoints").mkdir(parents=True)
+  listed = ensemble.find_members(f"{tmp_path / 'two'},{tmp_path / 'one'}")
+  assert listed.workdirs == (tmp_path / "two", tmp_path / "one") and listed.folds_dir is None
+  assert listed.output_dir == tmp_path / "ensemble_two+one"
+  from jaxseg.errors import CheckpointError
+  with pytest.raises(CheckpointError, match="nothing: not a trained workdir"):
+    ensemble.find_members(f"{tmp_path / 'one'},{tmp_path / 'nothing'}")
