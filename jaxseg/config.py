@@ -32,6 +32,12 @@ Key reference (units in brackets):
   data.num_workers          grain worker processes (0 = read threads of the training process).
   data.num_threads          grain read threads; data.prefetch: batches prefetched.
   data.cache_cases          decoded cases kept in memory per reader.
+  data.device_augment       augment inside the jitted train step (`jaxseg.data.device_augment`):
+                            the host only samples and crops (with the margin rotation and zoom
+                            need). Off by default (on a CPU the host pipeline is cheaper).
+  data.device_cache         with device_augment: the whole prepared training split lives on the
+                            devices and the step samples its patches itself (no host pipeline);
+                            an error names the size when it does not fit.
   data.augment.*            augmentation probabilities and ranges (`jaxseg.data.augment`);
                             nnU-Net's defaults; flip_axes / rotate_max_deg None = nnU-Net's
                             choice for the model's dimension (all axes; 180 deg 2D, 30 deg 3D).
@@ -96,6 +102,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.num_threads = 2
   config.data.prefetch = 4
   config.data.cache_cases = 64
+  config.data.device_augment = False
+  config.data.device_cache = False
   config.data.augment = ml_collections.ConfigDict()  # nnU-Net v2's defaults (jaxseg/data/augment.py).
   config.data.augment.flip_axes = config_dict.placeholder(tuple)  # None: every spatial axis.
   config.data.augment.flip_prob = 0.5
@@ -278,6 +286,8 @@ def _validate_data(data: ml_collections.ConfigDict, ndim: int, fail) -> None:
       fail(f"data.{key}", f"must be >= 0, got {data[key]}")
   if data.cache_cases < 1:
     fail("data.cache_cases", f"must be >= 1, got {data.cache_cases}")
+  if data.device_cache and not data.device_augment:
+    fail("data.device_cache", "needs data.device_augment=True (patches sampled on the device are augmented there)")
   augment = data.augment
   for axis in augment.flip_axes or ():
     if not 0 <= axis < ndim:
@@ -292,6 +302,8 @@ def _validate_data(data: ml_collections.ConfigDict, ndim: int, fail) -> None:
         fail(f"data.augment.{key}", f"{tuple(value)} must be (low, high) with 0 <= low <= high")
       if key in ("scale_range", "lowres_range", "gamma_range") and value[0] <= 0:
         fail(f"data.augment.{key}", f"{tuple(value)} must be positive factors")
+      if key == "lowres_range" and value[1] > 1:
+        fail(f"data.augment.{key}", f"{tuple(value)} are downsampling factors, at most 1")
 
 
 def data_dir(config: ml_collections.ConfigDict) -> pathlib.Path:

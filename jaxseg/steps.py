@@ -14,6 +14,9 @@ from jaxseg.state import TrainState
 
 Batch = dict[str, jax.Array]
 StepFn = Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]
+# `batch_fn(inputs, step) -> batch`: builds the training batch inside the step from what the host passed
+# (device augmentation of host crops, or patches sampled from a device-resident cache); None: use it as is.
+BatchFn = Callable[[Any, jax.Array], Batch]
 
 
 def main_output(outputs: jax.Array | Sequence[jax.Array]) -> jax.Array:
@@ -42,17 +45,21 @@ def step_metrics(loss: jax.Array, grads: Any, logits: jax.Array, labels: jax.Arr
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    loss_name: str, weights: Sequence[float]) -> StepFn:
+                    loss_name: str, weights: Sequence[float], batch_fn: BatchFn | None = None) -> StepFn:
   """Builds `train_step(state, batch) -> (state, metrics)`.
 
   `batch` holds `image` `[B, *spatial, C]` float32 and `label` `[B, *spatial]`
-  int32. Metrics: `loss`, `grad_norm`, `learning_rate` (scalars) and `counts`
-  (`[K, 4]` TP/FP/FN/TN of the batch's argmax prediction).
+  int32, or, with `batch_fn`, whatever `batch_fn(batch, state.step)` turns into
+  that before the forward pass (`jaxseg.data.device_augment`,
+  `jaxseg.data.device_cache`). Metrics: `loss`, `grad_norm`, `learning_rate`
+  (scalars) and `counts` (`[K, 4]` TP/FP/FN/TN of the batch's argmax prediction).
   """
   loss_fn = losses.LOSSES[loss_name]
   weights = tuple(weights)
 
   def train_step(state: TrainState, batch: Batch):
+    if batch_fn is not None:
+      batch = batch_fn(batch, state.step)
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     grad_fn = jax.value_and_grad(segmentation_forward, argnums=1, has_aux=True)
     (loss, (outputs, batch_stats)), grads = grad_fn(model, state.params, state.batch_stats, batch, rng,
@@ -68,11 +75,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
 def make_adversarial_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule,
                                 loss_name: str, weights: Sequence[float], discriminator: nn.Module,
                                 disc_tx: optax.GradientTransformation, *, adversarial_weight: float,
-                                warmup_steps: int, disc_every_steps: int, label_smoothing: float) -> StepFn:
+                                warmup_steps: int, disc_every_steps: int, label_smoothing: float,
+                                batch_fn: BatchFn | None = None) -> StepFn:
   """Builds `train_step(state, batch) -> (state, metrics)` updating the segmenter and the discriminator.
 
   `state` has the discriminator fields (`create_train_state` with
-  `config.adversarial.enabled`); `batch` is as for `make_train_step`. Both
+  `config.adversarial.enabled`); `batch` and `batch_fn` are as for `make_train_step`. Both
   networks step from the state before this step (simultaneous updates); with
   t = `state.step` (a traced value: the step compiles once):
 
@@ -116,6 +124,8 @@ def make_adversarial_train_step(model: nn.Module, tx: optax.GradientTransformati
     return loss, (real_logits, fake_logits, updates.get("batch_stats", disc_batch_stats))
 
   def train_step(state: TrainState, batch: Batch):
+    if batch_fn is not None:
+      batch = batch_fn(batch, state.step)
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     adv_weight = jnp.where(state.step >= warmup_steps, adversarial_weight, 0.0).astype(jnp.float32)
     grad_fn = jax.value_and_grad(segmenter_objective, has_aux=True)

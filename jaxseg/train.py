@@ -16,9 +16,10 @@ segmenter's whole objective).
 
 from __future__ import annotations
 
+import itertools
 import pathlib
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import ml_collections
@@ -26,7 +27,7 @@ import numpy as np
 from absl import logging
 
 from jaxseg import checkpointing, evaluate, experiment, metrics, models, parallel, state as state_lib, steps, writers
-from jaxseg.data import pipeline
+from jaxseg.data import device_augment, device_cache, pipeline
 from jaxseg.errors import TrainingError
 
 # Step metrics that stop training when not finite (the discriminator's loss only in adversarial training).
@@ -74,17 +75,37 @@ class MetricsBuffer:
     return {f"train/{k}": v for k, v in summary.items()}
 
 
-def make_step(exp: experiment.Experiment) -> steps.StepFn:
+def make_step(exp: experiment.Experiment, batch_fn: steps.BatchFn | None = None) -> steps.StepFn:
   """The train step: adversarial when `config.adversarial.enabled`, else the plain one."""
   config = exp.config
   weights = models.output_weights(config.model)
   if not config.adversarial.enabled:
-    return steps.make_train_step(exp.model, exp.tx, exp.schedule, config.train.loss, weights)
+    return steps.make_train_step(exp.model, exp.tx, exp.schedule, config.train.loss, weights, batch_fn)
   adv = config.adversarial
   return steps.make_adversarial_train_step(
       exp.model, exp.tx, exp.schedule, config.train.loss, weights, state_lib.create_discriminator(adv),
       state_lib.create_discriminator_optimizer(adv), adversarial_weight=adv.weight,
-      warmup_steps=adv.warmup_steps, disc_every_steps=adv.disc_every_steps, label_smoothing=adv.label_smoothing)
+      warmup_steps=adv.warmup_steps, disc_every_steps=adv.disc_every_steps, label_smoothing=adv.label_smoothing,
+      batch_fn=batch_fn)
+
+
+def train_inputs(exp: experiment.Experiment, train_source: pipeline.CaseSource, start_step: int, local_batch: int
+                 ) -> tuple[steps.BatchFn | None, Any, Iterator[Any]]:
+  """(batch_fn, input sharding, iterator of the step's second argument) for the configured input path.
+
+  Host path: augmented host batches. `config.data.device_augment`: host crops,
+  augmented in the step. `config.data.device_cache`: the training split on the
+  devices, passed to every step, which samples and augments its own batch.
+  """
+  config = exp.config
+  if config.data.device_cache:
+    cache, layout = device_cache.build(train_source, exp.mesh, config.data.patch_size)
+    batch_fn = device_cache.make_batch_fn(config, layout, parallel.batch_sharding(exp.mesh))
+    return batch_fn, device_cache.cache_sharding(cache), itertools.repeat(cache)
+  host = pipeline.train_batches(config, train_source, start_step=start_step, local_batch_size=local_batch)
+  batches = (parallel.global_batch(batch, exp.mesh) for batch in host)
+  batch_fn = device_augment.make_batch_fn(config) if config.data.device_augment else None
+  return batch_fn, parallel.batch_sharding(exp.mesh), batches
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
@@ -119,21 +140,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                               first_step=start_step + warmup)
     hooks.append(profile)
 
-  train_step = jax.jit(
-      make_step(exp),
-      in_shardings=(exp.state_shardings(), parallel.batch_sharding(exp.mesh)),
-      out_shardings=(exp.state_shardings(), None), donate_argnums=0)
   train_source = pipeline.CaseSource(exp.prepared, "train", config.data.cache_cases)
   val_source = pipeline.CaseSource(exp.prepared, "validation", config.data.cache_cases)
   local_batch = parallel.check_batch_size(config.train.batch_size, exp.mesh)
-  batches = pipeline.train_batches(config, train_source, start_step=start_step, local_batch_size=local_batch)
+  batch_fn, input_sharding, batches = train_inputs(exp, train_source, start_step, local_batch)
+  train_step = jax.jit(
+      make_step(exp, batch_fn),
+      in_shardings=(exp.state_shardings(), input_sharding),
+      out_shardings=(exp.state_shardings(), None), donate_argnums=0)
   buffer = MetricsBuffer(checkpoints)
 
   logging.info("Training %s on %s from step %d to %d on %d devices", config.model.name, exp.prepared.name,
                start_step, num_steps, exp.mesh.devices.size)
   for step in range(start_step + 1, num_steps + 1):
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
-      batch = parallel.global_batch(next(batches), exp.mesh)
+      batch = next(batches)
       state, step_metrics = train_step(state, batch)
       buffer.add(step, step_metrics, config.train.batch_size)
     is_last = step == num_steps

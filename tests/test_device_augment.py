@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from jaxseg import config as config_lib
+from jaxseg import train
 from jaxseg.config import base_config
-from jaxseg.data import augment, device_augment as da, transforms
+from jaxseg.data import augment, device_augment as da, device_cache, transforms
+from jaxseg.errors import ConfigError
 
 
 class FixedRng:
@@ -305,3 +308,85 @@ def test_crop_holds_every_voxel_the_transform_reads():
     high = np.asarray(reach).reshape(300, ndim, -1).max(axis=(0, 2))
     assert np.all(low >= 0) and np.all(high <= crop - 1), (ndim, patch, low, high, crop)
   assert da.crop_size(_aug(2, rotate_prob=0.0, scale_prob=0.0), (30, 20)) == (30, 20)
+
+
+def _cache(cases, patch):
+  arrays = device_cache.cache_arrays(cases)
+  layout = device_cache.Layout(len(cases), tuple(sorted({v for c in cases for v in c.locations})), patch)
+  return {k: jnp.asarray(v) for k, v in arrays.items()}, layout
+
+
+@pytest.mark.parametrize("patch,class_balanced", [((12, 10), False), ((6, 12, 10), True)])
+def test_device_cache_samples_foreground_as_the_host_does(patch, class_balanced):
+  cases = [_case((8, 30, 26), seed=0), _case((6, 24, 30), seed=1)]
+  empty = transforms.make_case("e", cases[0].image[:5], np.zeros((5, 30, 26), np.uint8), (1, 1, 1), {})
+  cache, layout = _cache(cases + [empty], patch)
+  assert cache["image"].shape == (3, 8, 30, 30, 2) and layout.classes == (3, 7)
+  aug = _aug(len(patch), flip_prob=0.0)  # Without mirroring the forced centre voxel stays the patch centre.
+  sample = jax.jit(lambda c, s: device_cache.sample_batch(c, s, seed=1, layout=layout, aug=aug, batch_size=6,
+                                                          foreground_fraction=0.5, class_balanced=class_balanced))
+  centre = tuple(n // 2 for n in patch)
+  forced_hits, classes = 0, []
+  for step in range(8):
+    batch = jax.device_get(sample(cache, jnp.int32(step)))
+    assert batch["image"].shape == (6, *patch, 2) and batch["label"].shape == (6, *patch)
+    assert set(np.unique(batch["label"])) <= {0, 3, 7}
+    for row in range(6):
+      if transforms.is_forced_foreground(row, 6, 0.5):
+        forced_hits += batch["label"][(row, *centre)] > 0
+        classes.append(batch["label"][(row, *centre)])
+  assert forced_hits == 8 * 3  # Every forced row is centred on foreground.
+  assert {3, 7} <= set(classes)
+  again = jax.device_get(sample(cache, jnp.int32(7)))
+  np.testing.assert_array_equal(again["label"], batch["label"])
+
+
+def test_device_cache_that_does_not_fit_names_size_and_memory(monkeypatch):
+  cases = [_case((4, 16, 16))]
+  monkeypatch.setattr(device_cache, "device_memory", lambda device: (1000, "0.00 GiB free of 80 GiB on gpu:0"))
+  with pytest.raises(ConfigError, match=r"config.data.device_cache: the training split \(1 cases, .* GiB .*does not "
+                                        r"fit in device memory \(0.00 GiB free of 80 GiB on gpu:0.*device_cache=False"):
+    device_cache.check_fits(device_cache.cache_arrays(cases), 1, jax.devices()[0])
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("lowres_range", (0.5, 1.5), "at most 1"),
+    ("blur_sigma", (1.0, 0.5), "low <= high"),
+])
+def test_bad_augment_values_name_the_key(key, value, message):
+  config = base_config()
+  config.data.augment[key] = value
+  with pytest.raises(ConfigError, match=f"config.data.augment.{key}: .*{message}"):
+    config_lib.validate(config)
+
+
+def test_device_cache_needs_device_augment():
+  config = base_config()
+  config.data.device_cache = True
+  with pytest.raises(ConfigError, match="config.data.device_cache: needs data.device_augment=True"):
+    config_lib.validate(config)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("data")
+
+
+@pytest.mark.parametrize("device_cache_on", [False, True])
+def test_short_training_with_device_augmentation(data_dir, tmp_path, device_cache_on):
+  config = base_config()
+  config.data.data_dir = str(data_dir)
+  config.data.num_cases = 5
+  config.data.num_threads = 1
+  config.data.patch_size = (32, 32)
+  config.data.device_augment = True
+  config.data.device_cache = device_cache_on
+  config.data.augment.update(rotate_prob=0.5, scale_prob=0.5, noise_prob=0.5, gamma_prob=0.5)
+  config.model.update(features=4, depth=2)
+  config.train.update(num_steps=3, batch_size=2, warmup_steps=1, log_every_steps=3, eval_every_steps=3,
+                      checkpoint_every_steps=3)
+  config.eval.splits = ("test",)
+  config.eval.num_figures = 0
+  results = train.train_and_evaluate(config, tmp_path)
+  assert results["test"]["num_cases"] >= 1 and results["test"]["step"] == 3
+  assert set(results["test"]["mean_foreground"]) >= {"dice", "iou"}  # Trained (a NaN loss would have raised).

@@ -506,3 +506,15 @@ def crop_size(aug: Augmentation, patch_size: Sequence[int]) -> tuple[int, ...]:
   if aug.elastic_prob <= 0 and aug.scale_prob <= 0 and aug.rotate_prob <= 0:
     return tuple(int(n) for n in patch_size)
   return tuple(max(int(n), 2 * int(math.ceil(h)) + 3) for n, h in zip(patch_size, half))
+
+
+def make_batch_fn(config) -> Callable[[dict[str, jax.Array], jax.Array], dict[str, jax.Array]]:
+  """`batch_fn(crops, step) -> batch` for `steps.make_train_step`: host crops of the global batch, augmented."""
+  patch = tuple(int(p) for p in config.data.patch_size)
+  aug = Augmentation.from_config(config.data.augment, len(patch))
+  seed = int(config.seed)
+
+  def batch_fn(batch, step):
+    return augment_batch(augment_key(seed), step, batch, aug, patch)
+
+  return batch_fn

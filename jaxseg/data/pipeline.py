@@ -35,6 +35,7 @@ import tensorflow_datasets as tfds
 from jaxseg import config as config_lib
 from jaxseg import models
 from jaxseg.data import augment as augment_lib
+from jaxseg.data import device_augment
 from jaxseg.data import nifti, phantoms, preprocess, transforms
 from jaxseg.data.builders import msd, raw, segmentation
 from jaxseg.errors import ConfigError, DataError, WorkdirError
@@ -217,6 +218,9 @@ class TrainSampler:
     foreground_fraction: `config.data.foreground_fraction`.
     class_balanced: `config.data.class_balanced`.
     augment: resolved `config.data.augment`.
+    crop_size: with `config.data.device_augment`, the unaugmented crop
+      (`device_augment.crop_size`) each sample becomes
+      (`transforms.training_crop`); None: augmented patches.
   """
   source: CaseSource
   seed: int
@@ -227,6 +231,7 @@ class TrainSampler:
   foreground_fraction: float
   class_balanced: bool
   augment: augment_lib.Augmentation
+  crop_size: tuple[int, ...] | None = None
 
   def __call__(self, local_index: int) -> dict[str, np.ndarray]:
     step, row = divmod(int(local_index), self.local_batch)
@@ -234,6 +239,9 @@ class TrainSampler:
     rng = np.random.default_rng([self.seed, step * self.global_batch + position])
     force = transforms.is_forced_foreground(position, self.global_batch, self.foreground_fraction)
     index, class_value = self.source.index.choose(rng, force_foreground=force, class_balanced=self.class_balanced)
+    if self.crop_size is not None:
+      return transforms.training_crop(self.source[index], self.patch_size, self.crop_size, rng,
+                                      force_foreground=force, class_value=class_value)
     return transforms.training_sample(self.source[index], self.patch_size, rng, force_foreground=force,
                                       augment=self.augment, class_value=class_value)
 
@@ -249,11 +257,12 @@ def train_batches(config: ml_collections.ConfigDict, source: CaseSource, *, star
     raise DataError("the training split is empty: no case to train on")
   data = config.data
   patch_size = tuple(int(p) for p in data.patch_size)
+  augment = augment_lib.Augmentation.from_config(data.augment, len(patch_size))
   sampler = TrainSampler(
       source=source, seed=int(config.seed), global_batch=int(config.train.batch_size),
       local_batch=local_batch_size, offset=jax.process_index() * local_batch_size, patch_size=patch_size,
       foreground_fraction=float(data.foreground_fraction), class_balanced=bool(data.class_balanced),
-      augment=augment_lib.Augmentation.from_config(data.augment, len(patch_size)))
+      augment=augment, crop_size=device_augment.crop_size(augment, patch_size) if data.device_augment else None)
   dataset = (grain.MapDataset.range(start_step * local_batch_size, config.train.num_steps * local_batch_size)
              .map(sampler)
              .batch(local_batch_size, drop_remainder=True))
