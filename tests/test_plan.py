@@ -138,18 +138,30 @@ def test_cpu_plan_that_cannot_train_says_so():
     plan.make_plan(s, plan.Devices("cpu", 1, 16.0), "unet", time_budget_min=1, measure=measure)
 
 
-def test_phantom_fingerprint_plans():
-  """The CT phantom's fingerprint (shapes and spacings of its generator) plans a 2D and a 3D run on a GPU."""
-  fingerprint = preprocess.Fingerprint(spacings=[(5.0, 0.98, 0.98)] * 20, shapes=[(40, 320, 320)] * 20,
-                                       intensity=[{"mean": 0.0, "std": 1.0, "p00_5": 0.0, "p99_5": 1.0,
-                                                   "min": 0.0, "max": 1.0}],
-                                       cropped_shapes=[(40, 320, 320)] * 20)
-  s = plan.summarize_dataset(fingerprint, (5.0, 0.98, 0.98), num_classes=4, ndim=3)
-  assert s.median_shape == (40, 320, 320) and s.anisotropy == pytest.approx(5.0 / 0.98)
+def _phantom_summary(shape_xyz, spacing_xyz, cases, classes):
+  intensity = [{"mean": 0.0, "std": 1.0, "p00_5": 0.0, "p99_5": 1.0, "min": 0.0, "max": 1.0}]
+  shape, spacing = tuple(shape_xyz[::-1]), tuple(spacing_xyz[::-1])
+  fingerprint = preprocess.Fingerprint(spacings=[spacing] * cases, shapes=[shape] * cases, intensity=intensity,
+                                       cropped_shapes=[shape] * cases)
+  return plan.summarize_dataset(fingerprint, spacing, num_classes=classes, ndim=3)
+
+
+def test_phantom_fingerprints_plan_on_a_gpu():
+  """The CT and MR phantoms' generators (shape, spacing): nnU-Net's rules give whole-slice 2D patches and
+  whole-volume 3D patches, batch 2 (5 % of 20 small volumes is less than two patches)."""
+  from jaxseg.data.phantoms import ct, mr
+  in_plane = 3.22  # The CT phantom's median in-plane spacing (it varies per case around it).
+  s = _phantom_summary(ct.SHAPE, (in_plane, in_plane, ct.SLICE_MM), 20, 4)
+  assert s.median_shape == (40, 128, 128) and s.anisotropy == pytest.approx(ct.SLICE_MM / in_plane)
+  p = plan.make_plan(s, GPU8, "unet3d")
+  full = p["configurations"]["3d_fullres"]
+  assert tuple(full["patch_size"]) == (40, 128, 128) and full["batch_size"] == 2
+  assert full["pool_per_axis"] == [3, 5, 5]  # z (5 mm vs 3.2 mm: ratio < 2) pools with x, y until it is 5.
+  assert tuple(p["configurations"]["2d"]["patch_size"]) == (128, 128)
+  s = _phantom_summary(mr.SHAPE, mr.SPACING_MM, 20, 4)
   p = plan.make_plan(s, GPU8, "unet")
-  assert p["values"]["data.patch_size"] == (320, 320)
-  p3 = plan.make_plan(s, GPU8, "unet3d")
-  assert p3["configurations"]["3d_fullres"]["pool_per_axis"][0] < p3["configurations"]["3d_fullres"]["pool_per_axis"][1]
+  assert p["values"]["data.patch_size"] == (96, 96) and p["configurations"]["3d_fullres"]["patch_size"] == [
+      48, 96, 96]
 
 
 def test_summary_uses_cropped_and_resampled_shapes():
@@ -186,3 +198,65 @@ def test_command_line_keys_are_kept():
   cli.keep_command_line_keys(config, ["main.py", "--config=configs/msd.py", "--config.train.num_steps=5",
                                       "--config.plan.time_budget_min=3", "--config.data.patch_size", "(8,8)"])
   assert config.plan.fixed == ("train.num_steps", "data.patch_size")
+
+
+# Planning inside experiment.setup (a tiny dataset; the CPU step time is stubbed or measured on a tiny network).
+
+
+def _write_tiny_dataset(root):
+  import json
+  from jaxseg.data import nifti
+  rng = np.random.default_rng(0)
+  entries = []
+  for i in range(6):
+    label = np.zeros((16, 16, 4), np.uint8)
+    label[4 + i % 3:10 + i % 3, 5:11, 1:3] = 1
+    image = np.where(label == 1, 80.0, -50.0) + rng.normal(0, 5, label.shape)
+    nifti.save_nifti(root / "imagesTr" / f"c{i}.nii.gz", image.astype(np.float32), np.diag([1.0, 1.0, 2.0, 1.0]))
+    nifti.save_nifti(root / "labelsTr" / f"c{i}.nii.gz", label, np.diag([1.0, 1.0, 2.0, 1.0]))
+    entries.append({"image": f"./imagesTr/c{i}.nii.gz", "label": f"./labelsTr/c{i}.nii.gz"})
+  (root / "dataset.json").write_text(json.dumps({
+      "name": "PlanToy", "modality": {"0": "MR"}, "labels": {"0": "background", "1": "organ"},
+      "numTraining": 6, "training": entries, "test": []}))
+  return root
+
+
+def test_setup_plans_writes_plan_json_keeps_overrides_and_reuses_the_plan(tmp_path, monkeypatch):
+  import json
+  from jaxseg import experiment
+  root = _write_tiny_dataset(tmp_path / "raw")
+  config = config_lib.base_config()
+  config.data.update(name="msd", root=str(root), data_dir=str(tmp_path / "data"), prepare_workers=1)
+  config.plan.enabled = True
+  config.train.num_steps = 3
+  config.plan.fixed = ("train.num_steps",)
+  calls = []
+
+  def stub(config, num_channels, candidate, steps_timed=2):
+    calls.append(candidate)
+    return 0.01
+  monkeypatch.setattr(experiment, "measure_step_time", stub)
+  exp = experiment.setup(config, tmp_path / "run")
+  stored = json.loads((tmp_path / "run" / "plan.json").read_text())
+  assert calls and stored["devices"]["kind"] == "cpu" and stored["applied_configuration"] == "cpu"
+  assert exp.config.train.num_steps == 3 and stored["keys"]["train.num_steps"]["overridden"] is True
+  assert tuple(exp.config.data.patch_size) == tuple(stored["values"]["data.patch_size"])
+  assert exp.config.train.eval_every_steps == stored["values"]["train.eval_every_steps"]
+  assert stored["dataset"]["num_cases"] == exp.prepared.builder.info.metadata["splits"]["train"].__len__()
+  calls.clear()
+  experiment.setup(config, tmp_path / "run")  # Same dataset, devices, model: plan.json is reused.
+  assert not calls
+  config.plan.enabled = False
+  assert experiment.setup(config, tmp_path / "off").config.data.patch_size == (128, 128)
+  assert not (tmp_path / "off" / "plan.json").exists()
+
+
+@pytest.mark.slow  # Compiles a train step: 65 s on 2 cores at load average 13 (a few seconds idle).
+def test_measure_step_time_runs_the_real_network():
+  from jaxseg import experiment
+  config = config_lib.base_config()
+  config.model.num_classes = 2
+  s = summary((1, 16, 16), (1.0, 1.0, 1.0), cases=4, ndim=2)
+  candidate = plan._candidate(s, 2, (16, 16), 2, 4)
+  seconds = experiment.measure_step_time(config, 1, candidate, steps_timed=1)
+  assert 0 < seconds < 60
