@@ -492,3 +492,41 @@ def test_conv3d_option_is_checked():
   with pytest.raises(ConfigError, match=r"config\.model\.conv3d"):
     models.create_model(make_config(name="unet3d", conv3d="fast"))
   assert layers.fold_depth("auto") == (jax.default_backend() == "cpu")
+
+
+# Mixed precision and rematerialisation.
+
+
+def test_float16_is_rejected_with_a_hint():
+  with pytest.raises(ConfigError, match=r"config\.model\.dtype.*bfloat16"):
+    models.create_model(make_config(dtype="float16"))
+
+
+def test_remat_keeps_params_and_gradients_and_recomputes():
+  x = jax.random.normal(jax.random.key(1), (2, 16, 16, 16, 1))
+  labels = jax.random.randint(jax.random.key(2), (2, 16, 16, 16), 0, 3)
+  results = []
+  for remat in (False, True):
+    model = models.create_model(make_config(
+        name="unet3d", features=4, depth=2, num_classes=3, norm="instance",
+        remat=remat))
+    variables = init_variables(model, x.shape)
+
+    def loss(params, model=model, variables=variables):
+      logits = model.apply({**variables, "params": params}, x, train=True)
+      return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits),
+                                           labels[..., None], -1))
+    compiled = jax.jit(jax.value_and_grad(loss)).lower(
+        variables["params"]).compile(FAST_COMPILE)
+    results.append((variables, compiled(variables["params"]),
+                    compiled.as_text().count(" convolution(")))
+  (vars_a, (loss_a, grad_a), convs_a), (vars_b, (loss_b, grad_b), convs_b) = (
+      results)
+  assert jax.tree.structure(vars_a) == jax.tree.structure(vars_b)
+  np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(grad_a), jax.tree.leaves(grad_b)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # The blocks' forward convolutions run again in the backward pass. (Peak
+  # memory: XLA:CPU's scheduler does not turn this into savings; see the
+  # README's Performance section.)
+  assert convs_b > convs_a

@@ -31,8 +31,7 @@ from jaxseg.models.fcn import FCN
 from jaxseg.models.unet import UNet
 from jaxseg.models.unet3d import UNet3D
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
-           "float16": jnp.float16}
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -62,8 +61,15 @@ def default_model_config() -> ml_collections.ConfigDict:
       "dropout": 0.0,
       # U-Nets: in train mode return one logit map per decoder stage.
       "deep_supervision": False,
-      # Compute dtype (float32 | bfloat16 | float16); params stay float32.
+      # Compute dtype of activations and convolutions: float32 | bfloat16
+      # (mixed precision: parameters, optimiser state, logits and the loss
+      # stay float32). float16 is not offered: without loss scaling its
+      # gradients underflow.
       "dtype": "float32",
+      # U-Nets: rematerialise (nn.remat) each encoder/decoder block, keeping
+      # only block inputs for the backward pass: less peak memory for about
+      # one more forward pass of compute.
+      "remat": False,
       # 3D models: auto | native | folded. "folded" computes each 3D
       # convolution as one 2D convolution with the depth taps gathered into
       # channels (XLA:CPU's 3D convolution is ~10x slower per FLOP than its
@@ -131,6 +137,11 @@ def rate(cfg: ml_collections.ConfigDict, key: str) -> float:
 
 def compute_dtype(cfg: ml_collections.ConfigDict) -> layers.Dtype:
   """The jnp dtype named by `cfg.dtype`."""
+  if _get(cfg, "dtype") == "float16":
+    raise ConfigError(
+        "config.model.dtype='float16' is not supported: float16 training "
+        "needs loss scaling, which jaxseg does not do; use 'bfloat16' "
+        "(float32's exponent range, the same speed on current accelerators)")
   return _DTYPES[choice(cfg, "dtype", tuple(_DTYPES))]
 
 
@@ -170,7 +181,8 @@ def unet_fields(cfg: ml_collections.ConfigDict) -> dict:
       dropout=rate(cfg, "dropout"),
       deep_supervision=flag(cfg, "deep_supervision"),
       dtype=compute_dtype(cfg),
-      conv3d=choice(cfg, "conv3d", layers.CONV3D_IMPLS))
+      conv3d=choice(cfg, "conv3d", layers.CONV3D_IMPLS),
+      remat=flag(cfg, "remat"))
 
 
 def unet(cfg: ml_collections.ConfigDict) -> nn.Module:

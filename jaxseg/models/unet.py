@@ -35,7 +35,7 @@ class ConvBlock(nn.Module):
   conv3d: str = "auto"
 
   @nn.compact
-  def __call__(self, x: Array, *, train: bool) -> Array:
+  def __call__(self, x: Array, train: bool) -> Array:
     act = layers.activation_fn(self.activation)
     for i in range(2):
       x = layers.conv(self.features, 3, ndim=self.ndim,
@@ -73,16 +73,24 @@ class UNet(nn.Module):
   dtype: layers.Dtype = jnp.float32
   # How 3D convolutions run (layers.CONV3D_IMPLS); same parameters for all.
   conv3d: str = "auto"
+  # Rematerialise every encoder/decoder block in the backward pass.
+  remat: bool = False
 
   def width(self, level: int) -> int:
     """Number of channels of the blocks at resolution `1 / 2**level`."""
     return min(self.features * 2**level, self.max_features)
 
   def block(self, level: int, name: str, strides: int = 1) -> ConvBlock:
-    return ConvBlock(self.width(level), norm=self.norm,
-                     norm_groups=self.norm_groups, activation=self.activation,
-                     ndim=self.ndim, strides=strides, dtype=self.dtype,
-                     conv3d=self.conv3d, name=name)
+    """The `ConvBlock` of `level`, called as `block(x, train)`.
+
+    With `remat`, the block is wrapped in `nn.remat` (same parameters): its
+    activations are recomputed in the backward pass instead of stored.
+    """
+    cls = nn.remat(ConvBlock, static_argnums=(2,)) if self.remat else ConvBlock
+    return cls(self.width(level), norm=self.norm,
+               norm_groups=self.norm_groups, activation=self.activation,
+               ndim=self.ndim, strides=strides, dtype=self.dtype,
+               conv3d=self.conv3d, name=name)
 
   def merge_skip(self, skip: Array, coarse: Array, up: Array, level: int,
                  spatial: tuple[int, ...]) -> Array:
@@ -108,12 +116,11 @@ class UNet(nn.Module):
     for level in range(self.depth):
       if level and not self.strided_downsampling:
         x = nn.max_pool(x, window, strides=window)
-      x = self.block(level, f"down{level}", stride if level else 1)(
-          x, train=train)
+      x = self.block(level, f"down{level}", stride if level else 1)(x, train)
       skips.append(x)
     if not self.strided_downsampling:
       x = nn.max_pool(x, window, strides=window)
-    x = self.block(self.depth, "bottleneck", stride)(x, train=train)
+    x = self.block(self.depth, "bottleneck", stride)(x, train)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
 
     outputs = []
@@ -123,7 +130,7 @@ class UNet(nn.Module):
       up = layers.StrideUpsample(self.width(level), window, dtype=self.dtype,
                                  name=f"upconv{level}")(x)
       x = self.merge_skip(skips[level], x, up, level, spatial)
-      x = self.block(level, f"up{level}")(x, train=train)
+      x = self.block(level, f"up{level}")(x, train)
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
       if level == 0 or self.deep_supervision:
         logits = nn.Conv(self.num_classes, (1,) * self.ndim,
