@@ -136,4 +136,7 @@ def run(config, config_arg: str, workdir: str | None, mode: str) -> int:
     evaluate.evaluate_workdir(config, workdir)
   elif mode == "predict":
     predict.predict_workdir(config, workdir)
+  elif mode == "interpret":
+    from jaxseg import interpret_mode  # pylint: disable=g-import-not-at-top
+    interpret_mode.interpret_workdir(config, workdir)
   return 0

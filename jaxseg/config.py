@@ -50,6 +50,9 @@ Key reference (units in brackets):
   eval.*                    splits, sliding-window and test-time-augmentation settings.
   predict.*                 input/output paths and checkpoint for `--mode=predict`.
   adversarial.*             adversarial training (off by default).
+  interpret.*               `--mode=interpret`: split, cases, classes, methods (saliency, smoothgrad,
+                            integrated_gradients, grad_cam, attention), Grad-CAM layer, checkpoint,
+                            SmoothGrad samples/noise, IG steps, localisation margin [voxels].
   plan.enabled              plan patch, batch, network depth/features, steps and evaluation cadence
                             from the dataset fingerprint and the devices (`jaxseg.plan`; nnU-Net's
                             rules on GPU/TPU, a time budget on CPU). Off in base_config() and the
@@ -172,6 +175,19 @@ def base_config() -> ml_collections.ConfigDict:
   config.predict.checkpoint = "best"           # best | latest | a step number.
   config.predict.save_probabilities = False    # Also write <case>_probabilities.nii.gz [X, Y, Z, K].
 
+  config.interpret = ml_collections.ConfigDict()  # --mode=interpret (jaxseg/interpret_mode.py).
+  config.interpret.split = "test"
+  config.interpret.cases = ()                  # Case ids; () = the split's first num_cases cases.
+  config.interpret.num_cases = 2
+  config.interpret.classes = ()                # Class names; () = every foreground class.
+  config.interpret.methods = ("saliency", "smoothgrad", "integrated_gradients", "grad_cam")  # + attention.
+  config.interpret.layer = ""                  # Grad-CAM layer (module path); '' = the last before the head.
+  config.interpret.checkpoint = "best"         # best | latest | a step number.
+  config.interpret.smoothgrad_samples = 16
+  config.interpret.smoothgrad_noise = 0.15     # Noise std / (max - min) of the image.
+  config.interpret.ig_steps = 32               # Riemann steps of integrated gradients.
+  config.interpret.margin_voxels = 2           # Dilation of the reference for the localisation score.
+
   config.plan = ml_collections.ConfigDict()
   config.plan.enabled = False
   config.plan.time_budget_min = 15.0
@@ -267,10 +283,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("eval.num_figures", f"must be >= 0, got {config.eval.num_figures}")
   if not all(isinstance(t, (int, float)) and t > 0 for t in config.eval.tolerances_mm):
     fail("eval.tolerances_mm", f"{tuple(config.eval.tolerances_mm)} must be positive distances in mm")
-  for key in ("eval.checkpoint", "predict.checkpoint"):
+  _validate_interpret(config.interpret, fail)
+  for key in ("eval.checkpoint", "predict.checkpoint", "interpret.checkpoint"):
     which = str(config[key.split(".")[0]].checkpoint)
     if which not in ("best", "latest") and not which.isdigit():
       fail(key, f"{which!r} is not 'best', 'latest' or a step number")
+
+
+def _validate_interpret(settings: ml_collections.ConfigDict, fail) -> None:
+  from jaxseg.interpret import METHODS  # pylint: disable=g-import-not-at-top
+  if settings.split not in ("train", "validation", "test"):
+    fail("interpret.split", f"unknown split {settings.split!r}; choose from train, validation, test")
+  unknown = [m for m in settings.methods if m not in METHODS]
+  if unknown or not settings.methods:
+    fail("interpret.methods", f"{tuple(settings.methods)} must name some of {', '.join(METHODS)}")
+  for key in ("num_cases", "smoothgrad_samples", "ig_steps"):
+    if settings[key] < 1:
+      fail(f"interpret.{key}", f"must be >= 1, got {settings[key]}")
+  if settings.margin_voxels < 0:
+    fail("interpret.margin_voxels", f"must be >= 0 voxels, got {settings.margin_voxels}")
+  if not settings.smoothgrad_noise >= 0:
+    fail("interpret.smoothgrad_noise", f"must be >= 0, got {settings.smoothgrad_noise}")
 
 
 def _validate_data(data: ml_collections.ConfigDict, ndim: int, fail) -> None:

@@ -16,10 +16,11 @@ from jaxseg import cli  # pylint: disable=g-import-not-at-top
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file: configs/NAME.py[:ARG].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: runs/<config file stem>).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "plan"],
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "plan", "interpret"],
                           "train (then evaluate), evaluate a trained workdir, predict "
                           "--config.predict.input into --config.predict.output, or plan (print the plan "
-                          "of jaxseg.plan and write <workdir>/plan.json).")
+                          "of jaxseg.plan and write <workdir>/plan.json), or interpret (saliency / Grad-CAM / attention "
+                          "figures and scores of a trained workdir under <workdir>/interpret/).")
 
 
 def main(argv):
