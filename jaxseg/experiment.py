@@ -222,8 +222,25 @@ def write_plan(workdir: pathlib.Path, plan: dict[str, Any], record: dict[str, An
 
 def planned_config(config: ml_collections.ConfigDict, workdir: pathlib.Path, prepared: pipeline.PreparedDataset,
                    *, replan: bool = False) -> ml_collections.ConfigDict:
-  """`config` with the plan applied (keys in `config.plan.fixed` keep their value); writes plan.json."""
-  plan = load_or_make_plan(config, workdir, prepared, replan=replan)
+  """`config` with the plan applied (keys in `config.plan.fixed` keep their value); writes plan.json.
+
+  With several processes, process 0 plans (a CPU plan measures step times, which differ between hosts)
+  and the others read its plan.json from the shared workdir, so every process runs the same plan.
+  """
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    if jax.process_index() == 0:
+      plan = load_or_make_plan(config, workdir, prepared, replan=replan)
+      write_plan(workdir, plan, plan_lib.apply_plan(config, plan, tuple(config.plan.fixed))[1])
+    multihost_utils.sync_global_devices("jaxseg plan written")
+    if jax.process_index() != 0:
+      try:
+        plan = json.loads((workdir / PLAN_FILE).read_text())
+      except (OSError, ValueError) as e:
+        raise WorkdirError(f"{workdir / PLAN_FILE}: process {jax.process_index()} cannot read process 0's plan "
+                           f"({e}); the workdir must be on a file system every process sees") from e
+  else:
+    plan = load_or_make_plan(config, workdir, prepared, replan=replan)
   config, record = plan_lib.apply_plan(config, plan, tuple(config.plan.fixed))
   overridden = [k for k, r in record.items() if r["overridden"]]
   logging.info("%s%s", plan["reason"], f"; kept from the command line: {', '.join(overridden)}" if overridden else "")

@@ -2,7 +2,12 @@
 
 import hashlib
 import json
+import pathlib
 import pickle
+import subprocess
+import sys
+
+import nibabel as nib
 
 import numpy as np
 import pytest
@@ -106,11 +111,9 @@ def test_fold_outside_0_to_4_is_refused(fold):
 
 
 def test_fold_on_the_command_line_is_a_one_line_error(tmp_path):
-  import subprocess
-  import sys
   result = subprocess.run([sys.executable, "-m", "jaxseg.main", "--config=configs/unet_ct.py",
                            f"--workdir={tmp_path}", "--config.data.fold=7"], capture_output=True, text=True,
-                          cwd=str(__import__("pathlib").Path(__file__).parent.parent), timeout=120)
+                          cwd=str(pathlib.Path(__file__).parent.parent), timeout=120)
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[-1] == (
       "jaxseg: error: config.data.fold: '7' is not a fold; use '' (the fixed split), 0..4 or 'all'")
@@ -225,3 +228,23 @@ def test_find_members(tmp_path):
   from jaxseg.errors import CheckpointError
   with pytest.raises(CheckpointError, match="nothing: not a trained workdir"):
     ensemble.find_members(f"{tmp_path / 'one'},{tmp_path / 'nothing'}")
+
+
+def test_predict_with_a_folds_directory_averages_the_members(dataset, tmp_path, monkeypatch):
+  config, prepared = dataset
+  folds_dir = tmp_path / "folds"
+  for k in range(3):
+    trained_workdir(folds_dir / f"fold_{k}", config, str(k))
+  functions = oracle_members(prepared, [True, False, False])  # The blob loses the vote.
+  monkeypatch.setattr(evaluate, "restore_members", lambda exps, which: (functions, [5, 6, 7]))
+  from jaxseg import predict
+  cli_config = tiny_config(config.data.root, config.data.data_dir)
+  cli_config.predict.input = str(tmp_path / "in" / "case_06.nii.gz")
+  cli_config.predict.output = str(tmp_path / "out")
+  (tmp_path / "in").mkdir()
+  (tmp_path / "in" / "case_06.nii.gz").write_bytes(
+      (pathlib.Path(config.data.root) / "imagesTr" / "case_06.nii.gz").read_bytes())
+  (written,) = predict.predict_workdir(cli_config, folds_dir)
+  raw = nifti.read_dataset(pathlib.Path(config.data.root))
+  reference = nifti.load_case(raw.training[6], raw).label
+  np.testing.assert_array_equal(np.asarray(nib.load(written).dataobj), reference)
