@@ -13,6 +13,12 @@ copied back to numpy) and prints:
   TTA). 1.0 means all time is spent in the model; the target is <= 1.2;
 - peak resident memory of the process (ru_maxrss).
 
+Both paths of `sliding_window_predict` are measured in the same run
+(`--placement=both`, the default): the host path (a plain `predict_fn` that
+copies logits back per batch, as evaluation did before the device path) and
+the device path (an `inference.DevicePredictor`: accumulation on the device,
+one copy back at the end).
+
 Quick by default (under a minute on 2 quiet CPU cores):
 
   python experiments/bench_inference.py
@@ -91,6 +97,8 @@ def main():
   parser.add_argument('--batch_size', type=int, default=2)
   parser.add_argument('--step_fraction', type=float, default=0.5)
   parser.add_argument('--mirror', action='store_true', help='mirror TTA over all window axes')
+  parser.add_argument('--placement', default='both', choices=['host', 'device', 'both'],
+                      help='sliding-window path(s) to measure')
   parser.add_argument('--repeats', type=int, default=3,
                       help='timed predictions; 0: one prediction (compilation included), no overhead ratio')
   args = parser.parse_args()
@@ -115,9 +123,13 @@ def main():
   image = np.random.default_rng(0).normal(size=args.image + (args.channels,)).astype(np.float32)
   mirror_axes = tuple(range(ndim)) if args.mirror else ()
 
-  def predict():
+  device_predictor = inference.DevicePredictor(forward, (params, batch_stats),
+                                               placement='device')
+
+  def predict(path):
+    fn = predict_fn if path == 'host' else device_predictor
     return inference.sliding_window_predict(
-        predict_fn, image, window=args.window, num_classes=args.num_classes, step_fraction=args.step_fraction,
+        fn, image, window=args.window, num_classes=args.num_classes, step_fraction=args.step_fraction,
         batch_size=args.batch_size, mirror_axes=mirror_axes)
 
   batch = np.random.default_rng(1).normal(size=batch_shape).astype(np.float32)
@@ -125,10 +137,6 @@ def main():
   def one_forward():
     np.asarray(forward(params, batch_stats, batch))
 
-  start = time.perf_counter()
-  predict()  # Compiles.
-  first = time.perf_counter() - start
-  calls_per_prediction = len(calls)
   voxels = int(np.prod(args.image))
   print(f'machine: {platform.platform()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, '
         f'jax {jax.__version__}, devices {jax.devices()}')
@@ -136,15 +144,30 @@ def main():
   print(f'settings: image {args.image} x {args.channels} ch, window {args.window}, batch {args.batch_size}, '
         f'step {args.step_fraction}, mirror {mirror_axes}, model {args.model}({size}classes={args.num_classes}), '
         f'repeats {args.repeats}')
-  print(f'first prediction (with compilation): {first:.2f} s, {calls_per_prediction} forward calls, '
-        f'{voxels / first:,.0f} voxels/s')
-  if args.repeats > 0:
-    _report_overhead(predict, one_forward, calls_per_prediction, voxels, args.repeats)
+  paths = ['host', 'device'] if args.placement == 'both' else [args.placement]
+  results = {}
+  for path in paths:
+    calls.clear()
+    start = time.perf_counter()
+    results[path] = predict(path)  # Compiles.
+    first = time.perf_counter() - start
+    if path == 'host':
+      calls_per_prediction = len(calls)
+    else:
+      calls_per_prediction = inference.num_forward_calls(
+          image.shape[:-1], args.window, args.step_fraction, args.batch_size, len(mirror_axes))
+    print(f'[{path} path] first prediction (with compilation): {first:.2f} s, {calls_per_prediction} forward '
+          f'calls, {voxels / first:,.0f} voxels/s')
+    if args.repeats > 0:
+      _report_overhead(lambda path=path: predict(path), one_forward, calls_per_prediction, voxels,
+                       args.repeats, f'[{path} path] ')
+  if len(results) == 2:
+    print(f'max |device - host| probability: {np.abs(results["device"] - results["host"]).max():.2e}')
   peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux.
   print(f'peak resident memory: {peak_gib:.2f} GiB')
 
 
-def _report_overhead(predict, one_forward, calls_per_prediction, voxels, repeats):
+def _report_overhead(predict, one_forward, calls_per_prediction, voxels, repeats, label=''):
   one_forward()
   # Each whole prediction is followed by as many single timed forwards, so that a change of load on a shared
   # machine affects both sides of each ratio alike.
@@ -155,10 +178,12 @@ def _report_overhead(predict, one_forward, calls_per_prediction, voxels, repeats
   total = statistics.median(totals)
   forward_time = statistics.median(forwards)
   ratio = statistics.median(t / (calls_per_prediction * f) for t, f in zip(totals, forwards))
-  print(f'prediction: {total:.3f} s median, {voxels / total:,.0f} voxels/s')
-  print(f'forward: {calls_per_prediction} calls x {forward_time * 1e3:.2f} ms median = '
+  print(f'{label}prediction: {total:.3f} s median, {voxels / total:,.0f} voxels/s')
+  print(f'{label}forward: {calls_per_prediction} calls x {forward_time * 1e3:.2f} ms median = '
         f'{calls_per_prediction * forward_time:.3f} s')
-  print(f'overhead ratio: {ratio:.3f} median over repeats (target <= 1.2)')
+  print(f'{label}overhead ratio: {ratio:.3f} median over repeats (target <= 1.2)')
+  return {'seconds': total, 'voxels_per_s': voxels / total, 'overhead_ratio': ratio,
+          'forward_calls': calls_per_prediction, 'forward_s': forward_time}
 
 if __name__ == '__main__':
   main()

@@ -163,6 +163,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.batch_size = 16                  # Sliding windows per forward pass.
   config.eval.step_fraction = 0.5              # Step between windows / window size.
   config.eval.mirror_axes = ()                 # Spatial axes mirrored for test-time augmentation.
+  config.eval.placement = "auto"               # Sliding-window sums: auto (device if they fit) | device | host.
   config.eval.num_figures = 4                  # Best and worst cases shown in figures/.
   config.eval.checkpoint = "best"              # best | latest | a step number.
   config.eval.tolerances_mm = ()               # Surface Dice tolerance [mm]: () = 1 mm, one value, or one per class.
@@ -279,6 +280,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("eval.resample", f"{config.eval.resample!r} is not 'probabilities' or 'labels'")
   if config.eval.batch_size < 1:
     fail("eval.batch_size", f"must be >= 1, got {config.eval.batch_size}")
+  if config.eval.placement not in ("auto", "device", "host"):
+    fail("eval.placement", f"{config.eval.placement!r} is not 'auto', 'device' or 'host'")
   if config.eval.num_figures < 0:
     fail("eval.num_figures", f"must be >= 0, got {config.eval.num_figures}")
   if not all(isinstance(t, (int, float)) and t > 0 for t in config.eval.tolerances_mm):

@@ -18,25 +18,45 @@ tiling it with overlapping windows, following nnU-Net:
 - A 2D model on a 3D volume [D, H, W, C] predicts every axial slice (axis 0)
   as a 2D image; windows of different slices share batches.
 
-Memory: the host holds one float32 [*spatial, K] probability sum and one
-float32 [*spatial] weight sum, i.e. (K + 1) * 4 bytes per voxel, besides the
-input image (and its padded copy only where the image is smaller than the
-window); windows are cut one batch at a time. A 512 x 512 x 300 CT (78.6 M
-voxels) with K = 14 classes needs 4.7 GB for the sums plus 0.3 GB for a
-float32 image. The device holds one batch of windows and its logits.
+Two paths, same results (equal up to float rounding of fused kernels):
+
+- Device path, for a `DevicePredictor` (a jittable `apply(variables,
+  images)` and its variables): the image is copied to the device once;
+  a few small jitted programs cut each batch of windows, run the model with
+  the flips, softmax and Gaussian weights, and add the weighted
+  probabilities into an on-device float32 accumulator (dynamic-update-slice
+  adds, in the same window order as the host path); only the final
+  probabilities are copied back. With a mesh of several devices each window
+  batch is split over its data axis. Chosen when the sums fit the device
+  (`device_bytes_needed` below half of the free device memory) unless the
+  predictor's `placement` says "host" or "device".
+- Host path, for any `predict_fn` returning logits (numpy or jax): windows
+  are cut on the host, logits come back per batch and are stitched there.
+
+Memory: the path that stitches holds one float32 [*spatial, K] probability
+sum and one float32 [*spatial] weight sum, i.e. (K + 1) * 4 bytes per voxel,
+besides the input image (and its padded copy only where the image is smaller
+than the window); windows are cut one batch at a time. A 512 x 512 x 300 CT
+(78.6 M voxels) with K = 14 classes needs 4.7 GB for the sums plus 0.3 GB for
+a float32 image. On the host path the device holds one batch of windows and
+its logits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import dataclasses
 import functools
 import itertools
 import math
+import os
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxseg import parallel
 from jaxseg.errors import ConfigError
 from jaxseg.errors import DataError
 
@@ -48,6 +68,86 @@ from jaxseg.errors import DataError
 GAUSSIAN_FLOOR = 1e-30
 
 PredictFn = Callable[[jax.Array], jax.Array]
+PLACEMENTS = ("auto", "device", "host")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DevicePredictor:
+  """A model the sliding window can run inside its own jitted programs.
+
+  Attributes:
+    apply: pure, jittable `apply(*variables, images [N, *window, C]) ->
+      logits [N, *window, K]`, e.g. `steps.make_predict_fn(model)` (or its
+      jitted form) with `variables = (params, batch_stats)`; hashable (a
+      function), and the same object from call to call so that its
+      programs are compiled once.
+    variables: tuple of pytrees of arrays, `apply`'s leading arguments.
+    placement: "auto" (device path when the sums fit the device, see
+      `device_bytes_needed`), "device" or "host" (`config.eval.placement`).
+    mesh: optional mesh; with more than one device on its batch axes, each
+      window batch is split over them (`parallel.batch_sharding`) when the
+      batch size divides evenly, else it runs replicated.
+
+  Calling it, `predictor(images)`, returns numpy logits, so it also serves
+  as a plain `predict_fn` (the host path).
+  """
+  apply: Callable[..., jax.Array]
+  variables: tuple[Any, ...]
+  placement: str = "auto"
+  mesh: jax.sharding.Mesh | None = None
+
+  def __post_init__(self):
+    if not isinstance(self.variables, tuple):
+      raise TypeError("DevicePredictor.variables must be a tuple of apply's "
+                      "leading arguments")
+    if self.placement not in PLACEMENTS:
+      raise ConfigError(f"config.eval.placement={self.placement!r} is not "
+                        f"one of {', '.join(PLACEMENTS)}")
+
+  def __call__(self, images) -> np.ndarray:
+    return np.asarray(_jitted_apply(self.apply)(*self.variables, images))
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_apply(apply):
+  return jax.jit(apply)
+
+
+def device_bytes_needed(spatial: Sequence[int], channels: int,
+                        num_classes: int, window: Sequence[int],
+                        batch_size: int) -> int:
+  """Device bytes of the device path's own arrays (not the model's).
+
+  The image as float32, the probability and weight sums ((K + 1) x 4 bytes
+  per voxel), the normalised result, and a few batches of windows and
+  probabilities.
+  """
+  voxels = int(np.prod(spatial))
+  window_voxels = int(np.prod(window)) * batch_size
+  return 4 * (voxels * (channels + 2 * num_classes + 1) +
+              4 * window_voxels * (channels + num_classes))
+
+
+def device_free_bytes(device: jax.Device | None = None) -> int | None:
+  """Free memory of `device` (default: the first local one), or None.
+
+  From `memory_stats()` (GPU, TPU); on the CPU backend, the host's available
+  physical memory.
+  """
+  device = device or jax.local_devices()[0]
+  stats = None
+  try:
+    stats = device.memory_stats()
+  except Exception:  # pylint: disable=broad-except
+    pass
+  if stats and "bytes_limit" in stats:
+    return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+  if device.platform == "cpu":
+    try:
+      return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+      return None
+  return None
 
 
 def window_starts(size: int, window: int, step_fraction: float) -> list[int]:
@@ -66,6 +166,22 @@ def window_starts(size: int, window: int, step_fraction: float) -> list[int]:
     return [0]
   step = (size - window) / (num_steps - 1)
   return [int(np.round(step * i)) for i in range(num_steps)]
+
+
+def num_forward_calls(spatial: Sequence[int], window: Sequence[int],
+                      step_fraction: float, batch_size: int,
+                      num_mirror_axes: int = 0) -> int:
+  """Model calls of one sliding_window_predict (batches x mirror flips).
+
+  `spatial` is the image's spatial shape; a 2D window on a 3D volume counts
+  every slice.
+  """
+  spatial, window = tuple(spatial), tuple(window)
+  counts = [len(window_starts(max(s, w), w, step_fraction))
+            for s, w in zip(spatial[len(spatial) - len(window):], window)]
+  windows = int(np.prod(counts)) * int(np.prod(
+      spatial[:len(spatial) - len(window)]))
+  return -(-windows // batch_size) * 2**num_mirror_axes
 
 
 def gaussian_importance_map(window: Sequence[int],
@@ -179,6 +295,12 @@ def sliding_window_predict(
   importance = gaussian_importance_map(window, sigma_scale)
   flips = [combo for r in range(len(mirror_axes) + 1)
            for combo in itertools.combinations(mirror_axes, r)]
+  crop = tuple(slice(lo, lo + s) for (lo, _), s in zip(pads, spatial))
+  if _use_device(predict_fn, grid, image.shape[-1], num_classes, window,
+                 batch_size):
+    return _device_predict(predict_fn, image, coords, full_window, window,
+                           num_classes, batch_size, importance, tuple(flips),
+                           crop, dtype)
   device_weights = jnp.asarray(importance / len(flips))
   prob_sum = np.zeros(grid + (num_classes,), np.float32)
   weight_sum = np.zeros(grid, np.float32)
@@ -220,5 +342,110 @@ def sliding_window_predict(
   accumulate(*pending)
 
   prob_sum /= weight_sum[..., None]
-  crop = tuple(slice(lo, lo + s) for (lo, _), s in zip(pads, spatial))
   return prob_sum[crop]
+
+
+def _use_device(predict_fn, grid, channels, num_classes, window,
+                batch_size) -> bool:
+  """Whether sliding_window_predict takes the device path (module doc)."""
+  if not isinstance(predict_fn, DevicePredictor):
+    return False
+  if predict_fn.placement != "auto":
+    return predict_fn.placement == "device"
+  free = device_free_bytes()
+  needed = device_bytes_needed(grid, channels, num_classes, window,
+                               batch_size)
+  return free is not None and needed <= free // 2
+
+
+def _device_predict(predictor, image, coords, full_window, window,
+                    num_classes, batch_size, importance, flips, crop, dtype):
+  """The device path of sliding_window_predict: see the module docstring."""
+  mesh = predictor.mesh
+  if mesh is not None and (parallel.data_parallel_size(mesh) == 1 or
+                           batch_size % parallel.data_parallel_size(mesh)):
+    mesh = None
+  replicated = (jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+                if mesh is None else parallel.replicated(mesh))
+  batches = parallel.batch_sharding(mesh) if mesh is not None else replicated
+  device_image = jax.device_put(np.asarray(image, dtype), replicated)
+  weights = jax.device_put(importance / len(flips), replicated)
+  window_weight = jax.device_put(importance.reshape(full_window), replicated)
+  grid = image.shape[:-1]
+  prob_sum = jax.device_put(np.zeros(grid + (num_classes,), np.float32),
+                            replicated)
+  weight_sum = jax.device_put(np.zeros(grid, np.float32), replicated)
+  cut = _cut_program(full_window, window, batches)
+  forward = _forward_program(predictor.apply, flips)
+  expected = (batch_size,) + window + (num_classes,)
+  checked = False
+  for first in range(0, len(coords), batch_size):
+    batch_coords = coords[first:first + batch_size]
+    valid = np.zeros(batch_size, np.float32)
+    valid[:len(batch_coords)] = 1
+    # Padding windows repeat the first start; their weight is 0.
+    starts = np.asarray(batch_coords + [batch_coords[0]] *
+                        (batch_size - len(batch_coords)), np.int32)
+    probs = forward(predictor.variables, cut(device_image, starts), weights)
+    if not checked:
+      if tuple(probs.shape) != expected:
+        raise ConfigError(f'predict_fn returned logits of shape '
+                          f'{tuple(probs.shape)}, expected {expected}')
+      checked = True
+    prob_sum, weight_sum = _accumulate(prob_sum, weight_sum, probs, starts,
+                                       valid, window_weight)
+  bounds = tuple((c.start, c.stop) for c in crop)
+  return np.asarray(_normalize(prob_sum, weight_sum, bounds))
+
+
+@functools.lru_cache(maxsize=64)
+def _cut_program(full_window, window, sharding):
+  """jit: (image [*grid, C], starts [N, ndim]) -> windows [N, *window, C]."""
+
+  def cut(image, starts):
+    def one(start):
+      return jax.lax.dynamic_slice(
+          image, (*start, 0), full_window + image.shape[-1:])
+    windows = jax.vmap(one)(starts)
+    return windows.reshape((starts.shape[0],) + window + image.shape[-1:])
+  return jax.jit(cut, out_shardings=sharding)
+
+
+@functools.lru_cache(maxsize=64)
+def _forward_program(apply, flips):
+  """jit: summed weighted softmax over the flips of one window batch."""
+
+  def forward(variables, windows, weights):
+    total = None
+    for axes in flips:
+      batch_axes = tuple(a + 1 for a in axes)
+      logits = apply(*variables, jnp.flip(windows, batch_axes)
+                     if axes else windows)
+      probs = _weighted_softmax(logits, weights, batch_axes)
+      total = probs if total is None else total + probs
+    return total
+  return jax.jit(forward)
+
+
+@functools.partial(jax.jit, donate_argnums=(0, 1))
+def _accumulate(prob_sum, weight_sum, probs, starts, valid, window_weight):
+  """Adds each window's probabilities and weights, in order, into the sums."""
+  full_window = window_weight.shape
+  for i in range(probs.shape[0]):
+    start = tuple(starts[i])
+    region = full_window + prob_sum.shape[-1:]
+    current = jax.lax.dynamic_slice(prob_sum, (*start, 0), region)
+    prob_sum = jax.lax.dynamic_update_slice(
+        prob_sum, current + valid[i] * probs[i].reshape(region),
+        (*start, 0))
+    current = jax.lax.dynamic_slice(weight_sum, start, full_window)
+    weight_sum = jax.lax.dynamic_update_slice(
+        weight_sum, current + valid[i] * window_weight, start)
+  return prob_sum, weight_sum
+
+
+@functools.partial(jax.jit, static_argnames="bounds")
+def _normalize(prob_sum, weight_sum, bounds):
+  """prob_sum / weight_sum, cropped to `bounds` ((start, stop) per axis)."""
+  return (prob_sum / weight_sum[..., None])[
+      tuple(slice(lo, hi) for lo, hi in bounds)]

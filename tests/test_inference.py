@@ -249,3 +249,127 @@ def test_non_finite_image_raises():
                      r'index \(2, 3, 0\)\)'):
     inference.sliding_window_predict(pointwise_logits, image, window=(4, 4),
                                      num_classes=3)
+
+
+# The device path: accumulation in jitted programs on the device.
+
+
+def _scaled_pointwise(scale, x):
+  return pointwise_logits(x) * scale
+
+
+def _both_paths(image, **kwargs):
+  results = []
+  for placement in ('host', 'device'):
+    predictor = inference.DevicePredictor(
+        _scaled_pointwise, (jnp.float32(1.5),), placement=placement)
+    results.append(inference.sliding_window_predict(predictor, image,
+                                                    num_classes=3, **kwargs))
+  return results
+
+
+@pytest.mark.parametrize('shape,kwargs', [
+    ((20, 23, 2), dict(window=(8, 8), batch_size=3)),
+    ((5, 20, 23, 2), dict(window=(8, 8), batch_size=4, mirror_axes=(0, 1))),
+    ((9, 13, 12, 1), dict(window=(4, 6, 8), batch_size=3, mirror_axes=(0, 2),
+                          step_fraction=0.3)),
+    ((3, 5, 2), dict(window=(8, 8), batch_size=2)),
+])
+def test_device_path_equals_host_path(shape, kwargs):
+  image = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+  host, device = _both_paths(image, **kwargs)
+  assert device.shape == host.shape == shape[:-1] + (3,)
+  assert device.dtype == np.float32
+  # Same windows, same order of additions; only the fused softmax may round
+  # differently.
+  np.testing.assert_allclose(device, host, rtol=1e-6, atol=1e-7)
+
+
+def test_device_path_matches_float64_loop():
+  image = np.random.default_rng(1).normal(size=(12, 13, 2)).astype(np.float32)
+  predictor = inference.DevicePredictor(window_mean_logits, (),
+                                        placement='device')
+  got = inference.sliding_window_predict(predictor, image, window=(5, 6),
+                                         num_classes=2, step_fraction=0.5)
+  want = _reference_predict(window_mean_logits, image, (5, 6), 0.5)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_placement_decides_by_memory(monkeypatch):
+  predictor = inference.DevicePredictor(_scaled_pointwise, (jnp.float32(1.0),))
+  image = np.ones((10, 11, 2), np.float32)
+  paths = []
+  real = inference._device_predict
+  monkeypatch.setattr(inference, '_device_predict',
+                      lambda *a: paths.append('device') or real(*a))
+  needed = inference.device_bytes_needed((10, 11), 2, 3, (4, 4), 2)
+  for free in (2 * needed, 2 * needed - 1, None):
+    monkeypatch.setattr(inference, 'device_free_bytes', lambda free=free: free)
+    inference.sliding_window_predict(predictor, image, window=(4, 4),
+                                     num_classes=3)
+  # Fits in half the free memory; one byte less; unknown free memory.
+  assert paths == ['device']
+
+
+def test_device_path_wrong_logits_and_bad_placement():
+  predictor = inference.DevicePredictor(_scaled_pointwise, (jnp.float32(1.0),),
+                                        placement='device')
+  with pytest.raises(ConfigError, match='expected'):
+    inference.sliding_window_predict(predictor, np.zeros((6, 6, 1)),
+                                     window=(4, 4), num_classes=2)
+  with pytest.raises(ConfigError, match=r'config\.eval\.placement'):
+    inference.DevicePredictor(_scaled_pointwise, (), placement='gpu')
+
+
+_TWO_DEVICES = '''
+import numpy as np, jax, jax.numpy as jnp
+from jaxseg import inference, parallel
+assert jax.device_count() == 2
+mesh = jax.sharding.Mesh(np.asarray(jax.devices()), (parallel.DATA_AXIS,))
+apply = lambda s, x: jnp.stack([2 * x[..., 0] * s, x[..., 0] * x[..., 1] - 1,
+                                -x[..., 1]], -1)
+image = np.random.default_rng(0).normal(size=(6, 18, 21, 2)).astype(np.float32)
+out = {}
+for placement, m in (("host", None), ("device", mesh)):
+  predictor = inference.DevicePredictor(apply, (jnp.float32(1.5),),
+                                        placement=placement, mesh=m)
+  out[placement] = inference.sliding_window_predict(
+      predictor, image, window=(4, 8, 8), num_classes=3, batch_size=4,
+      mirror_axes=(1,))
+np.testing.assert_allclose(out["device"], out["host"], rtol=1e-6, atol=1e-7)
+# The windows were split over both devices.
+cut = inference._cut_program((4, 8, 8), (4, 8, 8), parallel.batch_sharding(mesh))
+windows = cut(jnp.asarray(image), np.zeros((4, 3), np.int32))
+assert len(windows.sharding.device_set) == 2 and not windows.sharding.is_fully_replicated
+print("ok")
+'''
+
+
+def test_device_path_shards_window_batches_over_the_mesh(tmp_path):
+  import os
+  import subprocess
+  import sys
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+             JAX_PLATFORMS='cpu')
+  result = subprocess.run([sys.executable, '-c', _TWO_DEVICES], env=env,
+                          capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip().endswith('ok')
+
+
+@pytest.mark.parametrize('shape,window,mirror', [
+    ((10, 11, 2), (4, 4), (0,)), ((5, 10, 11, 1), (4, 4), ()),
+    ((3, 9, 13, 1), (4, 4, 4), (0, 1, 2)),
+])
+def test_num_forward_calls_counts_calls(shape, window, mirror):
+  calls = []
+
+  def counted(x):
+    calls.append(1)
+    return pointwise_logits(x)
+  inference.sliding_window_predict(counted, np.ones(shape, np.float32),
+                                   window=window, num_classes=3, batch_size=3,
+                                   mirror_axes=mirror)
+  assert inference.num_forward_calls(shape[:-1], window, 0.5, 3,
+                                     len(mirror)) == len(calls)
