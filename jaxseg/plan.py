@@ -554,7 +554,9 @@ def plan_cpu(summary: DatasetSummary, devices: Devices, model_name: str, budget_
     return int(train_s // step_s) if train_s > 0 else 0, evaluations, evaluations * validation_s, final_s
 
   def measure_at(i: int) -> float:
-    seconds = float(measure(ladder[i]))
+    # CPU "devices" (--xla_force_host_platform_device_count) share the host's cores: a step of the global
+    # batch (per-device batch x count) takes about count times the one-device measurement.
+    seconds = float(measure(ladder[i])) * devices.count
     measured.append({"candidate": ladder[i].describe(), "seconds_per_step": round(seconds, 4),
                      "gflops_per_step": round(ladder[i].flops / 1e9, 3)})
     times[i] = seconds

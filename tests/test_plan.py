@@ -260,3 +260,12 @@ def test_measure_step_time_runs_the_real_network():
   candidate = plan._candidate(s, 2, (16, 16), 2, 4)
   seconds = experiment.measure_step_time(config, 1, candidate, steps_timed=1)
   assert 0 < seconds < 60
+
+
+def test_cpu_devices_share_the_cores():
+  s = summary((187, 512, 512), (1.6, 0.793, 0.793), val=4, test=8)
+  measure, _ = _cpu_stub(0.01)
+  one = plan.make_plan(s, plan.Devices("cpu", 1, 16.0), "unet", time_budget_min=15, measure=measure)["values"]
+  measure, _ = _cpu_stub(0.01)
+  two = plan.make_plan(s, plan.Devices("cpu", 2, 16.0), "unet", time_budget_min=15, measure=measure)["values"]
+  assert two["train.batch_size"] % 2 == 0 and two["train.num_steps"] < one["train.num_steps"]
