@@ -62,6 +62,8 @@ def main():
   parser.add_argument("--sequential", action="store_true", help="run the paths one after the other")
   parser.add_argument("--override", action="append", default=[], help="extra --config.KEY=VALUE flags")
   parser.add_argument("--output", default="experiments/results/time_to_accuracy")
+  parser.add_argument("--budget_s", type=float, default=0.0,
+                      help="stop every run after this many seconds and report what was reached (0: no limit)")
   args = parser.parse_args()
 
   root = pathlib.Path(args.workdir_root)
@@ -82,8 +84,14 @@ def main():
     if args.sequential:
       process.wait()
       runs[name]["end"] = time.time()
+  started = time.time()
   for run in runs.values():
-    run["process"].wait()
+    try:
+      run["process"].wait(timeout=max(1.0, started + args.budget_s - time.time()) if args.budget_s else None)
+    except subprocess.TimeoutExpired:
+      run["process"].terminate()  # Our own child; its events so far are on disk.
+      run["process"].wait()
+      run["stopped_at_budget"] = True
     run.setdefault("end", time.time())
     run["log"].close()
   load_after = os.getloadavg()
@@ -102,6 +110,7 @@ def main():
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     report["paths"][name] = {
         "command": run["command"], "exit_code": run["process"].returncode,
+        "stopped_at_budget": run.get("stopped_at_budget", False),
         "wall_s": round(run["end"] - run["start"], 1),
         "seconds_to_threshold": None if hit is None else round(hit[0], 1),
         "step_at_threshold": None if hit is None else hit[1],

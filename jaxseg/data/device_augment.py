@@ -80,7 +80,10 @@ def _happens(key, prob: float, shape=()) -> jax.Array:
 
 
 def below_or_above_one(key: jax.Array, value_range: tuple[float, float], shape=()) -> jax.Array:
-  """batchgenerators' factor draw (`augment.below_or_above_one`): U(lo, 1) half the time if lo < 1, else U(max(lo, 1), hi)."""
+  """batchgenerators' factor draw (`augment.below_or_above_one`).
+
+  U(lo, 1) half the time if lo < 1, else U(max(lo, 1), hi).
+  """
   low, high = value_range
   k_side, k_below, k_above = jax.random.split(key, 3)
   above = _uniform(k_above, max(low, 1.0), high, shape)
@@ -122,7 +125,8 @@ def sample_params(key: jax.Array, aug: Augmentation, num_channels: int) -> dict[
   p["brightness_on"] = _happens(k[0], aug.brightness_prob)
   p["brightness"] = _uniform(k[1], *aug.brightness_range, (c,))
   k = jax.random.split(_stream(key, "contrast"))
-  p["contrast_on"], p["contrast"] = _happens(k[0], aug.contrast_prob), below_or_above_one(k[1], aug.contrast_range, (c,))
+  p["contrast_on"] = _happens(k[0], aug.contrast_prob)
+  p["contrast"] = below_or_above_one(k[1], aug.contrast_range, (c,))
   k = jax.random.split(_stream(key, "lowres"), 3)
   p["lowres_on"] = _happens(k[0], aug.lowres_prob)
   p["lowres_channels"] = _happens(k[1], augment_lib.LOWRES_CHANNEL_PROB, (c,))
@@ -189,7 +193,10 @@ def gaussian_filter(x: jax.Array, sigmas: jax.Array, radius: int, mode: str = "r
 
 
 def elastic_field(noise: jax.Array, alpha: jax.Array, sigma: jax.Array, radius: int) -> jax.Array:
-  """`augment.elastic_displacement` from its uniform(-1, 1) noise `[ndim, *patch]`: smoothed, scaled, still at the centre."""
+  """`augment.elastic_displacement` from its uniform(-1, 1) noise `[ndim, *patch]`.
+
+  Smoothed with `sigma` voxels (zeros outside), scaled by `alpha`, shifted to vanish at the patch centre.
+  """
   patch = noise.shape[1:]
   centre = tuple(n // 2 for n in patch)
   sigmas = jnp.full((len(patch),), sigma)
