@@ -37,8 +37,9 @@ it (the validation report gets the chosen post-processing too). Reports:
                                 boxplots.png (every metric per class).
 
 `validation_dice`, run by the training loop, stays in the preprocessed space
-and only counts voxels: it is cheap. Evaluation runs on each process's local
-devices on identical inputs; only process 0 writes.
+and only counts voxels: it is cheap. With several processes, `score_split` gives
+each process every n-th case (on its local devices) and gathers the results on
+every process (`parallel.gather_split`); only process 0 writes.
 """
 
 from __future__ import annotations
@@ -247,21 +248,21 @@ class Evaluator:
 
   def score_split(self, source: pipeline.CaseSource, choice: postprocess.Postprocessing,
                   compare_largest: bool = False) -> list[CaseResult]:
-    """Scores every case of a split.
+    """Scores every case of a split; with several processes each scores its share and all get every result.
 
     With `compare_largest` (deciding post-processing) every case keeps its figure slices until the
     choice is made; otherwise only the cases that can still end up best or worst keep them.
     """
     results = []
     keep = self.config.eval.num_figures
-    for case in source:
+    for case in parallel.split_for_process(source):  # Round robin over processes.
       results.append(self.score_case(case, choice, compare_largest, with_view=keep > 0))
       if not compare_largest:  # Final scores are known: drop slices that cannot be shown.
         shown = {r.case_id for r in _best_and_worst(results, (), keep)}
         for result in results:
           if result.case_id not in shown:
             result.view = None
-    return results
+    return parallel.gather_split(results)  # Case order, on every process.
 
   def report(self, split: str, results: Sequence[CaseResult], choice: postprocess.Postprocessing
              ) -> dict[str, Any]:

@@ -42,11 +42,12 @@ import dataclasses
 import hashlib
 import math
 import os
+import pickle
 import socket
 import sys
 import threading
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import ml_collections
@@ -246,16 +247,12 @@ def check_same_config(config: ml_collections.ConfigDict) -> None:
   """Refuses a multi-process run whose processes were started with different configs."""
   if jax.process_count() == 1:
     return
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  digest = config_hash(config)
-  mine = np.frombuffer(bytes.fromhex(digest), np.uint32)
-  every = np.asarray(multihost_utils.process_allgather(mine))  # [processes, 8]
-  differ = [p for p in range(every.shape[0]) if not np.array_equal(every[p], every[0])]
+  every = gather_objects(config_hash(config), timeout_s=DEFAULT_INIT_TIMEOUT_S)
+  differ = [p for p, digest in enumerate(every) if digest != every[0]]
   if differ:
     raise DistributedError(f"processes were started with different configs: process {differ[0]} has config "
-                           f"hash {every[differ[0]].tobytes().hex()[:12]}, process 0 has "
-                           f"{every[0].tobytes().hex()[:12]}; start every process with the same --config "
-                           "and overrides")
+                           f"hash {every[differ[0]][:12]}, process 0 has {every[0][:12]}; start every process "
+                           "with the same --config and overrides")
 
 
 def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1
@@ -383,11 +380,70 @@ def host_copy(tree: Any) -> Any:
   return jax.tree.map(fetch, tree)
 
 
-def split_for_process(items: list[Any], process: int | None = None, count: int | None = None) -> list[Any]:
+def split_for_process(items: Sequence[Any], process: int | None = None, count: int | None = None) -> list[Any]:
   """Process `process`'s share of `items`: every `count`-th item from index `process` (round robin)."""
   process = jax.process_index() if process is None else process
   count = jax.process_count() if count is None else count
-  return items[process::count]
+  return [items[i] for i in range(process, len(items), count)]
+
+
+GATHER_TIMEOUT_S = 12 * 3600  # Processes may finish their share of an evaluation hours apart.
+_CHUNK_BYTES = 1 << 20
+_gather_calls = iter(range(1 << 62))
+_barrier_calls = iter(range(1 << 62))
+
+
+def _client():
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  if distributed.global_state.client is None:
+    raise DistributedError("several JAX processes but no jax.distributed client; call "
+                           "parallel.initialize_distributed() first")
+  return distributed.global_state.client
+
+
+def barrier(name: str, timeout_s: float = GATHER_TIMEOUT_S) -> None:
+  """Waits until every process reaches `name` (coordination service; no device collective, no 30 s gloo limit)."""
+  if jax.process_count() > 1:  # Every process calls the same barriers in the same order: ids agree.
+    _client().wait_at_barrier(f"jaxseg/{name}/{next(_barrier_calls)}", int(timeout_s * 1000))
+
+
+def gather_objects(obj: Any, timeout_s: float = GATHER_TIMEOUT_S) -> list[Any]:
+  """[object of process 0, object of process 1, ...] on every process.
+
+  Pickled through the coordination service's key-value store (1 MiB chunks), so processes may
+  arrive hours apart (`timeout_s`), unlike a device all-gather whose gloo rendezvous gives up after
+  30 s. A collective: every process must call it, in the same order.
+  """
+  if jax.process_count() == 1:
+    return [obj]
+  client, call = _client(), next(_gather_calls)
+  data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+  prefix = f"jaxseg/gather/{call}"
+  chunks = [data[i:i + _CHUNK_BYTES] for i in range(0, len(data), _CHUNK_BYTES)] or [b""]
+  for i, chunk in enumerate(chunks):
+    client.key_value_set_bytes(f"{prefix}/{jax.process_index()}/{i}", chunk)
+  client.key_value_set(f"{prefix}/{jax.process_index()}/count", str(len(chunks)))
+  timeout_ms = int(timeout_s * 1000)
+  every = []
+  for p in range(jax.process_count()):
+    count = int(client.blocking_key_value_get(f"{prefix}/{p}/count", timeout_ms))
+    every.append(pickle.loads(b"".join(client.blocking_key_value_get_bytes(f"{prefix}/{p}/{i}", timeout_ms)
+                                       for i in range(count))))
+  client.wait_at_barrier(f"{prefix}/read", timeout_ms)
+  for i in range(len(chunks)):
+    client.key_value_delete(f"{prefix}/{jax.process_index()}/{i}")
+  return every
+
+
+def gather_split(local_results: Sequence[Any]) -> list[Any]:
+  """Undoes `split_for_process`: every process's results, back in the original item order, on every process."""
+  if jax.process_count() == 1:
+    return list(local_results)
+  parts = gather_objects(list(local_results))
+  merged = []
+  for i in range(max(len(p) for p in parts)):
+    merged.extend(p[i] for p in parts if i < len(p))
+  return merged
 
 
 def is_main_process() -> bool:

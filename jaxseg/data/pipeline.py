@@ -121,8 +121,8 @@ def prepare(config: ml_collections.ConfigDict) -> PreparedDataset:
   """
   root = raw_root(config) if jax.process_index() == 0 else None
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices("jaxseg raw dataset ready")
+    from jaxseg import parallel  # pylint: disable=g-import-not-at-top
+    parallel.barrier("raw dataset ready")  # Coordination service: no 30 s gloo rendezvous limit.
     root = root or raw_root(config)
   builder, prepare_kwargs = dataset_builder(config, root)
   if jax.process_index() == 0:
@@ -131,7 +131,7 @@ def prepare(config: ml_collections.ConfigDict) -> PreparedDataset:
     except PermissionError as e:
       raise WorkdirError(f"cannot write prepared data under {builder.prepared_dir.parent}: {e.strerror}") from e
   if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("jaxseg dataset prepared")
+    parallel.barrier("dataset prepared")
   prepared = PreparedDataset.open(builder.prepared_dir)
   if config.data.task:
     _check_same_task_copy(prepared, root, config.data.task, builder.prepared_dir)
