@@ -55,10 +55,25 @@ def learning_rate_schedule(train_config: ml_collections.ConfigDict) -> optax.Sch
       end_value=peak * train_config.end_learning_rate_factor)
 
 
+def decay_mask(params: Any) -> Any:
+  """True for the parameters weight decay applies to: convolution and dense kernels.
+
+  Biases and normalisation scales and offsets are not decayed (as in nnU-Net's
+  and torchvision's reference recipes and most AdamW set-ups): pulling a norm's
+  scale towards 0 shrinks its whole channel, and decaying biases has no
+  regularising effect on the function's complexity. Every flax Conv, Dense and
+  ConvTranspose names its weight `kernel`; norms hold `scale` and `bias`.
+  """
+  def is_kernel(path, _) -> bool:
+    last = path[-1] if path else None
+    return getattr(last, "key", getattr(last, "name", None)) == "kernel"
+  return jax.tree_util.tree_map_with_path(is_kernel, params)
+
+
 def _base_optimizer(train_config: ml_collections.ConfigDict, schedule: optax.Schedule):
   if train_config.optimizer == "adamw":
-    return optax.adamw(schedule, weight_decay=train_config.weight_decay)
-  return optax.chain(optax.add_decayed_weights(train_config.weight_decay),
+    return optax.adamw(schedule, weight_decay=train_config.weight_decay, mask=decay_mask)
+  return optax.chain(optax.add_decayed_weights(train_config.weight_decay, mask=decay_mask),
                      optax.sgd(schedule, momentum=train_config.momentum, nesterov=True))
 
 

@@ -6,6 +6,17 @@ branches (rates 12/24/36 at output stride 8, 6/12/18 at 16) and an
 image-pooling branch, each 256 channels with norm and ReLU, concatenated and
 projected by a 1x1 convolution (norm, ReLU, dropout 0.5).
 
+The image-pooling branch works on a 1x1 map (the global average of the
+features). Batch norm (statistics over the batch, as torchvision), group and
+layer norm (over channels) are defined there and are used as configured.
+Instance norm is not: it normalises each channel over the spatial axes, and
+on a 1x1 map x - mean(x) = 0, so the branch would output ReLU(offset) for
+every image. With `norm="instance"` (and `"none"`) the branch is therefore
+convolution + bias + ReLU without a norm, as detectron2's ASPP does for that
+branch in every configuration. Layer norm was not chosen as the stand-in: on
+the pooled vector it would remove the overall magnitude of the image's global
+descriptor, the one thing the branch adds to the local ones.
+
 - DeepLabv3 (as torchvision's `deeplabv3_resnet50/101`): ASPP, 3x3
   convolution (256, norm, ReLU), 1x1 classifier, bilinear upsampling to the
   input size. Parameter counts equal torchvision's (21 classes, ResNet-50:
@@ -32,19 +43,25 @@ ASPP_RATES = {8: (12, 24, 36), 16: (6, 12, 18)}
 OUTPUT_STRIDES = tuple(ASPP_RATES)
 
 
+# Norms whose statistics exist on the 1x1 map of the image-pooling branch.
+POOLING_NORMS = ("batch", "group", "layer")
+
+
 class ConvNormReLU(nn.Module):
-  """Convolution (no bias, optionally atrous), norm, ReLU; keeps h, w."""
+  """Convolution (optionally atrous, bias only if `use_bias`), norm, ReLU; keeps h, w."""
   features: int
   kernel_size: int = 1
   rate: int = 1
   norm: str = "batch"
   norm_groups: int = 8
+  use_bias: bool = False
   dtype: layers.Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     x = layers.atrous_conv(self.features, self.rate,
-                           kernel_size=self.kernel_size, dtype=self.dtype,
+                           kernel_size=self.kernel_size,
+                           use_bias=self.use_bias, dtype=self.dtype,
                            name="conv")(x)
     x = layers.norm_layer(self.norm, train=train, dtype=self.dtype,
                           groups=self.norm_groups, name="norm")(x)
@@ -70,8 +87,13 @@ class ASPP(nn.Module):
     outputs = [branch("conv1x1")(x, train=train)]
     for index, rate in enumerate(self.rates):
       outputs.append(branch(f"atrous{index}", 3, rate)(x, train=train))
-    pooled = branch("pooling")(jnp.mean(x, axis=(1, 2), keepdims=True),
-                               train=train)
+    pooling_norm = self.norm if self.norm in POOLING_NORMS else "none"
+    pooled = ConvNormReLU(self.features, norm=pooling_norm,
+                          norm_groups=self.norm_groups,
+                          use_bias=pooling_norm == "none", dtype=self.dtype,
+                          name="pooling")(
+                              jnp.mean(x, axis=(1, 2), keepdims=True),
+                              train=train)
     outputs.append(jnp.broadcast_to(pooled, outputs[0].shape))
     x = branch("project")(jnp.concatenate(outputs, axis=-1), train=train)
     return nn.Dropout(self.dropout, deterministic=not train)(x)

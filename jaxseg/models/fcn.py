@@ -13,11 +13,19 @@ Backbones:
 - ResNets: the deep scores come from torchvision's FCN head (`classifier`:
   3x3 convolution to C/4 channels, norm, ReLU, dropout 0.1, 1x1 convolution)
   on stage 4, fused with 1x1 scores of stage 3 (`score_layer3`) and stage 2
-  (`score_layer2`), zero-initialised like Long et al.'s. With a dilated
-  backbone (output stride 8 or 16) stages of equal resolution are fused
-  without upsampling. `fcn32s` with a dilated ResNet-50 (output stride 8)
-  and `aux_head` is torchvision's `fcn_resnet50`: same layers, same
-  parameter count (35,322,218 for 21 classes), same outputs.
+  (`score_layer2`), zero-initialised like Long et al.'s. `fcn32s` with a
+  dilated ResNet-50 (output stride 8) and `aux_head` is torchvision's
+  `fcn_resnet50`: same layers, same parameter count (35,322,218 for 21
+  classes), same outputs.
+- FCN-16s and FCN-8s always use the undilated backbone (stage 4 at stride
+  32) whatever `output_stride` says: their definition is the coarse-to-fine
+  fusion 32 -> 16 (-> 8), and the name already fixes the stride of their
+  output. On a dilated backbone stages 2-4 share one resolution and the
+  "skips" would add same-resolution scores with no upsampling at all (an
+  FCN-32s with two extra 1x1 convolutions). `output_stride` (8, 16, 32; the
+  model default 8) applies to FCN-32s. Refusing the combination instead would
+  make every config that keeps the model default (`configs/msd.py:fcn8s`)
+  fail for a setting FCN-8s cannot use.
 - The final upsampling is fixed bilinear interpolation (Long et al. use a
   deconvolution initialised, and in their reference code frozen, to it).
 - `aux_head` (ResNets): a second FCN head on stage 3 (`aux_classifier`);
@@ -32,6 +40,9 @@ from jaxseg.models import backbones
 from jaxseg.models import layers
 
 Array = jax.Array
+
+# The stride of an undilated backbone's last stage, where FCN-16s/8s start.
+FULL_STRIDE = 32
 
 
 class FCNHead(nn.Module):
@@ -56,7 +67,7 @@ class FCN(nn.Module):
   """FCN: `[B, H, W, C_in]` float -> logits `[B, H, W, num_classes]`.
 
   Any H, W: the input is zero padded to a multiple of the backbone's output
-  stride (32 for VGG16) and the logits are cropped back.
+  stride (32 for VGG16 and for FCN-16s/8s) and the logits are cropped back.
   """
   num_classes: int
   # 0: FCN-32s, 1: FCN-16s, 2: FCN-8s.
@@ -72,11 +83,11 @@ class FCN(nn.Module):
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array | list[Array]:
     vgg = self.backbone == "vgg16"
-    stride = backbones.VGG_OUTPUT_STRIDE if vgg else self.output_stride
+    stride = backbones.VGG_OUTPUT_STRIDE if vgg else self.backbone_stride
     x, spatial = layers.pad_to_multiple(x.astype(self.dtype), stride)
     features = backbones.create_backbone(
         self.backbone, width=self.backbone_width,
-        output_stride=self.output_stride, norm=self.norm,
+        output_stride=self.backbone_stride, norm=self.norm,
         norm_groups=self.norm_groups, dtype=self.dtype)(x, train=train)
 
     if vgg:
@@ -91,10 +102,9 @@ class FCN(nn.Module):
       skip_scores = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype,
                             kernel_init=nn.initializers.zeros,
                             name=f"score_{skip}")(features[skip])
-      if scores.shape[1:3] != skip_scores.shape[1:3]:
-        scores = layers.upsample_2x_learned(
-            self.num_classes, dtype=self.dtype, name=f"upscore{index}")(scores)
-      scores = scores + skip_scores
+      scores = layers.upsample_2x_learned(
+          self.num_classes, dtype=self.dtype, name=f"upscore{index}")(scores)
+      scores = scores + skip_scores  # Both [B, 2h, 2w, classes]: coarse-to-fine.
     outputs = [scores]
     if self.aux_head:
       outputs.append(self.head("aux_classifier")(features["layer3"],
@@ -104,6 +114,11 @@ class FCN(nn.Module):
             layers.resize_bilinear(o, x.shape[1:3]), spatial).astype(
                 jnp.float32) for o in outputs]
     return outputs if train and self.aux_head else outputs[0]
+
+  @property
+  def backbone_stride(self) -> int:
+    """ResNet output stride: `output_stride` for FCN-32s, 32 for FCN-16s/8s (Long et al.'s skips)."""
+    return FULL_STRIDE if self.num_skips else self.output_stride
 
   def head(self, name: str) -> FCNHead:
     return FCNHead(self.num_classes, norm=self.norm,
