@@ -58,11 +58,14 @@ def learning_rate_schedule(train_config: ml_collections.ConfigDict) -> optax.Sch
 def decay_mask(params: Any) -> Any:
   """True for the parameters weight decay applies to: convolution and dense kernels.
 
-  Biases and normalisation scales and offsets are not decayed (as in nnU-Net's
-  and torchvision's reference recipes and most AdamW set-ups): pulling a norm's
-  scale towards 0 shrinks its whole channel, and decaying biases has no
-  regularising effect on the function's complexity. Every flax Conv, Dense and
-  ConvTranspose names its weight `kernel`; norms hold `scale` and `bias`.
+  Biases and normalisation scales and offsets are not decayed, the usual AdamW
+  practice (BERT's optimiser and timm's parameter groups exclude them): a
+  norm's scale sets its channel's magnitude, which the following normalised
+  layer undoes anyway, so decaying it only fights the optimiser, and biases do
+  not add to the function's complexity. (nnU-Net's SGD, weight decay 3e-5,
+  decays everything; with these masks `optimizer="sgd"` decays kernels only.)
+  Every flax Conv, Dense and ConvTranspose names its weight `kernel`; norms
+  hold `scale` and `bias`.
   """
   def is_kernel(path, _) -> bool:
     last = path[-1] if path else None
