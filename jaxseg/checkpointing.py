@@ -6,6 +6,8 @@ Layout under `<workdir>/checkpoints/`:
   best/<step>/     the checkpoint with the best validation mean foreground Dice,
                    with that Dice in its `meta` item.
 
+The workdir may be a gs:// bucket (`jaxseg.paths`); with several processes every
+process writes its shards of each array and orbax's primary process the metadata.
 Orbax writes each checkpoint to a temporary directory and renames it when
 complete, so a run killed while saving leaves no half-written checkpoint that
 looks finished. A checkpoint that exists but cannot be read is an error
@@ -23,10 +25,11 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from jaxseg import paths
 from jaxseg.errors import CheckpointError, WorkdirError
 
 
-def _manager(directory: pathlib.Path, keep: int, read_only: bool) -> ocp.CheckpointManager:
+def _manager(directory: paths.Path, keep: int, read_only: bool) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
                                          enable_async_checkpointing=False)
   return ocp.CheckpointManager(directory, options=options)
@@ -36,7 +39,8 @@ class Checkpoints:
   """The latest and best checkpoints of one workdir."""
 
   def __init__(self, workdir: str | pathlib.Path, *, keep: int = 2, read_only: bool = False):
-    self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    workdir = paths.resolve(workdir, "workdir")  # A local directory or a gs:// prefix (orbax takes both).
+    self.directory = (workdir.absolute() if isinstance(workdir, pathlib.Path) else workdir) / "checkpoints"
     try:
       self._latest = _manager(self.directory / "latest", keep, read_only)
       self._best = _manager(self.directory / "best", 1, read_only)
@@ -136,7 +140,7 @@ class Checkpoints:
     self._best.close()
 
 
-def _corrupt(path: pathlib.Path, error: Exception) -> CheckpointError:
+def _corrupt(path: paths.Path, error: Exception) -> CheckpointError:
   message = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
   return CheckpointError(f"checkpoint {path} is corrupt or unreadable ({message}); move it away "
                          "to resume from an older one, or use a new --workdir")

@@ -342,10 +342,11 @@ def _validate_data(data: ml_collections.ConfigDict, ndim: int, fail) -> None:
         fail(f"data.augment.{key}", f"{tuple(value)} are downsampling factors, at most 1")
 
 
-def data_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
-  """Directory holding generated phantoms and prepared datasets."""
+def data_dir(config: ml_collections.ConfigDict):
+  """Directory holding generated phantoms and prepared datasets: a `pathlib.Path`, or an `epath.Path` for gs://."""
+  from jaxseg import paths  # pylint: disable=g-import-not-at-top
   path = config.data.data_dir or os.environ.get("JAXSEG_DATA_DIR") or "~/.cache/jaxseg"
-  return pathlib.Path(path).expanduser()
+  return paths.resolve(path, "config.data.data_dir" if config.data.data_dir else "data directory")
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

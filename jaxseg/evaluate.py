@@ -49,7 +49,6 @@ import dataclasses
 import io
 import json
 import math
-import os
 import pathlib
 from typing import Any, Callable, Mapping, Sequence
 
@@ -59,7 +58,8 @@ import nibabel as nib
 import numpy as np
 from absl import logging
 
-from jaxseg import checkpointing, config as config_lib, ensemble, experiment, inference, metrics, parallel, postprocess, visualize
+from jaxseg import checkpointing, config as config_lib, ensemble, experiment, inference, metrics, parallel, paths
+from jaxseg import postprocess, visualize
 from jaxseg.data import nifti, pipeline, preprocess, transforms
 from jaxseg.errors import ConfigError, DataError, WorkdirError
 
@@ -365,9 +365,7 @@ def summary_markdown(summary: Mapping[str, Any], class_names: Sequence[str], spl
 
 
 def _write_text(path: pathlib.Path, text: str) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
+  paths.write_text_atomic(path, text)  # Local (tmp + rename) or gs://.
 
 
 def write_reports(out_dir: pathlib.Path, rows: Sequence[dict[str, Any]], class_names: Sequence[str], split: str,

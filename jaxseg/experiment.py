@@ -26,7 +26,7 @@ import optax
 from absl import logging
 
 from jaxseg import config as config_lib
-from jaxseg import models, parallel, plan as plan_lib, state as state_lib, steps
+from jaxseg import models, parallel, paths, plan as plan_lib, state as state_lib, steps
 from jaxseg.data import folds, pipeline
 from jaxseg.errors import ConfigError, WorkdirError
 
@@ -75,17 +75,9 @@ class Experiment:
     return lambda images: np.asarray(self.forward(params, batch_stats, images))
 
 
-def ensure_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
-  """Creates the workdir and checks it can be written."""
-  path = pathlib.Path(workdir).expanduser()
-  try:
-    path.mkdir(parents=True, exist_ok=True)
-    probe = path / f".write_test_{os.getpid()}"
-    probe.write_text("ok")
-    probe.unlink()
-  except OSError as e:
-    raise WorkdirError(f"workdir {path} cannot be written: {e.strerror or e}") from e
-  return path
+def ensure_workdir(workdir: str | pathlib.Path) -> paths.Path:
+  """Creates the workdir (a local directory or a gs:// bucket prefix, `jaxseg.paths`) and checks it can be written."""
+  return paths.ensure_dir(workdir, "workdir")
 
 
 def resolve_config(config: ml_collections.ConfigDict, prepared: pipeline.PreparedDataset
@@ -121,10 +113,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Exp
 
 def write_config(exp: Experiment) -> None:
   if jax.process_index() == 0:
-    path = exp.workdir / "config.json"
-    tmp = path.with_name("config.json.tmp")
-    tmp.write_text(config_lib.to_json(exp.config))
-    os.replace(tmp, path)
+    paths.write_text_atomic(exp.workdir / "config.json", config_lib.to_json(exp.config))
 
 
 PLAN_FILE = "plan.json"

@@ -92,8 +92,11 @@ class PreparedDataset:
 def raw_root(config: ml_collections.ConfigDict) -> pathlib.Path:
   """The raw dataset directory (with `data.task`: the manual directory), generating a phantom on first use."""
   if config.data.name in phantoms.PHANTOMS:
-    return phantoms.ensure_phantom(config.data.name, config_lib.data_dir(config),
-                                   num_cases=config.data.num_cases or None, seed=0)
+    where = config_lib.data_dir(config)
+    if not isinstance(where, pathlib.Path):  # A gs:// data_dir: raw NIfTI stay local, prepared data go there.
+      from jaxseg import paths  # pylint: disable=g-import-not-at-top
+      where = paths.local_cache_dir()
+    return phantoms.ensure_phantom(config.data.name, where, num_cases=config.data.num_cases or None, seed=0)
   root = pathlib.Path(config.data.root).expanduser()
   if not root.is_dir() and not config.data.task:  # A prepared task needs no raw files.
     raise DataError(f"config.data.root: {root} is not a directory")

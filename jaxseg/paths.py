@@ -1,0 +1,115 @@
+"""Local paths and cloud-storage URLs (`gs://bucket/...`) behind one small API.
+
+Workdirs, `config.data.data_dir` and prediction outputs may live in a Google
+Cloud Storage bucket, which every host of a TPU slice or GPU cluster sees.
+`resolve` turns what the user gave into a path object: a `pathlib.Path` for a
+local path (unchanged behaviour) or an `etils.epath.Path` for a URL, the
+path type orbax and TFDS already use, which reads and writes buckets through
+TensorFlow's gfile (or fsspec). Both support `/`, `mkdir`, `exists`,
+`read_text`, `write_text`, `iterdir` and `glob`.
+
+`pathlib.Path("gs://bucket/run")` silently becomes the local relative path
+`gs:/bucket/run`; `resolve` recognises that mangled form and restores the URL,
+so a workdir that went through `pathlib` on the way still lands in the bucket.
+A URL scheme jaxseg cannot write (`s3://`, `hdfs://`, `http://`, ...) is
+refused with one line.
+
+Writes that must never leave a half-written file (`write_text_atomic`) use a
+temporary name and `os.replace` locally; an object store writes an object in
+one piece, so a remote write goes straight to its name.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+from typing import Union
+
+from etils import epath
+
+from jaxseg.errors import WorkdirError
+
+REMOTE_SCHEMES = ("gs",)  # Written through etils.epath (TensorFlow gfile / fsspec).
+_URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$")
+_MANGLED = re.compile(r"^(?P<scheme>gs):/(?P<rest>[^/].*)$")  # pathlib.Path("gs://b/r") -> "gs:/b/r".
+
+Path = Union[pathlib.Path, epath.Path]
+
+
+def resolve(path: str | os.PathLike, what: str = "path") -> Path:
+  """A `pathlib.Path` (local, `~` expanded) or an `epath.Path` (a `gs://` URL) for `path`.
+
+  Args:
+    path: a local path, a URL, or a path object (a URL mangled by pathlib is restored).
+    what: what the path is, for the error message (e.g. 'workdir', 'config.data.data_dir').
+
+  Raises:
+    WorkdirError: a URL scheme other than gs://, or an empty bucket name.
+  """
+  if isinstance(path, epath.Path) and not isinstance(path, pathlib.PurePath):
+    return path
+  text = os.fspath(path)
+  match = _URL.match(text) or _MANGLED.match(text)
+  if match is None:
+    return pathlib.Path(text).expanduser()
+  scheme = match.group("scheme").lower()
+  if scheme == "file":
+    return pathlib.Path("/" + match.group("rest").lstrip("/"))
+  if scheme not in REMOTE_SCHEMES:
+    raise WorkdirError(f"{what} {text}: jaxseg cannot read or write {scheme}:// paths; use a local path or "
+                       + " / ".join(f"{s}://bucket/..." for s in REMOTE_SCHEMES))
+  rest = match.group("rest")
+  if not rest.split("/", 1)[0]:
+    raise WorkdirError(f"{what} {text}: no bucket name after {scheme}://")
+  return epath.Path(f"{scheme}://{rest}")
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+  """True for a cloud-storage URL (after `resolve`)."""
+  return not isinstance(resolve(path), pathlib.Path)
+
+
+def ensure_dir(path: str | os.PathLike, what: str = "workdir") -> Path:
+  """Creates directory `path` (local or in a bucket) and checks that a file can be written in it.
+
+  Raises:
+    WorkdirError: the directory cannot be created or written (names it and why).
+  """
+  directory = resolve(path, what)
+  probe = directory / f".write_test_{os.getpid()}"
+  try:
+    directory.mkdir(parents=True, exist_ok=True)
+    probe.write_text("ok")
+    probe.unlink()
+  except Exception as e:  # OSError locally; gfile/fsspec raise their own types for buckets.
+    reason = getattr(e, "strerror", None) or (str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+    raise WorkdirError(f"{what} {directory} cannot be written: {reason}") from e
+  return directory
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+  """Writes `text` to `path` so that readers see the old or the new content, never a part."""
+  if isinstance(path, pathlib.Path):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+  else:
+    path.write_text(text)  # One object upload: atomic.
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+  """`write_text_atomic` for bytes."""
+  if isinstance(path, pathlib.Path):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+  else:
+    path.write_bytes(data)
+
+
+def local_cache_dir() -> pathlib.Path:
+  """A local directory for files that must be on a local disk (raw NIfTI a library writes itself)."""
+  path = pathlib.Path(os.environ.get("JAXSEG_LOCAL_CACHE") or "~/.cache/jaxseg/local").expanduser()
+  path.mkdir(parents=True, exist_ok=True)
+  return path

@@ -1,0 +1,147 @@
+"""jaxseg.paths: local paths and gs:// URLs, tested offline with an in-process fake bucket backend."""
+
+import json
+import os
+import pathlib
+
+import pytest
+from etils import epath
+from etils.epath import backend as backend_lib
+from etils.epath import gpath
+from orbax.checkpoint._src.path import gcs_utils
+
+from jaxseg import checkpointing, config as config_lib, evaluate, experiment, paths
+from jaxseg.errors import WorkdirError
+
+
+class FakeBucketBackend(backend_lib._OsPathBackend):  # pylint: disable=protected-access
+  """etils backend that keeps `gs://BUCKET/KEY` in `ROOT/BUCKET/KEY` (no network, no credentials)."""
+
+  def __init__(self, root: pathlib.Path):
+    self.root = root
+
+  def _local(self, path) -> str:
+    text = os.fspath(path)
+    assert text.startswith("gs://"), text
+    return str(self.root / text[len("gs://"):])
+
+  def _url(self, local: str) -> str:
+    return "gs://" + os.path.relpath(local, self.root)
+
+  def open(self, path, mode):
+    return super().open(self._local(path), mode)
+
+  def exists(self, path):
+    return super().exists(self._local(path))
+
+  def isdir(self, path):
+    return super().isdir(self._local(path))
+
+  def listdir(self, path):
+    return super().listdir(self._local(path))
+
+  def glob(self, path):
+    return [self._url(p) for p in super().glob(self._local(path))]
+
+  def walk(self, top, *, top_down=True, on_error=None):
+    for root, dirs, files in super().walk(self._local(top), top_down=top_down, on_error=on_error):
+      yield self._url(root), dirs, files
+
+  def makedirs(self, path, *, exist_ok=False, mode=0o777):
+    return super().makedirs(self._local(path), exist_ok=exist_ok, mode=mode)
+
+  def mkdir(self, path, *, exist_ok=False, mode=0o777):
+    return super().mkdir(self._local(path), exist_ok=exist_ok, mode=mode)
+
+  def rmtree(self, path):
+    return super().rmtree(self._local(path))
+
+  def remove(self, path):
+    return super().remove(self._local(path))
+
+  def rename(self, path, dst):
+    return super().rename(self._local(path), self._local(dst))
+
+  def replace(self, path, dst):
+    return super().replace(self._local(path), self._local(dst))
+
+  def copy(self, path, dst, overwrite):
+    return super().copy(self._local(path), self._local(dst), overwrite)
+
+  def stat(self, path):
+    return super().stat(self._local(path))
+
+
+@pytest.fixture
+def bucket(tmp_path, monkeypatch):
+  """gs:// served from tmp_path/bucket-root; returns that root."""
+  root = tmp_path / "bucket-root"
+  root.mkdir()
+  monkeypatch.setitem(gpath._PREFIX_TO_BACKEND, "gs", FakeBucketBackend(root))  # pylint: disable=protected-access
+  monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+  # Orbax asks the GCS API whether a bucket has a hierarchical namespace; the fake bucket has none.
+  monkeypatch.setattr(gcs_utils, "is_hierarchical_namespace_enabled", lambda path: False)
+  monkeypatch.chdir(tmp_path)  # A mangled gs: directory would appear here.
+  return root
+
+
+def test_local_paths_stay_pathlib(tmp_path):
+  assert paths.resolve(tmp_path / "run") == tmp_path / "run"
+  assert isinstance(paths.resolve("~/x"), pathlib.Path) and "~" not in str(paths.resolve("~/x"))
+  assert paths.resolve(f"file://{tmp_path}/run") == tmp_path / "run"
+  assert not paths.is_remote(tmp_path)
+
+
+def test_urls_and_pathlib_mangled_urls_become_epath():
+  for given in ("gs://bucket/run", pathlib.Path("gs://bucket/run"), "gs:/bucket/run"):
+    resolved = paths.resolve(given)
+    assert isinstance(resolved, epath.Path) and os.fspath(resolved) == "gs://bucket/run", given
+    assert paths.is_remote(given)
+
+
+@pytest.mark.parametrize("url, message", [
+    ("s3://bucket/run", "jaxseg cannot read or write s3:// paths; use a local path or gs://bucket/..."),
+    ("hdfs://namenode/run", "cannot read or write hdfs:// paths"),
+    ("gs:///run", "no bucket name after gs://"),
+])
+def test_unsupported_urls_are_refused_in_one_line(url, message):
+  with pytest.raises(WorkdirError, match=message) as error:
+    paths.resolve(url, "workdir")
+  assert str(error.value).startswith(f"workdir {url}: ") and "\n" not in str(error.value)
+
+
+def test_workdir_config_and_reports_land_in_the_bucket(bucket, tmp_path):
+  workdir = experiment.ensure_workdir("gs://my-bucket/runs/a")
+  assert os.fspath(workdir) == "gs://my-bucket/runs/a"
+  assert (bucket / "my-bucket" / "runs" / "a").is_dir()
+  assert not (tmp_path / "gs:").exists()  # The old behaviour: a local folder named gs:.
+  paths.write_text_atomic(workdir / "config.json", '{"seed": 0}')
+  assert json.loads((bucket / "my-bucket/runs/a/config.json").read_text()) == {"seed": 0}
+  summary = evaluate.summarize([{"case_id": "c1", "class": "liver", **{m: 0.5 for m in evaluate.METRIC_NAMES}}],
+                               ["liver"], 7)
+  evaluate.write_reports(workdir / "results" / "test", [], ["liver"], "test", summary)
+  written = bucket / "my-bucket/runs/a/results/test"
+  assert json.loads((written / "summary.json").read_text())["step"] == 7
+  assert (written / "summary.md").read_text().startswith("# test: 1 cases")
+  assert not list(written.glob("*.tmp"))
+
+
+def test_data_dir_and_checkpoint_directory_follow_the_url(bucket):
+  config = config_lib.base_config()
+  config.data.data_dir = "gs://data-bucket/jaxseg"
+  assert os.fspath(config_lib.data_dir(config) / "prepared") == "gs://data-bucket/jaxseg/prepared"
+  config.data.data_dir = "ftp://host/data"
+  with pytest.raises(WorkdirError, match=r"^config.data.data_dir ftp://host/data: jaxseg cannot"):
+    config_lib.data_dir(config)
+  checkpoints = checkpointing.Checkpoints("gs://my-bucket/runs/b")
+  assert os.fspath(checkpoints.directory) == "gs://my-bucket/runs/b/checkpoints"
+  assert (bucket / "my-bucket/runs/b/checkpoints/latest").is_dir()  # Created through epath, in the bucket.
+  assert checkpoints.latest_step() is None
+  checkpoints.close()
+
+
+def test_unwritable_local_workdir_is_one_line(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  with pytest.raises(WorkdirError, match="workdir .*file/run cannot be written"):
+    experiment.ensure_workdir(blocker / "run")
