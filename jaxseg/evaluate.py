@@ -36,6 +36,10 @@ it (the validation report gets the chosen post-processing too). Reports:
                                 with most reference foreground, radiological view) and
                                 boxplots.png (every metric per class).
 
+Several workdirs (`--workdir=A,B` or a folds directory) are evaluated as an
+ensemble by `evaluate_ensemble` (`jaxseg.ensemble`: averaged softmax, the
+summary over cross-validation folds in `cv_summary.json`).
+
 `validation_dice`, run by the training loop, stays in the preprocessed space
 and only counts voxels: it is cheap. With several processes, `score_split` gives
 each process every n-th case (on its local devices) and gathers the results on
