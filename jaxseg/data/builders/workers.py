@@ -6,17 +6,29 @@ JAX, so a worker starts in about a second. `ordered_map` runs them in a
 process pool (or inline for one worker) and yields results in input order,
 with a bounded number of cases in flight so memory stays flat on large
 datasets.
+
+A 'spawn' worker starts by running the parent's main script again (as
+`__mp_main__`). A script that prepares a dataset at its top level, without
+`if __name__ == "__main__":`, would have every worker start the same
+preparation and wait for the parent's lock: a silent hang. `process_pool`
+therefore reads the main script's statement being run and, when it is
+unguarded, prepares in this process instead (one line on the log says so and
+how to get the worker processes back).
 """
 
 from __future__ import annotations
 
+import ast
 import collections
 import concurrent.futures
 import json
 import multiprocessing
+import pathlib
+import sys
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
+from absl import logging
 
 from jaxseg.data import nifti, preprocess
 
@@ -60,9 +72,62 @@ def preprocess_example(job: tuple[nifti.RawCase, nifti.RawDataset, preprocess.Pl
   return example, class_voxels
 
 
+def _is_main_guard(node: ast.stmt) -> bool:
+  """Whether `node` is `if __name__ == "__main__":` (either operand order, possibly `and`-ed with more)."""
+  def is_check(test: ast.expr) -> bool:
+    if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And):
+      return any(is_check(value) for value in test.values)
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+      return False
+    operands = [test.left, test.comparators[0]]
+    return (any(isinstance(o, ast.Name) and o.id == "__name__" for o in operands)
+            and any(isinstance(o, ast.Constant) and o.value == "__main__" for o in operands))
+  return isinstance(node, ast.If) and is_check(node.test)
+
+
+def unguarded_main_statement() -> str | None:
+  """`"FILE:LINE"` of the main script's top-level statement running now if spawned workers would rerun it.
+
+  None when spawning is safe: no main script file (interactive, `python -c`,
+  notebooks), the main script's top level is not on this thread's stack, or
+  the statement lies in the body of `if __name__ == "__main__":`. A script
+  whose source cannot be read counts as unguarded.
+  """
+  main = sys.modules.get("__main__")
+  if getattr(main, "__file__", None) is None:
+    return None
+  frame = sys._getframe(1)  # pylint: disable=protected-access
+  while frame is not None and not (frame.f_code.co_name == "<module>" and frame.f_globals is vars(main)):
+    frame = frame.f_back
+  if frame is None:
+    return None
+  filename, line = frame.f_code.co_filename, frame.f_lineno
+  location = f"{filename}:{line}"
+  try:
+    tree = ast.parse(pathlib.Path(filename).read_text(encoding="utf-8"))
+  except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
+    return location
+  for node in tree.body:
+    if node.lineno <= line <= (node.end_lineno or node.lineno):
+      guarded = _is_main_guard(node) and any(
+          inner.lineno <= line <= (inner.end_lineno or inner.lineno) for inner in node.body)
+      return None if guarded else location
+  return location
+
+
 def process_pool(num_workers: int) -> concurrent.futures.ProcessPoolExecutor | None:
-  """A pool of 'spawn' processes (safe when JAX is loaded), or None for one worker."""
+  """A pool of 'spawn' processes (safe when JAX is loaded), or None for one worker.
+
+  Also None, with a warning, when the main script is running an unguarded
+  top-level statement (module docstring): its workers would run it again.
+  """
   if num_workers <= 1:
+    return None
+  location = unguarded_main_statement()
+  if location is not None:
+    logging.warning("%s prepares a dataset outside `if __name__ == \"__main__\":`, which %d worker processes "
+                    "would run again; preparing in this process instead. Move the script's work under that "
+                    "guard to prepare in parallel.", location, num_workers)
     return None
   return concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
 
