@@ -220,13 +220,12 @@ def cv_markdown(summary: dict[str, Any], class_names: Sequence[str]) -> str:
 
 
 def write_json_and_markdown(directory: pathlib.Path, name: str, content: dict[str, Any], markdown: str) -> None:
+  from jaxseg import paths  # pylint: disable=g-import-not-at-top
   try:
     directory.mkdir(parents=True, exist_ok=True)
     for path, text in ((directory / f"{name}.json", json.dumps(content, indent=2, allow_nan=False)),
                        (directory / f"{name}.md", markdown)):
-      tmp = path.with_name(path.name + ".tmp")
-      tmp.write_text(text)
-      os.replace(tmp, path)
+      paths.write_text_atomic(path, text)  # Local (tmp + rename) or gs://.
   except OSError as e:
     raise WorkdirError(f"cannot write {name} to {directory}: {e.strerror or e}") from e
 

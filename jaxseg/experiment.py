@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import pathlib
 import time
 from typing import Any, Callable
@@ -203,10 +202,7 @@ def write_plan(workdir: pathlib.Path, plan: dict[str, Any], record: dict[str, An
   """Writes `<workdir>/plan.json`: the plan and, per planned key, the planned and used value (process 0)."""
   if jax.process_index() != 0:
     return
-  path = workdir / PLAN_FILE
-  tmp = path.with_name(PLAN_FILE + ".tmp")
-  tmp.write_text(json.dumps({**plan, "keys": record}, indent=2, sort_keys=True))
-  os.replace(tmp, path)
+  paths.write_text_atomic(workdir / PLAN_FILE, json.dumps({**plan, "keys": record}, indent=2, sort_keys=True))
 
 
 def planned_config(config: ml_collections.ConfigDict, workdir: pathlib.Path, prepared: pipeline.PreparedDataset,
