@@ -17,8 +17,9 @@ def summary(shape, spacing, cases=40, channels=1, classes=2, ndim=3, val=4, test
   return plan.DatasetSummary(tuple(shape), tuple(spacing), cases, channels, classes, ndim, val, test)
 
 
-# Spleen-, prostate-, hippocampus- and BraTS-like fingerprints: nnU-Net v2 plans these (published plans files)
-# as 3d_fullres (64,192,160) b2, (20,320,256) b2, (40,56,40) b9 and (128,128,128) b2; 2d (512,512) b12 etc.
+# Spleen-, prostate-, hippocampus- and BraTS-like fingerprints (approximate median shapes and target spacings
+# of those Decathlon tasks): nnU-Net v2's plans for these datasets have 3d_fullres (64,192,160) b2,
+# (20,320,256) b2, (40,56,40) b9 and (128,128,128) b2, 2d (512,512) b12 and (56,40) b366.
 @pytest.mark.parametrize("shape, spacing, cases, channels, classes, fullres, batch3d, twod, batch2d", [
     ((187, 512, 512), (1.6, 0.793, 0.793), 41, 1, 2, (64, 192, 160), 2, (512, 512), 12),
     ((20, 320, 319), (3.6, 0.625, 0.625), 32, 2, 3, (20, 320, 256), 2, (320, 320), 31),
