@@ -255,6 +255,9 @@ def train_batches(config: ml_collections.ConfigDict, source: CaseSource, *, star
 
   Yields `image` `[b, *patch, C]` float32 and `label` `[b, *patch]` int32 with
   b = local_batch_size, process p holding global rows p*b .. (p+1)*b - 1.
+  With `config.data.device_augment`, unaugmented crops instead
+  (`transforms.training_crop`: `image` `[b, *crop, C]`, `label` uint8,
+  `pad_value`, `low`, `high`), augmented by the train step.
   """
   if len(source) == 0:
     raise DataError("the training split is empty: no case to train on")
