@@ -295,6 +295,19 @@ def create_mesh(mesh_config: ml_collections.ConfigDict) -> Mesh:
   return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=(AxisType.Auto, AxisType.Auto), devices=subset)
 
 
+def local_mesh(num_devices: int | None = None) -> Mesh:
+  """A (data, fsdp=1) mesh over this process's own devices (the first `num_devices`; None = all).
+
+  For work each process does on its own inputs, such as evaluating its share of the cases
+  (`split_for_process`): programs on it never wait for other processes.
+  """
+  devices = jax.local_devices()
+  count = len(devices) if num_devices is None else num_devices
+  if not 1 <= count <= len(devices):
+    raise ConfigError(f"asked for {count} local devices but this process has {len(devices)}")
+  return jax.make_mesh((count, 1), BATCH_AXES, axis_types=(AxisType.Auto, AxisType.Auto), devices=devices[:count])
+
+
 def data_parallel_size(mesh: Mesh) -> int:
   """Devices a batch is split over (data x fsdp)."""
   return math.prod(mesh.shape[a] for a in BATCH_AXES if a in mesh.shape)
