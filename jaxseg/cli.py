@@ -79,6 +79,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   from absl import flags  # pylint: disable=g-import-not-at-top
   config_file = _config_file(argv)
   if config_file is None:
+    if any(arg.lstrip("-") in ("help", "helpshort", "helpfull", "?") for arg in argv[1:]):
+      return flags.FLAGS(argv)  # absl prints the usage and exits.
     fail("--config is required, e.g. --config=configs/unet_ct.py", 2)
   path = pathlib.Path(config_file.split(":", 1)[0])
   if not path.is_file():

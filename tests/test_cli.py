@@ -55,3 +55,9 @@ def test_unwritable_workdir(tmp_path):
 def test_predict_mode_without_input_names_the_key(tmp_path):
   assert_one_line_error(run_cli("--config=configs/unet_ct.py", "--mode=predict", f"--workdir={tmp_path}"),
                         "config.predict.input is empty")
+
+
+def test_help_without_config_prints_the_usage():
+  result = run_cli("--help")
+  assert "--config: Config file" in result.stdout and "--mode" in result.stdout
+  assert "--config is required" not in result.stderr
