@@ -420,6 +420,20 @@ def barrier(name: str, timeout_s: float = GATHER_TIMEOUT_S) -> None:
     _client().wait_at_barrier(f"jaxseg/{name}/{next(_barrier_calls)}", int(timeout_s * 1000))
 
 
+def compile_together(jitted: Any, *args: Any, name: str = "step") -> Any:
+  """With several processes: `jitted` compiled ahead for `args`, returned once every process has compiled it.
+
+  The first cross-process collective of a program sets up gloo (CPU) contexts, which wait only 30 s
+  for a peer; a process that compiles more slowly (a loaded host, or a persistent compilation cache
+  that only some hosts hit) would make the others fail. One process: `jitted` unchanged.
+  """
+  if jax.process_count() == 1:
+    return jitted
+  compiled = jitted.lower(*args).compile()
+  barrier(f"compiled {name}")
+  return compiled
+
+
 def gather_objects(obj: Any, timeout_s: float = GATHER_TIMEOUT_S) -> list[Any]:
   """[object of process 0, object of process 1, ...] on every process.
 

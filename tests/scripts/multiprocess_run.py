@@ -83,8 +83,7 @@ def run_train(workdir: str, data_dir: str, stop: int, out: pathlib.Path, hang: b
   losses = {}
   first = next(batches)
   # Compile before the first cross-process collective, then meet: gloo gives a late process only 30 s.
-  step_fn = step_fn.lower(state, parallel.global_batch(first, exp.mesh)).compile()
-  parallel.barrier("compiled")
+  step_fn = parallel.compile_together(step_fn, state, parallel.global_batch(first, exp.mesh))
   mark("compiled")
   for step in range(start + 1, stop + 1):
     local_batch = first if step == start + 1 else next(batches)
