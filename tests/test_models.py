@@ -530,3 +530,18 @@ def test_remat_keeps_params_and_gradients_and_recomputes():
   # memory: XLA:CPU's scheduler does not turn this into savings; see the
   # README's Performance section.)
   assert convs_b > convs_a
+
+
+@pytest.mark.parametrize("shape,window", [((2, 8, 6, 3), (2, 2)),
+                                          ((1, 4, 6, 8, 2), (2, 2, 2)),
+                                          ((1, 7, 9, 1), (2, 3))])
+def test_max_pool_equals_flax_max_pool_and_its_gradient(shape, window):
+  # Distinct values: no ties, so the gradients agree exactly.
+  x = jax.random.permutation(jax.random.key(0), np.prod(shape)).reshape(
+      shape).astype(jnp.float32)
+  expected = nn.max_pool(x, window, strides=window)
+  np.testing.assert_array_equal(layers.max_pool(x, window), expected)
+  grad = lambda f: jax.grad(lambda x: jnp.sum(jnp.sin(f(x))))(x)
+  np.testing.assert_array_equal(
+      grad(lambda x: layers.max_pool(x, window)),
+      grad(lambda x: nn.max_pool(x, window, strides=window)))

@@ -292,6 +292,27 @@ class StrideUpsample(nn.Module):
                       self.features))
 
 
+def max_pool(x: Array, window: Sequence[int]) -> Array:
+  """Non-overlapping max pooling `[B, *S, C] -> [B, *(S / window), C]`.
+
+  Same values as `nn.max_pool(x, window, strides=window)` for spatial sizes
+  divisible by `window` (other sizes drop the remainder, as VALID pooling),
+  computed as a reshape and a max reduction: XLA:CPU runs its gradient about
+  3x faster than the select-and-scatter of `nn.max_pool`. Where several
+  inputs of a window tie for the maximum, the gradient is split equally
+  among them (select-and-scatter gives it all to the first); after a ReLU
+  such ties are zeros, whose gradient the ReLU stops anyway.
+  """
+  window = tuple(int(w) for w in window)
+  spatial = x.shape[1:-1]
+  x = crop_spatial(x, [s - s % w for s, w in zip(spatial, window)])
+  shape = [x.shape[0]]
+  for size, w in zip(x.shape[1:-1], window):
+    shape += [size // w, w]
+  x = x.reshape(shape + [x.shape[-1]])
+  return x.max(axis=tuple(2 + 2 * i for i in range(len(window))))
+
+
 def resize_bilinear(x: Array, spatial_shape: Sequence[int]) -> Array:
   """Bilinear resize of `[B, *spatial, C]` to `spatial_shape`.
 

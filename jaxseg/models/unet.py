@@ -115,11 +115,11 @@ class UNet(nn.Module):
     skips = []
     for level in range(self.depth):
       if level and not self.strided_downsampling:
-        x = nn.max_pool(x, window, strides=window)
+        x = layers.max_pool(x, window)
       x = self.block(level, f"down{level}", stride if level else 1)(x, train)
       skips.append(x)
     if not self.strided_downsampling:
-      x = nn.max_pool(x, window, strides=window)
+      x = layers.max_pool(x, window)
     x = self.block(self.depth, "bottleneck", stride)(x, train)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
 
