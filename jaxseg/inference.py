@@ -368,6 +368,8 @@ def _device_predict(predictor, image, coords, full_window, window,
   replicated = (jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
                 if mesh is None else parallel.replicated(mesh))
   batches = parallel.batch_sharding(mesh) if mesh is not None else replicated
+  # Host (numpy) variables would otherwise be copied to the device per batch.
+  variables = jax.device_put(predictor.variables, replicated)
   device_image = jax.device_put(np.asarray(image, dtype), replicated)
   weights = jax.device_put(importance / len(flips), replicated)
   window_weight = jax.device_put(importance.reshape(full_window), replicated)
@@ -386,7 +388,7 @@ def _device_predict(predictor, image, coords, full_window, window,
     # Padding windows repeat the first start; their weight is 0.
     starts = np.asarray(batch_coords + [batch_coords[0]] *
                         (batch_size - len(batch_coords)), np.int32)
-    probs = forward(predictor.variables, cut(device_image, starts), weights)
+    probs = forward(variables, cut(device_image, starts), weights)
     if not checked:
       if tuple(probs.shape) != expected:
         raise ConfigError(f'predict_fn returned logits of shape '
