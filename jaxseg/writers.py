@@ -25,7 +25,8 @@ under the workdir, viewable with `pip install xprof` or TensorBoard's profile pl
 from __future__ import annotations
 
 import contextlib
-import pathlib
+import io
+import os
 import struct
 import sys
 import time
@@ -34,6 +35,8 @@ from typing import Any, Iterator, Mapping
 import jax
 import numpy as np
 from absl import logging
+
+from jaxseg import paths
 
 
 def _import_tensorboardx():
@@ -56,17 +59,56 @@ def _import_tensorboardx():
   return tensorboardX
 
 
+class _BucketEventFile:
+  """An event file in a bucket (`jaxseg.paths`): held in memory, the whole object rewritten at each flush.
+
+  Objects cannot be appended to; tensorboardX's own gs:// writer does the
+  same through google-cloud-storage, this one goes through etils.epath like
+  every other jaxseg output, so it needs no extra package.
+  """
+
+  def __init__(self, path: str):
+    self._path = paths.resolve(path)
+    self._buffer = io.BytesIO()
+
+  def write(self, data: bytes) -> None:
+    self._buffer.write(data)
+
+  def flush(self) -> None:
+    self._path.write_bytes(self._buffer.getvalue())
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _BucketEventFiles:
+  """tensorboardX writer factory for the URL schemes of `jaxseg.paths`."""
+
+  def open(self, path: str) -> _BucketEventFile:
+    return _BucketEventFile(path)
+
+  def directory_check(self, path: str) -> None:
+    paths.resolve(path).mkdir(parents=True, exist_ok=True)
+
+
+def _register_bucket_writers() -> None:
+  from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+  for scheme in paths.REMOTE_SCHEMES:
+    record_writer.register_writer_factory(scheme, _BucketEventFiles())
+
+
 class Writer:
   """Scalars, images and hyperparameters to the INFO log and (unless `just_logging`) to event files in `logdir`."""
 
-  def __init__(self, logdir: str | pathlib.Path, *, just_logging: bool = False, flush_secs: int = 30):
-    self.logdir = pathlib.Path(logdir)
+  def __init__(self, logdir: str | os.PathLike, *, just_logging: bool = False, flush_secs: int = 30):
+    self.logdir = paths.resolve(logdir, "workdir")  # A local directory or a gs:// URL.
     self._file = None
     if not just_logging:
       tbx = _import_tensorboardx()
+      _register_bucket_writers()
       self.logdir.mkdir(parents=True, exist_ok=True)
       from tensorboardX import summary  # pylint: disable=g-import-not-at-top
-      self._file = tbx.FileWriter(str(self.logdir), max_queue=100, flush_secs=flush_secs)
+      self._file = tbx.FileWriter(os.fspath(self.logdir), max_queue=100, flush_secs=flush_secs)
       self._summary = summary
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
@@ -122,7 +164,7 @@ class Writer:
     self.close()
 
 
-def create_default_writer(logdir: str | pathlib.Path, *, just_logging: bool = False) -> Writer:
+def create_default_writer(logdir: str | os.PathLike, *, just_logging: bool = False) -> Writer:
   """The writer of one run: event files in `logdir` on process 0, the log only elsewhere."""
   return Writer(logdir, just_logging=just_logging)
 
@@ -148,14 +190,14 @@ def _masked_crc(data: bytes) -> int:
   return int(masked_crc32c(data))
 
 
-def read_events(path: str | pathlib.Path) -> Iterator[Any]:
-  """The `Event` protos of one event file, in order; a torn last record (a killed writer) ends the file.
+def read_events(path: str | os.PathLike) -> Iterator[Any]:
+  """The `Event` protos of one event file (local or gs://), in order; a torn last record ends the file.
 
   Raises ValueError on a record whose checksum does not match.
   """
   _import_tensorboardx()
   from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
-  with open(path, "rb") as f:
+  with paths.resolve(path).open("rb") as f:
     while True:
       header = f.read(12)
       if len(header) < 12:
@@ -187,10 +229,14 @@ def _scalar_value(value: Any) -> float | None:
   return None
 
 
-def read_scalars(logdir: str | pathlib.Path) -> dict[str, list[tuple[int, float]]]:
+def _event_files(logdir: str | os.PathLike) -> list[Any]:
+  return sorted(paths.resolve(logdir).glob("events.out.tfevents.*"), key=os.fspath)
+
+
+def read_scalars(logdir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
   """{tag: [(step, value), ...]} from every `events.out.tfevents.*` file directly in `logdir`, by file name order."""
   scalars: dict[str, list[tuple[int, float]]] = {}
-  for path in sorted(pathlib.Path(logdir).glob("events.out.tfevents.*")):
+  for path in _event_files(logdir):
     for event in read_events(path):
       if not event.HasField("summary"):
         continue
@@ -201,9 +247,9 @@ def read_scalars(logdir: str | pathlib.Path) -> dict[str, list[tuple[int, float]
   return scalars
 
 
-def read_tags(logdir: str | pathlib.Path) -> set[str]:
+def read_tags(logdir: str | os.PathLike) -> set[str]:
   """Every summary tag (scalars, images, hparams) in the event files directly in `logdir`."""
-  return {value.tag for path in sorted(pathlib.Path(logdir).glob("events.out.tfevents.*"))
+  return {value.tag for path in _event_files(logdir)
           for event in read_events(path) if event.HasField("summary") for value in event.summary.value}
 
 
@@ -258,8 +304,8 @@ class Profile:
   profiler running) is logged and skipped, never fatal.
   """
 
-  def __init__(self, *, logdir: str | pathlib.Path, num_profile_steps: int, first_step: int = 10):
-    self._logdir = str(logdir)
+  def __init__(self, *, logdir: str | os.PathLike, num_profile_steps: int, first_step: int = 10):
+    self._logdir = os.fspath(logdir)
     self._num_steps = num_profile_steps
     self._first = first_step
     self._running = False

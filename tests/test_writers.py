@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from jaxseg import writers
+from test_paths import bucket  # pylint: disable=unused-import  (the fake gs:// bucket fixture)
 
 
 def write_sample(logdir):
@@ -59,6 +60,15 @@ def test_tensorboard_reads_the_files(tmp_path):
   assert hparams["data.augment.enabled"].bool_value is True
   assert hparams["data.patch_size"].string_value == "(64, 64)"
   assert "model.pretrained" not in hparams
+
+
+def test_events_land_in_a_bucket_workdir(bucket, tmp_path):  # pylint: disable=redefined-outer-name
+  """A gs:// workdir gets its event file in the bucket (through etils.epath, as every other output)."""
+  write_sample("gs://my-bucket/runs/a")
+  files = list((bucket / "my-bucket" / "runs" / "a").glob("events.out.tfevents.*"))
+  assert len(files) == 1 and not (tmp_path / "gs:").exists()
+  assert writers.read_scalars("gs://my-bucket/runs/a")["train/loss"] == [(1, 0.75), (2, 0.5)]
+  assert writers.read_scalars(files[0].parent) == writers.read_scalars("gs://my-bucket/runs/a")
 
 
 def test_just_logging_writes_no_files(tmp_path):
