@@ -18,6 +18,9 @@ Sections (rows; every row also names the device, versions and date):
   inference  sliding-window throughput and overhead ratio (host and device
              paths) with each U-Net case.
   pipeline   input-pipeline batches/s next to the batches/s the step consumes.
+  layers     forward + backward of single layers: 3D convolution (native,
+             depth-folded), transposed convolution (flax, matmul form), max
+             pooling (flax, reshape form), and PyTorch's.
   augment    `jaxseg.benchmark.augment` (device augmentation), when present.
 
 A case that does not fit reports "out of memory" and the suite continues;
@@ -39,7 +42,7 @@ import jax
 from jaxseg.benchmark import cases as cases_lib
 from jaxseg.benchmark import flops as flops_lib
 
-SECTIONS = ("train", "remat", "inference", "pipeline", "augment")
+SECTIONS = ("train", "remat", "inference", "pipeline", "layers", "augment")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -110,6 +113,9 @@ def run(scale: str = "cpu", case_names: Sequence[str] | None = None, dtypes: Seq
   if "pipeline" in sections:
     from jaxseg.benchmark import pipeline  # pylint: disable=g-import-not-at-top
     add(pipeline.run(scale, repeats))
+  if "layers" in sections:
+    from jaxseg.benchmark import layers as layers_bench  # pylint: disable=g-import-not-at-top
+    add(layers_bench.run(scale, repeats))
   if "augment" in sections:
     if importlib.util.find_spec("jaxseg.benchmark.augment") is None:
       add([{"section": "augment", "case": "-", "status": "skipped: jaxseg.benchmark.augment not present"}])
@@ -145,6 +151,8 @@ COLUMNS = {
     "inference": [("case", "case", ""), ("image", "patch", ""), ("path", "path", ""),
                   ("seconds", "seconds", ""), ("voxels/s", "voxels_per_s", "rate"),
                   ("forward calls", "forward_calls", ""), ("overhead ratio", "overhead_ratio", "")],
+    "layers": [("layer", "case", ""), ("input", "shape", ""), ("variant", "variant", ""), ("ms", "ms", ""),
+               ("vs PyTorch", "vs_pytorch", "")],
     "pipeline": [("config", "case", ""), ("batch", "batch", ""), ("pipeline batches/s", "pipeline_batches_per_s", ""),
                  ("step batches/s", "step_batches_per_s", ""), ("ratio", "ratio", "")],
 }
