@@ -56,9 +56,10 @@ candidate predicted to fit at least `MIN_CPU_STEPS` steps is measured in turn
 (at most `MAX_MEASUREMENTS` measurements). When none fits, the candidate that
 trains on most voxels (steps x batch x patch) is taken, and one that cannot
 train `MIN_FEASIBLE_STEPS` steps is a `ConfigError`.
-The budget covers training, the periodic validation passes and the final
-evaluation (estimated from the measured step time and the number of sliding
-windows), not dataset preparation or the measurements themselves. Test-time
+The budget covers the measurements themselves (compilation included: their
+wall time is subtracted as it is spent), training, the periodic validation
+passes and the final evaluation (estimated from the measured step time and
+the number of sliding windows); not the dataset preparation. Test-time
 mirroring is planned off on a CPU (it multiplies the evaluation's cost by
 2**axes). One log line states the result.
 
@@ -73,6 +74,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import time
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -540,6 +542,7 @@ def plan_cpu(summary: DatasetSummary, devices: Devices, model_name: str, budget_
   ladder = cpu_ladder(summary, _candidate(summary, dim, start.patch_size, start.batch_size, start.features[0]))
   measured: list[dict[str, Any]] = []
   times: dict[int, float] = {}
+  spent = [0.0]  # Seconds the measurements took (compilation included): part of the budget.
 
   def costs(cand: Candidate, step_s: float) -> tuple[int, int, float, float]:
     """(steps, validation passes, their seconds, final evaluation seconds) within the budget."""
@@ -550,13 +553,15 @@ def plan_cpu(summary: DatasetSummary, devices: Devices, model_name: str, budget_
     evaluations = CPU_EVALUATIONS if validation_s > 0 else 0
     while evaluations > 1 and evaluations * validation_s > MAX_CPU_EVAL_FRACTION * budget_s:
       evaluations -= 1
-    train_s = budget_s - final_s - evaluations * validation_s
+    train_s = budget_s - spent[0] - final_s - evaluations * validation_s
     return int(train_s // step_s) if train_s > 0 else 0, evaluations, evaluations * validation_s, final_s
 
   def measure_at(i: int) -> float:
     # CPU "devices" (--xla_force_host_platform_device_count) share the host's cores: a step of the global
     # batch (per-device batch x count) takes about count times the one-device measurement.
+    start = time.perf_counter()
     seconds = float(measure(ladder[i])) * devices.count
+    spent[0] += time.perf_counter() - start
     measured.append({"candidate": ladder[i].describe(), "seconds_per_step": round(seconds, 4),
                      "gflops_per_step": round(ladder[i].flops / 1e9, 3)})
     times[i] = seconds
@@ -596,9 +601,11 @@ def plan_cpu(summary: DatasetSummary, devices: Devices, model_name: str, budget_
   values = network_values(candidate.network, model_name, dim, devices.count) | _schedule(steps, max(1, evaluations))
   values["eval.mirror_axes"] = ()  # 2**axes forward passes per window: training time is worth more on a CPU.
   train_min = steps * step_s / 60
+  how = "measured" if choice in times else "predicted from the measurements by FLOPs:"
   reason = (f"CPU plan for a {budget_s / 60:g}-minute budget (config.plan.time_budget_min): {candidate.describe()}, "
-            f"measured {step_s:.3f} s/step -> {steps} steps ({train_min:.1f} min) + {evaluations} validation "
-            f"passes and the final evaluation (about {(eval_s + final_s) / 60:.1f} min)")
+            f"{how} {step_s:.3f} s/step -> {steps} steps ({train_min:.1f} min) + {evaluations} validation "
+            f"passes and the final evaluation (about {(eval_s + final_s) / 60:.1f} min) + "
+            f"{len(measured)} step-time measurements ({spent[0] / 60:.1f} min)")
   return {"configurations": {("3d_fullres" if dim == 3 else "2d") + "_nnunet_8gb": start.to_dict() | info,
                              "cpu": candidate.network.to_dict() | {"seconds_per_step": round(step_s, 4)}},
           "applied_configuration": "cpu", "values": values, "measurements": measured, "reason": reason}
