@@ -178,10 +178,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.interpret = ml_collections.ConfigDict()  # --mode=interpret (jaxseg/interpret_mode.py).
   config.interpret.split = "test"
-  config.interpret.cases = ()                  # Case ids; () = the split's first num_cases cases.
+  config.interpret.cases = ()                  # Case ids ('a,b' on the command line); () = the first num_cases.
   config.interpret.num_cases = 2
   config.interpret.classes = ()                # Class names; () = every foreground class.
   config.interpret.methods = ("saliency", "smoothgrad", "integrated_gradients", "grad_cam")  # + attention.
+  config.interpret.region = "predicted"        # Class score over: predicted | reference | all voxels.
   config.interpret.layer = ""                  # Grad-CAM layer (module path); '' = the last before the head.
   config.interpret.checkpoint = "best"         # best | latest | a step number.
   config.interpret.smoothgrad_samples = 16
@@ -293,13 +294,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
       fail(key, f"{which!r} is not 'best', 'latest' or a step number")
 
 
+def split_names(values) -> tuple[str, ...]:
+  """A tuple of names from a config value given as a tuple or as 'a,b' on the command line."""
+  return tuple(name.strip() for value in values for name in str(value).split(",") if name.strip())
+
+
 def _validate_interpret(settings: ml_collections.ConfigDict, fail) -> None:
   from jaxseg.interpret import METHODS  # pylint: disable=g-import-not-at-top
+  methods = split_names(settings.methods)
   if settings.split not in ("train", "validation", "test"):
     fail("interpret.split", f"unknown split {settings.split!r}; choose from train, validation, test")
-  unknown = [m for m in settings.methods if m not in METHODS]
-  if unknown or not settings.methods:
-    fail("interpret.methods", f"{tuple(settings.methods)} must name some of {', '.join(METHODS)}")
+  unknown = [m for m in methods if m not in METHODS]
+  if unknown or not methods:
+    fail("interpret.methods", f"{methods} must name some of {', '.join(METHODS)}")
+  if settings.region not in ("predicted", "reference", "all"):
+    fail("interpret.region", f"{settings.region!r} is not one of predicted, reference, all")
   for key in ("num_cases", "smoothgrad_samples", "ig_steps"):
     if settings[key] < 1:
       fail(f"interpret.{key}", f"must be >= 1, got {settings[key]}")

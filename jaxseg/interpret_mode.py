@@ -5,12 +5,17 @@ model's input is the axial slice with the most reference voxels of the class
 (2D models) or the `config.data.patch_size` window centred on the class's
 centre of mass (3D models, shown at the window's slice with the most class
 voxels). Every method of `config.interpret.methods` (`jaxseg.interpret`)
-explains the class score over the voxels the model assigns to the class.
+explains the class score over `config.interpret.region`: the voxels the model
+assigns to the class (`predicted`), the reference structure (`reference`) or
+the whole input (`all`).
 
 Writes, under `<workdir>/interpret/<split>/`:
 - `<case>_<class>.png`: image, reference, prediction, then one heat map per
   method over the image (radiological view, as in `results/<split>/figures/`);
-- `scores.json`: per case, class and method, the localisation score (share of
+- `scores.json`: per case and class the number of voxels the model assigns to
+  the class in the shown input (`predicted_voxels`; with
+  `interpret.region=predicted`, the default, a class the model does not
+  predict there has all-zero maps), and per method the localisation score (share of
   the map's positive mass inside the reference structure dilated by
   `config.interpret.margin_voxels`) and the Spearman rank correlation with
   the same map of the same architecture with randomised weights (Adebayo et
@@ -31,7 +36,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxseg import checkpointing, evaluate, experiment, interpret, models, visualize
+from jaxseg import checkpointing, config as config_lib, evaluate, experiment, interpret, models, visualize
 from jaxseg.data import pipeline, transforms
 from jaxseg.errors import ConfigError
 
@@ -49,14 +54,14 @@ def _class_input(case: transforms.Case, value: int, patch_size, ndim: int):
 
 
 def _methods(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  methods = tuple(config.interpret.methods)
+  methods = config_lib.split_names(config.interpret.methods)
   if "attention" in methods and config.model.name != "attention_unet":
     raise ConfigError(f"config.interpret.methods has 'attention' but model.name={config.model.name!r} has no "
                       "attention gates (use attention_unet)")
   return methods
 
 
-def _maps(config, model, variables, images, class_index, rng) -> dict[str, np.ndarray]:
+def _maps(config, model, variables, images, class_index, region, rng) -> dict[str, np.ndarray]:
   out = {}
   for method in _methods(config):
     options = {}
@@ -64,8 +69,8 @@ def _maps(config, model, variables, images, class_index, rng) -> dict[str, np.nd
       options = dict(num_samples=config.interpret.smoothgrad_samples, noise_level=config.interpret.smoothgrad_noise)
     elif method == "integrated_gradients":
       options = dict(steps=config.interpret.ig_steps)
-    out[method] = np.asarray(interpret.compute(method, model, variables, images, class_index, rng=rng,
-                                               layer=config.interpret.layer or None, **options))[0]
+    out[method] = np.asarray(interpret.compute(method, model, variables, images, class_index, region=region,
+                                               rng=rng, layer=config.interpret.layer or None, **options))[0]
   return out
 
 
@@ -126,13 +131,13 @@ def interpret_workdir(config: ml_collections.ConfigDict, workdir: str | pathlib.
   if len(source) == 0:
     raise ConfigError(f"config.interpret.split={settings.split!r}: the dataset {exp.prepared.name!r} has no "
                       f"cases in that split")
-  wanted = list(settings.cases) or source.case_ids[:settings.num_cases]
+  wanted = list(config_lib.split_names(settings.cases)) or source.case_ids[:settings.num_cases]
   unknown = [c for c in wanted if c not in source.case_ids]
   if unknown:
     raise ConfigError(f"config.interpret.cases: {', '.join(unknown)} not in split {settings.split!r} "
                       f"(cases: {', '.join(source.case_ids[:10])}{'...' if len(source.case_ids) > 10 else ''})")
   foreground = {n: v for n, v in exp.prepared.labels.items() if v != 0}
-  classes = list(settings.classes) or list(foreground)
+  classes = list(config_lib.split_names(settings.classes)) or list(foreground)
   bad = [c for c in classes if c not in foreground]
   if bad:
     raise ConfigError(f"config.interpret.classes: {', '.join(bad)} not a foreground class of "
@@ -154,24 +159,31 @@ def interpret_workdir(config: ml_collections.ConfigDict, workdir: str | pathlib.
         continue
       image, reference, z = _class_input(case, value, config.data.patch_size, ndim)
       images = jnp.asarray(image[None], jnp.float32)
-      maps = _maps(config, exp.model, variables, images, value, rng)
+      region = (reference[None] == value) if settings.region == "reference" else settings.region
+      maps = _maps(config, exp.model, variables, images, value, region, rng)
       if random_variables is None:
         random_variables = interpret.randomized_variables(exp.model, variables, images, config.seed + 1)
-      random_maps = _maps(config, exp.model, random_variables, images, value, rng)
+      random_maps = _maps(config, exp.model, random_variables, images, value, region, rng)
       prediction = np.asarray(jnp.argmax(exp.model.apply(variables, images, train=False), -1))[0]
-      scores.setdefault(case_id, {})[name] = {
+      predicted_voxels = int(np.sum(prediction == value))
+      scores.setdefault(case_id, {})[name] = {"predicted_voxels": predicted_voxels, "maps": {
           method: {"localisation": _finite_or_none(interpret.localisation_score(
                        maps[method], reference == value, settings.margin_voxels)),
                    "randomized_rank_correlation": _finite_or_none(interpret.rank_correlation(
                        maps[method], random_maps[method]))}
-          for method in methods}
+          for method in methods}}
+      note = ""
+      if settings.region == "predicted" and not predicted_voxels:
+        note = f"; the model predicts no {name} here, so every map is zero (try interpret.region=reference)"
+        logging.warning("interpret: %s: the model predicts no %s in the shown input; maps are zero", case_id, name)
       if jax.process_index() == 0:
         save_figure(out_dir / f"{case_id}_{name}.png", _view(image[..., 0], z), _view(reference, z),
                     _view(prediction, z), {m: _view(v, z) for m, v in maps.items()},
-                    f"{case_id}, class {name} (step {step}): maps of the class score over the predicted {name}")
+                    f"{case_id}, class {name} (step {step}): maps of the class score over the "
+                    f"{settings.region} {name}{note}")
       logging.info("interpret: %s %s: localisation %s", case_id, name,
-                   ", ".join(f"{m} {s['localisation']}" for m, s in scores[case_id][name].items()))
-  result = {"step": step, "split": settings.split, "methods": list(methods),
+                   ", ".join(f"{m} {s['localisation']}" for m, s in scores[case_id][name]["maps"].items()))
+  result = {"step": step, "split": settings.split, "methods": list(methods), "region": settings.region,
             "margin_voxels": settings.margin_voxels, "layer": settings.layer or "default", "cases": scores}
   if jax.process_index() == 0:
     path = out_dir / "scores.json"

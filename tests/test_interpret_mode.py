@@ -23,7 +23,7 @@ def trained(tmp_path_factory):
   config.eval.splits = ("test",)
   config.eval.num_figures = 0
   train.train_and_evaluate(config, workdir)
-  config.interpret.update(num_cases=1, classes=("liver",), smoothgrad_samples=2, ig_steps=2,
+  config.interpret.update(num_cases=1, classes=("liver,",),  # As '--config.interpret.classes=liver,' gives it. smoothgrad_samples=2, ig_steps=2,
                           checkpoint="latest")
   return config, workdir
 
@@ -34,14 +34,28 @@ def test_interpret_writes_figures_and_scores(trained):
   out = workdir / "interpret" / "test"
   saved = json.loads((out / "scores.json").read_text())
   assert saved == result and saved["step"] == 2 and saved["methods"] == list(config.interpret.methods)
+  assert saved["layer"] == "default"
   (case_id, per_class), = saved["cases"].items()
   assert list(per_class) == ["liver"]
+  assert per_class["liver"]["predicted_voxels"] >= 0
   for method in config.interpret.methods:
-    scores = per_class["liver"][method]
+    scores = per_class["liver"]["maps"][method]
     assert set(scores) == {"localisation", "randomized_rank_correlation"}
     assert scores["localisation"] is None or 0.0 <= scores["localisation"] <= 1.0
   png = out / f"{case_id}_liver.png"
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_interpret_over_the_reference_has_mass_inside_it(trained):
+  """Over the reference region every map has positive mass (a two-step model still has gradients)."""
+  config, workdir = trained
+  config = config.copy_and_resolve_references()
+  config.interpret.region = "reference"
+  config.interpret.methods = ("saliency", "grad_cam")
+  result = interpret_mode.interpret_workdir(config, workdir)
+  (per_class,) = result["cases"].values()
+  assert result["region"] == "reference"
+  assert per_class["liver"]["maps"]["saliency"]["localisation"] > 0
 
 
 def test_interpret_bad_inputs_name_the_key(trained):
