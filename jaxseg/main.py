@@ -7,7 +7,7 @@ into one-line errors, the work is in train.py, evaluate.py and predict.py.
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow is only clu's writer backend.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # Quiet a TensorFlow that a user's environment may import.
 
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top

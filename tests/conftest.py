@@ -1,4 +1,4 @@
-"""Test set-up: CPU only, quiet TensorFlow, one XLA compilation cache per test session.
+"""Test set-up: CPU only, quiet logs, one XLA compilation cache per test session.
 
 The tests build many tiny models whose programs repeat across tests (and across
 the subprocesses some tests start); a persistent compilation cache in a fresh
