@@ -128,8 +128,9 @@ def dataset_summary(config: ml_collections.ConfigDict, prepared: pipeline.Prepar
 
 
 def measure_step_time(config: ml_collections.ConfigDict, num_channels: int, candidate: plan_lib.Candidate,
-                      steps_timed: int = 2) -> float:
-  """Seconds per jitted training step of `candidate` on one local device (after compiling).
+                      steps_timed: int = 2) -> tuple[float, float]:
+  """(Seconds per jitted training step of `candidate` on one local device after compiling, seconds that
+  compiling and the first step took).
 
   The network is `config.model` with the candidate's depth and features; the batch is random data of the
   candidate's patch and per-device batch size. An adversarial run's discriminator is not included.
@@ -158,7 +159,7 @@ def measure_step_time(config: ml_collections.ConfigDict, num_channels: int, cand
   seconds = (time.perf_counter() - start) / steps_timed
   logging.info("Plan: measured %s: %.3f s/step (compiling and the first step took %.1f s)", candidate.describe(),
                seconds, start - compile_start)
-  return seconds
+  return seconds, start - compile_start
 
 
 def _plan_inputs(config: ml_collections.ConfigDict, summary: plan_lib.DatasetSummary,

@@ -103,6 +103,7 @@ CPU_EVALUATIONS = 4               # Periodic validation passes during a CPU run 
 MAX_CPU_EVAL_FRACTION = 0.15      # Share of the budget periodic validation may take.
 FORWARD_FRACTION = 1 / 3          # Forward pass / (forward + backward) of one sample.
 WINDOW_OVERHEAD_S = 1e-3         # Host work per sliding window (cutting, dispatch, accumulation) [s].
+COMPILE_FACTOR = 2.0              # The run compiles a train step and a predict function: ~2 measured compiles.
 FINAL_EVAL_OVERHEAD = 1.5         # Final evaluation: prediction time x this (metrics, resampling, figures).
 
 # Config keys a plan sets.
@@ -528,7 +529,9 @@ def plan_cpu(summary: DatasetSummary, devices: Devices, model_name: str, budget_
     devices: the CPU devices (memory: host RAM).
     model_name: the configured model (its dimension chooses 2D or 3D).
     budget_s: seconds for training, periodic validation and the final evaluation.
-    measure: seconds per training step of a candidate (tests pass a stub).
+    measure: seconds per training step of a candidate, or (seconds per step, seconds that compiling and the
+      first step took); tests pass a stub. The run compiles its train step and its prediction function
+      again: COMPILE_FACTOR x the measured compile time is set aside for that.
     step_fraction: the evaluation's window step (its cost counts; test-time mirroring is planned off).
 
   Raises:
@@ -542,10 +545,16 @@ def plan_cpu(summary: DatasetSummary, devices: Devices, model_name: str, budget_
   ladder = cpu_ladder(summary, _candidate(summary, dim, start.patch_size, start.batch_size, start.features[0]))
   measured: list[dict[str, Any]] = []
   times: dict[int, float] = {}
+  compile_times: dict[int, float] = {}
   spent = [0.0]  # Seconds the measurements took (compilation included): part of the budget.
 
-  def costs(cand: Candidate, step_s: float) -> tuple[int, int, float, float]:
-    """(steps, validation passes, their seconds, final evaluation seconds) within the budget."""
+  def nearest(i: int) -> int:
+    return min(times, key=lambda k: abs(math.log(ladder[k].flops / ladder[i].flops)))  # Closest measured cost.
+
+  def costs(i: int) -> tuple[int, int, float, float]:
+    """(steps, validation passes, their seconds, final evaluation seconds) of candidate i within the budget."""
+    cand, step_s = ladder[i], predicted(i)
+    compile_s = COMPILE_FACTOR * compile_times[nearest(i)]
     window_s = step_s / cand.network.batch_size * FORWARD_FRACTION + WINDOW_OVERHEAD_S
     case_s = windows_per_case(summary, cand.network.patch_size, step_fraction) * window_s
     validation_s = summary.validation_cases * case_s
@@ -553,15 +562,19 @@ def plan_cpu(summary: DatasetSummary, devices: Devices, model_name: str, budget_
     evaluations = CPU_EVALUATIONS if validation_s > 0 else 0
     while evaluations > 1 and evaluations * validation_s > MAX_CPU_EVAL_FRACTION * budget_s:
       evaluations -= 1
-    train_s = budget_s - spent[0] - final_s - evaluations * validation_s
-    return int(train_s // step_s) if train_s > 0 else 0, evaluations, evaluations * validation_s, final_s
+    train_s = budget_s - spent[0] - compile_s - final_s - evaluations * validation_s
+    return (int(train_s // step_s) if train_s > 0 else 0, evaluations, evaluations * validation_s,
+            final_s + compile_s)
 
   def measure_at(i: int) -> float:
     # CPU "devices" (--xla_force_host_platform_device_count) share the host's cores: a step of the global
     # batch (per-device batch x count) takes about count times the one-device measurement.
     start = time.perf_counter()
-    seconds = float(measure(ladder[i])) * devices.count
+    result = measure(ladder[i])
+    seconds, compile_s = (result if isinstance(result, tuple) else (result, 0.0))
+    seconds = float(seconds) * devices.count
     spent[0] += time.perf_counter() - start
+    compile_times[i] = float(compile_s)
     measured.append({"candidate": ladder[i].describe(), "seconds_per_step": round(seconds, 4),
                      "gflops_per_step": round(ladder[i].flops / 1e9, 3)})
     times[i] = seconds
@@ -570,7 +583,7 @@ def plan_cpu(summary: DatasetSummary, devices: Devices, model_name: str, budget_
   def predicted(i: int) -> float:
     if i in times:
       return times[i]
-    j = min(times, key=lambda k: abs(math.log(ladder[k].flops / ladder[i].flops)))  # Closest measured cost.
+    j = nearest(i)
     return times[j] * ladder[i].flops / ladder[j].flops
 
   # A cheap probe first (compiling and running nnU-Net's GPU network on a CPU can take minutes).
@@ -578,20 +591,20 @@ def plan_cpu(summary: DatasetSummary, devices: Devices, model_name: str, budget_
   measure_at(probe)
   choice = None
   while True:
-    fitting = [i for i in range(len(ladder)) if costs(ladder[i], predicted(i))[0] >= MIN_CPU_STEPS]
+    fitting = [i for i in range(len(ladder)) if costs(i)[0] >= MIN_CPU_STEPS]
     # None fits: the most training data (steps x batch x patch voxels); evaluation favours large patches.
     i = fitting[0] if fitting else max(range(len(ladder)), key=lambda k: (
-        costs(ladder[k], predicted(k))[0] * ladder[k].network.batch_size * math.prod(ladder[k].network.patch_size),
+        costs(k)[0] * ladder[k].network.batch_size * math.prod(ladder[k].network.patch_size),
         -ladder[k].flops))
     if i in times or len(measured) >= MAX_MEASUREMENTS:
       choice = i
       break
     measure_at(i)
   candidate, step_s = ladder[choice], predicted(choice)
-  steps, evaluations, eval_s, final_s = costs(candidate, step_s)
+  steps, evaluations, eval_s, final_s = costs(choice)
   if steps < MIN_FEASIBLE_STEPS:
     cheapest = ladder[-1]
-    steps, _, eval_s, final_s = costs(cheapest, predicted(len(ladder) - 1))
+    steps, _, eval_s, final_s = costs(len(ladder) - 1)
     raise ConfigError(
         f"plan: no network trains {MIN_FEASIBLE_STEPS} steps in the budget on this CPU: the cheapest "
         f"({cheapest.describe()}) takes about {predicted(len(ladder) - 1):.3f} s per step, and "
@@ -604,7 +617,7 @@ def plan_cpu(summary: DatasetSummary, devices: Devices, model_name: str, budget_
   how = "measured" if choice in times else "predicted from the measurements by FLOPs:"
   reason = (f"CPU plan for a {budget_s / 60:g}-minute budget (config.plan.time_budget_min): {candidate.describe()}, "
             f"{how} {step_s:.3f} s/step -> {steps} steps ({train_min:.1f} min) + {evaluations} validation "
-            f"passes and the final evaluation (about {(eval_s + final_s) / 60:.1f} min) + "
+            f"passes, the final evaluation and compiling (about {(eval_s + final_s) / 60:.1f} min) + "
             f"{len(measured)} step-time measurements ({spent[0] / 60:.1f} min)")
   return {"configurations": {("3d_fullres" if dim == 3 else "2d") + "_nnunet_8gb": start.to_dict() | info,
                              "cpu": candidate.network.to_dict() | {"seconds_per_step": round(step_s, 4)}},

@@ -259,8 +259,8 @@ def test_measure_step_time_runs_the_real_network():
   config.model.num_classes = 2
   s = summary((1, 16, 16), (1.0, 1.0, 1.0), cases=4, ndim=2)
   candidate = plan._candidate(s, 2, (16, 16), 2, 4)
-  seconds = experiment.measure_step_time(config, 1, candidate, steps_timed=1)
-  assert 0 < seconds < 60
+  seconds, compile_s = experiment.measure_step_time(config, 1, candidate, steps_timed=1)
+  assert 0 < seconds < 60 and compile_s > seconds
 
 
 def test_cpu_devices_share_the_cores():
@@ -270,3 +270,12 @@ def test_cpu_devices_share_the_cores():
   measure, _ = _cpu_stub(0.01)
   two = plan.make_plan(s, plan.Devices("cpu", 2, 16.0), "unet", time_budget_min=15, measure=measure)["values"]
   assert two["train.batch_size"] % 2 == 0 and two["train.num_steps"] < one["train.num_steps"]
+
+
+def test_cpu_plan_sets_time_aside_for_compiling():
+  s = summary((187, 512, 512), (1.6, 0.793, 0.793), val=4, test=8)
+  fast = plan.make_plan(s, plan.Devices("cpu", 1, 16.0), "unet", time_budget_min=15,
+                        measure=lambda c: (c.flops / 1e9 * 0.01, 0.0))["values"]
+  slow = plan.make_plan(s, plan.Devices("cpu", 1, 16.0), "unet", time_budget_min=15,
+                        measure=lambda c: (c.flops / 1e9 * 0.01, 120.0))["values"]
+  assert slow["train.num_steps"] < fast["train.num_steps"]
