@@ -131,7 +131,8 @@ def step_times(patch: tuple[int, ...], batch: int, crops: dict[str, np.ndarray],
   model = models.create_model(config.model)
   tx = state_lib.create_optimizer(config.train)
   schedule = state_lib.learning_rate_schedule(config.train)
-  state = jax.jit(functools.partial(state_lib.create_train_state, config, model, tx, (1, *patch, 1)))()
+  with jax.threefry_partitionable(False):  # As experiment.init_state: the classic lowering compiles far faster on CPU.
+    state = jax.jit(functools.partial(state_lib.create_train_state, config, model, tx, (1, *patch, 1)))()
   weights = models.output_weights(config.model)
   plain = jax.jit(steps.make_train_step(model, tx, schedule, "dice_ce", weights))
   augmented = jax.jit(steps.make_train_step(model, tx, schedule, "dice_ce", weights, da.make_batch_fn(
