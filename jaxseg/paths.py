@@ -24,7 +24,8 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-from typing import Union
+import tempfile
+from typing import Callable, Union
 
 from etils import epath
 
@@ -106,6 +107,18 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
   else:
     path.write_bytes(data)
+
+
+def write_via_local(path: Path, write: Callable[[pathlib.Path], None]) -> None:
+  """Runs `write(local_path)` for a writer that needs a local file (nibabel); uploads it when `path` is remote."""
+  if isinstance(path, pathlib.Path):
+    write(path)
+    return
+  with tempfile.TemporaryDirectory(prefix="jaxseg-upload-") as tmp:
+    local = pathlib.Path(tmp) / path.name
+    write(local)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(local.read_bytes())
 
 
 def local_cache_dir() -> pathlib.Path:

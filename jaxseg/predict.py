@@ -47,7 +47,7 @@ import nibabel as nib
 import numpy as np
 from absl import logging
 
-from jaxseg import ensemble, evaluate, experiment, postprocess
+from jaxseg import ensemble, evaluate, experiment, paths, postprocess
 from jaxseg.data import nifti, pipeline, preprocess
 from jaxseg.errors import CheckpointError, ConfigError, DataError, WorkdirError
 
@@ -167,7 +167,8 @@ def _paths(config: ml_collections.ConfigDict) -> tuple[pathlib.Path, pathlib.Pat
   for key in ("input", "output"):
     if not config.predict[key]:
       raise ConfigError(f"config.predict.{key} is empty; set --config.predict.{key}=PATH")
-  return pathlib.Path(config.predict.input).expanduser(), pathlib.Path(config.predict.output).expanduser()
+  return (pathlib.Path(config.predict.input).expanduser(),
+          paths.resolve(config.predict.output, "config.predict.output"))  # May be gs://.
 
 
 def _load_postprocessing(workdir: pathlib.Path, step: int) -> postprocess.Postprocessing:
@@ -211,7 +212,7 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
   """
   input_path, output = _paths(config)
   members = ensemble.find_members(workdir)
-  workdir = pathlib.Path(workdir).expanduser()
+  workdir = paths.resolve(workdir, "workdir")
   if members is None and not (workdir / "checkpoints").is_dir():
     raise CheckpointError(f"no checkpoints in {workdir}: train first, or pass the --workdir of a trained run")
   if not input_path.exists():
@@ -253,11 +254,10 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
     shape = shapes[case.case_id]
     path = output / f"{case.case_id}.nii.gz"
     if jax.process_index() == 0:
-      nifti.save_nifti(path, labels.reshape(shape), loaded.affine)
+      paths.write_via_local(path, lambda p: nifti.save_nifti(p, labels.reshape(shape), loaded.affine))
       if probabilities is not None:
-        nifti.save_nifti(output / f"{case.case_id}_probabilities.nii.gz",
-                         probabilities.reshape(shape + (1,) * (3 - len(shape)) + probabilities.shape[-1:]),
-                         loaded.affine)
+        paths.write_via_local(output / f"{case.case_id}_probabilities.nii.gz", lambda p: nifti.save_nifti(
+            p, probabilities.reshape(shape + (1,) * (3 - len(shape)) + probabilities.shape[-1:]), loaded.affine))
     logging.info("%s -> %s (checkpoint step %d)", ", ".join(str(p) for p in case.paths), path, step)
     written.append(path)
   return written

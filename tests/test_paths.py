@@ -145,3 +145,21 @@ def test_unwritable_local_workdir_is_one_line(tmp_path):
   blocker.write_text("x")
   with pytest.raises(WorkdirError, match="workdir .*file/run cannot be written"):
     experiment.ensure_workdir(blocker / "run")
+
+
+def test_prediction_outputs_are_written_to_the_bucket(bucket):
+  import nibabel as nib  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jaxseg import predict  # pylint: disable=g-import-not-at-top
+  from jaxseg.data import nifti  # pylint: disable=g-import-not-at-top
+  config = config_lib.base_config()
+  config.predict.input, config.predict.output = "/data/in", "gs://my-bucket/predictions"
+  _, output = predict._paths(config)  # pylint: disable=protected-access
+  assert os.fspath(output) == "gs://my-bucket/predictions"
+  labels = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+  paths.write_via_local(output / "case_1.nii.gz", lambda p: nifti.save_nifti(p, labels, np.eye(4)))
+  stored = bucket / "my-bucket/predictions/case_1.nii.gz"
+  assert np.array_equal(np.asarray(nib.load(stored).dataobj), labels)
+  config.predict.output = "s3://other/predictions"
+  with pytest.raises(WorkdirError, match="^config.predict.output s3://other/predictions: jaxseg cannot"):
+    predict._paths(config)  # pylint: disable=protected-access
