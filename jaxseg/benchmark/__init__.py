@@ -90,8 +90,10 @@ def run(scale: str = "cpu", case_names: Sequence[str] | None = None, dtypes: Seq
       if "achieved_tflops" in row:
         row["peak_share"] = None if peak is None else row["achieved_tflops"] * 1e12 / peak
       rows.append(row)
+      numbers = ", ".join(f"{k}={row[k]:.4g}" for k in ("step_ms", "vs_pytorch", "ms", "overhead_ratio",
+                                                          "memory_bytes") if row.get(k) is not None)
       log(f"  {row['section']} {row['case']} {row.get('dtype', '')} {row.get('framework', '')} "
-          f"{row.get('path', '')}: {row.get('status')}")
+          f"{row.get('variant', row.get('path', ''))}: {row.get('status')} {numbers}")
 
   if "train" in sections:
     for case in selected:
