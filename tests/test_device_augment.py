@@ -1,6 +1,9 @@
 """Device augmentation: each transform against the numpy one with the same parameters, draws, determinism."""
 
 import math
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -108,7 +111,8 @@ def test_elastic_field_and_deformed_patch_match_the_host():
   patch = (20, 24)
   noise = np.random.default_rng(3).uniform(-1, 1, (2, *patch))
   host_field = augment.elastic_displacement(FixedRng(noise.ravel()), patch, alpha=60.0, sigma=4.0)
-  device_field = da.elastic_field(jnp.asarray(noise, jnp.float32), 60.0, 4.0, da.kernel_radius(5.0))
+  smooth = jax.jit(lambda x: da.elastic_field(x, 60.0, 4.0, da.kernel_radius(5.0)))
+  device_field = smooth(jnp.asarray(noise, jnp.float32))
   np.testing.assert_allclose(device_field, host_field, atol=1e-4)
   case = _case((3, 40, 44))
   center = np.array([1.0, 20.0, 22.0])
@@ -299,8 +303,7 @@ def test_batches_are_seeded_by_step_and_global_index_and_keep_label_values(ndim)
 
 
 def test_crop_holds_every_voxel_the_transform_reads():
-  for ndim, patch, changes in ((2, (64, 48), {}), (3, (32, 40, 24), {}),
-                               (2, (40, 40), {"rotate_max_deg": 15.0, "scale_range": (0.85, 1.15)}),
+  for ndim, patch, changes in ((2, (64, 48), {}), (2, (40, 40), {"rotate_max_deg": 15.0, "scale_range": (0.85, 1.15)}),
                                (3, (16, 16, 16), {"elastic_prob": 0.5, "elastic_alpha": (0.0, 200.0),
                                                   "elastic_sigma": (3.0, 4.0)})):
     aug = _aug(ndim, rotate_prob=1.0, scale_prob=1.0, **changes)
@@ -328,7 +331,10 @@ def test_device_cache_samples_foreground_as_the_host_does(patch, class_balanced)
   empty = transforms.make_case("e", cases[0].image[:5], np.zeros((5, 30, 26), np.uint8), (1, 1, 1), {})
   cache, layout = _cache(cases + [empty], patch)
   assert cache["image"].shape == (3, 8, 30, 30, 2) and layout.classes == (3, 7)
-  aug = _aug(len(patch), flip_prob=0.0)  # Without mirroring the forced centre voxel stays the patch centre.
+  # Without mirroring the forced centre voxel stays the patch centre; intensity transforms (tested above) off.
+  aug = _aug(len(patch), flip_prob=0.0, **{k: 0.0 for k in ("noise_prob", "blur_prob", "brightness_prob",
+                                                           "contrast_prob", "lowres_prob", "inverted_gamma_prob",
+                                                           "gamma_prob")})
   sample = jax.jit(lambda c, s: device_cache.sample_batch(c, s, seed=1, layout=layout, aug=aug, batch_size=6,
                                                           foreground_fraction=0.5, class_balanced=class_balanced))
   centre = tuple(n // 2 for n in patch)
@@ -396,3 +402,36 @@ def test_short_training_with_device_augmentation(data_dir, tmp_path, device_cach
   results = train.train_and_evaluate(config, tmp_path)
   assert results["test"]["num_cases"] >= 1 and results["test"]["step"] == 3
   assert set(results["test"]["mean_foreground"]) >= {"dice", "iou"}  # Trained (a NaN loss would have raised).
+
+
+_SHARDED_SCRIPT = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jaxseg.config import base_config
+from jaxseg.data import augment, device_augment as da
+config = base_config()
+config.data.augment.update(rotate_prob=1.0, scale_prob=1.0, noise_prob=1.0, gamma_prob=1.0, blur_prob=0.0,
+                           lowres_prob=0.0)
+aug = augment.Augmentation.from_config(config.data.augment, 2)
+rng = np.random.default_rng(0)
+batch = {"image": rng.normal(size=(4, 30, 26, 1)).astype(np.float32),
+         "label": rng.integers(0, 3, (4, 30, 26)).astype(np.uint8),
+         "pad_value": np.full((4, 1), -1.0, np.float32)}
+fn = jax.jit(lambda b, s: da.augment_batch(da.augment_key(0), s, b, aug, (16, 12)))
+one = jax.device_get(fn(jax.device_put(batch, jax.devices()[0]), jnp.int32(3)))
+mesh = Mesh(np.asarray(jax.devices()), ("data",))
+sharded = jax.device_put(batch, NamedSharding(mesh, P("data")))
+four = jax.device_get(fn(sharded, jnp.int32(3)))
+assert len(jax.devices()) == 4
+for k in one:
+  np.testing.assert_array_equal(one[k], four[k])
+print("same")
+"""
+
+
+@pytest.mark.slow  # A subprocess with 4 virtual devices: about a minute of compilation on 2 loaded cores.
+def test_batch_is_the_same_on_one_and_on_four_devices():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=900, check=False)
+  assert result.returncode == 0 and "same" in result.stdout, result.stderr[-2000:]

@@ -153,12 +153,12 @@ def _randint(key: jax.Array, count: jax.Array) -> jax.Array:
   return jnp.minimum(jnp.floor(jax.random.uniform(key) * count).astype(jnp.int32), jnp.maximum(count - 1, 0))
 
 
-def choose_case(key: jax.Array, cache: dict[str, jax.Array], layout: Layout, force: bool,
+def choose_case(key: jax.Array, cache: dict[str, jax.Array], layout: Layout, force: jax.Array,
                 class_balanced: bool) -> tuple[jax.Array, jax.Array]:
-  """(case index, class slot or -1) as `transforms.CaseIndex.choose`."""
+  """(case index, class slot or -1) as `transforms.CaseIndex.choose`; `force` is a traced bool."""
   k_class, k_case = jax.random.split(key)
   any_case = _randint(k_case, layout.num_cases)
-  if not force or not layout.classes:
+  if not layout.classes:
     return any_case, jnp.int32(-1)
   if class_balanced:
     slot = _randint(k_class, len(layout.classes))
@@ -166,13 +166,13 @@ def choose_case(key: jax.Array, cache: dict[str, jax.Array], layout: Layout, for
   else:
     slot = jnp.int32(-1)
     case = cache["fg_cases"][_randint(k_case, cache["fg_count"])]
-  has_foreground = cache["fg_count"] > 0
-  return jnp.where(has_foreground, case, any_case), jnp.where(has_foreground, slot, -1)
+  forced = force & (cache["fg_count"] > 0)
+  return jnp.where(forced, case, any_case), jnp.where(forced, slot, -1)
 
 
 def choose_center(key: jax.Array, cache: dict[str, jax.Array], case: jax.Array, slot: jax.Array,
-                  patch_size: Sequence[int], force: bool) -> jax.Array:
-  """The (z, y, x) centre voxel, float32, as `transforms.choose_center`."""
+                  patch_size: Sequence[int], force: jax.Array) -> jax.Array:
+  """The (z, y, x) centre voxel, float32, as `transforms.choose_center`; `force` is a traced bool."""
   k_class, k_voxel, k_uniform = jax.random.split(key, 3)
   shape = cache["shape"][case].astype(jnp.float32)
   full = jnp.asarray([1] * (3 - len(patch_size)) + list(patch_size), jnp.float32)
@@ -182,7 +182,7 @@ def choose_center(key: jax.Array, cache: dict[str, jax.Array], case: jax.Array, 
   center = jnp.floor(jnp.where(high > low, low + uniform * (high - low), shape / 2))
   if len(patch_size) == 2:
     center = center.at[0].set(jnp.floor(uniform[0] * shape[0]))
-  if not force or cache["loc_count"].shape[1] == 0:
+  if cache["loc_count"].shape[1] == 0:
     return center
   counts = cache["loc_count"][case]
   present = counts > 0
@@ -191,7 +191,7 @@ def choose_center(key: jax.Array, cache: dict[str, jax.Array], case: jax.Array, 
   slot = jnp.where((slot >= 0) & present[jnp.maximum(slot, 0)], slot, pick)
   row = cache["loc_start"][case, slot] + _randint(k_voxel, counts[slot])
   voxel = cache["locations"][row].astype(jnp.float32)
-  return jnp.where(jnp.any(present), voxel, center)
+  return jnp.where(force & jnp.any(present), voxel, center)
 
 
 def sample_batch(cache: dict[str, jax.Array], step: jax.Array, *, seed: int, layout: Layout,
@@ -219,17 +219,8 @@ def sample_batch(cache: dict[str, jax.Array], step: jax.Array, *, seed: int, lay
 
     return da.transform_example(key, aug, patch, center[3 - ndim:], sampler, channels)
 
-  # Forced and unforced rows trace different code: run each group, then put rows back in order.
-  rows = np.arange(batch_size)
-  images, labels = [None] * batch_size, [None] * batch_size
-  for flag in (True, False):
-    index = rows[forced == flag]
-    if not len(index):
-      continue
-    out_image, out_label = jax.vmap(lambda k, f=flag: one(k, f))(keys[index])
-    for j, i in enumerate(index):
-      images[i], labels[i] = out_image[j], out_label[j]
-  return {"image": jnp.stack(images), "label": jnp.stack(labels)}
+  image, label = jax.vmap(one)(keys, jnp.asarray(forced))
+  return {"image": image, "label": label}
 
 
 def make_batch_fn(config: ml_collections.ConfigDict, layout: Layout, sharding: jax.sharding.Sharding | None = None
