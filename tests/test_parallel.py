@@ -167,3 +167,25 @@ def test_split_for_process_is_a_partition():
   items = list(range(7))
   parts = [parallel.split_for_process(items, p, 3) for p in range(3)]
   assert sorted(sum(parts, [])) == items and parts[0] == [0, 3, 6]
+
+
+def test_processes_with_different_configs_are_refused_in_one_line():
+  code = ("import sys\nfrom jaxseg import cli, config as config_lib, parallel\nparallel.initialize_distributed()\n"
+          "config = config_lib.base_config()\nconfig.train.learning_rate = float(sys.argv[1])\n"
+          "try:\n  parallel.check_same_config(config)\nexcept parallel.DistributedError as e:\n  cli.fail(str(e))\n"
+          "print('same')\n")
+  env = {k: v for k, v in os.environ.items() if k not in ENV_KEYS}
+  env.update(JAXSEG_COORDINATOR=f"127.0.0.1:{free_port()}", JAXSEG_NUM_PROCESSES="2", JAXSEG_INIT_TIMEOUT="60")
+  children = [subprocess.Popen([sys.executable, "-c", code, lr], cwd=REPO, env=dict(env, JAXSEG_PROCESS_ID=str(i)),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for i, lr in enumerate(("0.001", "0.002"))]
+  try:
+    outputs = [child.communicate(timeout=120) for child in children]
+  finally:
+    for child in children:
+      if child.poll() is None:
+        child.kill()
+  for child, (_, stderr) in zip(children, outputs):
+    assert child.returncode == 1, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith(
+        "jaxseg: error: processes were started with different configs: process 1 has config hash "), stderr[-2000:]
