@@ -53,7 +53,7 @@ measured first (a few jitted train steps of the real network,
 `measure(candidate)`), the other candidates' step times are predicted from
 the closest measurement by their ratio of training FLOPs, and the first
 candidate predicted to fit at least `MIN_CPU_STEPS` steps is measured in turn
-(at most `MAX_MEASUREMENTS` measurements). When none fits, the candidate that
+(at most `MAX_MEASUREMENTS` = 2 measurements). When none fits, the candidate that
 trains on most voxels (steps x batch x patch) is taken, and one that cannot
 train `MIN_FEASIBLE_STEPS` steps is a `ConfigError`.
 The budget covers the measurements themselves (compilation included: their
@@ -97,7 +97,7 @@ EVALUATIONS_PER_RUN = 20
 # CPU planning.
 MIN_CPU_STEPS = 500               # Fewer steps than this rarely train a useful model.
 MIN_FEASIBLE_STEPS = 20           # Below this the budget cannot train anything: an error.
-MAX_MEASUREMENTS = 3
+MAX_MEASUREMENTS = 2              # Each compiles a train step: tens of seconds idle, minutes on a loaded CPU.
 PROBE_FLOPS = 50e9                # The first measured CPU candidate costs at most this per step.
 CPU_EVALUATIONS = 4               # Periodic validation passes during a CPU run (best checkpoint).
 MAX_CPU_EVAL_FRACTION = 0.15      # Share of the budget periodic validation may take.
