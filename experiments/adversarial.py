@@ -28,9 +28,7 @@ Writes `<output>.md` and `<output>.json` (default
 
 import argparse
 import datetime
-import importlib.util
 import json
-import math
 import os
 import pathlib
 import platform
@@ -39,12 +37,12 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _study  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-import jax  # pylint: disable=g-import-not-at-top
-from scipy import stats  # pylint: disable=g-import-not-at-top
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from jaxseg import train, writers  # pylint: disable=g-import-not-at-top
+from jaxseg import train, writers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ARMS = {"plain": ROOT / "configs" / "unet_ct.py", "adversarial": ROOT / "configs" / "unet_adversarial_ct.py"}
@@ -52,11 +50,7 @@ METRICS = ("dice", "hd95")
 DISC_SCALARS = ("train/disc_accuracy_real", "train/disc_accuracy_fake", "train/disc_loss", "train/adversarial_loss")
 
 
-def load_config(path: pathlib.Path):
-  spec = importlib.util.spec_from_file_location(path.stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+load_config = _study.load_config  # A configs/ file's get_config().
 
 
 def run_config(arm: str, seed: int, args: argparse.Namespace):
@@ -88,12 +82,7 @@ def last_scalars(workdir: pathlib.Path, tags) -> dict[str, float]:
 TIE = 0.01  # Paired Dice differences within this are counted as ties.
 
 
-def mean_std(values) -> tuple[float | None, float | None, int]:
-  """Mean, sample std and count of the finite values (None, None, 0 when there are none)."""
-  finite = [v for v in values if v is not None and not math.isnan(v)]
-  if not finite:
-    return None, None, 0
-  return statistics.mean(finite), (statistics.stdev(finite) if len(finite) > 1 else 0.0), len(finite)
+mean_std = _study.mean_std  # Mean, sample std and count of the finite values.
 
 
 def fmt(stat: tuple[float | None, float | None, int], num_seeds: int, digits: int) -> str:
@@ -135,9 +124,9 @@ def verdict(summary: dict) -> str:
           f"{diff['worse_seeds']}, within {TIE} in {ties} of {len(diffs)} seeds")
   if len(diffs) < 2:
     return f"Mean foreground test Dice change {size}); one seed, no conclusion."
-  half_width = stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-  size += f"; 95% t interval {mean - half_width:+.4f} to {mean + half_width:+.4f})"
-  if abs(mean) <= half_width:
+  low, high = _study.t_interval(diffs)
+  size += f"; 95% t interval {low:+.4f} to {high:+.4f})"
+  if low <= 0 <= high:
     return ("The adversarial term made no difference distinguishable from seed-to-seed noise: mean foreground "
             f"test Dice change {size}.")
   direction = "helped" if mean > 0 else "hurt"
