@@ -28,6 +28,9 @@ atomically with the input's affine:
                                         softmax `[X, Y, Z, K]` (before post-processing)
 
 The checkpoint is `config.predict.checkpoint` ('best', 'latest' or a step).
+With several processes (a multi-host launch) each process predicts and writes
+every n-th case, so the output must be a directory every host sees (a shared
+file system or a gs:// bucket, `jaxseg.paths`).
 
 `--workdir=DIR1,DIR2,...` or a folds directory predicts with an ensemble
 (`jaxseg.ensemble`): the members' softmax probabilities are averaged, and no
@@ -41,13 +44,12 @@ import os
 import pathlib
 import re
 
-import jax
 import ml_collections
 import nibabel as nib
 import numpy as np
 from absl import logging
 
-from jaxseg import ensemble, evaluate, experiment, paths, postprocess
+from jaxseg import ensemble, evaluate, experiment, parallel, paths, postprocess
 from jaxseg.data import nifti, pipeline, preprocess
 from jaxseg.errors import CheckpointError, ConfigError, DataError, WorkdirError
 
@@ -246,18 +248,17 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
                                   channel_names=prepared.channel_names, labels=prepared.labels, ndim=ndim,
                                   training=(), test=(), splits=None) for layout in ("msd", "nnunetv2")}
   written = []
-  for case in cases:
+  for case in parallel.split_for_process(cases):  # With several processes each predicts and writes every n-th case.
     loaded = nifti.load_case(nifti.RawCase(case.case_id, case.paths, None), raw[case.layout])
     labels, probabilities = predict_case(None, loaded, prepared, exp.config, choice,
                                          with_probabilities=config.predict.save_probabilities,
                                          probabilities_fn=probabilities_fn)
     shape = shapes[case.case_id]
     path = output / f"{case.case_id}.nii.gz"
-    if jax.process_index() == 0:
-      paths.write_via_local(path, lambda p: nifti.save_nifti(p, labels.reshape(shape), loaded.affine))
-      if probabilities is not None:
-        paths.write_via_local(output / f"{case.case_id}_probabilities.nii.gz", lambda p: nifti.save_nifti(
-            p, probabilities.reshape(shape + (1,) * (3 - len(shape)) + probabilities.shape[-1:]), loaded.affine))
+    paths.write_via_local(path, lambda p: nifti.save_nifti(p, labels.reshape(shape), loaded.affine))
+    if probabilities is not None:
+      paths.write_via_local(output / f"{case.case_id}_probabilities.nii.gz", lambda p: nifti.save_nifti(
+          p, probabilities.reshape(shape + (1,) * (3 - len(shape)) + probabilities.shape[-1:]), loaded.affine))
     logging.info("%s -> %s (checkpoint step %d)", ", ".join(str(p) for p in case.paths), path, step)
     written.append(path)
-  return written
+  return parallel.gather_split(written)  # Every case's output, in input order, on every process.
