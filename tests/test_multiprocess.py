@@ -3,8 +3,9 @@
 One module-scoped run of tests/scripts/multiprocess_run.py (a tiny U-Net on a 6-case CT phantom):
   1. one process, 4 devices: 5 train steps (parameters kept after steps 3 and 5);
   2. two processes: 3 steps, save, then killed (SIGKILL) while alive, as in a preemption;
-  3. two processes: resume from that checkpoint to step 5, then evaluate (cases split over processes);
-  4. one process: evaluate the same checkpoint.
+  3. two processes: resume from that checkpoint to step 5, then evaluate and predict 3 images (cases split
+     over processes);
+  4. one process: evaluate and predict with the same checkpoint.
 """
 
 import json
@@ -101,13 +102,18 @@ def runs(tmp_path_factory):
   kill(children)
   assert [c.returncode for c in children] == [-signal.SIGKILL] * 2
   # 3. Two processes resume to step 5, then evaluate with cases split over the processes.
-  wait(launch(["train", str(multi), data, "5", str(root / "multi5.json"), f"--evaluate={root / 'eval2.json'}"], 2,
-              root, "multi5"), root, "multi5")
+  images = root / "predict_in"
+  images.mkdir()
+  for name in sorted(p.name for p in (root / "data" / "ct_phantom" / "imagesTr").glob("*.nii.gz"))[:3]:
+    (images / name).symlink_to(root / "data" / "ct_phantom" / "imagesTr" / name)
+  wait(launch(["train", str(multi), data, "5", str(root / "multi5.json"), f"--evaluate={root / 'eval2.json'}",
+               f"--predict={images},{root / 'pred2'},{root / 'pred2.json'}"], 2, root, "multi5"), root, "multi5")
   # 4. One process evaluates the same checkpoint.
   eval1_dir = root / "eval1_workdir"
   eval1_dir.mkdir()
   (eval1_dir / "checkpoints").symlink_to(multi / "checkpoints")
-  wait(launch(["evaluate", str(eval1_dir), data, str(root / "eval1.json")], 1, root, "eval1"), root, "eval1")
+  wait(launch(["evaluate", str(eval1_dir), data, str(root / "eval1.json"),
+               f"--predict={images},{root / 'pred1'},{root / 'pred1.json'}"], 1, root, "eval1"), root, "eval1")
   return root
 
 
@@ -137,3 +143,16 @@ def test_two_processes_evaluate_like_one(runs):
   summary = json.loads((runs / "multi" / "results" / "test" / "summary.json").read_text())
   assert summary == two["results"]["test"]  # Written by process 0.
   assert summary["num_cases"] >= 1 and summary["step"] == 5
+
+
+def test_two_processes_predict_like_one(runs):
+  import nibabel as nib  # pylint: disable=g-import-not-at-top
+  two = json.loads((runs / "pred2.json").read_text())
+  one = json.loads((runs / "pred1.json").read_text())
+  assert (two["processes"], one["processes"]) == (2, 1)
+  names = [pathlib.Path(p).name for p in one["written"]]
+  assert len(names) == 3 and [pathlib.Path(p).name for p in two["written"]] == names  # Input order, all cases.
+  for name in names:  # Process 0 wrote two of the files, process 1 the third.
+    a = np.asarray(nib.load(runs / "pred2" / name).dataobj)
+    b = np.asarray(nib.load(runs / "pred1" / name).dataobj)
+    assert a.shape == b.shape and np.array_equal(a, b), name

@@ -1,7 +1,7 @@
 """One process of a (possibly multi-process) tiny training or evaluation run; tests/test_multiprocess.py starts it.
 
   multiprocess_run.py train WORKDIR DATA_DIR STOP OUT.json [--dump=S1,S2] [--hang] [--evaluate=EVAL.json]
-  multiprocess_run.py evaluate WORKDIR DATA_DIR OUT.json
+  multiprocess_run.py evaluate WORKDIR DATA_DIR OUT.json [--predict=IN_DIR,OUT_DIR,OUT.json]
 
 Multi-process when JAXSEG_COORDINATOR / JAXSEG_NUM_PROCESSES / JAXSEG_PROCESS_ID are set
 (`jaxseg.parallel.initialize_distributed`). `train` runs the training loop's pieces
@@ -9,7 +9,8 @@ Multi-process when JAXSEG_COORDINATOR / JAXSEG_NUM_PROCESSES / JAXSEG_PROCESS_ID
 pipeline.train_batches, checkpointing.Checkpoints) of a NUM_STEPS = 5 run from the latest checkpoint
 (if any) to step STOP, saves, and on process 0 writes the per-step losses and the parameters after STOP
 and after each step of --dump (OUT.<step>.npz). With --hang it then waits to be killed (a preemption);
-with --evaluate it then evaluates as `evaluate` does. `evaluate` runs `evaluate.evaluate_workdir`
+with --evaluate it then evaluates as `evaluate` does, and with --predict=IN_DIR,OUT_DIR,OUT.json it
+then runs `predict.predict_workdir` (cases split over processes) and writes the returned paths. `evaluate` runs `evaluate.evaluate_workdir`
 (cases split over processes, reports written by process 0) and writes the summaries.
 """
 
@@ -33,7 +34,7 @@ if __name__ == "__main__":  # Not in the dataset preparation's spawned workers, 
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-from jaxseg import checkpointing, evaluate, experiment, train  # pylint: disable=g-import-not-at-top
+from jaxseg import checkpointing, evaluate, experiment, predict, train  # pylint: disable=g-import-not-at-top
 from jaxseg.config import base_config, smoke_run  # pylint: disable=g-import-not-at-top
 from jaxseg.data import pipeline  # pylint: disable=g-import-not-at-top
 
@@ -105,6 +106,15 @@ def run_train(workdir: str, data_dir: str, stop: int, out: pathlib.Path, hang: b
       time.sleep(1)
 
 
+def run_predict(workdir: str, data_dir: str, spec: str) -> None:
+  source, output, out = spec.split(",")
+  config = tiny_config(data_dir, NUM_STEPS)
+  config.predict.input, config.predict.output = source, output
+  written = predict.predict_workdir(config, workdir)
+  if jax.process_index() == 0:
+    pathlib.Path(out).write_text(json.dumps({"written": [str(p) for p in written], "processes": jax.process_count()}))
+
+
 def run_evaluate(workdir: str, data_dir: str, out: pathlib.Path) -> None:
   started = time.perf_counter()
   results = evaluate.evaluate_workdir(tiny_config(data_dir, NUM_STEPS), workdir)  # The trained config (same schedule).
@@ -123,3 +133,6 @@ if __name__ == "__main__":
         run_evaluate(sys.argv[2], sys.argv[3], pathlib.Path(arg.split("=", 1)[1]))
   else:
     run_evaluate(sys.argv[2], sys.argv[3], pathlib.Path(sys.argv[4]))
+  for arg in sys.argv:
+    if arg.startswith("--predict="):
+      run_predict(sys.argv[2], sys.argv[3], arg.split("=", 1)[1])
