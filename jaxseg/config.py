@@ -163,7 +163,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.batch_size = 16                  # Sliding windows per forward pass.
   config.eval.step_fraction = 0.5              # Step between windows / window size.
   config.eval.mirror_axes = ()                 # Spatial axes mirrored for test-time augmentation.
-  config.eval.placement = "auto"               # Sliding-window sums: auto (device if they fit) | device | host.
+  config.eval.placement = "auto"               # Sliding-window sums: auto (device on GPU/TPU if they fit) | device | host.
   config.eval.num_figures = 4                  # Best and worst cases shown in figures/.
   config.eval.checkpoint = "best"              # best | latest | a step number.
   config.eval.tolerances_mm = ()               # Surface Dice tolerance [mm]: () = 1 mm, one value, or one per class.

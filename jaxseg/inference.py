@@ -27,9 +27,9 @@ Two paths, same results (equal up to float rounding of fused kernels):
   probabilities into an on-device float32 accumulator (dynamic-update-slice
   adds, in the same window order as the host path); only the final
   probabilities are copied back. With a mesh of several devices each window
-  batch is split over its data axis. Chosen when the sums fit the device
-  (`device_bytes_needed` below half of the free device memory) unless the
-  predictor's `placement` says "host" or "device".
+  batch is split over its data axis. Chosen on accelerators when the sums
+  fit the device (`device_bytes_needed` below half of the free device
+  memory), unless the predictor's `placement` says "host" or "device".
 - Host path, for any `predict_fn` returning logits (numpy or jax): windows
   are cut on the host, logits come back per batch and are stitched there.
 
@@ -82,8 +82,9 @@ class DevicePredictor:
       function), and the same object from call to call so that its
       programs are compiled once.
     variables: tuple of pytrees of arrays, `apply`'s leading arguments.
-    placement: "auto" (device path when the sums fit the device, see
-      `device_bytes_needed`), "device" or "host" (`config.eval.placement`).
+    placement: "auto" (device path on GPU/TPU when the sums fit the device,
+      see `device_bytes_needed`; host path on the CPU backend), "device" or
+      "host" (`config.eval.placement`).
     mesh: optional mesh; with more than one device on its batch axes, each
       window batch is split over them (`parallel.batch_sharding`) when the
       batch size divides evenly, else it runs replicated.
@@ -352,6 +353,10 @@ def _use_device(predict_fn, grid, channels, num_classes, window,
     return False
   if predict_fn.placement != "auto":
     return predict_fn.placement == "device"
+  if jax.default_backend() == "cpu":
+    # Host and device memory are the same there, and the measured overhead
+    # ratios of the two paths are within noise (README, Performance).
+    return False
   free = device_free_bytes()
   needed = device_bytes_needed(grid, channels, num_classes, window,
                                batch_size)

@@ -303,6 +303,11 @@ def test_auto_placement_decides_by_memory(monkeypatch):
   monkeypatch.setattr(inference, '_device_predict',
                       lambda *a: paths.append('device') or real(*a))
   needed = inference.device_bytes_needed((10, 11), 2, 3, (4, 4), 2)
+  monkeypatch.setattr(inference.jax, 'default_backend', lambda: 'cpu')
+  inference.sliding_window_predict(predictor, image, window=(4, 4),
+                                   num_classes=3)
+  assert not paths  # "auto" keeps the host path on the CPU backend.
+  monkeypatch.setattr(inference.jax, 'default_backend', lambda: 'gpu')
   for free in (2 * needed, 2 * needed - 1, None):
     monkeypatch.setattr(inference, 'device_free_bytes', lambda free=free: free)
     inference.sliding_window_predict(predictor, image, window=(4, 4),
