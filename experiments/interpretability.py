@@ -16,8 +16,12 @@ the axial slice with the most reference voxels of the class, every map of
 `jaxseg.interpret` (saliency, SmoothGrad, integrated gradients, Grad-CAM at
 the last feature map before the head, and for the Attention U-Net its
 full-resolution attention gate) explains the class score S_k = sum of class
-k's logits over the *reference* structure (the same region for every model,
-so that the maps are comparable), and the study reports:
+k's logits over `--region`: by default `all` pixels of the slice, the same
+region for every model. (With the reference structure as the region, every
+gradient map concentrates inside it whatever the weights, because the score
+only reads logits there: localisation would then measure the region, not the
+model. `--region=reference` and `--region=predicted` are there to show it.)
+The study reports:
 
 - localisation: the share of the map's positive mass inside the reference
   structure dilated by `--margin` voxels (2 by default, of the preprocessed
@@ -63,6 +67,7 @@ MODEL_CONFIGS = {"unet": "unet_ct", "attention_unet": "attention_unet_ct"}
 DATASETS = ("ct_phantom",)
 GRADIENT_METHODS = ("saliency", "smoothgrad", "integrated_gradients", "grad_cam")
 VARIANTS = ("trained", "randomised", "shuffled")
+REGIONS = ("all", "reference", "predicted")
 # Training budget per protocol (equal for every model; None keeps the config file's value).
 PROTOCOLS = {
     "quick": dict(num_cases=8, patch_size=(64, 64), num_steps=4, batch_size=2, features=4, depth=2,
@@ -73,6 +78,9 @@ PROTOCOLS = {
                 smoothgrad_samples=50, ig_steps=64, classes=""),
 }
 SHUFFLE_SEED = 0
+REGION_TEXT = {"all": "every pixel of the slice (`--region=all`)",
+               "reference": "the class's reference structure (`--region=reference`)",
+               "predicted": "the pixels each model assigns to the class (`--region=predicted`)"}
 SHUFFLED_MARKER = ".jaxseg_shuffled_labels_complete"
 
 
@@ -81,6 +89,8 @@ def parse_args(argv=None):
   p.add_argument("--models", default=",".join(MODEL_CONFIGS), help="comma-separated: " + ", ".join(MODEL_CONFIGS))
   p.add_argument("--dataset", default="ct_phantom", help="one of " + ", ".join(DATASETS))
   p.add_argument("--classes", default=None, help="comma-separated foreground classes (default: all; quick: liver)")
+  p.add_argument("--region", default="all", choices=REGIONS, help="pixels whose class logits make the class "
+                 "score: all (default), reference (the class's reference structure), predicted (by each model)")
   p.add_argument("--margin", type=int, default=2, help="dilation of the reference for localisation [voxels]")
   p.add_argument("--figure_cases", type=int, default=2, help="test cases shown in <output>.png")
   args = _study.parse(p, argv)
@@ -219,7 +229,7 @@ def interpret_seed(model_name: str, seed: int, args, shuffled_root) -> tuple[lis
       z = visualize.most_foreground_slice(case.label == value)
       images = jnp.asarray(case.image[z][None], jnp.float32)
       reference = case.label[z] == value
-      region = jnp.asarray(reference[None])
+      region = jnp.asarray(reference[None]) if args.region == "reference" else args.region
       if randomised is None:
         randomised = interpret.randomized_variables(exp.model, trained, images, seed + 1000)
       maps = {variant: all_maps(model_name, exp.model, variables, images, value, region, args)
@@ -285,7 +295,6 @@ def save_figure(path: pathlib.Path, figures: dict[str, dict]) -> None:
 
 def markdown(meta, args, runs, summary, spacing, label_of) -> str:
   p = protocol(args)
-  n = lambda stat: stat[2]
   lines = [f"# Interpretability maps on the CT phantom: localisation and sanity checks", ""]
   lines += _study.metadata_lines(meta)
   lines += [
@@ -295,7 +304,7 @@ def markdown(meta, args, runs, summary, spacing, label_of) -> str:
       f"- Shuffled-label models: the same runs on a copy of `{args.dataset}` whose {len(label_of)} training cases "
       "have each other's label volumes (a random derangement, seed "
       f"{SHUFFLE_SEED}); validation and test labels untouched. Labels are then independent of the image.",
-      f"- Maps: class score = sum of the class's logits over the reference structure, on the slice of each test "
+      f"- Maps: class score = sum of the class's logits over {REGION_TEXT[args.region]}, on the slice of each test "
       f"case with the most voxels of the class; classes {', '.join(args.classes)}; SmoothGrad "
       f"{p['smoothgrad_samples']} samples (noise 0.15 of the range), integrated gradients {p['ig_steps']} steps "
       "from a zero image, Grad-CAM at the last feature map before the head, attention = the full-resolution gate.",
@@ -327,7 +336,6 @@ def markdown(meta, args, runs, summary, spacing, label_of) -> str:
   lines += ["## Reading (generated from the numbers above)", ""] + reading(summary)
   lines += ["", f"Figure: `{args.output.name}.png` (rows: case, model, trained / randomised / shuffled labels; "
             "integrated gradients shown as |IG|)."]
-  del n
   return "\n".join(lines)
 
 
@@ -385,7 +393,8 @@ def main(argv=None):
     save_figure(args.output.with_suffix(".png"), figures)
   meta = _study.metadata(args, start)
   _study.write_report(args.output, markdown(meta, args, runs, summary, spacing, label_of), {
-      **meta, "models": args.models, "dataset": args.dataset, "classes": args.classes, "margin_voxels": args.margin,
+      **meta, "models": args.models, "dataset": args.dataset, "classes": args.classes, "region": args.region,
+      "margin_voxels": args.margin,
       "protocol": protocol(args), "spacing_mm": spacing, "shuffled_labels": {"seed": SHUFFLE_SEED,
                                                                              "label_of": label_of},
       "runs": [{k: v for k, v in r.items() if k != "config_hash"} for r in runs],

@@ -254,9 +254,12 @@ def markdown(meta, args, runs, checks, spread, classes, interval, determinism) -
   if interval[0] is not None:
     lines += ["", f"Mean foreground Dice: 95% t interval of the mean over seeds {interval[0]:.4f} to "
               f"{interval[1]:.4f}."]
-  lines += ["", "| run | mean foreground Dice | wall time (s) |", "|---|---|---|"]
+  lines += ["", "Per run (wall time of the train_and_evaluate call that finished it: for seed0_resumed, the resumed "
+            "part; 'reused': finished by an earlier invocation of this study and read back):", "",
+            "| run | mean foreground Dice | wall time (s) | reused |", "|---|---|---|---|"]
   for name, run in runs.items():
-    lines.append(f"| {name} | {run['results']['test']['mean_foreground']['dice']:.4f} | {run['seconds']:.0f} |")
+    lines.append(f"| {name} | {run['results']['test']['mean_foreground']['dice']:.4f} | {run['seconds']:.0f} | "
+                 f"{'yes' if run['reused'] else 'no'} |")
   lines += ["", "## GPU determinism", ""]
   if determinism["config_key_exists"]:
     lines.append("`config.deterministic` exists in jaxseg/config.py; this study ran on "

@@ -33,6 +33,7 @@ study = _load("_study")
     ("interpretability", ["--dataset=mr_phantom"], r"unknown dataset 'mr_phantom'; choose from ct_phantom"),
     ("interpretability", ["--classes=liver,pancreas"], r"unknown class 'pancreas'; choose from liver"),
     ("interpretability", ["--scale=tpu"], r"argument --scale: invalid choice: 'tpu'"),
+    ("interpretability", ["--region=box"], r"argument --region: invalid choice: 'box'"),
     ("interpretability", ["--seeds=0"], r"--seeds must be >= 1, got 0"),
     ("reproducibility", ["--dataset=msd"], r"unknown dataset 'msd'"),
     ("reproducibility", ["--bogus"], r"unrecognized arguments: --bogus"),
