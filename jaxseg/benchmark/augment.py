@@ -154,9 +154,13 @@ def _augment_config(config, patch):
   return config
 
 
-def run(quick: bool) -> list[dict]:
-  """Benchmark rows (module docstring) for every size; `quick`: small sizes and few repeats."""
+def run(quick: bool, report=None) -> list[dict]:
+  """Benchmark rows (module docstring) for every size; `quick`: small sizes and few repeats.
+
+  `report(row)`, if given, is called with each row as soon as it is measured.
+  """
   rows = []
+  add = lambda row: (rows.append(row), report and report(row))
   repeats = 2 if quick else 3
   cores = os.cpu_count() or 1
   context = multiprocessing.get_context("spawn")
@@ -168,10 +172,10 @@ def run(quick: bool) -> list[dict]:
       _host_samples(patch, 0, 1)
       one = statistics.median(host_rate(patch, count) for _ in range(repeats))
       every = statistics.median(host_rate(patch, count * cores, pool) for _ in range(repeats))
-      rows.append({"name": f"{name} {size} host, 1 core", "path": "host", "size": size, "cores": 1,
-                   "patches_per_s": round(one, 2)})
-      rows.append({"name": f"{name} {size} host, {cores} cores", "path": "host", "size": size, "cores": cores,
-                   "patches_per_s": round(every, 2)})
+      add({"name": f"{name} {size} host, 1 core", "path": "host", "size": size, "cores": 1,
+           "patches_per_s": round(one, 2)})
+      add({"name": f"{name} {size} host, {cores} cores", "path": "host", "size": size, "cores": cores,
+           "patches_per_s": round(every, 2)})
       crops = crop_batch(patch, batch)
       aug = default_augmentation(len(patch))
       augment = jax.jit(lambda c, s, aug=aug, patch=patch: da.augment_batch(da.augment_key(0), s, c, aug, patch))
@@ -179,10 +183,10 @@ def run(quick: bool) -> list[dict]:
       counter = iter(range(10**9))
       seconds = _time(lambda: augment(device_crops, jnp.int32(next(counter)))["image"], repeats)
       with_aug, without = step_times(patch, batch, crops, quick, repeats)
-      rows.append({"name": f"{name} {size} device ({jax.devices()[0].platform})", "path": "device", "size": size,
-                   "batch": batch, "crop": "x".join(str(n) for n in crops["label"].shape[1:]),
-                   "patches_per_s": round(batch / seconds, 2), "step_s_augmented": round(with_aug, 4),
-                   "step_s_plain": round(without, 4), "step_ratio": round(with_aug / without, 3)})
+      add({"name": f"{name} {size} device ({jax.devices()[0].platform})", "path": "device", "size": size,
+           "batch": batch, "crop": "x".join(str(n) for n in crops["label"].shape[1:]),
+           "patches_per_s": round(batch / seconds, 2), "step_s_augmented": round(with_aug, 4),
+           "step_s_plain": round(without, 4), "step_ratio": round(with_aug / without, 3)})
   return rows
 
 
@@ -191,14 +195,17 @@ def main():
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--output", default="", help="also write the rows as JSON here")
   args = parser.parse_args()
-  rows = run(args.quick)
   print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, {os.cpu_count()} CPU cores, "
         f"load average {tuple(round(x, 1) for x in os.getloadavg())}")
   print("| name | patches/s | step with device aug (s) | step without (s) | ratio |")
-  print("|---|---|---|---|---|")
-  for row in rows:
+  print("|---|---|---|---|---|", flush=True)
+
+  def report(row):
     print(f"| {row['name']} | {row['patches_per_s']} | {row.get('step_s_augmented', '')} | "
-          f"{row.get('step_s_plain', '')} | {row.get('step_ratio', '')} |")
+          f"{row.get('step_s_plain', '')} | {row.get('step_ratio', '')} |", flush=True)
+
+  rows = run(args.quick, report)
+  print(f"load average at the end {tuple(round(x, 1) for x in os.getloadavg())}")
   if args.output:
     with open(args.output, "w") as f:
       json.dump(rows, f, indent=2)
