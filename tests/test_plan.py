@@ -279,3 +279,15 @@ def test_cpu_plan_sets_time_aside_for_compiling():
   slow = plan.make_plan(s, plan.Devices("cpu", 1, 16.0), "unet", time_budget_min=15,
                         measure=lambda c: (c.flops / 1e9 * 0.01, 120.0))["values"]
   assert slow["train.num_steps"] < fast["train.num_steps"]
+
+
+def test_setup_refuses_a_device_too_small_for_the_smallest_patch(tmp_path):
+  from jaxseg import experiment
+  root = _write_tiny_dataset(tmp_path / "raw")
+  config = config_lib.base_config()
+  config.data.update(name="msd", root=str(root), data_dir=str(tmp_path / "data"), prepare_workers=1)
+  config.plan.enabled = True
+  config.plan.memory_gb = 1e-6
+  with pytest.raises(ConfigError, match=r"plan: even the smallest patch \d+x\d+ .* needs an estimated [0-9.]+ GB "
+                                        r"per device but the device has 0.00 GB"):
+    experiment.setup(config, tmp_path / "run")
