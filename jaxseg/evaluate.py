@@ -116,12 +116,16 @@ def validation_dice(predict: PredictFn, source: pipeline.CaseSource, config: ml_
   """
   counts = np.zeros((num_classes, 4), np.float64)
   picture = None
-  for case in source:
+  for case in parallel.split_for_process(source):  # Several processes: each scores every n-th case.
     prediction = predict_probabilities(predict, case.image, config, num_classes).argmax(-1)
     counts += np.asarray(metrics.confusion_counts(prediction, case.label, num_classes), np.float64)
     if picture is None:
       z = visualize.most_foreground_slice(case.label)
       picture = visualize.comparison_row(case.image[z, ..., 0], case.label[z], prediction[z])
+  if jax.process_count() > 1:  # Every process gets the same counts (the best checkpoint is saved by all).
+    parts = parallel.gather_objects((counts, picture))
+    counts = sum(part[0] for part in parts)
+    picture = next((part[1] for part in parts if part[1] is not None), None)
   scores = {k: np.asarray(v) for k, v in metrics.scores_from_counts(counts).items()}
   return float(np.mean(scores["dice"][1:])), scores, picture
 
