@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from jaxseg import paths
 from jaxseg.errors import DataError, WorkdirError
 
 FILENAME = "postprocessing.json"
@@ -125,14 +125,12 @@ def decide(dice_as_predicted: Mapping[str, Sequence[float]], dice_largest: Mappi
 
 def save(workdir: str | pathlib.Path, choice: Postprocessing) -> pathlib.Path:
   """Writes `<workdir>/postprocessing.json` atomically and returns its path."""
-  path = pathlib.Path(workdir) / FILENAME
+  path = paths.resolve(workdir, "workdir") / FILENAME
   text = json.dumps({"largest_component": list(choice.largest_component), "step": choice.step,
                      "num_cases": choice.num_cases, "validation_dice": choice.validation_dice,
                      "connectivity": "full"}, indent=2)
-  tmp = path.with_name(FILENAME + ".tmp")
   try:
-    tmp.write_text(text + "\n")
-    os.replace(tmp, path)
+    paths.write_text_atomic(path, text + "\n")
   except OSError as e:
     raise WorkdirError(f"cannot write {path}: {e.strerror or e}") from e
   return path
@@ -144,7 +142,7 @@ def load(workdir: str | pathlib.Path) -> Postprocessing | None:
   Raises:
     DataError: the file exists but is not a post-processing choice.
   """
-  path = pathlib.Path(workdir) / FILENAME
+  path = paths.resolve(workdir, "workdir") / FILENAME
   if not path.exists():
     return None
   try:
