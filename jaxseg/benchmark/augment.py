@@ -160,7 +160,12 @@ def run(quick: bool, report=None) -> list[dict]:
   `report(row)`, if given, is called with each row as soon as it is measured.
   """
   rows = []
-  add = lambda row: (rows.append(row), report and report(row))
+
+  def add(row):
+    rows.append(row)
+    if report is not None:
+      report(row)
+
   repeats = 2 if quick else 3
   cores = os.cpu_count() or 1
   context = multiprocessing.get_context("spawn")
