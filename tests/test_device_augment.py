@@ -435,3 +435,41 @@ def test_batch_is_the_same_on_one_and_on_four_devices():
   result = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], env=env, capture_output=True, text=True,
                           timeout=900, check=False)
   assert result.returncode == 0 and "same" in result.stdout, result.stderr[-2000:]
+
+
+def test_killed_device_augmented_run_resumes_to_identical_params(data_dir, tmp_path, monkeypatch):
+  """The step's augmentation keys come from (seed, step): a resumed run trains on the same batches."""
+  from jaxseg import checkpointing, experiment  # pylint: disable=g-import-not-at-top
+  from jaxseg.data import pipeline  # pylint: disable=g-import-not-at-top
+  config = base_config()
+  config.data.update(data_dir=str(data_dir), num_cases=5, num_threads=1, patch_size=(32, 32), device_augment=True)
+  config.data.augment.update(rotate_prob=0.5, scale_prob=0.5, noise_prob=0.5)
+  config.model.update(features=4, depth=2)
+  config.train.update(num_steps=4, batch_size=2, warmup_steps=1, log_every_steps=2, eval_every_steps=100,
+                      checkpoint_every_steps=2)
+  config.eval.splits = ("test",)
+  config.eval.num_figures = 0
+  train.train_and_evaluate(config, tmp_path / "uninterrupted")
+  original = pipeline.train_batches
+
+  def crashing_batches(*args, **kwargs):
+    iterator = original(*args, **kwargs)
+    for _ in range(3):  # Step 3 is computed but its checkpoint (step 4) never written.
+      yield next(iterator)
+    raise KeyboardInterrupt("simulated kill")
+
+  monkeypatch.setattr(pipeline, "train_batches", crashing_batches)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(config, tmp_path / "resumed")
+  monkeypatch.setattr(pipeline, "train_batches", original)
+  train.train_and_evaluate(config, tmp_path / "resumed")
+  params = []
+  for name in ("uninterrupted", "resumed"):
+    exp = experiment.setup(config, tmp_path / name)
+    checkpoints = checkpointing.Checkpoints(tmp_path / name, read_only=True)
+    state, step = checkpoints.restore(exp.abstract_state(), "latest")
+    checkpoints.close()
+    assert step == 4
+    params.append(jax.device_get(state.params))
+  for x, y in zip(jax.tree.leaves(params[0]), jax.tree.leaves(params[1])):
+    np.testing.assert_array_equal(x, y)
