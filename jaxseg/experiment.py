@@ -14,7 +14,7 @@ import functools
 import json
 import pathlib
 import time
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -25,7 +25,7 @@ import optax
 from absl import logging
 
 from jaxseg import config as config_lib
-from jaxseg import models, parallel, paths, plan as plan_lib, state as state_lib, steps
+from jaxseg import inference, models, parallel, paths, plan as plan_lib, state as state_lib, steps
 from jaxseg.data import folds, pipeline
 from jaxseg.errors import ConfigError, WorkdirError
 
@@ -68,10 +68,13 @@ class Experiment:
     return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes,
                         parallel.state_shardings(shapes, self.mesh, self.config.mesh))
 
-  def predictor(self, state: state_lib.TrainState) -> Callable[[np.ndarray], np.ndarray]:
-    """`predict(images [N, *window, C]) -> logits [N, *window, K]` with `state`'s weights on local devices."""
+  def predictor(self, state: state_lib.TrainState) -> inference.DevicePredictor:
+    """`predict(images [N, *window, C]) -> logits [N, *window, K]` with `state`'s weights on this process's
+    devices; the sliding window runs on the device when `config.eval.placement` chooses it
+    (`inference.DevicePredictor`). Each process evaluates its own cases, so the mesh is the local one."""
     params, batch_stats = parallel.host_copy((state.params, state.batch_stats))  # Gathers fsdp-split arrays.
-    return lambda images: np.asarray(self.forward(params, batch_stats, images))
+    return inference.DevicePredictor(self.forward, (params, batch_stats), placement=self.config.eval.placement,
+                                     mesh=parallel.local_mesh())
 
 
 def ensure_workdir(workdir: str | pathlib.Path) -> paths.Path:
