@@ -83,7 +83,8 @@ def default_model_config() -> ml_collections.ConfigDict:
       # values give tiny models for tests and quick runs).
       "backbone_width": 64,
       # ResNet backbones: input size / feature size; later stages trade
-      # stride for dilation. DeepLab: 8 or 16; FCN: 8, 16 or 32.
+      # stride for dilation. DeepLab: 8 or 16; FCN-32s: 8, 16 or 32
+      # (FCN-16s/8s always run the backbone at 32 to fuse 32 -> 16 -> 8).
       "output_stride": 8,
       # FCN/DeepLab on ResNet: auxiliary FCN head on stage 3 (train mode
       # returns [main, aux], loss weights [1.0, 0.5]).
