@@ -91,7 +91,8 @@ def refuse_unknown(prog: str, kind: str, names: Iterable[str], known: Iterable[s
 
 
 def split_names(text: str) -> list[str]:
-  return [n.strip() for n in text.split(",") if n.strip()]
+  from jaxseg import config as config_lib  # pylint: disable=g-import-not-at-top
+  return list(config_lib.split_names([text]))
 
 
 def load_config(path: str | pathlib.Path, arg: str | None = None):
@@ -103,6 +104,29 @@ def load_config(path: str | pathlib.Path, arg: str | None = None):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config() if arg is None else module.get_config(arg)
+
+
+def protocol_config(path: str | pathlib.Path, seed: int, args: argparse.Namespace, protocol: dict[str, Any]):
+  """A config file's config at a study protocol's size (`num_cases`, `patch_size`, `features`, `depth`
+  (0 = the file's), `num_steps`, `batch_size`), evaluated on the test split with the final weights."""
+  config = load_config(path)
+  config.seed = seed
+  config.data.data_dir = str(args.data_dir)
+  config.data.num_cases = protocol["num_cases"]
+  if args.quick:
+    config.data.num_threads = 1
+  config.data.patch_size = protocol["patch_size"]
+  if protocol["features"]:
+    config.model.features = protocol["features"]
+  if protocol["depth"]:
+    config.model.depth = protocol["depth"]
+  config.train.num_steps = protocol["num_steps"]
+  config.train.batch_size = protocol["batch_size"]
+  config.train.warmup_steps = max(1, min(config.train.warmup_steps, protocol["num_steps"] // 10))
+  config.eval.splits = ("test",)
+  config.eval.checkpoint = "latest"  # Equal budget: the final weights.
+  config.eval.num_figures = 0
+  return config
 
 
 def checked(config, prog: str):
@@ -145,11 +169,10 @@ def run_training(config, workdir: str | pathlib.Path) -> dict[str, Any]:
 
 
 def atomic_write(path: pathlib.Path, text: str) -> None:
+  from jaxseg import paths  # pylint: disable=g-import-not-at-top
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
+  paths.write_text_atomic(path, text)
 
 
 def command(prog: str, argv: Sequence[str]) -> str:

@@ -114,25 +114,10 @@ def protocol(args) -> dict:
 def run_config(model: str, seed: int, args, shuffled_root: pathlib.Path | None = None):
   """One run's config: the model's config file, the protocol's equal budget, final-checkpoint test evaluation."""
   p = protocol(args)
-  config = _study.load_config(MODEL_CONFIGS[model])
-  config.seed = seed
-  config.data.data_dir = str(args.data_dir)
-  config.data.num_cases = p["num_cases"]
-  config.data.num_threads = 1 if args.quick else config.data.num_threads
-  config.data.patch_size = p["patch_size"]
-  if p["features"]:
-    config.model.features = p["features"]
-  if p["depth"]:
-    config.model.depth = p["depth"]
-  config.train.num_steps = p["num_steps"]
-  config.train.batch_size = p["batch_size"]
-  config.train.warmup_steps = max(1, min(config.train.warmup_steps, p["num_steps"] // 10))
+  config = _study.protocol_config(MODEL_CONFIGS[model], seed, args, p)
   config.train.log_every_steps = max(1, min(config.train.log_every_steps, p["num_steps"]))
   config.train.eval_every_steps = p["num_steps"]  # Validation once, at the end.
   config.train.checkpoint_every_steps = p["num_steps"]
-  config.eval.splits = ("test",)
-  config.eval.checkpoint = "latest"  # Equal budget: the final weights.
-  config.eval.num_figures = 0
   config.eval.postprocess = False  # The model's own output: the maps explain it, not a post-processed one.
   if shuffled_root is not None:
     config.data.name = "msd"

@@ -74,26 +74,10 @@ def protocol(args) -> dict:
 
 def run_config(seed: int, args):
   p = protocol(args)
-  config = _study.load_config("unet_ct")
-  config.seed = seed
-  config.data.data_dir = str(args.data_dir)
-  config.data.num_cases = p["num_cases"]
-  if args.quick:
-    config.data.num_threads = 1
-  config.data.patch_size = p["patch_size"]
-  if p["features"]:
-    config.model.features = p["features"]
-  if p["depth"]:
-    config.model.depth = p["depth"]
-  config.train.num_steps = p["num_steps"]
-  config.train.batch_size = p["batch_size"]
-  config.train.warmup_steps = max(1, min(config.train.warmup_steps, p["num_steps"] // 10))
+  config = _study.protocol_config("unet_ct", seed, args, p)
   config.train.log_every_steps = min(config.train.log_every_steps, p["checkpoint_every_steps"])
   config.train.eval_every_steps = p["checkpoint_every_steps"]
   config.train.checkpoint_every_steps = p["checkpoint_every_steps"]
-  config.eval.splits = ("test",)
-  config.eval.checkpoint = "latest"
-  config.eval.num_figures = 0
   return _study.checked(config, args.prog)
 
 

@@ -446,10 +446,16 @@ def evaluate_predictor(exp: experiment.Experiment, predict: PredictFn, step: int
       results["validation"] = evaluator.report("validation", scored, choice)
   if jax.process_index() == 0:
     postprocess.save(exp.workdir, choice)
-  for split in config.eval.splits:
-    if split in results:
-      continue
-    source = pipeline.CaseSource(exp.prepared, split, config.data.cache_cases)
+  splits = [split for split in config.eval.splits if split not in results]
+  return {**results, **report_splits(evaluator, exp.prepared, splits, choice, config.data.cache_cases)}
+
+
+def report_splits(evaluator: Evaluator, prepared: pipeline.PreparedDataset, splits: Sequence[str],
+                  choice: postprocess.Postprocessing, cache_cases: int) -> dict[str, Any]:
+  """Scores and reports each split with cases ({split: summary}); empty splits are logged and skipped."""
+  results = {}
+  for split in splits:
+    source = pipeline.CaseSource(prepared, split, cache_cases)
     if len(source) == 0:
       logging.warning("Split %r has no cases; nothing to evaluate.", split)
       continue
@@ -541,12 +547,7 @@ def evaluate_ensemble(config: ml_collections.ConfigDict, members: ensemble.Membe
                         extra_summary={"ensemble": [{"workdir": str(w), "step": s, "fold": f}
                                                     for w, s, f in zip(members.workdirs, steps, folds)]})
   choice = postprocess.Postprocessing(step=min(steps))
-  for split in splits:
-    source = pipeline.CaseSource(base.prepared, split, config.data.cache_cases)
-    if len(source) == 0:
-      logging.warning("Split %r has no cases; nothing to evaluate.", split)
-      continue
-    results[split] = evaluator.report(split, evaluator.score_split(source, choice), choice)
+  results.update(report_splits(evaluator, base.prepared, splits, choice, config.data.cache_cases))
   return results
 
 

@@ -80,9 +80,12 @@ def class_score(logits: Array, class_index: int, mask: Array) -> Array:
   return jnp.sum(logits[..., class_index] * mask, axis=axes)
 
 
-def _checked_region(model, variables, images, class_index, region) -> tuple[str, Array | None]:
-  """Checks class and region against the output's shape (no computation) -> (static kind, mask or None)."""
-  shape = jax.eval_shape(functools.partial(_logits, model), variables, images).shape
+def _logits_shape(model, variables, images) -> tuple[int, ...]:
+  return jax.eval_shape(functools.partial(_logits, model), variables, images).shape
+
+
+def _checked_region(model, shape, class_index, region) -> tuple[str, Array | None]:
+  """Checks class and region against the logits' `shape` -> (static kind, mask or None)."""
   if not 0 <= class_index < shape[-1]:
     raise ConfigError(f"interpret class index {class_index} is outside 0..{shape[-1] - 1} "
                       f"({type(model).__name__} has {shape[-1]} classes)")
@@ -124,7 +127,7 @@ def _saliency(model, variables, images, mask, *, class_index, kind):
 def saliency(model: nn.Module, variables: Variables, images: Array, class_index: int,
              region: str | Array = "predicted") -> Array:
   """max over channels of |dS/dx| -> `[B, *S]` float32."""
-  kind, mask = _checked_region(model, variables, images, class_index, region)
+  kind, mask = _checked_region(model, _logits_shape(model, variables, images), class_index, region)
   return _saliency(model, variables, images, mask, class_index=class_index, kind=kind)
 
 
@@ -148,7 +151,7 @@ def smoothgrad(model: nn.Module, variables: Variables, images: Array, class_inde
   """max over channels of |mean over noisy copies of dS/dx| -> `[B, *S]` float32."""
   if num_samples < 1 or not noise_level >= 0:
     raise ConfigError(f"smoothgrad needs num_samples >= 1 and noise_level >= 0, got {num_samples}, {noise_level}")
-  kind, mask = _checked_region(model, variables, images, class_index, region)
+  kind, mask = _checked_region(model, _logits_shape(model, variables, images), class_index, region)
   return _smoothgrad(model, variables, images, mask, rng, noise_level, class_index=class_index, kind=kind,
                      num_samples=num_samples)
 
@@ -173,59 +176,68 @@ def integrated_gradients(model: nn.Module, variables: Variables, images: Array, 
   if steps < 1:
     raise ConfigError(f"integrated_gradients needs steps >= 1, got {steps}")
   baseline = jnp.zeros_like(images) if baseline is None else jnp.broadcast_to(baseline, images.shape)
-  kind, mask = _checked_region(model, variables, images, class_index, region)
+  kind, mask = _checked_region(model, _logits_shape(model, variables, images), class_index, region)
   return _integrated_gradients(model, variables, images, mask, baseline, class_index=class_index, kind=kind,
                                steps=steps)
 
 
-def _feature_maps(model: nn.Module, variables: Variables, images: Array) -> dict[str, Array]:
-  """Every submodule output that is a feature map `[B, *s, C]` of the input's rank, by module path."""
-  _, state = model.apply(variables, images, train=False, capture_intermediates=True, mutable=["intermediates"])
+def _feature_maps(model: nn.Module, variables: Variables, images: Array) -> tuple[dict[str, Array], Array]:
+  """Every submodule output that is a feature map `[B, *s, C]` of the input's rank, by module path, and the
+  logits."""
+  logits, state = model.apply(variables, images, train=False, capture_intermediates=True,
+                              mutable=["intermediates"])
   maps = {}
   for path, value in traverse_util.flatten_dict(state["intermediates"]).items():
     if path[-1] != "__call__" or len(path) < 2:
       continue
     if len(value) == 1 and hasattr(value[0], "ndim") and value[0].ndim == images.ndim:
       maps["/".join(path[:-1])] = value[0]
-  return maps
+  return maps, logits
 
 
-def _feature_shapes(model, variables, images) -> dict[str, jax.ShapeDtypeStruct]:
-  return jax.eval_shape(functools.partial(_feature_maps, model), variables, images)
+def _feature_shapes(model, variables, images) -> tuple[dict[str, jax.ShapeDtypeStruct], tuple[int, ...]]:
+  """(feature-map shapes by layer, logits shape) from one abstract trace (no computation)."""
+  shapes, logits = jax.eval_shape(functools.partial(_feature_maps, model), variables, images)
+  return shapes, logits.shape
 
 
 def layers(model: nn.Module, variables: Variables, images: Array) -> list[str]:
   """Module paths whose output `grad_cam` can use, in the order the model computes them."""
-  return list(_feature_shapes(model, variables, images))
+  return list(_feature_shapes(model, variables, images)[0])
 
 
-def default_layer(model: nn.Module, variables: Variables, images: Array) -> str:
-  """The last feature map before the output head: the last listed layer whose output is not the logits."""
-  shapes = _feature_shapes(model, variables, images)
+def _default_layer(model: nn.Module, shapes: dict[str, jax.ShapeDtypeStruct], logits_shape) -> str:
   if not shapes:
     raise ConfigError(f"{type(model).__name__} has no layer whose output is a feature map")
-  logits_shape = jax.eval_shape(functools.partial(_logits, model), variables, images).shape
   names = list(shapes)
   return next((name for name in reversed(names) if shapes[name].shape != logits_shape), names[-1])
 
 
-@_jit("layer")
-def _grad_cam(model, variables, images, mask, *, class_index, kind, layer):
+def default_layer(model: nn.Module, variables: Variables, images: Array) -> str:
+  """The last feature map before the output head: the last listed layer whose output is not the logits."""
+  return _default_layer(model, *_feature_shapes(model, variables, images))
+
+
+@_jit("layer", "activation_shape")
+def _grad_cam(model, variables, images, mask, *, class_index, kind, layer, activation_shape):
   mask = _mask(model, variables, images, class_index, kind, mask)
-  activation = _feature_maps(model, variables, images)[layer]
 
   def perturbed_score(delta):
+    captured = []
+
     def add_delta(next_fun, args, kwargs, context):
       out = next_fun(*args, **kwargs)
       if context.method_name == "__call__" and "/".join(context.module.path) == layer:
+        captured.append(out)
         return out + delta.astype(out.dtype)
       return out
 
     with nn.intercept_methods(add_delta):
       logits = _logits(model, variables, images)
-    return jnp.sum(class_score(logits, class_index, mask))
+    return jnp.sum(class_score(logits, class_index, mask)), captured[0]
 
-  grads = jax.grad(perturbed_score)(jnp.zeros(activation.shape, jnp.float32))
+  # dS/dA at delta = 0, and A itself, from one forward and backward pass.
+  grads, activation = jax.grad(perturbed_score, has_aux=True)(jnp.zeros(activation_shape, jnp.float32))
   weights = jnp.mean(grads, axis=tuple(range(1, activation.ndim - 1)), keepdims=True)
   cam = nn.relu(jnp.sum(weights * activation.astype(jnp.float32), axis=-1))
   return jax.image.resize(cam, images.shape[:-1], method="linear")
@@ -234,13 +246,14 @@ def _grad_cam(model, variables, images, mask, *, class_index, kind, layer):
 def grad_cam(model: nn.Module, variables: Variables, images: Array, class_index: int,
              region: str | Array = "predicted", *, layer: str | None = None) -> Array:
   """Grad-CAM for segmentation at `layer` -> `[B, *S]` float32, >= 0."""
-  known = layers(model, variables, images)
-  layer = default_layer(model, variables, images) if layer is None else layer
-  if layer not in known:
+  shapes, logits_shape = _feature_shapes(model, variables, images)
+  layer = _default_layer(model, shapes, logits_shape) if layer is None else layer
+  if layer not in shapes:
     raise ConfigError(f"interpret layer {layer!r} is not a feature map of {type(model).__name__}; "
-                      f"layers: {', '.join(known)}")
-  kind, mask = _checked_region(model, variables, images, class_index, region)
-  return _grad_cam(model, variables, images, mask, class_index=class_index, kind=kind, layer=layer)
+                      f"layers: {', '.join(shapes)}")
+  kind, mask = _checked_region(model, logits_shape, class_index, region)
+  return _grad_cam(model, variables, images, mask, class_index=class_index, kind=kind, layer=layer,
+                   activation_shape=tuple(shapes[layer].shape))
 
 
 @functools.partial(jax.jit, static_argnames=("model",))

@@ -25,8 +25,8 @@ Writes, under `<workdir>/interpret/<split>/`:
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import pathlib
 from typing import Any
 
@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxseg import checkpointing, config as config_lib, evaluate, experiment, interpret, models, visualize
+from jaxseg import checkpointing, config as config_lib, evaluate, experiment, interpret, models, paths, visualize
 from jaxseg.data import pipeline, transforms
 from jaxseg.errors import ConfigError
 
@@ -84,7 +84,7 @@ def _view(array: np.ndarray, z: int | None) -> np.ndarray:
   return picture[::-1, ::-1]  # Radiological view (see visualize.axial_view).
 
 
-def save_figure(path: pathlib.Path, image: np.ndarray, reference: np.ndarray, prediction: np.ndarray,
+def save_figure(path: paths.Path, image: np.ndarray, reference: np.ndarray, prediction: np.ndarray,
                 maps: dict[str, np.ndarray], title: str) -> None:
   """One row: image, reference, prediction, then each map as a heat map over the image (2D arrays)."""
   plt = visualize._pyplot()  # pylint: disable=protected-access
@@ -109,10 +109,10 @@ def save_figure(path: pathlib.Path, image: np.ndarray, reference: np.ndarray, pr
     ax.axis("off")
   fig.suptitle(title, fontsize=9)
   fig.tight_layout()
-  tmp = path.with_name(path.name + ".tmp.png")
-  fig.savefig(tmp, dpi=90)
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=90)
   plt.close(fig)
-  os.replace(tmp, path)
+  paths.write_bytes_atomic(path, buffer.getvalue())
 
 
 def interpret_workdir(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
@@ -164,7 +164,7 @@ def interpret_workdir(config: ml_collections.ConfigDict, workdir: str | pathlib.
       if random_variables is None:
         random_variables = interpret.randomized_variables(exp.model, variables, images, config.seed + 1)
       random_maps = _maps(config, exp.model, random_variables, images, value, region, rng)
-      prediction = np.asarray(jnp.argmax(exp.model.apply(variables, images, train=False), -1))[0]
+      prediction = np.asarray(jnp.argmax(exp.forward(state.params, state.batch_stats, images), -1))[0]
       predicted_voxels = int(np.sum(prediction == value))
       scores.setdefault(case_id, {})[name] = {"predicted_voxels": predicted_voxels, "maps": {
           method: {"localisation": _finite_or_none(interpret.localisation_score(
@@ -186,9 +186,6 @@ def interpret_workdir(config: ml_collections.ConfigDict, workdir: str | pathlib.
   result = {"step": step, "split": settings.split, "methods": list(methods), "region": settings.region,
             "margin_voxels": settings.margin_voxels, "layer": settings.layer or "default", "cases": scores}
   if jax.process_index() == 0:
-    path = out_dir / "scores.json"
-    tmp = path.with_name("scores.json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, path)
+    paths.write_text_atomic(out_dir / "scores.json", json.dumps(result, indent=2))
     logging.info("interpret: figures and scores in %s", out_dir)
   return result

@@ -91,16 +91,11 @@ def ensure_dir(path: str | os.PathLike, what: str = "workdir") -> Path:
 
 def write_text_atomic(path: Path, text: str) -> None:
   """Writes `text` to `path` so that readers see the old or the new content, never a part."""
-  if isinstance(path, pathlib.Path):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-  else:
-    path.write_text(text)  # One object upload: atomic.
+  write_bytes_atomic(path, text.encode())
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-  """`write_text_atomic` for bytes."""
+  """Writes `data` to `path` atomically: a local temporary file renamed into place, or one object upload."""
   if isinstance(path, pathlib.Path):
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
