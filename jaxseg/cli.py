@@ -124,6 +124,7 @@ def run(config, config_arg: str, workdir: str | None, mode: str) -> int:
   """Dispatches `--mode` (errors propagate as JaxsegError)."""
   from absl import logging  # pylint: disable=g-import-not-at-top
   from jaxseg import parallel  # pylint: disable=g-import-not-at-top
+  parallel.configure_determinism(config.deterministic)  # XLA flags: before JAX starts its backend.
   parallel.initialize_distributed()
   workdir = pathlib.Path(workdir) if workdir else default_workdir(config_arg)
   logging.info("jaxseg %s: config %s, workdir %s (pid %d)", mode, config_arg, workdir, os.getpid())

@@ -24,6 +24,10 @@ Key reference (units in brackets):
                             (KFold, shuffled with seed 12345, over the sorted case ids; the test
                             split stays held out); 'all' = train on all of them (validation then
                             is not held out). Stored in the prepared dataset's metadata.
+  data.max_train_cases      0 = every training case; k > 0 = only the first k of a fixed seeded
+                            permutation of the training split (after data.fold), so smaller subsets
+                            are nested in larger ones; validation and test are unchanged. More than
+                            the split has is refused at setup (`jaxseg.data.folds.subset_train`).
   data.prepare_workers      processes preparing cases (0 = one per CPU core).
   data.patch_size           training patch: (H, W) for 2D models, (D, H, W) for 3D [voxels].
   data.foreground_fraction  share of every batch centred on a foreground voxel.
@@ -89,6 +93,7 @@ def base_config() -> ml_collections.ConfigDict:
   """Returns the locked default config with every key jaxseg reads."""
   config = ml_collections.ConfigDict()
   config.seed = 0
+  config.deterministic = False  # GPU: XLA's deterministic ops (slower); CPU and TPU are deterministic already.
 
   config.data = ml_collections.ConfigDict()
   config.data.name = "ct_phantom"
@@ -97,6 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.data_dir = ""
   config.data.num_cases = 0
   config.data.fold = ""                          # '' | '0'..'4' | 'all' (5-fold cross-validation).
+  config.data.max_train_cases = 0               # 0 = all; k = a nested seeded subset of the training split.
   config.data.prepare_workers = 0
   config.data.patch_size = (128, 128)
   config.data.foreground_fraction = 1 / 3
@@ -331,6 +337,8 @@ def _validate_data(data: ml_collections.ConfigDict, ndim: int, fail) -> None:
       fail(f"data.{key}", f"must be >= 0, got {data[key]}")
   if data.cache_cases < 1:
     fail("data.cache_cases", f"must be >= 1, got {data.cache_cases}")
+  if isinstance(data.max_train_cases, bool) or not isinstance(data.max_train_cases, int) or data.max_train_cases < 0:
+    fail("data.max_train_cases", f"must be an integer >= 0 (0 = every training case), got {data.max_train_cases!r}")
   if data.device_cache and not data.device_augment:
     fail("data.device_cache", "needs data.device_augment=True (patches sampled on the device are augmented there)")
   augment = data.augment

@@ -98,9 +98,10 @@ def resolve_config(config: ml_collections.ConfigDict, prepared: pipeline.Prepare
 
 def setup(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Experiment:
   config_lib.validate(config)
+  parallel.configure_determinism(config.deterministic)  # A no-op when cli.run has set the flags.
   parallel.check_same_config(config)
   workdir = ensure_workdir(workdir)
-  prepared = folds.select(pipeline.prepare(config), config.data.fold)
+  prepared = folds.select(pipeline.prepare(config), config.data.fold, config.data.max_train_cases)
   config = resolve_config(config, prepared)
   if config.plan.enabled:
     config = planned_config(config, workdir, prepared)
@@ -242,7 +243,7 @@ def plan_workdir(config: ml_collections.ConfigDict, workdir: str | pathlib.Path)
   plan.json and returns the plan as text."""
   config_lib.validate(config)
   workdir = ensure_workdir(workdir)
-  prepared = folds.select(pipeline.prepare(config), config.data.fold)
+  prepared = folds.select(pipeline.prepare(config), config.data.fold, config.data.max_train_cases)
   config = resolve_config(config, prepared)
   plan = load_or_make_plan(config, workdir, prepared)
   _, record = plan_lib.apply_plan(config, plan, tuple(config.plan.fixed))

@@ -199,6 +199,42 @@ def _wait_for_coordinator(launch: Launch, deadline: float) -> None:
     time.sleep(0.25)
 
 
+DETERMINISTIC_XLA_FLAGS = ("--xla_gpu_deterministic_ops=true",)
+
+
+def configure_determinism(enabled: bool, env: dict[str, str] | None = None) -> bool:
+  """`config.deterministic`: run-to-run identical GPU programs, by XLA flags set before the backend starts.
+
+  XLA on CPU (and TPU) runs these programs deterministically already; on a GPU,
+  convolution autotuning, reductions in backward passes and scatter-adds may
+  not be unless `--xla_gpu_deterministic_ops=true` is in XLA_FLAGS when JAX
+  initialises its backend (slower: deterministic algorithms and scatter
+  expansion). Adds the flags to `env` (default `os.environ`) when missing.
+
+  Returns whether the flags are in effect. Raises ConfigError when they are
+  missing and a GPU backend has already started in this process (XLA reads its
+  flags once): the caller must set XLA_FLAGS before JAX starts, as
+  `python -m jaxseg.main` does.
+  """
+  if not enabled:
+    return False
+  env = os.environ if env is None else env
+  flags = env.get("XLA_FLAGS", "").split()
+  missing = [f for f in DETERMINISTIC_XLA_FLAGS if f not in flags]
+  if not missing:
+    return True
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  if not xla_bridge.backends_are_initialized():
+    env["XLA_FLAGS"] = " ".join([*flags, *missing])
+    logging.info("config.deterministic: XLA_FLAGS=%s", env["XLA_FLAGS"])
+    return True
+  if any(d.platform == "gpu" for d in jax.devices()):
+    raise ConfigError("config.deterministic=True, but this process started its GPU backend without "
+                      f"XLA_FLAGS={' '.join(DETERMINISTIC_XLA_FLAGS)} (XLA reads its flags once): set it in the "
+                      "environment before the first JAX call, or run through `python -m jaxseg.main`")
+  return False  # CPU / TPU: deterministic without the flags.
+
+
 def initialize_distributed(env: Mapping[str, str] | None = None) -> Launch | None:
   """Calls `jax.distributed.initialize()` when the environment describes a multi-process launch.
 

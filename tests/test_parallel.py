@@ -189,3 +189,41 @@ def test_processes_with_different_configs_are_refused_in_one_line():
     assert child.returncode == 1, stderr[-2000:]
     assert stderr.strip().splitlines()[-1].startswith(
         "jaxseg: error: processes were started with different configs: process 1 has config hash "), stderr[-2000:]
+
+
+def test_configure_determinism_adds_the_xla_flags_before_the_backend_starts():
+  code = ("import os\nfrom jaxseg import parallel\nassert parallel.configure_determinism(True)\n"
+          "assert parallel.configure_determinism(True)\n"  # Idempotent: the flag is not added twice.
+          "import jax\nprint(float(jax.numpy.ones(3).sum()))\nprint(os.environ['XLA_FLAGS'])\n")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  total, flags = out.stdout.strip().splitlines()
+  assert total == "3.0"  # XLA:CPU accepts the GPU flag.
+  assert flags.split() == ["--xla_force_host_platform_device_count=1", "--xla_gpu_deterministic_ops=true"]
+
+
+def test_configure_determinism_after_the_backend_started():
+  jax.devices()  # This process's backend is up: flags can no longer be added.
+  env = {"XLA_FLAGS": ""}
+  assert not parallel.configure_determinism(False, env)
+  assert env == {"XLA_FLAGS": ""}
+  assert parallel.configure_determinism(True, {"XLA_FLAGS": "--xla_gpu_deterministic_ops=true"})
+  if jax.devices()[0].platform == "gpu":
+    with pytest.raises(ConfigError, match="config.deterministic=True"):
+      parallel.configure_determinism(True, env)
+  else:  # CPU / TPU: deterministic without the flags, nothing to refuse.
+    assert not parallel.configure_determinism(True, env) and env == {"XLA_FLAGS": ""}
+
+
+def test_deterministic_run_through_the_command_line_sets_the_flags(tmp_path):
+  code = ("import os\nfrom unittest import mock\nfrom jaxseg import cli, config as config_lib\n"
+          "config = config_lib.base_config()\nconfig.deterministic = True\n"
+          "with mock.patch('jaxseg.experiment.plan_workdir', lambda c, w: 'planned'):\n"
+          "  cli.run(config, 'configs/unet_ct.py', 'unused', 'plan')\n"
+          "import jax\njax.devices()\nprint(os.environ['XLA_FLAGS'])\n")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip().splitlines()[-1] == "--xla_gpu_deterministic_ops=true"

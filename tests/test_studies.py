@@ -131,7 +131,8 @@ def test_reproducibility_quick_is_bitwise_identical_and_resumes(tmp_path):
     assert c["steps"] == [6, 6] and c["max_abs_difference"] == 0.0
   assert saved["checks"]["resumed"]["latest_checkpoint_at_kill"] == 3
   assert set(saved["runs"]) == {"seed0", "seed1", "seed0_repeat", "seed0_resumed"}
-  assert saved["spread"]["mean_foreground"]["dice"][2] == 2 and saved["determinism"]["config_key_exists"] is False
+  assert saved["spread"]["mean_foreground"]["dice"][2] == 2 and saved["determinism"]["deterministic_flags"] == [
+      "--xla_gpu_deterministic_ops=true"]
   assert saved["command"].startswith("python experiments/reproducibility.py --quick")
   assert {"jax", "flax", "optax"} <= set(saved["versions"]) and saved["cpu_count"] >= 1
   md = (tmp_path / "out" / "reproducibility.md").read_text()
