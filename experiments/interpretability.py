@@ -73,7 +73,7 @@ PROTOCOLS = {
     "quick": dict(num_cases=8, patch_size=(64, 64), num_steps=4, batch_size=2, features=4, depth=2,
                   smoothgrad_samples=2, ig_steps=2, classes="liver"),
     "cpu": dict(num_cases=0, patch_size=(96, 96), num_steps=150, batch_size=8, features=None, depth=None,
-                smoothgrad_samples=16, ig_steps=32, classes=""),
+                smoothgrad_samples=8, ig_steps=16, classes=""),
     "gpu": dict(num_cases=0, patch_size=(128, 128), num_steps=600, batch_size=8, features=None, depth=None,
                 smoothgrad_samples=50, ig_steps=64, classes=""),
 }
