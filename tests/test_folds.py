@@ -119,6 +119,111 @@ def test_fold_on_the_command_line_is_a_one_line_error(tmp_path):
       "jaxseg: error: config.data.fold: '7' is not a fold; use '' (the fixed split), 0..4 or 'all'")
 
 
+# Training subsets (config.data.max_train_cases).
+
+
+def test_train_order_is_a_fixed_seeded_permutation_of_the_sorted_ids():
+  ids = [f"c{i:02d}" for i in range(20)][::-1]
+  order = folds.train_order(ids)
+  expected = [sorted(ids)[i] for i in np.random.RandomState(folds.SUBSET_SEED).permutation(20)]
+  assert order == expected and sorted(order) == sorted(ids)
+  assert folds.train_order(list(reversed(ids))) == order  # Independent of the input order.
+  assert order != sorted(ids)  # Really shuffled.
+
+
+def test_subsets_are_nested_deterministic_and_leave_validation_and_test_alone(dataset):
+  _, prepared = dataset
+  views = {k: folds.subset_train(prepared, k) for k in (1, 2, 3, 5)}
+  for k, view in views.items():
+    assert len(view.splits["train"]) == k
+    assert view.splits["train"] == [c for c in SPLITS["train"] if c in folds.train_order(SPLITS["train"])[:k]]
+    assert view.splits["validation"] == SPLITS["validation"] and view.splits["test"] == SPLITS["test"]
+    assert len(view.class_voxels["train"]) == k
+    for split in ("train", "validation", "test"):  # The records read are the ids listed.
+      assert [c.case_id for c in pipeline.CaseSource(view, split)] == view.splits[split]
+    assert folds.subset_train(prepared, k).splits == view.splits  # Deterministic.
+  for small, large in ((1, 2), (2, 3), (3, 5)):
+    assert set(views[small].splits["train"]) <= set(views[large].splits["train"])
+  assert folds.subset_train(prepared, 0) is prepared
+  # After a fold: the subset is taken from the fold's training cases, read through the fold's view.
+  fold = folds.select(prepared, "1")
+  both = folds.select(prepared, "1", 2)
+  assert set(both.splits["train"]) <= set(fold.splits["train"]) and len(both.splits["train"]) == 2
+  assert both.splits["validation"] == fold.splits["validation"]
+  assert [c.case_id for c in pipeline.CaseSource(both, "train")] == both.splits["train"]
+  source = pickle.loads(pickle.dumps(pipeline.CaseSource(both, "train")))  # grain worker processes.
+  assert source[1].case_id == both.splits["train"][1]
+
+
+def test_more_train_cases_than_the_split_has_is_refused_at_setup(dataset, tmp_path):
+  config, _ = dataset
+  config = tiny_config(config.data.root, config.data.data_dir)
+  config.data.max_train_cases = 6
+  with pytest.raises(ConfigError, match=r"config.data.max_train_cases=6 but the training split of dataset .* has "
+                                        r"5 cases; use 0 \(all\) or 1..5"):
+    experiment.setup(config, tmp_path)
+  config.data.max_train_cases = 2
+  assert len(experiment.setup(config, tmp_path / "ok").prepared.splits["train"]) == 2
+
+
+@pytest.mark.parametrize("value", [-1, True])
+def test_bad_max_train_cases_is_refused_by_validate(value):
+  config = config_lib.base_config()
+  config.data.max_train_cases = value
+  with pytest.raises(ConfigError, match=r"config.data.max_train_cases: must be an integer >= 0"):
+    config_lib.validate(config)
+
+
+def record_train_reads(monkeypatch) -> list[str]:
+  """The case ids read from any training-split CaseSource from now on (in every thread)."""
+  sampled = []
+  original = pipeline.CaseSource.__getitem__
+
+  def recording(self, index):
+    case = original(self, index)
+    if self.split == "train":
+      sampled.append(case.case_id)
+    return case
+
+  monkeypatch.setattr(pipeline.CaseSource, "__getitem__", recording)
+  return sampled
+
+
+def subset_config(config, k):
+  config = tiny_config(config.data.root, config.data.data_dir)
+  config.data.max_train_cases = k
+  config.data.num_threads = 1
+  config.train.update(num_steps=2, batch_size=4, log_every_steps=1, eval_every_steps=2, checkpoint_every_steps=2)
+  return config
+
+
+def test_training_batches_and_device_cache_of_a_subset_hold_only_its_cases(dataset, tmp_path, monkeypatch):
+  """What train.py feeds the step (`train_inputs`: host batches or the device cache) from a 2-case subset."""
+  from jaxseg import parallel
+  from jaxseg.data import device_cache
+  config = subset_config(dataset[0], 2)
+  config.train.num_steps = 12  # 48 samples: each of the 5 cases would show up if it could.
+  exp = experiment.setup(config, tmp_path)
+  kept = folds.train_order(SPLITS["train"])[:2]
+  sampled = record_train_reads(monkeypatch)
+  source = pipeline.CaseSource(exp.prepared, "train")
+  assert len(list(pipeline.train_batches(config, source, start_step=0, local_batch_size=4))) == 12
+  assert sampled and set(sampled) == set(kept)
+  _, layout = device_cache.build(pipeline.CaseSource(exp.prepared, "train"), parallel.create_mesh(config.mesh), (8, 8))
+  assert layout.num_cases == 2
+
+
+@pytest.mark.slow
+def test_training_run_with_max_train_cases_samples_only_those_cases(dataset, tmp_path, monkeypatch):
+  """A two-step train_and_evaluate on a 2-case subset: every training sample comes from those 2 cases."""
+  from jaxseg import train
+  config = subset_config(dataset[0], 2)
+  config.eval.splits = ()
+  sampled = record_train_reads(monkeypatch)
+  train.train_and_evaluate(config, tmp_path)
+  assert sampled and set(sampled) <= set(folds.train_order(SPLITS["train"])[:2])
+
+
 # Ensembles.
 
 

@@ -15,6 +15,13 @@ they are stored, so nothing is prepared again. Fold 'all' trains on every
 non-test case and validates on the fixed validation split, which is then
 part of the training data (as in nnU-Net, its scores are not held-out
 scores).
+
+`subset_train(prepared, k)` (`config.data.max_train_cases`, applied by
+`select` after the fold) keeps the first k cases of a fixed seeded
+permutation of the training split (`train_order`: numpy's
+`RandomState(SUBSET_SEED)` over the sorted ids), so the subsets are nested
+(2 cases are among the 4, those among the 8...) and the same for every
+`config.seed`; validation and test are unchanged.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from jaxseg.errors import ConfigError, DataError
 NUM_FOLDS = 5
 SEED = 12345
 FOLDS = tuple(str(k) for k in range(NUM_FOLDS)) + ("all",)
+SUBSET_SEED = 12345  # The permutation of the training split whose first k cases `max_train_cases=k` keeps.
 
 
 def kfold(case_ids: Sequence[str], num_folds: int = NUM_FOLDS, seed: int = SEED) -> list[dict[str, list[str]]]:
@@ -102,20 +110,55 @@ class FoldBuilder:
     self.__dict__.update(state)
 
 
-def select(prepared, fold: str):
-  """`prepared` (a `pipeline.PreparedDataset`) with the train / validation splits of `fold`.
+def train_order(case_ids: Sequence[str], seed: int = SUBSET_SEED) -> list[str]:
+  """The sorted ids in the order `np.random.RandomState(seed).permutation` gives; `max_train_cases=k`
+  trains on the first k (so a smaller subset is always inside a larger one)."""
+  ids = sorted(case_ids)
+  return [ids[i] for i in np.random.RandomState(seed).permutation(len(ids))]
+
+
+def subset_train(prepared, max_train_cases: int):
+  """`prepared` whose 'train' split holds only the first `max_train_cases` of `train_order` (0: unchanged).
+
+  The kept cases stay in their record order; 'validation' and 'test' are untouched. Works on a fold's view
+  too (the records are read through it).
+
+  Raises:
+    ConfigError: `max_train_cases` is negative or more than the training split has.
+  """
+  train = list(prepared.splits.get("train", []))
+  if max_train_cases == 0:
+    return prepared
+  if max_train_cases < 0 or max_train_cases > len(train):
+    raise ConfigError(f"config.data.max_train_cases={max_train_cases} but the training split of dataset "
+                      f"{prepared.name!r} has {len(train)} cases; use 0 (all) or 1..{len(train)}")
+  kept = set(train_order(train)[:max_train_cases])
+  records = {split: [(split, i) for i in range(len(prepared.splits.get(split, [])))]
+             for split in ("validation", "test")}
+  records["train"] = [("train", i) for i, case_id in enumerate(train) if case_id in kept]
+  splits = {**prepared.splits, "train": [train[i] for _, i in records["train"]]}
+  class_voxels = dict(prepared.class_voxels)
+  class_voxels["train"] = [prepared.class_voxels["train"][i] for _, i in records["train"]]
+  return dataclasses.replace(prepared, builder=FoldBuilder(prepared.builder, records), splits=splits,
+                             class_voxels=class_voxels)
+
+
+def select(prepared, fold: str, max_train_cases: int = 0):
+  """`prepared` (a `pipeline.PreparedDataset`) with the train / validation splits of `fold`, then the
+  training split cut to `max_train_cases` (`subset_train`; 0 keeps it whole).
 
   Args:
     prepared: the prepared dataset.
     fold: '' (unchanged), '0'..'4' or 'all' (`config.data.fold`).
+    max_train_cases: `config.data.max_train_cases`.
 
   Raises:
-    ConfigError: `fold` is not one of those.
+    ConfigError: `fold` is not one of those, or `max_train_cases` is more than the training split has.
     DataError: the dataset has fewer than NUM_FOLDS non-test cases.
   """
   fold = str(fold)
   if fold == "":
-    return prepared
+    return subset_train(prepared, max_train_cases)
   if fold not in FOLDS:
     raise ConfigError(f"config.data.fold: {fold!r} is not a fold; use '' (the fixed split), 0..{NUM_FOLDS - 1} "
                       "or 'all'")
@@ -140,5 +183,5 @@ def select(prepared, fold: str):
   records["test"] = [("test", i) for i in range(len(test))]
   splits = {**wanted, "test": list(test)}
   class_voxels = {name: [prepared.class_voxels[s][i] for s, i in recs] for name, recs in records.items() if recs}
-  return dataclasses.replace(prepared, builder=FoldBuilder(prepared.builder, records), splits=splits,
-                             class_voxels=class_voxels)
+  return subset_train(dataclasses.replace(prepared, builder=FoldBuilder(prepared.builder, records), splits=splits,
+                                          class_voxels=class_voxels), max_train_cases)
