@@ -321,7 +321,7 @@ def save_figure(path: pathlib.Path, summary: dict, channel_names: dict[str, list
     table = corruptions.parameters(shift, names)
     ax.set_xticks(levels)
     ax.set_xticklabels([_short(table[lv][names[0]]) for lv in levels], fontsize=7)
-    ax.set_xlabel(f"{corruptions.SHIFTS[shift].parameter}", fontsize=7)
+    ax.set_xlabel(corruptions.SHIFTS[shift].label(corruptions.is_ct(names[0])), fontsize=7)
     ax.set_ylabel("mean foreground Dice", fontsize=7)
     ax.set_title(f"{dataset}: {shift}", fontsize=9)
     ax.set_ylim(0, 1)
@@ -357,17 +357,14 @@ def markdown(meta, args, runs, summary, checks, channel_names) -> str:
       f"{len(checks)} run(s).", "",
       "## Severity tables", "",
       "| shift | parameter | " + " | ".join(f"level {lv}" for lv in range(5)) + " |", "|---|---|" + "---|" * 5]
-  kinds = {"CT": "CT", "other": "MR"}
-  for shift in dict.fromkeys(s for d in summary for s in summary[d]):
-    spec = corruptions.SHIFTS[shift]
-    for kind, levels in (("CT", spec.levels_ct), ("other", spec.levels_other)):
-      if kind == "CT" and not any(shift in summary[d] and d == "ct_phantom" for d in summary):
-        continue
-      if kind == "other" and not any(shift in summary[d] and d != "ct_phantom" for d in summary):
-        continue
-      lines.append(f"| {shift} ({kinds[kind]}) | {spec.parameter} | " + " | ".join(_short(v) for v in levels) + " |")
-  lines += ["", "MR intensity-scaled shifts (noise, intensity shift) are fractions of each channel's 99th "
-            "percentile; ghosting has " + str(corruptions.GHOSTS) + " copies along the second voxel axis (Y).", ""]
+  for dataset, per_shift in summary.items():
+    ct = corruptions.is_ct(channel_names[dataset][0])
+    for shift in per_shift:
+      spec = corruptions.SHIFTS[shift]
+      levels = spec.levels_ct if ct else spec.levels_other
+      lines.append(f"| {shift} ({dataset}) | {spec.label(ct)} | " + " | ".join(_short(v) for v in levels) + " |")
+  lines += ["", "The reference intensity of an MR channel is its 99th percentile over the image; ghosting scales "
+            "the k-space lines off every " + f"{corruptions.GHOSTS}th along the second voxel axis (Y) by (1 - a).", ""]
   for dataset, per_shift in summary.items():
     lines += [f"## {dataset}", "", f"Mean foreground test Dice, mean ± std over {n} seed(s), at each severity "
               "level; 'mean shifted' is the mean over levels 1-4; 'vs none' the paired difference (same seed) "

@@ -67,7 +67,8 @@ class Shift:
 
   Attributes:
     name: key of `SHIFTS`.
-    parameter: what a level sets, with its unit for CT and for other channels.
+    parameter: what a level sets.
+    unit_ct, unit_other: its unit for a CT channel and for other channels ('' for a plain number).
     levels_ct: parameter per severity level (level 0 first, the identity) for a CT channel, in HU or mm
       or as a factor.
     levels_other: the same for other channels; for `intensity_scaled` shifts, fractions of the channel's
@@ -77,6 +78,8 @@ class Shift:
   """
   name: str
   parameter: str
+  unit_ct: str
+  unit_other: str
   levels_ct: tuple[float, ...]
   levels_other: tuple[float, ...]
   intensity_scaled: bool = False
@@ -85,6 +88,11 @@ class Shift:
   @property
   def num_levels(self) -> int:
     return len(self.levels_ct)
+
+  def label(self, is_ct: bool) -> str:
+    """'parameter (unit)' for a CT channel or another one."""
+    unit = self.unit_ct if is_ct else self.unit_other
+    return f"{self.parameter} ({unit})" if unit else self.parameter
 
   def value(self, level: int, is_ct: bool) -> float:
     """The table's parameter at `level` (before scaling by a reference intensity)."""
@@ -95,17 +103,18 @@ class Shift:
 
 
 SHIFTS: dict[str, Shift] = {s.name: s for s in (
-    Shift("noise", "Gaussian noise std: HU (CT) / fraction of the reference intensity",
+    Shift("noise", "Gaussian noise std", "HU", "x reference intensity",
           (0.0, 20.0, 40.0, 80.0, 160.0), (0.0, 0.025, 0.05, 0.1, 0.2), intensity_scaled=True),
-    Shift("blur", "Gaussian blur std: mm", (0.0, 1.5, 3.0, 4.5, 6.0), (0.0, 1.5, 3.0, 4.5, 6.0)),
-    Shift("contrast", "contrast factor about 0 HU (CT) / the channel mean",
+    Shift("blur", "Gaussian blur std", "mm", "mm", (0.0, 1.5, 3.0, 4.5, 6.0), (0.0, 1.5, 3.0, 4.5, 6.0)),
+    Shift("contrast", "contrast factor", "about 0 HU", "about the channel mean",
           (1.0, 0.8, 0.6, 0.4, 0.2), (1.0, 0.8, 0.6, 0.4, 0.2)),
-    Shift("intensity_shift", "offset: HU (CT) / fraction of the reference intensity",
+    Shift("intensity_shift", "intensity offset", "HU", "x reference intensity",
           (0.0, 25.0, 50.0, 100.0, 200.0), (0.0, 0.05, 0.1, 0.2, 0.4), intensity_scaled=True),
-    Shift("low_resolution", "in-plane downsampling factor", (1.0, 1.5, 2.0, 3.0, 4.0), (1.0, 1.5, 2.0, 3.0, 4.0)),
-    Shift("ghosting", f"ghost intensity a ({GHOSTS} copies along Y)", (0.0, 0.2, 0.4, 0.6, 0.8),
-          (0.0, 0.2, 0.4, 0.6, 0.8)),
-    Shift("bias_field", "log-amplitude alpha of the multiplicative field", (0.0, 0.15, 0.3, 0.5, 0.8),
+    Shift("low_resolution", "in-plane downsampling factor", "", "", (1.0, 1.5, 2.0, 3.0, 4.0),
+          (1.0, 1.5, 2.0, 3.0, 4.0)),
+    Shift("ghosting", "ghost intensity a", f"{GHOSTS} copies along Y", f"{GHOSTS} copies along Y",
+          (0.0, 0.2, 0.4, 0.6, 0.8), (0.0, 0.2, 0.4, 0.6, 0.8)),
+    Shift("bias_field", "bias field log-amplitude alpha", "", "", (0.0, 0.15, 0.3, 0.5, 0.8),
           (0.0, 0.15, 0.3, 0.5, 0.8), modalities=("mr",)),
 )}
 
