@@ -47,6 +47,16 @@ Key reference (units in brackets):
                             choice for the model's dimension (all axes; 180 deg 2D, 30 deg 3D).
   model.*                   see `jaxseg.models.default_model_config`.
   train.*                   steps, batch size (global), optimiser, schedule, logging.
+  train.init_from           '' or a trained jaxseg workdir whose checkpoint initialises this run
+                            (transfer learning, `jaxseg.train.init_from_workdir`): every params /
+                            batch_stats array with the same name and shape is copied, the rest keep
+                            their new initialisation (named in the log and <workdir>/init_from.json);
+                            the optimiser starts fresh. Only a fresh run: a resumed run restores its
+                            own checkpoint. Not together with model.pretrained.
+  train.init_from_checkpoint  'best' (default; the latest when there is no best) | 'latest' | a step.
+  train.init_from_exclude   glob patterns of array names never copied (e.g. 'params/head*' when the
+                            source's classes are other structures); a tuple or 'a,b'.
+  train.freeze_backbone, train.backbone_lr_multiplier  FCN/DeepLab only (the `backbone` module).
   mesh.data                 devices on the mesh's data axis (-1 = all devices / mesh.fsdp).
   mesh.fsdp                 devices on the mesh's fsdp axis: batch rows AND large state arrays
                             (parameters, optimiser moments) are split over it (`jaxseg.parallel`).
@@ -153,6 +163,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.loss = "dice_ce"
   config.train.freeze_backbone = False
   config.train.backbone_lr_multiplier = 1.0
+  config.train.init_from = ""                  # A trained workdir to initialise from (transfer learning).
+  config.train.init_from_checkpoint = "best"   # best | latest | a step number.
+  config.train.init_from_exclude = ()          # Glob patterns of array names kept new ('params/head*').
   config.train.log_every_steps = 50
   config.train.eval_every_steps = 250
   config.train.checkpoint_every_steps = 250
@@ -294,6 +307,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not all(isinstance(t, (int, float)) and t > 0 for t in config.eval.tolerances_mm):
     fail("eval.tolerances_mm", f"{tuple(config.eval.tolerances_mm)} must be positive distances in mm")
   _validate_interpret(config.interpret, fail)
+  _validate_init_from(config, fail)
   for key in ("eval.checkpoint", "predict.checkpoint", "interpret.checkpoint"):
     which = str(config[key.split(".")[0]].checkpoint)
     if which not in ("best", "latest") and not which.isdigit():
@@ -303,6 +317,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def split_names(values) -> tuple[str, ...]:
   """A tuple of names from a config value given as a tuple or as 'a,b' on the command line."""
   return tuple(name.strip() for value in values for name in str(value).split(",") if name.strip())
+
+
+def _validate_init_from(config: ml_collections.ConfigDict, fail) -> None:
+  """`train.init_from*` and the backbone keys (transfer learning)."""
+  from jaxseg.models import pretrained  # pylint: disable=g-import-not-at-top
+  train = config.train
+  if train.init_from and config.model.pretrained:
+    fail("train.init_from", f"{train.init_from!r} and model.pretrained={config.model.pretrained!r} both set "
+         "the initial weights; set one of them")
+  which = str(train.init_from_checkpoint)
+  if which not in ("best", "latest") and not which.isdigit():
+    fail("train.init_from_checkpoint", f"{which!r} is not 'best', 'latest' or a step number")
+  if config.model.name not in pretrained.BACKBONE_MODELS:
+    for key, unset in (("freeze_backbone", False), ("backbone_lr_multiplier", 1.0)):
+      if train[key] != unset:
+        fail(f"train.{key}", f"{train[key]!r} has no effect: model {config.model.name!r} has no backbone "
+             f"module (only {', '.join(pretrained.BACKBONE_MODELS)} have one)")
 
 
 def _validate_interpret(settings: ml_collections.ConfigDict, fail) -> None:

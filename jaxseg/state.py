@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+import fnmatch
+from typing import Any, Sequence
 
 import flax
+import flax.traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from jaxseg.errors import ConfigError
@@ -191,6 +194,82 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, tx: 
     disc_tx = create_discriminator_optimizer(config.adversarial)
   return state.replace(disc_params=disc_params, disc_batch_stats=disc_variables.get("batch_stats", {}),
                        disc_opt_state=disc_tx.init(disc_params))
+
+
+def array_names(variables: dict) -> dict[str, tuple[int, ...]]:
+  """'params/down0/conv0/kernel' -> shape for every array of a `{'params': ..., 'batch_stats': ...}` tree."""
+  return {"/".join(path): tuple(np.shape(value))
+          for path, value in flax.traverse_util.flatten_dict(variables).items()}
+
+
+def transfer_matching(target: dict, source: dict, exclude: Sequence[str] = ()) -> tuple[dict, list[str], list[str]]:
+  """`target` with every array that `source` holds under the same name and with the same shape copied in.
+
+  Args:
+    target: `{'params': ..., 'batch_stats': ...}` of the model being initialised (its fresh initialisation).
+    source: the same structure from another model (for example a trained run's checkpoint).
+    exclude: glob patterns (`fnmatch`) of array names ('params/head0/kernel') never copied, e.g.
+      'params/head*' for an output layer whose classes mean other structures in the source.
+
+  Returns:
+    (variables, copied, kept): the new variables (numpy float arrays where copied, `target`'s arrays
+    elsewhere), the names copied and the names that kept `target`'s value (absent from `source`, another
+    shape, or excluded), each sorted.
+  """
+  flat_source = {"/".join(path): value for path, value in flax.traverse_util.flatten_dict(source).items()}
+  copied, kept, out = [], [], {}
+  for path, value in flax.traverse_util.flatten_dict(target).items():
+    name = "/".join(path)
+    other = flat_source.get(name)
+    if (other is not None and np.shape(other) == np.shape(value)
+        and not any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude)):
+      out[path] = np.asarray(other, dtype=np.asarray(value).dtype)
+      copied.append(name)
+    else:
+      out[path] = value
+      kept.append(name)
+  return flax.traverse_util.unflatten_dict(out), sorted(copied), sorted(kept)
+
+
+def describe_kept(kept: Sequence[str], target: dict, source: dict, exclude: Sequence[str] = ()) -> list[str]:
+  """Why each kept array kept its new initialisation: 'NAME (shape A here, B in the source)' and the like."""
+  here, there = array_names(target), array_names(source)
+  reasons = []
+  for name in kept:
+    if any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude):
+      reasons.append(f"{name} (excluded)")
+    elif name in there:
+      reasons.append(f"{name} (shape {here[name]} here, {there[name]} in the source)")
+    else:
+      reasons.append(f"{name} (not in the source)")
+  return reasons
+
+
+def init_from_variables(state: TrainState, source: dict, tx: optax.GradientTransformation, origin: str,
+                        exclude: Sequence[str] = ()) -> tuple[TrainState, dict[str, Any]]:
+  """The state with the segmenter's matching arrays copied from `source` (host side, before training).
+
+  `source` is `{'params': ..., 'batch_stats': ...}` of another model; arrays are matched by name and shape
+  (`transfer_matching`). The optimiser state starts fresh (`tx.init`), the step stays 0, and the
+  discriminator of adversarial training (if any) keeps its initialisation.
+
+  Returns:
+    (state, record): record = {'copied': [names], 'kept': ['name (reason)'], 'num_copied', 'num_kept'}.
+
+  Raises:
+    ConfigError: naming `origin` (the config key and workdir) when no array matches.
+  """
+  target = {"params": state.params, "batch_stats": state.batch_stats}
+  variables, copied, kept = transfer_matching(target, source, exclude)
+  if not copied:
+    theirs, ours = sorted(array_names(source)), sorted(array_names(target))
+    raise ConfigError(f"{origin}: no array of the source matches this model by name and shape (source has "
+                      f"{len(theirs)} arrays, e.g. {theirs[0] if theirs else 'none'}; this model "
+                      f"{len(ours)}, e.g. {ours[0] if ours else 'none'}); is it another architecture?")
+  params = variables["params"]
+  state = state.replace(params=params, batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
+  return state, {"copied": copied, "kept": describe_kept(kept, target, source, exclude),
+                 "num_copied": len(copied), "num_kept": len(kept)}
 
 
 def load_pretrained(state: TrainState, model_config: ml_collections.ConfigDict,

@@ -12,11 +12,18 @@ With `config.adversarial.enabled` the step also trains a patch discriminator
 `train/adversarial_loss` (unweighted), `train/adversarial_weight` (0 during
 the warm-up) and `train/segmentation_loss` (`train/loss` is then the
 segmenter's whole objective).
+
+Transfer learning: a fresh run with `config.train.init_from` (a trained
+workdir) starts from that run's checkpoint wherever names and shapes match
+(`init_from_workdir`); `config.model.pretrained` loads torchvision backbone
+weights instead. Either applies only when the workdir has no checkpoint: a
+resumed run continues from its own.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import pathlib
 import time
 from typing import Any, Iterator
@@ -26,9 +33,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxseg import checkpointing, evaluate, experiment, metrics, models, parallel, state as state_lib, steps, writers
+from jaxseg import checkpointing, evaluate, experiment, metrics, models, parallel, paths, steps, writers
+from jaxseg import config as config_lib, state as state_lib
 from jaxseg.data import device_augment, device_cache, pipeline
-from jaxseg.errors import TrainingError
+from jaxseg.errors import CheckpointError, ConfigError, TrainingError
 
 # Step metrics that stop training when not finite (the discriminator's loss only in adversarial training).
 _CHECKED_LOSSES = ("loss", "disc_loss")
@@ -121,6 +129,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   if checkpoints.latest_step() is not None:
     state, _ = checkpoints.restore(exp.abstract_state(), "latest")
     logging.info("Resumed from checkpoint step %d in %s", int(state.step), checkpoints.directory)
+  elif config.train.init_from:  # Only a fresh run: a resumed one has its own weights (above).
+    state = jax.device_put(init_from_workdir(exp, parallel.host_copy(state)), exp.state_shardings())
   elif config.model.pretrained:
     state = jax.device_put(state_lib.load_pretrained(parallel.host_copy(state), config.model, exp.tx),
                            exp.state_shardings())
@@ -189,6 +199,63 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   checkpoints.close()
   writer.close()
   return results
+
+
+INIT_FROM_RECORD = "init_from.json"
+
+
+def source_variables(config: ml_collections.ConfigDict, source: pathlib.Path) -> tuple[dict[str, Any], int]:
+  """({'params', 'batch_stats'} as host arrays, step) of checkpoint `config.train.init_from_checkpoint` of the
+  trained workdir `source`, restored with the config it was trained with (its config.json), as evaluation does.
+
+  Raises:
+    ConfigError: `source` is not a directory.
+    CheckpointError: it has no config.json or no such checkpoint, or the checkpoint is unreadable.
+  """
+  from jaxseg import ensemble  # pylint: disable=g-import-not-at-top  (evaluation restores members the same way)
+  key = f"config.train.init_from={source}"
+  if not source.is_dir():
+    raise ConfigError(f"{key}: not a directory; give the workdir of a trained jaxseg run")
+  try:
+    source_config = ensemble.trained_config(source, config)
+    source_config.train.init_from = ""  # Its own initialisation is in its checkpoint already.
+    source_exp = experiment.setup(source_config, source)
+    checkpoints = checkpointing.Checkpoints(source, read_only=True)
+    try:
+      state, step = evaluate.restore_state(source_exp, checkpoints, config.train.init_from_checkpoint)
+    finally:
+      checkpoints.close()
+  except CheckpointError as e:
+    raise CheckpointError(f"{key}: {e}") from e
+  return parallel.host_copy({"params": state.params, "batch_stats": state.batch_stats}), step
+
+
+def init_from_workdir(exp: experiment.Experiment, state: state_lib.TrainState) -> state_lib.TrainState:
+  """The fresh host-side `state` initialised from `config.train.init_from` (transfer learning).
+
+  Copies every params / batch_stats array whose name and shape match (`state_lib.init_from_variables`),
+  logs how many were copied and names the kept ones, and records both in `<workdir>/init_from.json`.
+
+  Raises:
+    ConfigError: the source is this run's own workdir, or no array matches.
+    CheckpointError: see `source_variables`.
+  """
+  config = exp.config
+  source = pathlib.Path(config.train.init_from).expanduser()
+  if isinstance(exp.workdir, pathlib.Path) and source.resolve() == exp.workdir.resolve():
+    raise ConfigError(f"config.train.init_from={source} is this run's own workdir; rerunning there resumes it")
+  variables, step = source_variables(config, source)
+  exclude = config_lib.split_names(config.train.init_from_exclude)
+  state, record = state_lib.init_from_variables(state, variables, exp.tx, f"config.train.init_from={source}",
+                                                exclude)
+  logging.info("Initialised from %s (checkpoint step %d): copied %d arrays, kept the new initialisation of %d%s",
+               source, step, record["num_copied"], record["num_kept"],
+               f": {'; '.join(record['kept'])}" if record["kept"] else "")
+  if jax.process_index() == 0:
+    paths.write_text_atomic(exp.workdir / INIT_FROM_RECORD, json.dumps(
+        {"workdir": str(source.resolve()), "checkpoint": str(config.train.init_from_checkpoint), "step": step,
+         "exclude": list(exclude), **record}, indent=2))
+  return state
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -37,7 +37,8 @@ _VGG_CONV_NAMES = tuple(
 # Keys of a torchvision classifier that a backbone does not use.
 _UNUSED_KEY = re.compile(
     r"^(fc\.(weight|bias)|classifier\.6\.(weight|bias)|.*num_batches_tracked)$")
-_BACKBONE_MODELS = ("fcn32s", "fcn16s", "fcn8s", "deeplabv3", "deeplabv3plus")
+# Models with a `backbone` module (pretrained weights, train.freeze_backbone, train.backbone_lr_multiplier).
+BACKBONE_MODELS = ("fcn32s", "fcn16s", "fcn8s", "deeplabv3", "deeplabv3plus")
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -79,6 +80,28 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
       raise DataError(f"{path}: not a readable .npz file ({e})") from None
   raise DataError(f"{path}: unsupported weights format {extension!r}; "
                   "expected .pth, .safetensors or .npz")
+
+
+def infer_backbone(state_dict: dict[str, np.ndarray], path: str = "") -> str:
+  """The torchvision classifier a state_dict belongs to: resnet18/34/50/101 or vgg16.
+
+  ResNets are told apart by their blocks (`layerN.B.conv3` only in the
+  bottleneck ResNets 50/101) and the number of blocks of layer3 (2, 6, 6,
+  23); VGG16 by its `features.28` convolution.
+
+  Raises:
+    DataError: naming `path` when the keys fit none of them.
+  """
+  if "features.28.weight" in state_dict:
+    return "vgg16"
+  blocks = {int(key.split(".")[1]) for key in state_dict if key.startswith("layer3.")}
+  bottleneck = any(key.startswith("layer1.0.conv3.") for key in state_dict)
+  names = {(2, False): "resnet18", (6, False): "resnet34", (6, True): "resnet50", (23, True): "resnet101"}
+  name = names.get((len(blocks), bottleneck))
+  if name is None:
+    raise DataError(f"{path}: not the state_dict of a torchvision resnet18/34/50/101 or vgg16 "
+                    f"({len(blocks)} layer3 blocks, bottleneck {bottleneck})")
+  return name
 
 
 def _resnet_key(path: tuple[str, ...], collection: str) -> str:
@@ -198,10 +221,10 @@ def load_pretrained(variables: dict, model_config: ml_collections.ConfigDict
   path = model_config.pretrained
   if not path:
     return variables
-  if model_config.name not in _BACKBONE_MODELS:
+  if model_config.name not in BACKBONE_MODELS:
     raise ConfigError(f"config.model.pretrained is set but model "
                       f"{model_config.name!r} has no pretrained backbone; "
-                      f"use one of {', '.join(_BACKBONE_MODELS)}")
+                      f"use one of {', '.join(BACKBONE_MODELS)}")
   if model_config.backbone != "vgg16" and model_config.norm != "batch":
     raise ConfigError(f"config.model.pretrained needs config.model.norm="
                       f"'batch' (ImageNet ResNets use batch norm), got "
