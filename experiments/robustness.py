@@ -77,11 +77,12 @@ CORRUPTION_SEED = 2026  # The i-th evaluated test case is corrupted with seed CO
 # Training budget and evaluation size per protocol (equal for every arm; None/0 keeps the config file's value).
 PROTOCOLS = {
     "quick": dict(num_cases=8, patch_size=(64, 64), num_steps=4, batch_size=2, features=4, depth=2, test_cases=1,
-                  datasets="ct_phantom,mr_phantom", arms="none,adversarial", shifts="noise,bias_field"),
-    "cpu": dict(num_cases=0, patch_size=(96, 96), num_steps=150, batch_size=8, features=8, depth=3, test_cases=2,
-                datasets="ct_phantom,mr_phantom", arms="", shifts=""),
+                  datasets="ct_phantom,mr_phantom", arms="none,adversarial",
+                  shifts={"ct_phantom": "noise", "mr_phantom": "bias_field,noise"}),
+    "cpu": dict(num_cases=0, patch_size=(96, 96), num_steps=250, batch_size=8, features=8, depth=4, test_cases=2,
+                datasets="ct_phantom,mr_phantom", arms="", shifts={"ct_phantom": "", "mr_phantom": "bias_field"}),
     "gpu": dict(num_cases=0, patch_size=(128, 128), num_steps=600, batch_size=8, features=None, depth=None,
-                test_cases=0, datasets="ct_phantom,mr_phantom", arms="", shifts=""),
+                test_cases=0, datasets="ct_phantom,mr_phantom", arms="", shifts={"ct_phantom": "", "mr_phantom": ""}),
 }
 DEFAULT_SEEDS = {"quick": 1, "cpu": 2, "gpu": 3}
 
@@ -92,7 +93,8 @@ def parse_args(argv=None):
   p.add_argument("--datasets", default=None, help="comma-separated: " + ", ".join(DATASETS))
   p.add_argument("--arms", default=None, help="comma-separated (default: every arm of each dataset): "
                  + ", ".join(ARMS))
-  p.add_argument("--shifts", default=None, help="comma-separated (default: every shift of each dataset): "
+  p.add_argument("--shifts", default=None, help="comma-separated, each applied to the datasets it is meant for "
+                 "(default: the protocol's; --scale=cpu: every CT shift, the MR bias field): "
                  + ", ".join(corruptions.SHIFTS))
   p.add_argument("--test_cases", type=int, default=None,
                  help="first N test cases evaluated under the shifts (0 = all; default: the protocol's)")
@@ -105,8 +107,16 @@ def parse_args(argv=None):
   _study.refuse_unknown(args.prog, "dataset", args.datasets, DATASETS)
   args.arms = _study.split_names(protocol["arms"] if args.arms is None else args.arms)
   _study.refuse_unknown(args.prog, "arm", args.arms, ARMS)
-  args.shifts = _study.split_names(protocol["shifts"] if args.shifts is None else args.shifts)
-  _study.refuse_unknown(args.prog, "shift", args.shifts, corruptions.SHIFTS)
+  if args.shifts is None:  # The protocol's shifts of each dataset ('' = all of them).
+    args.shifts = {d: _study.split_names(protocol["shifts"][d]) or list(DATASETS[d]["shifts"]) for d in args.datasets}
+  else:
+    names = _study.split_names(args.shifts)
+    _study.refuse_unknown(args.prog, "shift", names, corruptions.SHIFTS)
+    for name in names:
+      if not any(name in DATASETS[d]["shifts"] for d in args.datasets):
+        raise SystemExit(f"{args.prog}: shift {name!r} is not applied to {', '.join(args.datasets)} (shifts: "
+                         + "; ".join(f"{d}: {', '.join(DATASETS[d]['shifts'])}" for d in args.datasets) + ")")
+    args.shifts = {d: [s for s in DATASETS[d]["shifts"] if s in names] for d in args.datasets}
   args.test_cases = protocol["test_cases"] if args.test_cases is None else args.test_cases
   if args.test_cases < 0:
     raise SystemExit(f"{args.prog}: --test_cases must be >= 0 (0 = all), got {args.test_cases}")
@@ -114,10 +124,6 @@ def parse_args(argv=None):
     if not any(name in DATASETS[d]["arms"] for d in args.datasets):
       raise SystemExit(f"{args.prog}: arm {name!r} is not run on {', '.join(args.datasets)} (arms: "
                        + "; ".join(f"{d}: {', '.join(DATASETS[d]['arms'])}" for d in args.datasets) + ")")
-  for name in args.shifts:
-    if not any(name in DATASETS[d]["shifts"] for d in args.datasets):
-      raise SystemExit(f"{args.prog}: shift {name!r} is not applied to {', '.join(args.datasets)} (shifts: "
-                       + "; ".join(f"{d}: {', '.join(DATASETS[d]['shifts'])}" for d in args.datasets) + ")")
   return args
 
 
@@ -130,7 +136,7 @@ def arms_of(dataset: str, args) -> list[str]:
 
 
 def shifts_of(dataset: str, args) -> list[str]:
-  return [s for s in DATASETS[dataset]["shifts"] if not args.shifts or s in args.shifts]
+  return args.shifts[dataset]
 
 
 def run_config(dataset: str, arm: str, seed: int, args):
@@ -417,10 +423,11 @@ def main(argv=None):
   start = time.time()
   from jaxseg.data import phantoms  # pylint: disable=g-import-not-at-top
   p = protocol(args)
-  plan = [(d, a, s) for d in args.datasets for s in range(args.seeds) for a in arms_of(d, args)]
+  datasets = [d for d in args.datasets if arms_of(d, args) and shifts_of(d, args)]  # Something to do there.
+  plan = [(d, a, s) for d in datasets for s in range(args.seeds) for a in arms_of(d, args)]
   configs = {(d, a, s): run_config(d, a, s, args) for d, a, s in plan}  # Every config validated before training.
   runs, records, checks, channel_names = [], [], [], {}
-  for dataset in args.datasets:
+  for dataset in datasets:
     phantoms.ensure_phantom(dataset, args.data_dir, num_cases=p["num_cases"] or None)
     loaded = []
     for d, arm, seed in plan:
@@ -465,9 +472,9 @@ def main(argv=None):
   save_figure(args.output.with_suffix(".png"), summary, channel_names)
   meta = _study.metadata(args, start)
   _study.write_report(args.output, markdown(meta, args, runs, summary, checks, channel_names), {
-      **meta, "model": args.model, "datasets": args.datasets, "protocol": protocol(args),
+      **meta, "model": args.model, "datasets": datasets, "protocol": protocol(args),
       "corruption_seed": CORRUPTION_SEED,
-      "shifts": {s: dataclasses.asdict(corruptions.SHIFTS[s]) for d in args.datasets for s in shifts_of(d, args)},
+      "shifts": {s: dataclasses.asdict(corruptions.SHIFTS[s]) for d in datasets for s in shifts_of(d, args)},
       "identity_check_max_abs_dice_difference": max(checks) if checks else None,
       "runs": [{k: v for k, v in r.items() if k != "config_hash"} for r in runs],
       "summary": summary, "reading": reading(summary),

@@ -46,6 +46,15 @@ def test_bad_input_is_one_line_before_training(tmp_path, argv, message):
   assert not (tmp_path / "runs").exists()
 
 
+def test_protocol_shifts_and_explicit_shifts_per_dataset():
+  args = robustness.parse_args([])
+  assert args.shifts == {"ct_phantom": list(robustness.DATASETS["ct_phantom"]["shifts"]), "mr_phantom": ["bias_field"]}
+  args = robustness.parse_args(["--shifts=noise,bias_field"])
+  assert args.shifts == {"ct_phantom": ["noise"], "mr_phantom": ["bias_field", "noise"]}
+  args = robustness.parse_args(["--shifts=blur", "--arms=adversarial"])
+  assert robustness.arms_of("mr_phantom", args) == [] and robustness.shifts_of("mr_phantom", args) == []
+
+
 def test_seeds_default_per_protocol_and_explicit():
   assert robustness.parse_args(["--quick"]).seeds == 1
   assert robustness.parse_args([]).seeds == 2
@@ -69,7 +78,7 @@ def test_arm_configs_differ_only_in_augmentation_and_the_adversarial_term(tmp_pa
   assert configs["adversarial"].adversarial.warmup_steps == robustness.PROTOCOLS["cpu"]["num_steps"] // 4
   for arm, config in configs.items():  # Same data, model, budget and seed everywhere.
     assert (config.seed, config.data.name, config.model.name, config.model.features, config.train.num_steps,
-            tuple(config.data.patch_size)) == (1, "ct_phantom", "unet", 8, 150, (96, 96)), arm
+            tuple(config.data.patch_size)) == (1, "ct_phantom", "unet", 8, 250, (96, 96)), arm
   mr = robustness.run_config("mr_phantom", "none", 0, args)
   assert mr.model.name == "unet" and mr.data.name == "mr_phantom" and len(mr.data.patch_size) == 2
 
@@ -209,7 +218,7 @@ def test_robustness_quick_end_to_end_resumes(tmp_path):
         assert all(0.0 <= arm["dice"][str(lv)][0] <= 1.0 for lv in range(5))
   assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
   evaluations = sorted((tmp_path / "runs" / "evaluations").rglob("*.json"))
-  assert len(evaluations) == 1 + 4 + 2 * (1 + 4)  # CT: clean + noise; MR: clean + bias field + noise.
+  assert len(evaluations) == (1 + 4) + (1 + 4 + 4)  # CT: clean + noise; MR: clean + bias field + noise.
   stamps = [p.stat().st_mtime_ns for p in evaluations]
   robustness.main(argv)  # Resumes: every run and every evaluation is reused.
   again = json.loads(out.with_suffix(".json").read_text())
