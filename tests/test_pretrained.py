@@ -221,6 +221,36 @@ def test_file_and_config_errors(tmp_path):
     pretrained.load_pretrained(variables, cfg)
 
 
+def torchvision_resnet_keys(blocks, bottleneck):
+  """Keys (with dummy values) of a torchvision ResNet with `blocks` per stage."""
+  convs = ("conv1", "conv2", "conv3") if bottleneck else ("conv1", "conv2")
+  keys = ["conv1.weight", "bn1.weight", "fc.weight"]
+  for stage, count in enumerate(blocks):
+    for block in range(count):
+      keys += [f"layer{stage + 1}.{block}.{conv}.weight" for conv in convs]
+  return dict.fromkeys(keys, np.zeros(1, np.float32))
+
+
+def test_infer_backbone_from_the_state_dict_keys():
+  assert pretrained.infer_backbone(resnet18_state_dict(4, np.random.default_rng(0))) == "resnet18"
+  assert pretrained.infer_backbone(torchvision_resnet_keys((3, 4, 6, 3), False)) == "resnet34"
+  assert pretrained.infer_backbone(torchvision_resnet_keys((3, 4, 6, 3), True)) == "resnet50"
+  assert pretrained.infer_backbone(torchvision_resnet_keys((3, 4, 23, 3), True)) == "resnet101"
+  vgg = {f"features.{i}.weight": np.zeros(1) for i in (0, 2, 28)}
+  assert pretrained.infer_backbone(vgg) == "vgg16"
+  with pytest.raises(DataError, match=r"^w.pth: not the state_dict of a torchvision resnet18/34/50/101 or vgg16 "
+                     r"\(4 layer3 blocks, bottleneck False\)"):
+    pretrained.infer_backbone(torchvision_resnet_keys((2, 2, 4, 2), False), "w.pth")
+
+
+@pytest.mark.skipif(not HAS_TORCHVISION, reason="needs torchvision")
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "resnet101", "vgg16"])
+def test_infer_backbone_of_torchvision_models(name):
+  import torchvision  # pylint: disable=g-import-not-at-top
+  keys = dict.fromkeys(getattr(torchvision.models, name)().state_dict(), np.zeros(1))
+  assert pretrained.infer_backbone(keys) == name
+
+
 @pytest.mark.skipif(HAS_TORCH, reason="checks the error raised without torch")
 def test_pth_without_torch_is_a_data_error(tmp_path):
   path = tmp_path / "resnet50.pth"
