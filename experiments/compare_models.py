@@ -171,7 +171,17 @@ def deep_run(model: str, dataset: str, seed: int, args) -> dict:
     _study.atomic_write(size_path, json.dumps(size))
   return {"kind": "deep", "method": model, "dataset": dataset, "seed": seed, "test": run["results"]["test"],
           "seconds": run["seconds"], "train_seconds": training_seconds(workdir), "reused": run["reused"],
-          **size}
+          "cases": case_dice(workdir / "results" / "test" / "cases.csv"), **size}
+
+
+def case_dice(path: pathlib.Path) -> dict[str, dict[str, float]]:
+  """{case id: {class: Dice}} from a run's `results/test/cases.csv`."""
+  import csv  # pylint: disable=g-import-not-at-top
+  out: dict[str, dict[str, float]] = {}
+  with open(path, newline="") as f:
+    for row in csv.DictReader(f):
+      out.setdefault(row["case_id"], {})[row["class"]] = float(row["dice"])
+  return out
 
 
 # Traditional methods.
@@ -286,7 +296,25 @@ def comparisons(runs: list[dict], table: dict) -> dict:
     deep, trad = best(table, dataset, "deep"), best(table, dataset, "traditional")
     if deep and trad:
       out[dataset][f"{deep} - {trad}"] = paired(runs, dataset, trad, deep, classes)
+      out[dataset][f"{deep} - {trad} (over test cases)"] = paired_cases(runs, dataset, trad, deep, classes)
   return out
+
+
+def paired_cases(runs: list[dict], dataset: str, a: str, b: str, classes: list[str]) -> dict:
+  """Paired differences b - a of test Dice per class over test cases (each method's Dice of a case averaged
+  over its seeds; 'mean_foreground' per case = the mean over the foreground classes)."""
+  def per_case(method):
+    picked = [r["cases"] for r in runs if r["dataset"] == dataset and r["method"] == method]
+    cases = sorted(set.intersection(*(set(c) for c in picked)))
+    out = {}
+    for case in cases:
+      scores = {c: float(np.mean([p[case][c] for p in picked])) for c in picked[0][case]}
+      scores["mean_foreground"] = float(np.mean([scores[c] for c in picked[0][case]]))
+      out[case] = scores
+    return out
+  ca, cb = per_case(a), per_case(b)
+  cases = sorted(set(ca) & set(cb))
+  return {c: _study.paired_interval([ca[k][c] for k in cases], [cb[k][c] for k in cases]) for c in classes}
 
 
 # Report.
@@ -306,7 +334,15 @@ def markdown(meta: dict, args, runs: list[dict], table: dict, compared: dict) ->
   n = args.seeds
   lines = ["# Deep models against each other and against traditional methods (phantoms)", ""]
   lines += _study.metadata_lines(meta)
+  deep = [r for r in runs if r["kind"] == "deep"]
+  trad = [r for r in runs if r["kind"] == "traditional"]
+  fits = {r["dataset"]: r["train_seconds"] or 0.0 for r in trad}
   lines += [
+      f"- Runs: {len(deep)} deep ({sum(r['reused'] for r in deep)} read back from an earlier invocation of the "
+      f"command, which the wall time above does not include), {len(trad)} traditional "
+      f"({sum(r['reused'] for r in trad)} read back); the runs' own wall times sum to "
+      f"{sum(r['seconds'] for r in deep) / 60:.1f} min (deep) and "
+      f"{(sum(r['seconds'] for r in trad) + sum(fits.values())) / 60:.1f} min (traditional, fitting included).",
       f"- Protocol `{meta['scale']}`: {p['num_steps']} training steps for every deep model; 2D models on "
       f"{p['patch_2d'][0]} x {p['patch_2d'][1]} patches, batch {p['batch_2d']}; the 3D U-Net on "
       f"{' x '.join(map(str, p['patch_3d']))} patches, batch {p['batch_3d']} (the same voxels per batch); "
@@ -354,7 +390,8 @@ def markdown(meta: dict, args, runs: list[dict], table: dict, compared: dict) ->
         lines.append(f"| {method} | " + " | ".join(_study.fmt(e[c][metric], e["n"], digits) for c in classes) + " |")
       lines.append("")
     if compared.get(dataset):
-      lines += ["Paired differences of test Dice (same seed; a traditional method pairs with every seed): mean "
+      lines += ["Paired differences of test Dice (same seed; a traditional method pairs with every seed; '(over "
+                "test cases)': pairs are test cases, each method's Dice of a case averaged over its seeds): mean "
                 "[95% t interval] (n pairs):", "",
                 "| comparison | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
       for name, per_class in compared[dataset].items():
@@ -393,7 +430,9 @@ def reading(table: dict, compared: dict) -> list[str]:
         verdict = "the interval excludes 0: the traditional method is better"
       else:
         verdict = "the interval includes 0: no difference distinguishable from seed noise"
-      text += f" Best deep ({deep}) minus best traditional ({trad}): {_ci(p)}; {verdict}."
+      text += f" Best deep ({deep}) minus best traditional ({trad}): {_ci(p)} over seeds; {verdict}"
+      q = compared[dataset][f"{deep} - {trad} (over test cases)"]["mean_foreground"]
+      text += f"; over test cases {_ci(q)}."
     better = [name for name, per_class in compared.get(dataset, {}).items() if name.endswith(" - unet")
               and per_class["mean_foreground"]["ci95"][0] is not None and per_class["mean_foreground"]["ci95"][0] > 0]
     worse = [name for name, per_class in compared.get(dataset, {}).items() if name.endswith(" - unet")

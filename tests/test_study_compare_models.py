@@ -74,6 +74,7 @@ def _run(method, dataset, seed, dice, kind="deep"):
   return {"kind": kind, "method": method, "dataset": dataset, "seed": seed, "test": test, "seconds": 10.0,
           "train_seconds": 5.0, "parameters": None if kind != "deep" else 1000,
           "forward_gflops_per_patch": None if kind != "deep" else 0.5, "reused": False,
+          "cases": {"c1": {"liver": dice, "spleen": dice / 2}, "c2": {"liver": dice - 0.2, "spleen": dice / 4}},
           **({"fitted": {"num_cases": 2}} if kind == "traditional" else {})}
 
 
@@ -89,7 +90,7 @@ def test_aggregate_and_paired_differences_by_hand():
   assert unet["n"] == 3 and table["ct_phantom"]["otsu"]["n"] == 1 and table["ct_phantom"]["otsu"]["kind"] == "traditional"
   assert cm.best(table, "ct_phantom", "deep") == "unet" and cm.best(table, "ct_phantom", "traditional") == "otsu"
   compared = cm.comparisons(RUNS, table)["ct_phantom"]
-  assert set(compared) == {"fcn8s - unet", "unet - otsu"}
+  assert set(compared) == {"fcn8s - unet", "unet - otsu", "unet - otsu (over test cases)"}
   fcn = compared["fcn8s - unet"]["liver"]
   assert fcn["per_seed"] == pytest.approx([-0.1, -0.2, -0.2])
   # 95% t interval of the mean of (-0.1, -0.2, -0.2): t(0.975, 2) = 4.3027, std 0.057735.
@@ -97,6 +98,11 @@ def test_aggregate_and_paired_differences_by_hand():
   assert fcn["ci95"] == pytest.approx([-1 / 6 - half, -1 / 6 + half])
   # The traditional method (no seed) pairs with every seed of the deep model.
   assert compared["unet - otsu"]["liver"]["per_seed"] == pytest.approx([0.2, 0.3, 0.4])
+  # Over test cases: the U-Net's Dice of a case averaged over seeds (c1 liver 0.7, c2 liver 0.5, c1 spleen
+  # 0.35, c2 spleen 0.175) minus otsu's (0.4, 0.2, 0.2, 0.1).
+  cases = compared["unet - otsu (over test cases)"]
+  assert cases["liver"]["per_seed"] == pytest.approx([0.3, 0.3])
+  assert cases["mean_foreground"]["per_seed"] == pytest.approx([(0.7 + 0.35 - 0.6) / 2, (0.5 + 0.175 - 0.3) / 2])
   lines = cm.reading(table, {"ct_phantom": compared})
   assert "unet 0.525" in lines[0] and "the interval excludes 0: the deep model is better" in lines[0]
   assert "worse fcn8s" in lines[0]
