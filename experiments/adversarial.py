@@ -8,17 +8,16 @@ table of mean and std over seeds of the test Dice and HD95 (mm) per class,
 the paired Dice differences (same seed: same initialisation and batches), and
 the discriminator's final training accuracies.
 
-  # What a user would run (the shipped configs: 400 steps of 128 x 128
-  # patches, the adversarial term from step 100; about an hour on an idle
-  # 2-core CPU, a few minutes on a GPU):
-  python experiments/adversarial.py
-  # A reduced run (64 x 64 patches, 150 steps, the adversarial term from
-  # step 38; 39 minutes on a heavily loaded 2-core CPU):
-  python experiments/adversarial.py --quick
-  # Rewrite the tables from <output>.json without training:
+  python experiments/adversarial.py               # --scale=cpu: 3 seeds, 150 steps of 64 x 64 (committed)
+  python experiments/adversarial.py --quick       # the test suite's tiny protocol
+  python experiments/adversarial.py --scale=gpu   # the shipped configs: 400 steps of 128 x 128, 5 seeds
+  # Rewrite the tables (and the README paragraph) from <output>.json without training:
   python experiments/adversarial.py --rewrite_report
   # Rewrite only the README's result paragraph from <output>.json:
   python experiments/adversarial.py --readme
+
+The adversarial term starts after a quarter of the steps, as in
+`configs/unet_adversarial_ct.py` (100 of 400).
 
 Writes `<output>.md` and `<output>.json` (default
 `experiments/results/adversarial`) and the result paragraph of the README's
@@ -26,13 +25,8 @@ Writes `<output>.md` and `<output>.json` (default
 `--workdir` (rerunning resumes finished and half-finished runs).
 """
 
-import argparse
-import datetime
 import json
-import os
 import pathlib
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -40,9 +34,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _study  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from jaxseg import train, writers  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxseg import writers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ARMS = {"plain": ROOT / "configs" / "unet_ct.py", "adversarial": ROOT / "configs" / "unet_adversarial_ct.py"}
@@ -50,28 +42,49 @@ METRICS = ("dice", "hd95")
 DISC_SCALARS = ("train/disc_accuracy_real", "train/disc_accuracy_fake", "train/disc_loss", "train/adversarial_loss")
 
 
-load_config = _study.load_config  # A configs/ file's get_config().
+NAME = "adversarial"
+# Training budget per protocol (equal in both arms; None keeps the config files' value).
+PROTOCOLS = {
+    "quick": dict(num_cases=8, patch_size=(64, 64), num_steps=8, batch_size=2, features=4, depth=2, seeds=2),
+    "cpu": dict(num_cases=0, patch_size=(64, 64), num_steps=150, batch_size=8, features=None, depth=None, seeds=3),
+    "gpu": dict(num_cases=0, patch_size=(128, 128), num_steps=400, batch_size=8, features=None, depth=None,
+                seeds=5),
+}
 
 
-def run_config(arm: str, seed: int, args: argparse.Namespace):
-  """The config of one run: the arm's config file, the seed, equal steps, final-checkpoint evaluation."""
-  config = load_config(ARMS[arm])
-  config.seed = seed
-  if args.quick:
-    config.data.patch_size = (64, 64)
-  config.train.num_steps = args.steps
-  config.train.eval_every_steps = args.steps  # Validation once, at the end.
-  config.train.checkpoint_every_steps = args.steps
-  config.eval.splits = ("test",)
-  config.eval.checkpoint = "latest"  # Equal steps: the final weights, not the best on validation.
-  config.eval.num_figures = 1
-  if args.data_dir:
-    config.data.data_dir = args.data_dir
-  if arm == "adversarial":
-    config.adversarial.warmup_steps = args.adv_warmup_steps
+def parse_args(argv=None):
+  p = _study.parser(__doc__, NAME)
+  p.add_argument("--weight", type=float, default=None, help="lambda of the adversarial term (default: the config's)")
+  p.add_argument("--rewrite_report", action="store_true",
+                 help="train nothing: rewrite <output>.md, .json and the README paragraph from <output>.json")
+  p.add_argument("--readme", action="store_true",
+                 help="train nothing: rewrite the README's result paragraph from <output>.json")
+  args = _study.parse(p, argv, default_seeds=None)
+  if args.seeds is None:
+    args.seeds = protocol(args)["seeds"]
+  if args.weight is not None and not args.weight > 0:
+    raise SystemExit(f"{args.prog}: --weight must be > 0, got {args.weight}")
+  return args
+
+
+def protocol(args) -> dict:
+  return PROTOCOLS["quick" if args.quick else args.scale]
+
+
+def run_config(arm: str, seed: int, args):
+  """One run's config: the arm's config file at the protocol's budget, final-checkpoint test evaluation."""
+  p = protocol(args)
+  config = _study.protocol_config(ARMS[arm], seed, args, p)
+  steps = p["num_steps"]
+  config.train.log_every_steps = max(1, min(config.train.log_every_steps, steps // 4))
+  config.train.eval_every_steps = steps  # Validation once, at the end.
+  config.train.checkpoint_every_steps = steps
+  if arm == "adversarial":  # The config's warm-up share of the steps (100 of 400).
+    shipped = _study.load_config(ARMS["adversarial"])
+    config.adversarial.warmup_steps = round(steps * shipped.adversarial.warmup_steps / shipped.train.num_steps)
     if args.weight is not None:
       config.adversarial.weight = args.weight
-  return config
+  return _study.checked(config, args.prog)
 
 
 def last_scalars(workdir: pathlib.Path, tags) -> dict[str, float]:
@@ -83,14 +96,7 @@ TIE = 0.01  # Paired Dice differences within this are counted as ties.
 
 
 mean_std = _study.mean_std  # Mean, sample std and count of the finite values.
-
-
-def fmt(stat: tuple[float | None, float | None, int], num_seeds: int, digits: int) -> str:
-  mean, std, count = stat
-  if mean is None:
-    return "n/a"
-  text = f"{mean:.{digits}f} ± {std:.{digits}f}"
-  return text if count == num_seeds else f"{text} ({count} of {num_seeds} seeds)"
+fmt = _study.fmt  # 'mean ± std', '(k of n)' when only k of n values were finite.
 
 
 def aggregate(runs: list[dict], classes: list[str]) -> dict:
@@ -133,12 +139,6 @@ def verdict(summary: dict) -> str:
   return f"The adversarial term {direction}: mean foreground test Dice change {size}."
 
 
-def machine_description() -> str:
-  return (f"{platform.node()}: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-          f"JAX {jax.__version__} on {jax.devices()[0].platform} ({len(jax.devices())} device(s)), "
-          f"Python {platform.python_version()}")
-
-
 def write_report(path: pathlib.Path, runs: list[dict], meta: dict) -> None:
   """Writes `path`.md and `path`.json; `meta` holds command, date, wall_seconds, machine and quick."""
   classes = [k for k, v in runs[0]["test"].items() if isinstance(v, dict) and "dice" in v and "hd95" in v]
@@ -149,9 +149,7 @@ def write_report(path: pathlib.Path, runs: list[dict], meta: dict) -> None:
   adv_cfg = next(r["config"] for r in runs if r["arm"] == "adversarial")["adversarial"]
   lines = [
       "# Adversarial training on the CT phantom: U-Net with and without the adversarial term", "",
-      f"- Command: `{meta['command']}`",
-      f"- Date: {meta['date']} (wall time {meta['wall_seconds'] / 60:.1f} min)",
-      f"- Machine: {meta['machine']}",
+      *_study.metadata_lines(meta),
       f"- Data: `{cfg['data']['name']}` (synthetic CT phantom), test split, {runs[0]['test']['num_cases']} cases; "
       "every run's final checkpoint, evaluated as `--mode=evaluate` does (with the post-processing chosen on "
       "the validation split).",
@@ -184,10 +182,8 @@ def write_report(path: pathlib.Path, runs: list[dict], meta: dict) -> None:
     dice = [f"{r['test'][c]['dice']:.4f}" for c in classes]
     disc = ["-" if r["disc"].get(t) is None else f"{r['disc'][t]:.3f}" for t in DISC_SCALARS]
     lines.append(f"| {r['arm']} | {r['seed']} | {' | '.join(dice)} | {' | '.join(disc)} | {r['seconds']:.0f} |")
-  path.with_suffix(".md").write_text("\n".join(lines) + "\n")
-  path.with_suffix(".json").write_text(json.dumps(
-      {**meta, "seeds": seeds, "summary": summary, "verdict": verdict(summary), "runs": runs}, indent=2,
-      default=str))
+  _study.write_report(path, "\n".join(lines),
+                      {**meta, "seeds": seeds, "summary": summary, "verdict": verdict(summary), "runs": runs})
 
 
 README = ROOT / "README.md"
@@ -200,9 +196,9 @@ def readme_block(saved: dict, results_path: str) -> str:
   summary, n = saved["summary"], len(saved["seeds"])
   runs = saved["runs"]
   cfg = runs[0]["config"]
-  protocol = (f"{cfg['train']['num_steps']} steps of {' x '.join(map(str, cfg['data']['patch_size']))} patches"
-              + (", the `--quick` protocol" if saved["quick"] else ", the shipped configs"))
-  lines = [f"Latest result ({protocol}, {n} seeds, {saved['date'][:10]}, {saved['machine']}; "
+  size = f"{cfg['train']['num_steps']} steps of {' x '.join(map(str, cfg['data']['patch_size']))} patches"
+  machine = f"{saved['machine']}, {saved['cpu_count']} CPU cores, jax {saved['versions']['jax']}"
+  lines = [f"Latest result ({size}, the `--scale={saved['scale']}` protocol, {n} seeds, {saved['date'][:10]}, {machine}; "
            f"full tables in `{results_path}`):", "", f"> {saved['verdict']}", "",
            "| class | test Dice plain | test Dice adversarial | paired change |", "|---|---|---|---|"]
   for name, paired in summary["paired_dice_difference"].items():
@@ -220,9 +216,7 @@ def update_readme(saved: dict, results_path: str, readme: pathlib.Path = README)
     raise SystemExit(f"{readme}: the markers {README_BEGIN!r} and {README_END!r} are missing; "
                      "put them where the result paragraph belongs")
   new = text[:start + len(README_BEGIN)] + "\n" + readme_block(saved, results_path) + "\n" + text[end:]
-  tmp = readme.with_name(readme.name + ".tmp")
-  tmp.write_text(new)
-  tmp.replace(readme)
+  _study.atomic_write(readme, new)
 
 
 def relative_to_root(path: pathlib.Path) -> str:
@@ -232,64 +226,33 @@ def relative_to_root(path: pathlib.Path) -> str:
     return str(path)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-  parser.add_argument("--quick", action="store_true",
-                      help="64 x 64 patches and 150 steps")
-  parser.add_argument("--steps", type=int, default=None, help="training steps of every run (default: the "
-                      "configs' 400; 150 with --quick)")
-  parser.add_argument("--adv_warmup_steps", type=int, default=None,
-                      help="steps before the adversarial term starts (default: a quarter of the steps, "
-                      "as in the config: 100 of 400)")
-  parser.add_argument("--weight", type=float, default=None, help="lambda (default: the config's)")
-  parser.add_argument("--workdir", default="runs/adversarial_experiment")
-  parser.add_argument("--data_dir", default="", help="phantom/prepared data dir (default: $JAXSEG_DATA_DIR "
-                      "or ~/.cache/jaxseg)")
-  parser.add_argument("--output", default=str(ROOT / "experiments" / "results" / "adversarial"))
-  parser.add_argument("--rewrite_report", action="store_true",
-                      help="train nothing: rewrite <output>.md (and .json) from the runs in <output>.json")
-  parser.add_argument("--readme", action="store_true",
-                      help="train nothing: rewrite the README's result paragraph from <output>.json")
-  args = parser.parse_args()
-  output = pathlib.Path(args.output)
-  if args.readme:
+def main(argv=None):
+  args = parse_args(argv)
+  output = args.output
+  results_md = relative_to_root(output.with_suffix(".md"))
+  if args.readme or args.rewrite_report:
     saved = json.loads(output.with_suffix(".json").read_text())
-    update_readme(saved, relative_to_root(output.with_suffix(".md")))
-    print(readme_block(saved, relative_to_root(output.with_suffix(".md"))))
+    if args.rewrite_report:
+      write_report(output, saved["runs"], {k: v for k, v in saved.items()
+                                           if k not in ("seeds", "summary", "verdict", "runs")})
+    update_readme(json.loads(output.with_suffix(".json").read_text()), results_md)
+    print(readme_block(saved, results_md))
     return
-  if args.rewrite_report:
-    saved = json.loads(output.with_suffix(".json").read_text())
-    write_report(output, saved["runs"], {k: saved[k] for k in ("command", "date", "wall_seconds", "machine", "quick")})
-    print(output.with_suffix(".md").read_text())
-    return
-  adv_default = load_config(ARMS["adversarial"])
-  if args.steps is None:
-    args.steps = 150 if args.quick else adv_default.train.num_steps
-  if args.adv_warmup_steps is None:
-    args.adv_warmup_steps = round(
-        args.steps * adv_default.adversarial.warmup_steps / adv_default.train.num_steps)
-  seeds = [int(s) for s in args.seeds.split(",")]
-  meta = {"command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
-          "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-          "machine": machine_description(), "quick": args.quick}
-  output.parent.mkdir(parents=True, exist_ok=True)
+  seeds = range(args.seeds)
+  configs = {(arm, seed): run_config(arm, seed, args) for seed in seeds for arm in ARMS}  # All checked first.
   start = time.time()
   runs = []
-  for seed in seeds:
-    for arm in ARMS:
-      config = run_config(arm, seed, args)
-      workdir = pathlib.Path(args.workdir) / f"{arm}_seed{seed}"
-      run_start = time.time()
-      results = train.train_and_evaluate(config, workdir)
-      runs.append({"arm": arm, "seed": seed, "workdir": str(workdir), "seconds": time.time() - run_start,
-                   "test": results["test"], "disc": last_scalars(workdir, DISC_SCALARS),
-                   "config": json.loads((workdir / "config.json").read_text())})
-      print(f"{arm} seed {seed}: test mean foreground Dice {results['test']['mean_foreground']['dice']:.4f} "
-            f"({runs[-1]['seconds']:.0f} s)", flush=True)
-      if any(r["arm"] == "adversarial" for r in runs):
-        write_report(output, runs, {**meta, "wall_seconds": time.time() - start})
-  update_readme(json.loads(output.with_suffix(".json").read_text()), relative_to_root(output.with_suffix(".md")))
+  for (arm, seed), config in configs.items():
+    run = _study.run_training(config, args.workdir / f"{arm}_seed{seed}")
+    workdir = pathlib.Path(run["workdir"])
+    runs.append({"arm": arm, "seed": seed, "workdir": str(workdir), "seconds": run["seconds"],
+                 "reused": run["reused"], "test": run["results"]["test"], "disc": last_scalars(workdir, DISC_SCALARS),
+                 "config": json.loads((workdir / "config.json").read_text())})
+    print(f"{arm} seed {seed}: test mean foreground Dice {runs[-1]['test']['mean_foreground']['dice']:.4f} "
+          f"({run['seconds']:.0f} s{', reused' if run['reused'] else ''})", flush=True)
+  write_report(output, runs, _study.metadata(args, start))
+  if not args.quick:
+    update_readme(json.loads(output.with_suffix(".json").read_text()), results_md)
   print(output.with_suffix(".md").read_text())
 
 

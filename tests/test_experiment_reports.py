@@ -23,8 +23,8 @@ def _saved(adv):
       runs.append({"arm": arm, "seed": seed, "test": {c: {"dice": dice, "hd95": 10.0} for c in classes},
                    "config": {"train": {"num_steps": 150}, "data": {"patch_size": [64, 64]}}})
   summary = adv.aggregate(runs, list(classes))
-  return {"summary": summary, "seeds": [0, 1, 2], "runs": runs, "quick": True, "date": "2026-12-01T00:00:00",
-          "machine": "test machine", "verdict": adv.verdict(summary)}
+  return {"summary": summary, "seeds": [0, 1, 2], "runs": runs, "scale": "cpu", "date": "2026-12-01T00:00:00",
+          "machine": "test machine", "cpu_count": 2, "versions": {"jax": "0.0"}, "verdict": adv.verdict(summary)}
 
 
 def test_update_readme_replaces_only_the_marked_block(tmp_path):
@@ -39,6 +39,7 @@ def test_update_readme_replaces_only_the_marked_block(tmp_path):
   # interval, so "helped".
   assert "The adversarial term helped" in text
   assert "| liver | 0.800 ± 0.100 | 0.860 ± 0.095 | 0.060 ± 0.010 |" in text
+  assert "(150 steps of 64 x 64 patches, the `--scale=cpu` protocol, 3 seeds, 2026-12-01, test machine, 2 CPU" in text
 
 
 def test_update_readme_without_markers_names_the_file(tmp_path):

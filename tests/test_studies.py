@@ -37,6 +37,8 @@ study = _load("_study")
     ("interpretability", ["--seeds=0"], r"--seeds must be >= 1, got 0"),
     ("reproducibility", ["--dataset=msd"], r"unknown dataset 'msd'"),
     ("reproducibility", ["--bogus"], r"unrecognized arguments: --bogus"),
+    ("adversarial", ["--weight=-1"], r"--weight must be > 0, got -1.0"),
+    ("adversarial", ["--scale=tpu"], r"argument --scale: invalid choice: 'tpu'"),
 ])
 def test_bad_study_input_is_one_line_before_training(tmp_path, name, argv, message):
   module = _load(name)
@@ -165,3 +167,24 @@ def test_interpretability_quick_writes_scores_and_figure(tmp_path):
   assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   md = out.with_suffix(".md").read_text()
   assert "| saliency |" in md and "## Reading" in md and saved["command"] in md
+
+
+@pytest.mark.slow
+def test_adversarial_quick_pairs_the_arms_and_resumes(tmp_path, monkeypatch):
+  adv = _load("adversarial")
+  out = tmp_path / "out" / "adversarial"
+  argv = ["--quick", f"--workdir={tmp_path / 'runs'}", f"--output={out}"]
+  adv.main(argv)
+  saved = json.loads(out.with_suffix(".json").read_text())
+  assert sorted((r["arm"], r["seed"]) for r in saved["runs"]) == [
+      ("adversarial", 0), ("adversarial", 1), ("plain", 0), ("plain", 1)]
+  adversarial = [r for r in saved["runs"] if r["arm"] == "adversarial"]
+  assert all(r["config"]["adversarial"]["enabled"] and r["config"]["adversarial"]["warmup_steps"] == 2
+             for r in adversarial)  # A quarter of the 8 steps, as the config's 100 of 400.
+  assert all(r["disc"]["train/disc_loss"] > 0 for r in adversarial)
+  assert len(saved["summary"]["paired_dice_difference"]["mean_foreground"]["per_seed"]) == 2
+  assert saved["scale"] == "quick" and "--scale=quick" not in (out.with_suffix(".md").read_text())
+  # Rerunning reads every finished run back instead of training it again.
+  monkeypatch.setattr("jaxseg.train.train_and_evaluate", lambda *a, **k: pytest.fail("retrained a finished run"))
+  adv.main(argv)
+  assert all(r["reused"] for r in json.loads(out.with_suffix(".json").read_text())["runs"])
