@@ -271,6 +271,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if len(patch) != ndim or any(int(p) < 1 for p in patch):
     fail("data.patch_size", f"{patch} must be {ndim} positive sizes for the {ndim}D model "
          f"{config.model.name!r}")
+  models.check_patch_size(config.model, patch)  # model.pool_factors / kernel_sizes vs depth, axes and patch.
   _validate_data(config.data, ndim, fail)
   for key in ("num_steps", "batch_size", "log_every_steps", "eval_every_steps",
               "checkpoint_every_steps", "keep_checkpoints"):

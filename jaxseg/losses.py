@@ -66,9 +66,14 @@ LOSSES: dict[str, LossFn] = {
 def resize_labels_nearest(labels: jax.Array, spatial_shape: Sequence[int]) -> jax.Array:
   """Labels `[B, *spatial]` subsampled to `[B, *spatial_shape]`.
 
-  Along each axis the stride is the smallest power of two s with
-  ceil(size / s) <= target, and the labels are `labels[::s][:target]`: the
-  convention of the models' deep-supervision outputs (`labels[:, ::2**l]`).
+  Along each axis independently the stride is the smallest power of two s
+  with ceil(size / s) <= target, and the labels are `labels[::s][:target]`:
+  the convention of the models' deep-supervision outputs, whose level l is
+  `labels[:, ::f_1, ..., ::f_n]` with `f` the product of the first l pooling
+  factors per axis (`2**l` on every axis by default, e.g. `(1, 4, 4)` for
+  anisotropic `pool_factors`). For such power-of-two factors the stride
+  found is `f` itself (or, when the target is one voxel, any stride gives
+  the same `labels[0]`). An axis whose size matches is left untouched.
   """
   for axis, size in enumerate(spatial_shape, start=1):
     in_size = labels.shape[axis]

@@ -67,6 +67,12 @@ mirroring is planned off on a CPU (it multiplies the evaluation's cost by
 `config.plan.fixed` (the command line's `--config.KEY=VALUE` overrides are
 added there by the CLI): an override wins, and both values are recorded in
 plan.json.
+
+The U-Nets follow the planned topology exactly: `model.pool_factors` is the
+plan's strides without stage 0 (e.g. (1, 2, 2) while a thick z axis waits to
+be pooled) and `model.kernel_sizes` its kernels per stage (e.g. (1, 3, 3));
+their pooling, transposed convolutions, attention gates and deep supervision
+use them. An overridden `model.depth` keeps the plan's first levels.
 """
 
 from __future__ import annotations
@@ -108,7 +114,7 @@ FINAL_EVAL_OVERHEAD = 1.5         # Final evaluation: prediction time x this (me
 
 # Config keys a plan sets.
 PLANNED_KEYS = ("data.patch_size", "train.batch_size", "model.depth", "model.features", "model.max_features",
-                "train.num_steps", "train.warmup_steps", "train.log_every_steps", "train.eval_every_steps",
+                "model.pool_factors", "model.kernel_sizes", "train.num_steps", "train.warmup_steps", "train.log_every_steps", "train.eval_every_steps",
                 "train.checkpoint_every_steps", "eval.mirror_axes")
 # Models whose depth / features the plan sets (the others get patch, batch and schedule only).
 UNET_MODELS = ("unet", "unet3d", "attention_unet")
@@ -421,13 +427,23 @@ def _schedule(num_steps: int, evaluations: int) -> dict[str, int]:
           "train.warmup_steps": max(1, min(250, num_steps // 20))}
 
 
+def _tuples(value):
+  """Nested lists (plan.json) or tuples as nested tuples of ints."""
+  return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else int(value)
+
+
 def network_values(network: Network, model_name: str, dim: int, num_devices: int) -> dict[str, Any]:
-  """Config values of a network (depth and features for the U-Nets only)."""
+  """Config values of a network (depth, features and the per-axis topology for the U-Nets only).
+
+  `model.pool_factors` is the network's strides without stage 0 (one tuple per downsampling) and
+  `model.kernel_sizes` its kernel per stage: the U-Nets pool and convolve exactly as planned.
+  """
   values = {"data.patch_size": tuple(int(p) for p in network.patch_size),
             "train.batch_size": int(network.batch_size * num_devices)}
   if model_name in UNET_MODELS:
     values |= {"model.depth": network.depth, "model.features": network.features[0],
-               "model.max_features": MAX_FEATURES[dim]}
+               "model.max_features": MAX_FEATURES[dim], "model.pool_factors": _tuples(network.strides[1:]),
+               "model.kernel_sizes": _tuples(network.kernel_sizes)}
   return values
 
 
@@ -653,12 +669,27 @@ def _set(config, key: str, value) -> None:
   node[last] = value
 
 
+def _json(value):
+  return [_json(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+# Planned per-level topology keys and how many levels each has for a U-Net of depth d.
+_LEVEL_KEYS = {"model.pool_factors": lambda depth: depth, "model.kernel_sizes": lambda depth: depth + 1}
+
+
 def apply_plan(config, plan: Mapping[str, Any], fixed: Sequence[str] = ()):
   """Writes the plan's values into a copy of `config`; keys in `fixed` keep their value (an override wins).
 
+  An overridden `model.depth` keeps the plan's first `depth` pooling factors and `depth + 1` kernel sizes
+  (recorded as 'adjusted'); a depth beyond the plan's poolings is refused unless `model.pool_factors` is
+  overridden too. The result's patch must be divisible by the product of its pooling factors per axis.
+
   Returns:
     (config, record): the new locked config and plan.json's record of every planned key:
-    {key: {'planned': v, 'used': v, 'overridden': bool}}.
+    {key: {'planned': v, 'used': v, 'overridden': bool[, 'adjusted': why]}}.
+
+  Raises:
+    ConfigError: the overrides and the planned topology do not fit together (names the keys and numbers).
   """
   import ml_collections  # pylint: disable=g-import-not-at-top
   out = ml_collections.ConfigDict(config.to_dict())
@@ -666,14 +697,28 @@ def apply_plan(config, plan: Mapping[str, Any], fixed: Sequence[str] = ()):
   fixed = set(fixed)
   record = {}
   for key, value in plan["values"].items():
-    planned = list(value) if isinstance(value, tuple) else value
+    planned = _json(value)
     if key in fixed:
-      used = _get(out, key)
-      record[key] = {"planned": planned, "used": list(used) if isinstance(used, tuple) else used,
-                     "overridden": True}
+      record[key] = {"planned": planned, "used": _json(_get(out, key)), "overridden": True}
       continue
-    _set(out, key, tuple(value) if isinstance(value, list) else value)
+    if key in _LEVEL_KEYS and "model.depth" in fixed:
+      depth, levels = out.model.depth, _LEVEL_KEYS[key](out.model.depth)
+      if levels > len(value):
+        raise ConfigError(
+            f"config.model.depth={depth} (command line) is deeper than the plan's {len(value)} levels of "
+            f"config.{key} (patch {tuple(_get(out, 'data.patch_size'))}); use config.model.depth <= "
+            f"{len(value) - levels + depth} or also set config.model.pool_factors and config.model.kernel_sizes "
+            "(() = 2 and 3 on every axis)")
+      value = value[:levels]
+      record[key] = {"planned": planned, "used": _json(value), "overridden": False,
+                     "adjusted": f"first {levels} levels, for config.model.depth={depth} (override)"}
+      _set(out, key, _tuples(value))
+      continue
+    _set(out, key, _tuples(value) if key in _LEVEL_KEYS else (tuple(value) if isinstance(value, list) else value))
     record[key] = {"planned": planned, "used": planned, "overridden": False}
+  if any(key in plan["values"] for key in _LEVEL_KEYS):
+    from jaxseg import models  # pylint: disable=g-import-not-at-top
+    models.check_patch_size(out.model, out.data.patch_size)
   return out, record
 
 
@@ -686,11 +731,16 @@ def format_plan(plan: Mapping[str, Any], record: Mapping[str, Any] | None = None
            f"Devices: {plan['devices']['description'] or plan['devices']['kind']}",
            f"Model: {plan['model']} (configuration {plan['applied_configuration']})"]
   for name, conf in plan["configurations"].items():
+    strides = ", ".join("x".join(map(str, s)) for s in conf["strides"][1:])
     lines.append(f"  {name}: patch {tuple(conf['patch_size'])}, batch/device {conf['batch_size']}, "
-                 f"pooling per axis {tuple(conf['pool_per_axis'])}, features {tuple(conf['features'])}")
+                 f"pooling per axis {tuple(conf['pool_per_axis'])} (per stage {strides}), "
+                 f"features {tuple(conf['features'])}")
   lines.append(plan["reason"])
-  record = record or {k: {"planned": v, "used": v, "overridden": False} for k, v in plan["values"].items()}
+  record = record or {k: {"planned": _json(v), "used": _json(v), "overridden": False}
+                      for k, v in plan["values"].items()}
   for key, r in record.items():
     note = f"   (override; planned {r['planned']})" if r["overridden"] else ""
+    if r.get("adjusted"):
+      note = f"   ({r['adjusted']}; planned {r['planned']})"
     lines.append(f"  config.{key} = {r['used']}{note}")
   return "\n".join(lines)

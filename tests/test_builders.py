@@ -150,6 +150,44 @@ def test_preparation_is_idempotent_and_follows_raw_changes(tmp_path):
   assert raw.RawSegmentation(raw_root=root, data_dir=str(tmp_path / "prepared")).prepared_dir != builder.prepared_dir
 
 
+def _fake_prepared_version(builder, version):
+  """A complete-looking directory of `builder`'s dataset as an older jaxseg would have left it."""
+  old = builder.prepared_dir.parent / version
+  old.mkdir(parents=True)
+  (old / "dataset_info.json").write_text("{}")
+  return old
+
+
+def test_data_of_an_older_builder_version_are_prepared_again_not_read(tmp_path, caplog):
+  """1.2.0 changed the prepared data (folds, masked z-score, cropped shapes): 1.1.0 directories are stale."""
+  assert str(segmentation.SegmentationBuilder.VERSION) == "1.2.0"
+  assert "1.2.0" in segmentation.SegmentationBuilder.RELEASE_NOTES
+  root = make_msd(tmp_path / "raw", num_cases=3)
+  builder = raw.RawSegmentation(raw_root=root, data_dir=str(tmp_path / "prepared"), num_workers=1)
+  old = _fake_prepared_version(builder, "1.1.0")
+  assert builder.stale_versions() == [old]
+  with caplog.at_level("WARNING"):
+    builder.download_and_prepare()
+  assert (builder.prepared_dir / "dataset_info.json").read_text() != "{}"
+  meta = tfds.builder_from_directory(str(builder.prepared_dir)).info.metadata
+  assert "folds" in meta and meta["fingerprint"]["cropped_shapes"]  # What 1.1.0 lacked.
+  message = " ".join(r.getMessage() for r in caplog.records)
+  assert f"{old} holds this dataset prepared by builder version 1.1.0, older than the current 1.2.0" in message
+  assert "use_mask_for_norm" in message and "preparing it again from the raw files" in message
+  assert old.exists()  # Left for the user to delete; never read.
+
+
+def test_older_msd_task_without_its_raw_files_is_refused_naming_the_version(tmp_path):
+  builder = msd.MsdTask(config="Task02_Heart", data_dir=str(tmp_path / "prepared"), num_workers=1)
+  old = _fake_prepared_version(builder, "1.1.0")
+  (tmp_path / "manual").mkdir()
+  with pytest.raises(DataError, match=rf"manual directory for Task02_Heart: .* \({old} holds this dataset prepared by "
+                                      r"builder version 1.1.0, older than the current 1.2.0 .* and cannot be used; "
+                                      r"the raw files are needed to prepare it again\)"):
+    _prepare_task(tmp_path / "manual", tmp_path / "prepared")
+  assert not builder.prepared_dir.exists() and old.exists()
+
+
 # Bad input: a one-line DataError naming the file, and nothing that looks prepared.
 
 

@@ -10,7 +10,8 @@ named `dropout`.
 In train mode a model may return a list of logit maps instead of one array:
 deep supervision (U-Nets with `deep_supervision=True`: full resolution first,
 then each lower decoder resolution l, cropped to the shape of
-`labels[:, ::2**l, ::2**l]`) or an auxiliary head (FCN/DeepLab with
+`labels[:, ::f_H, ::f_W]` with `f` the product of the first l pooling
+factors per axis, `2**l` unless `pool_factors` says otherwise) or an auxiliary head (FCN/DeepLab with
 `aux_head=True`: `[main, aux]`, both at input resolution).
 `output_weights(config.model)` gives the loss weight of each returned map.
 """
@@ -44,8 +45,23 @@ def default_model_config() -> ml_collections.ConfigDict:
       # and capped at max_features (nnU-Net 3D: 32 capped at 320).
       "features": 32,
       # U-Nets: number of downsamplings (the input is padded to a multiple
-      # of 2**depth).
+      # of 2**depth, or of the product of pool_factors per axis).
       "depth": 4,
+      # U-Nets: per downsampling (`depth` entries), the pooling factor of
+      # each spatial axis, 1 or 2: nnU-Net's strides without its first
+      # stage, e.g. ((1, 2, 2), (1, 2, 2), (2, 2, 2), (2, 2, 2)) pools a thick
+      # z axis only once the in-plane spacing has caught up. Used by max
+      # pooling / strided convolutions, transposed convolutions, attention
+      # gates and deep supervision. () = 2 on every axis (isotropic). Set by
+      # the plan (config.plan.enabled); data.patch_size must be divisible by
+      # the product of the factors along each axis.
+      "pool_factors": (),
+      # U-Nets: per resolution level (`depth + 1` entries, the bottleneck
+      # last), the convolution kernel of each spatial axis (odd), shared by
+      # the encoder and decoder blocks of that level: nnU-Net's kernel sizes,
+      # e.g. (1, 3, 3) on the first levels of thick-slice data. () = 3 on
+      # every axis. Set by the plan.
+      "kernel_sizes": (),
       "max_features": 512,
       # batch | instance | group | layer | none. Used by U-Nets, ResNet
       # backbones and the FCN/DeepLab heads (VGG16 has no normalisation).
@@ -168,6 +184,100 @@ def no_extra_outputs(cfg: ml_collections.ConfigDict, *keys: str) -> None:
                         f"model {cfg.name!r}")
 
 
+def _level_tuples(cfg: ml_collections.ConfigDict, key: str, levels: int,
+                  what: str) -> tuple[tuple[int, ...], ...]:
+  """`cfg[key]` as `levels` tuples of one int per spatial axis (() kept)."""
+  value = _get(cfg, key)
+  if not value:
+    return ()
+  ndim = spatial_dims(cfg.name)
+  try:
+    rows = tuple(tuple(v for v in row) for row in value)
+  except TypeError:
+    rows = None
+  if (rows is None or len(rows) != levels or any(
+      len(row) != ndim or any(isinstance(v, bool) or not isinstance(v, int)
+                              for v in row) for row in rows)):
+    raise ConfigError(
+        f"config.model.{key}={_plain(value)!r} must be {levels} tuples "
+        f"({what}) of {ndim} integers (one per spatial axis of the {ndim}D "
+        f"model {cfg.name!r}), or () for the default")
+  return rows
+
+
+def _plain(value):
+  if isinstance(value, (list, tuple)):
+    return tuple(_plain(v) for v in value)
+  return value
+
+
+def pool_factors(cfg: ml_collections.ConfigDict) -> tuple[tuple[int, ...], ...]:
+  """`config.model.pool_factors`, checked against `depth` and the model's axes.
+
+  Returns () (2 on every axis) or `depth` tuples of 1s and 2s.
+  """
+  depth = positive_int(cfg, "depth")
+  factors = _level_tuples(cfg, "pool_factors", depth,
+                          f"one per downsampling, config.model.depth={depth}")
+  for level, factor in enumerate(factors):
+    if any(f not in (1, 2) for f in factor):
+      raise ConfigError(f"config.model.pool_factors: downsampling {level} has "
+                        f"factors {factor}; each axis is pooled by 1 or 2")
+  return factors
+
+
+def kernel_sizes(cfg: ml_collections.ConfigDict) -> tuple[tuple[int, ...], ...]:
+  """`config.model.kernel_sizes`, checked: () or `depth + 1` tuples of odd sizes."""
+  depth = positive_int(cfg, "depth")
+  kernels = _level_tuples(cfg, "kernel_sizes", depth + 1,
+                          f"one per level, config.model.depth={depth} + 1")
+  for level, kernel in enumerate(kernels):
+    if any(k < 1 or k % 2 == 0 for k in kernel):
+      raise ConfigError(f"config.model.kernel_sizes: level {level} has kernel "
+                        f"{kernel}; sizes must be odd and >= 1")
+  return kernels
+
+
+def no_unet_geometry(cfg: ml_collections.ConfigDict) -> None:
+  """Refuses `pool_factors` / `kernel_sizes` for models that are not U-Nets."""
+  for key in ("pool_factors", "kernel_sizes"):
+    if _get(cfg, key):
+      raise ConfigError(
+          f"config.model.{key}={_plain(cfg[key])!r} is only used by the "
+          f"U-Nets (unet, unet3d, attention_unet), not by model "
+          f"{cfg.name!r}; set it to ()")
+
+
+def check_patch_size(cfg: ml_collections.ConfigDict,
+                     patch_size) -> None:
+  """Refuses a patch not divisible by the product of `pool_factors` per axis.
+
+  Only for an explicit `config.model.pool_factors` (the planned topology);
+  with () the U-Nets zero pad any size to a multiple of 2**depth. Also
+  checks `pool_factors` and `kernel_sizes` themselves (U-Nets) or their
+  absence (other models).
+  """
+  if _check_name(_get(cfg, "name")) not in ("unet", "unet3d",
+                                            "attention_unet"):
+    no_unet_geometry(cfg)
+    return
+  factors = pool_factors(cfg)
+  kernel_sizes(cfg)
+  if not factors:
+    return
+  patch = tuple(int(p) for p in patch_size)
+  scale = [1] * len(patch)
+  for factor in factors:
+    scale = [s * f for s, f in zip(scale, factor)]
+  bad = [axis for axis, (p, s) in enumerate(zip(patch, scale)) if p % s]
+  if bad:
+    raise ConfigError(
+        f"config.data.patch_size={patch} is not divisible by the product of "
+        f"config.model.pool_factors per axis, {tuple(scale)} (axis "
+        f"{', '.join(map(str, bad))}); use a patch of multiples of "
+        f"{tuple(scale)} or other pool_factors / depth")
+
+
 def unet_fields(cfg: ml_collections.ConfigDict) -> dict:
   """U-Net constructor arguments from the config (all three U-Nets)."""
   features = positive_int(cfg, "features")
@@ -183,7 +293,8 @@ def unet_fields(cfg: ml_collections.ConfigDict) -> dict:
       deep_supervision=flag(cfg, "deep_supervision"),
       dtype=compute_dtype(cfg),
       conv3d=choice(cfg, "conv3d", layers.CONV3D_IMPLS),
-      remat=flag(cfg, "remat"))
+      remat=flag(cfg, "remat"), pool_factors=pool_factors(cfg),
+      kernel_sizes=kernel_sizes(cfg))
 
 
 def unet(cfg: ml_collections.ConfigDict) -> nn.Module:
@@ -206,6 +317,7 @@ def backbone_fields(cfg: ml_collections.ConfigDict,
                     head_widths: tuple[int, ...] = ()) -> dict:
   """Constructor arguments shared by the backbone models (FCN, DeepLab)."""
   no_extra_outputs(cfg, "deep_supervision")
+  no_unet_geometry(cfg)
   backbone = choice(cfg, "backbone", names)
   width = positive_int(cfg, "backbone_width")
   norm, groups = norm_settings(cfg, (width, *head_widths))

@@ -5,8 +5,9 @@ computed from x and the coarser decoder features g (level l + 1):
 
   q = psi(relu(theta(x) + phi(g))),  alpha = sigmoid(q),
 
-where theta is a 2x2 stride-2 convolution without bias (bringing x to g's
-resolution), phi and psi are 1x1 convolutions with bias (F_int = half the
+where theta is a convolution without bias whose kernel and stride are the
+pooling factors between x and g (2x2 stride 2 by default; e.g. 1x2x2 where
+the model's `pool_factors` keep an axis), bringing x to g's resolution, phi and psi are 1x1 convolutions with bias (F_int = half the
 skip's channels, then 1 channel), and alpha is resampled to x's resolution by
 (bi/tri)linear interpolation. The gated skip `alpha * x` is concatenated with
 the upsampled decoder features as in a plain U-Net.
@@ -14,7 +15,8 @@ the upsampled decoder features as in a plain U-Net.
 The gate maps are sown into the `intermediates` collection as
 `intermediates['attention_gates']`: a tuple ordered as the decoder runs, from
 the deepest skip (level depth - 1) to the full-resolution one (level 0); the
-map of level l has shape `[B, ceil(H / 2**l), ceil(W / 2**l), 1]`, float32.
+map of level l has shape `[B, ceil(H / f_H), ceil(W / f_W), 1]` with
+`f = model.scale(l)` (`2**l` per axis by default), float32.
 Read them with `model.apply(..., mutable=['intermediates'])`.
 """
 
@@ -31,17 +33,19 @@ Array = jax.Array
 class AttentionGate(nn.Module):
   """Additive attention gate.
 
-  `skip` `[B, *s, C_x]` and `gating` `[B, *s / 2, C_g]` ->
-  (`alpha * skip` `[B, *s, C_x]`, alpha `[B, *s, 1]`).
+  `skip` `[B, *s, C_x]` and `gating` `[B, *s / factor, C_g]` ->
+  (`alpha * skip` `[B, *s, C_x]`, alpha `[B, *s, 1]`). `factor`: the
+  pooling factor of each axis between the two; () = 2 on every axis.
   """
   inter_features: int
   ndim: int = 2
   dtype: layers.Dtype = jnp.float32
   conv3d: str = "auto"
+  factor: tuple[int, ...] = ()
 
   @nn.compact
   def __call__(self, skip: Array, gating: Array) -> tuple[Array, Array]:
-    window = (2,) * self.ndim
+    window = tuple(self.factor) or (2,) * self.ndim
     impl = layers.conv3d_kwargs(self.ndim, self.conv3d)
     theta = nn.Conv(self.inter_features, window, strides=window,
                     padding="VALID", use_bias=False, dtype=self.dtype,
@@ -65,9 +69,10 @@ class AttentionUNet(UNet):
                  spatial: tuple[int, ...]) -> Array:
     gated, alpha = AttentionGate(max(skip.shape[-1] // 2, 1), ndim=self.ndim,
                                  dtype=self.dtype, conv3d=self.conv3d,
+                                 factor=self.factors()[level],
                                  name=f"gate{level}")(
                                      skip, coarse)
     self.sow("intermediates", "attention_gates",
              layers.crop_to_downsampled(alpha.astype(jnp.float32), spatial,
-                                        2**level))
+                                        self.scale(level)))
     return jnp.concatenate([gated, up], axis=-1)

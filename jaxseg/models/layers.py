@@ -167,24 +167,40 @@ def depth_folded_conv(lhs: Array, rhs: Array, window_strides: Sequence[int],
   return y.reshape((batch, out_depth, *y.shape[1:]))
 
 
-def conv(features: int, kernel_size: int, *, ndim: int = 2, strides: int = 1,
-         dilation: int = 1, use_bias: bool = False, dtype: Dtype = jnp.float32,
+def per_axis(value: int | Sequence[int], ndim: int, what: str = "value"
+             ) -> tuple[int, ...]:
+  """`(value,) * ndim` for an int, else `value` checked to have `ndim` entries."""
+  if isinstance(value, (int, np.integer)):
+    return (int(value),) * ndim
+  value = tuple(int(v) for v in value)
+  if len(value) != ndim:
+    raise ValueError(f"{what} {value} needs {ndim} entries, one per spatial "
+                     "axis")
+  return value
+
+
+def conv(features: int, kernel_size: int | Sequence[int], *, ndim: int = 2,
+         strides: int | Sequence[int] = 1, dilation: int = 1,
+         use_bias: bool = False, dtype: Dtype = jnp.float32,
          kernel_init: nn.initializers.Initializer | None = None,
          conv3d: str = "auto", name: str | None = None) -> nn.Conv:
   """An `ndim`-D convolution with symmetric zero padding (PyTorch style).
 
-  Each side is padded by `dilation * (kernel_size - 1) // 2`, so a stride-1
-  convolution keeps the spatial size and a stride-s one maps an input size
-  divisible by s to size / s. In 3D, `conv3d` (one of CONV3D_IMPLS) picks
-  XLA's 3D convolution or `depth_folded_conv`; the parameters are the same.
+  `kernel_size` and `strides` are one int for every axis or one per axis
+  (e.g. a `(1, 3, 3)` kernel of stride `(1, 2, 2)` for thick-slice data).
+  Each side of axis i is padded by `dilation * (kernel_size[i] - 1) // 2`,
+  so a stride-1 convolution keeps the spatial size and a stride-s one maps
+  an input size divisible by s to size / s. In 3D, `conv3d` (one of
+  CONV3D_IMPLS) picks XLA's 3D convolution or `depth_folded_conv`; the
+  parameters are the same.
   """
-  pad = dilation * (kernel_size - 1) // 2
+  kernel = per_axis(kernel_size, ndim, "kernel_size")
+  pads = [(dilation * (k - 1) // 2,) * 2 for k in kernel]
   kwargs = {} if kernel_init is None else {"kernel_init": kernel_init}
   kwargs.update(conv3d_kwargs(ndim, conv3d))
-  return nn.Conv(features, (kernel_size,) * ndim, strides=(strides,) * ndim,
-                 padding=[(pad, pad)] * ndim,
-                 kernel_dilation=(dilation,) * ndim, use_bias=use_bias,
-                 dtype=dtype, name=name, **kwargs)
+  return nn.Conv(features, kernel, strides=per_axis(strides, ndim, "strides"),
+                 padding=pads, kernel_dilation=(dilation,) * ndim,
+                 use_bias=use_bias, dtype=dtype, name=name, **kwargs)
 
 
 def atrous_conv(features: int, rate: int, *, kernel_size: int = 3,
@@ -325,14 +341,17 @@ def resize_bilinear(x: Array, spatial_shape: Sequence[int]) -> Array:
   return jax.image.resize(x, shape, method="bilinear").astype(x.dtype)
 
 
-def pad_to_multiple(x: Array, multiple: int) -> tuple[Array, tuple[int, ...]]:
+def pad_to_multiple(x: Array, multiple: int | Sequence[int]
+                    ) -> tuple[Array, tuple[int, ...]]:
   """Zero pads the spatial axes of `[B, *spatial, C]` at their high end.
 
   Returns the padded array, whose spatial sizes are the smallest multiples of
-  `multiple` not below the input's, and the original spatial sizes.
+  `multiple` (one int for every axis, or one per axis) not below the
+  input's, and the original spatial sizes.
   """
   spatial = tuple(x.shape[1:-1])
-  pads = [(0, -size % multiple) for size in spatial]
+  multiples = per_axis(multiple, len(spatial), "multiple")
+  pads = [(0, -size % m) for size, m in zip(spatial, multiples)]
   if any(high for _, high in pads):
     x = jnp.pad(x, [(0, 0), *pads, (0, 0)])
   return x, spatial
@@ -348,11 +367,14 @@ def downsampled_size(size: int, factor: int) -> int:
   return -(-size // factor)
 
 
-def crop_to_downsampled(x: Array, spatial: Sequence[int], factor: int
-                        ) -> Array:
+def crop_to_downsampled(x: Array, spatial: Sequence[int],
+                        factor: int | Sequence[int]) -> Array:
   """Crops a `1/factor`-resolution map of a padded input to the input's extent.
 
-  The result has `ceil(spatial[i] / factor)` entries per axis, the shape of
-  `labels[:, ::factor, ::factor]` for labels of spatial shape `spatial`.
+  `factor` is one int for every axis or one per axis. The result has
+  `ceil(spatial[i] / factor[i])` entries along axis i, the shape of
+  `labels[:, ::factor[0], ::factor[1]]` for labels of spatial shape `spatial`.
   """
-  return crop_spatial(x, [downsampled_size(s, factor) for s in spatial])
+  factors = per_axis(factor, len(spatial), "factor")
+  return crop_spatial(x, [downsampled_size(s, f)
+                          for s, f in zip(spatial, factors)])

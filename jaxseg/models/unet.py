@@ -8,6 +8,16 @@ lowest resolution; decoder: 2x transposed convolution (computed as a
 matmul + depth-to-space by `layers.StrideUpsample`), concatenation with the
 skip connection, two 3x3 convolutions; a 1x1 convolution to class logits.
 Dropout (`dropout` rate) follows the bottleneck and every decoder block.
+
+Anisotropic data (nnU-Net's planned topology, `config.model.pool_factors`
+and `config.model.kernel_sizes`): `pool_factors[l]` gives the factor (1 or
+2) of each spatial axis at downsampling l, used by its max pooling or
+strided convolution and by the transposed convolution that undoes it (e.g.
+`(1, 2, 2)` keeps the thick z axis); `kernel_sizes[l]` gives the kernel of
+each axis of the convolutions at resolution l (encoder and decoder;
+`kernel_sizes[depth]` is the bottleneck's), e.g. `(1, 3, 3)`. Empty tuples
+(the defaults) mean 2 and 3 on every axis: the parameters are then exactly
+those of the isotropic network.
 """
 
 import flax.linen as nn
@@ -23,22 +33,24 @@ class ConvBlock(nn.Module):
   """Two `3^ndim` convolutions, each followed by norm and activation.
 
   `[B, *S, C_in] -> [B, *S / strides, features]`: the first convolution has
-  stride `strides` (1 keeps the size).
+  stride `strides` (1 keeps the size); `kernel_size` and `strides` are one
+  int for every axis or one per axis.
   """
   features: int
   norm: str = "batch"
   norm_groups: int = 8
   activation: str = "relu"
   ndim: int = 2
-  strides: int = 1
+  strides: int | tuple[int, ...] = 1
   dtype: layers.Dtype = jnp.float32
   conv3d: str = "auto"
+  kernel_size: int | tuple[int, ...] = 3
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     act = layers.activation_fn(self.activation)
     for i in range(2):
-      x = layers.conv(self.features, 3, ndim=self.ndim,
+      x = layers.conv(self.features, self.kernel_size, ndim=self.ndim,
                       strides=self.strides if i == 0 else 1,
                       use_bias=self.norm == "none", dtype=self.dtype,
                       conv3d=self.conv3d, name=f"conv{i}")(x)
@@ -52,11 +64,12 @@ class UNet(nn.Module):
   """U-Net: `[B, *S, C_in]` float -> logits `[B, *S, num_classes]`.
 
   `S` is `(H, W)` for `ndim=2` and `(D, H, W)` for `ndim=3`, of any size: the
-  input is zero padded to a multiple of `2**depth` and the outputs are
-  cropped back. With `deep_supervision`, `train=True` returns a
-  list of `depth` logit maps, full resolution first, the map at level l
-  (resolution `1 / 2**l`) cropped to `ceil(H / 2**l) x ceil(W / 2**l)`
-  (the shape of `labels[:, ::2**l, ::2**l]`). Logits are float32 whatever the
+  input is zero padded to a multiple of `scale(depth)` per axis (`2**depth`
+  with the default pooling) and the outputs are cropped back. With
+  `deep_supervision`, `train=True` returns a list of `depth` logit maps,
+  full resolution first, the map at level l (downsampled by `f = scale(l)`
+  per axis, `2**l` by default) cropped to `ceil(H / f_H) x ceil(W / f_W)`
+  (the shape of `labels[:, ::f_H, ::f_W]`). Logits are float32 whatever the
   compute `dtype`.
   """
   num_classes: int
@@ -75,12 +88,50 @@ class UNet(nn.Module):
   conv3d: str = "auto"
   # Rematerialise every encoder/decoder block in the backward pass.
   remat: bool = False
+  # Per downsampling (`depth` entries), the factor (1 or 2) of each spatial
+  # axis; () = 2 on every axis.
+  pool_factors: tuple[tuple[int, ...], ...] = ()
+  # Per resolution (`depth + 1` entries, the bottleneck last), the kernel of
+  # each spatial axis; () = 3 on every axis.
+  kernel_sizes: tuple[tuple[int, ...], ...] = ()
+
+  def factors(self) -> tuple[tuple[int, ...], ...]:
+    """Pooling factor of each axis at each of the `depth` downsamplings."""
+    if not self.pool_factors:
+      return ((2,) * self.ndim,) * self.depth
+    factors = tuple(tuple(int(f) for f in level) for level in self.pool_factors)
+    if len(factors) != self.depth or any(len(f) != self.ndim or min(f) < 1
+                                         for f in factors):
+      raise ValueError(f"pool_factors {factors} must be {self.depth} tuples "
+                       f"of {self.ndim} factors >= 1 (one per downsampling)")
+    return factors
+
+  def kernels(self) -> tuple[tuple[int, ...], ...]:
+    """Convolution kernel of each axis at each of the `depth + 1` levels."""
+    if not self.kernel_sizes:
+      return ((3,) * self.ndim,) * (self.depth + 1)
+    kernels = tuple(tuple(int(k) for k in level) for level in self.kernel_sizes)
+    if len(kernels) != self.depth + 1 or any(
+        len(k) != self.ndim or min(k) < 1 or not all(v % 2 for v in k)
+        for k in kernels):
+      raise ValueError(f"kernel_sizes {kernels} must be {self.depth + 1} "
+                       f"tuples of {self.ndim} odd sizes (one per level)")
+    return kernels
+
+  def scale(self, level: int) -> tuple[int, ...]:
+    """Downsampling factor of each axis at `level` (product of the first
+    `level` pooling factors; `(2**level,) * ndim` by default)."""
+    scale = [1] * self.ndim
+    for factor in self.factors()[:level]:
+      scale = [s * f for s, f in zip(scale, factor)]
+    return tuple(scale)
 
   def width(self, level: int) -> int:
-    """Number of channels of the blocks at resolution `1 / 2**level`."""
+    """Number of channels of the blocks at resolution level `level`."""
     return min(self.features * 2**level, self.max_features)
 
-  def block(self, level: int, name: str, strides: int = 1) -> ConvBlock:
+  def block(self, level: int, name: str,
+            strides: int | tuple[int, ...] = 1) -> ConvBlock:
     """The `ConvBlock` of `level`, called as `block(x, train)`.
 
     With `remat`, the block is wrapped in `nn.remat` (same parameters): its
@@ -90,7 +141,8 @@ class UNet(nn.Module):
     return cls(self.width(level), norm=self.norm,
                norm_groups=self.norm_groups, activation=self.activation,
                ndim=self.ndim, strides=strides, dtype=self.dtype,
-               conv3d=self.conv3d, name=name)
+               conv3d=self.conv3d, kernel_size=self.kernels()[level],
+               name=name)
 
   def merge_skip(self, skip: Array, coarse: Array, up: Array, level: int,
                  spatial: tuple[int, ...]) -> Array:
@@ -98,8 +150,9 @@ class UNet(nn.Module):
 
     Args:
       skip: encoder features at `level`, `[B, *s, C_skip]`.
-      coarse: decoder features one level lower, `[B, *s / 2, C]` (the
-        gating signal of attention U-Nets; unused here).
+      coarse: decoder features one level lower, `[B, *s / f, C]` with `f`
+        the pooling factors `factors()[level]` (the gating signal of
+        attention U-Nets; unused here).
       up: `coarse` upsampled to `[B, *s, C_up]`.
       level: resolution level of `skip`.
       spatial: spatial size of the unpadded model input.
@@ -109,26 +162,30 @@ class UNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array | list[Array]:
-    x, spatial = layers.pad_to_multiple(x.astype(self.dtype), 2**self.depth)
-    window = (2,) * self.ndim
-    stride = 2 if self.strided_downsampling else 1
+    factors = self.factors()
+    x, spatial = layers.pad_to_multiple(x.astype(self.dtype),
+                                        self.scale(self.depth))
     skips = []
-    for level in range(self.depth):
-      if level and not self.strided_downsampling:
-        x = layers.max_pool(x, window)
-      x = self.block(level, f"down{level}", stride if level else 1)(x, train)
-      skips.append(x)
-    if not self.strided_downsampling:
-      x = layers.max_pool(x, window)
-    x = self.block(self.depth, "bottleneck", stride)(x, train)
+    for level in range(self.depth + 1):
+      # Downsampling into `level` by factors[level - 1]: max pooling, or the
+      # stride of the level's first convolution.
+      stride = 1
+      if level and self.strided_downsampling:
+        stride = factors[level - 1]
+      elif level:
+        x = layers.max_pool(x, factors[level - 1])
+      name = "bottleneck" if level == self.depth else f"down{level}"
+      x = self.block(level, name, stride)(x, train)
+      if level < self.depth:
+        skips.append(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
 
     outputs = []
     for level in reversed(range(self.depth)):
       # nn.ConvTranspose(width, window, strides=window) as matmul +
       # depth-to-space: same parameters, same outputs, much faster.
-      up = layers.StrideUpsample(self.width(level), window, dtype=self.dtype,
-                                 name=f"upconv{level}")(x)
+      up = layers.StrideUpsample(self.width(level), factors[level],
+                                 dtype=self.dtype, name=f"upconv{level}")(x)
       x = self.merge_skip(skips[level], x, up, level, spatial)
       x = self.block(level, f"up{level}")(x, train)
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
@@ -137,7 +194,7 @@ class UNet(nn.Module):
                          dtype=self.dtype, name=f"head{level}",
                          **layers.conv3d_kwargs(self.ndim, self.conv3d))(x)
         outputs.append(layers.crop_to_downsampled(
-            logits.astype(jnp.float32), spatial, 2**level))
+            logits.astype(jnp.float32), spatial, self.scale(level)))
     outputs.reverse()
     if train and self.deep_supervision:
       return outputs

@@ -13,6 +13,13 @@ split of the train + validation cases, `jaxseg.data.folds`; [] below 5
 cases), `plan`, `fingerprint` and `class_voxels` (split -> per record, label value -> voxel count after
 preprocessing, which the pipeline samples rare classes from).
 
+Versions: the prepared format is `SegmentationBuilder.VERSION` (a directory
+per version, RELEASE_NOTES say what changed). Data prepared by an older
+version are never read by a newer one: the dataset is prepared again from
+its raw files into the new version's directory, with a warning naming the
+stale directory (which can be deleted); without the raw files that is a
+`DataError` saying so.
+
 Atomicity: TFDS writes into an `incomplete.*` directory and renames it to the
 version directory when everything is written, so an interrupted preparation
 is never taken for a complete one. Preparation holds an exclusive lock on the
@@ -32,6 +39,7 @@ import pathlib
 import shutil
 from typing import Iterator
 
+from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -106,10 +114,14 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
   Subclasses say where the raw dataset is (`raw_dataset`) and describe it.
   """
 
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("1.2.0")
   RELEASE_NOTES = {
       "1.0.0": "Canonical orientation, target spacing, normalisation, non-zero crop.",
       "1.1.0": "Records in split order; per-case class voxel counts in the metadata; preparation in processes.",
+      "1.2.0": "nnU-Net's 5-fold split stored in the metadata ('folds'); z-score normalisation within the non-zero "
+               "mask when cropping shrank the median case below 3/4 of its voxels (nnU-Net's use_mask_for_norm: "
+               "other image values); the fingerprint records the cropped shapes (planning); each case's meta "
+               "records the target spacing.",
   }
 
   def __init__(self, *, num_workers: int = 0, **kwargs):
@@ -163,15 +175,48 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     """`<data_dir>/<builder name>/<config name>/<version>`, present once prepared."""
     return pathlib.Path(os.fspath(self.data_path))
 
+  def stale_versions(self) -> list[pathlib.Path]:
+    """Complete prepared directories of this dataset written by older builder versions (oldest first)."""
+    config_dir = self.prepared_dir.parent
+    if not config_dir.is_dir():
+      return []
+    stale = []
+    for path in config_dir.iterdir():
+      try:
+        version = tfds.core.Version(path.name)
+      except ValueError:
+        continue
+      if version < self.version and (path / "dataset_info.json").exists():
+        stale.append((version, path))
+    return [path for _, path in sorted(stale)]
+
   def download_and_prepare(self, *args, **kwargs) -> None:
-    """Prepares the dataset unless it is complete (module doc: locking, leftovers)."""
+    """Prepares the dataset unless it is complete (module doc: locking, leftovers, versions)."""
     config_dir = self.prepared_dir.parent
     config_dir.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(config_dir / ".prepare.lock"):
+      stale = []
       if not self.prepared_dir.exists():
         for leftover in config_dir.glob(f"incomplete.*_{self.version}"):
           shutil.rmtree(leftover, ignore_errors=True)
-      super().download_and_prepare(*args, **kwargs)
+        stale = self.stale_versions()
+        if stale:
+          logging.warning("%s", self._stale_message(stale) + "; preparing it again from the raw files (delete "
+                          "the old directory to free its space)")
+      try:
+        super().download_and_prepare(*args, **kwargs)
+      except DataError as e:
+        if stale:
+          raise DataError(f"{e} ({self._stale_message(stale)} and cannot be used; the raw files are needed to "
+                          "prepare it again)") from e
+        raise
+
+  def _stale_message(self, stale: list[pathlib.Path]) -> str:
+    newest = stale[-1]
+    changes = "; ".join(f"{v}: {note}" for v, note in self.RELEASE_NOTES.items()
+                        if tfds.core.Version(v) > tfds.core.Version(newest.name))
+    return (f"{newest} holds this dataset prepared by builder version {newest.name}, older than the current "
+            f"{self.version} ({changes})")
 
   def _download_and_prepare(self, dl_manager, download_config=None):
     self._pool = workers.process_pool(self.num_workers)
