@@ -40,6 +40,10 @@ def test_gpu_plans_match_nnunet(shape, spacing, cases, channels, classes, fullre
   # Every patch axis is a multiple of 2**pools along it.
   for c in conf.values():
     assert all(p_ % 2**n == 0 for p_, n in zip(c["patch_size"], c["pool_per_axis"]))
+  # The U-Net pools and convolves exactly as planned.
+  assert values["model.pool_factors"] == tuple(map(tuple, conf["3d_fullres"]["strides"][1:]))
+  assert values["model.kernel_sizes"] == tuple(map(tuple, conf["3d_fullres"]["kernel_sizes"]))
+  assert len(values["model.pool_factors"]) == values["model.depth"]
 
 
 def test_anisotropic_data_pools_the_thick_axis_later():
@@ -50,6 +54,13 @@ def test_anisotropic_data_pools_the_thick_axis_later():
   assert strides[1:3, 0].tolist() == [1, 1] and strides[3:5, 0].tolist() == [2, 2]  # z pooled from stage 3.
   assert network.kernel_sizes[0] == (1, 3, 3) and network.kernel_sizes[-1] == (3, 3, 3)
   assert s.anisotropy == pytest.approx(5.76)
+  # nnU-Net v2's Prostate plan: strides 1x2x2, 1x2x2, 2x2x2, 2x2x2, 1x2x2, 1x2x2; kernels 1x3x3 twice, then 3x3x3.
+  values = plan.make_plan(s, GPU8, "unet3d")["values"]
+  assert values["model.pool_factors"] == ((1, 2, 2), (1, 2, 2), (2, 2, 2), (2, 2, 2), (1, 2, 2), (1, 2, 2))
+  assert values["model.kernel_sizes"] == ((1, 3, 3),) * 2 + ((3, 3, 3),) * 5
+  text = plan.format_plan(plan.make_plan(s, GPU8, "unet3d"))
+  assert "(per stage 1x2x2, 1x2x2, 2x2x2, 2x2x2, 1x2x2, 1x2x2)" in text
+  assert "config.model.pool_factors = [[1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2], [1, 2, 2]]" in text
 
 
 def test_isotropic_data_pools_every_axis_together():
@@ -191,6 +202,7 @@ def test_non_unet_models_get_patch_batch_and_schedule_only():
   s = summary((187, 512, 512), (1.6, 0.793, 0.793))
   values = plan.make_plan(s, GPU8, "deeplabv3plus")["values"]
   assert "model.depth" not in values and values["data.patch_size"] == (512, 512)
+  assert "model.pool_factors" not in values and "model.kernel_sizes" not in values
 
 
 def test_command_line_keys_are_kept():
@@ -242,6 +254,8 @@ def test_setup_plans_writes_plan_json_keeps_overrides_and_reuses_the_plan(tmp_pa
   assert calls and stored["devices"]["kind"] == "cpu" and stored["applied_configuration"] == "cpu"
   assert exp.config.train.num_steps == 3 and stored["keys"]["train.num_steps"]["overridden"] is True
   assert tuple(exp.config.data.patch_size) == tuple(stored["values"]["data.patch_size"])
+  assert exp.config.model.pool_factors == tuple(map(tuple, stored["values"]["model.pool_factors"]))
+  assert exp.model.factors() == exp.config.model.pool_factors and stored["keys"]["model.kernel_sizes"]["used"]
   assert exp.config.train.eval_every_steps == stored["values"]["train.eval_every_steps"]
   assert stored["dataset"]["num_cases"] == exp.prepared.builder.info.metadata["splits"]["train"].__len__()
   calls.clear()
