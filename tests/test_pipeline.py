@@ -15,6 +15,7 @@ import pytest
 
 from jaxseg.config import base_config
 from jaxseg.data import pipeline, transforms
+from jaxseg.data.builders import segmentation
 from jaxseg.errors import ConfigError, DataError
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -196,7 +197,8 @@ def test_msd_task_route_and_a_changed_copy(tmp_path):
   config = _msd_config(tmp_path, manual)
   config.data.task = "Task02_Heart"
   prepared = pipeline.prepare(config)
-  assert pathlib.Path(prepared.builder.data_dir).parts[-3:] == ("msd_task", "Task02_Heart", "1.1.0")
+  version = str(segmentation.SegmentationBuilder.VERSION)
+  assert pathlib.Path(prepared.builder.data_dir).parts[-3:] == ("msd_task", "Task02_Heart", version)
   _write(manual / "Task02_Heart" / "labelsTr" / "c3.nii.gz", np.ones((20, 18, 3), np.uint8))
   with pytest.raises(DataError, match="prepared from other Task02_Heart files"):
     pipeline.prepare(config)
