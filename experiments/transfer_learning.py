@@ -290,7 +290,8 @@ def markdown(meta, args, runs, summary, transfer_record) -> str:
   for r in pretrain_runs:
     lines.append(f"| {r['seed']} | {dice(r):.4f} | {times(r)} |")
   lines += ["", "## Every target run (MR test split)", "",
-            "| arm | k | seed | mean foreground Dice | " + " | ".join(f"Dice {c}" for c in names) + " | wall s | CPU s |",
+            "| arm | k | seed | mean foreground Dice | " + " | ".join(f"Dice {c}" for c in names)
+            + " | wall s | CPU s |",
             "|---|---|---|---|" + "---|" * (len(names) + 2)]
   for r in runs:
     if r["arm"] == "pretrain":

@@ -46,7 +46,8 @@ def test_matching_arrays_are_copied_exactly_and_the_rest_kept():
   new, copied, kept = state_lib.transfer_matching(target, source, exclude=("params/head*",))
   assert copied == ["batch_stats/norm0/mean", "params/conv1/kernel"]
   assert kept == ["params/conv0/kernel", "params/extra/bias", "params/head0/kernel"]
-  np.testing.assert_array_equal(new["params"]["conv1"]["kernel"], source["params"]["conv1"]["kernel"].astype(np.float32))
+  np.testing.assert_array_equal(new["params"]["conv1"]["kernel"],
+                                source["params"]["conv1"]["kernel"].astype(np.float32))
   assert new["params"]["conv1"]["kernel"].dtype == np.float32  # The target's dtype, not the source's float64.
   np.testing.assert_array_equal(new["batch_stats"]["norm0"]["mean"], source["batch_stats"]["norm0"]["mean"]
                                 .astype(np.float32))

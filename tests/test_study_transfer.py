@@ -15,7 +15,8 @@ sys.path.insert(0, str(ROOT / "experiments"))
 
 
 def _load():
-  spec = importlib.util.spec_from_file_location("study_transfer_learning", ROOT / "experiments" / "transfer_learning.py")
+  path = ROOT / "experiments" / "transfer_learning.py"
+  spec = importlib.util.spec_from_file_location("study_transfer_learning", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
