@@ -67,7 +67,7 @@ PROTOCOLS = {
                 features=None, depth=None, backbone_width=None, seeds=3,
                 grid={"ct_phantom": ALL_MODELS, "mr_phantom": ("unet", "unet3d"), "microscopy_phantom": ("unet",)}),
     "gpu": dict(num_cases={"ct_phantom": 0, "mr_phantom": 0, "microscopy_phantom": 0},
-                patch_2d=(128, 128), batch_2d=8, patch_3d=(16, 128, 128), batch_3d=1, num_steps=1000,
+                patch_2d=(128, 128), batch_2d=8, patch_3d=(32, 64, 64), batch_3d=1, num_steps=1000,
                 features=None, depth=None, backbone_width=None, seeds=5,
                 grid={d: ALL_MODELS for d in DATASETS}),
 }
@@ -329,10 +329,14 @@ def _ci(p: dict, digits: int = 3) -> str:
   return f"{mean:+.{digits}f}{interval} (n={n})"
 
 
-def markdown(meta: dict, args, runs: list[dict], table: dict, compared: dict) -> str:
+def markdown(meta: dict, args, runs: list[dict], table: dict, compared: dict, status: dict | None = None) -> str:
   p = protocol(args)
   n = args.seeds
   lines = ["# Deep models against each other and against traditional methods (phantoms)", ""]
+  if status and not status["complete"]:
+    lines += [f"**INCOMPLETE: {status['deep_runs_finished']} of the {status['deep_runs_in_grid']} deep runs of this "
+              "protocol's grid had finished when this report was written** (it is rewritten after every run; "
+              "rerunning the command resumes the rest). Statistics below are over the finished runs only.", ""]
   lines += _study.metadata_lines(meta)
   deep = [r for r in runs if r["kind"] == "deep"]
   trad = [r for r in runs if r["kind"] == "traditional"]
@@ -484,23 +488,34 @@ def main(argv=None):
     from jaxseg import traditional  # pylint: disable=g-import-not-at-top
     traditional._skimage()  # pylint: disable=protected-access  (a missing extra stops the study here)
   runs = []
-  for dataset in args.datasets:
+  for dataset in args.datasets:  # Traditional methods first: minutes, not hours.
     runs += traditional_runs(dataset, args) if args.methods else []
+  expected = sum(len(models) for models in args.grid.values()) * args.seeds
+  for dataset in args.datasets:
     for seed in range(args.seeds):
       for model in args.grid[dataset]:
         run = deep_run(model, dataset, seed, args)
         runs.append(run)
         print(f"{dataset} {model} seed {seed}: test mean foreground Dice {run['test']['mean_foreground']['dice']:.4f}"
               f" ({'reused' if run['reused'] else 'trained'} {run['seconds']:.0f} s)", flush=True)
+        if not run["reused"]:  # The report so far: a study stopped early still leaves its finished runs' numbers.
+          report(args, runs, start, expected)
+  report(args, runs, start, expected)
+  print(args.output.with_suffix(".md").read_text())
+
+
+def report(args, runs: list[dict], start: float, expected: int) -> None:
+  """Writes `<output>.md`, `.json` and `.png` from the runs so far (`expected`: deep runs of the full grid)."""
   table = aggregate(runs)
   compared = comparisons(runs, table)
   args.output.parent.mkdir(parents=True, exist_ok=True)
   save_figure(args.output.with_suffix(".png"), table)
   meta = _study.metadata(args, start)
-  _study.write_report(args.output, markdown(meta, args, runs, table, compared), {
-      **meta, "protocol": protocol(args), "grid": args.grid, "methods": args.methods, "table": table,
-      "paired_dice_differences": compared, "reading": reading(table, compared), "runs": runs})
-  print(args.output.with_suffix(".md").read_text())
+  done = sum(r["kind"] == "deep" for r in runs)
+  status = {"deep_runs_finished": done, "deep_runs_in_grid": expected, "complete": done == expected}
+  _study.write_report(args.output, markdown(meta, args, runs, table, compared, status), {
+      **meta, "status": status, "protocol": protocol(args), "grid": args.grid, "methods": args.methods,
+      "table": table, "paired_dice_differences": compared, "reading": reading(table, compared), "runs": runs})
 
 
 if __name__ == "__main__":

@@ -62,6 +62,8 @@ def test_run_configs_share_the_recipe_and_budget_and_take_the_architecture(tmp_p
   assert configs["unet"].model.norm == "batch" and configs["unet3d"].model.norm == "instance"
   mr = cm.run_config("unet", "mr_phantom", 0, args)
   assert mr.data.name == "mr_phantom" and mr.model.name == "unet" and len(mr.data.patch_size) == 2
+  for name, proto in cm.PROTOCOLS.items():
+    assert math.prod(proto["patch_3d"]) * proto["batch_3d"] == math.prod(proto["patch_2d"]) * proto["batch_2d"], name
   quick = cm.run_config("deeplabv3plus", "ct_phantom", 0, cm.parse_args([f"--workdir={tmp_path}", "--quick"]))
   assert quick.model.backbone_width == 8 and quick.train.num_steps == 3
 
@@ -120,7 +122,10 @@ def test_markdown_and_figure(tmp_path):
   assert "| unet | deep | 0.700 ± 0.100 | 0.350 ± 0.050 | 0.525 ± 0.075 | 0.00 M | 0.500 |" in text
   assert "| otsu | traditional | 0.400 ± 0.000 |" in text
   assert "| fcn8s - unet | -0.167 [" in text
-  assert '- ct_phantom: {"num_cases": 2}' in text
+  assert '- ct_phantom: {"num_cases": 2}' in text and "INCOMPLETE" not in text
+  partial = cm.markdown(meta, args, RUNS, table, compared, {"deep_runs_finished": 6, "deep_runs_in_grid": 9,
+                                                            "complete": False})
+  assert partial.startswith("# ") and "**INCOMPLETE: 6 of the 9 deep runs" in partial
   (tmp_path / "out").mkdir()
   cm.save_figure(tmp_path / "out" / "cm.png", table)
   assert (tmp_path / "out" / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
