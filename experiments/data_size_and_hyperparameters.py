@@ -264,9 +264,11 @@ def markdown(meta, args, summary, per_run, figures) -> str:
       f"{base['model']['depth']}; {p['num_steps']} steps of {p['patch_size'][0]} x {p['patch_size'][1]} patches, "
       f"batch {p['batch_size']}, {base['train']['optimizer']} lr {base['train']['learning_rate']:g} (warm-up "
       f"{base['train']['warmup_steps']} steps, then cosine), loss {BASELINE_LOSS}, the config's augmentation "
-      f"(rotation ±{base['data']['augment']['rotate_max_deg']:g}° and zoom {tuple(base['data']['augment']['scale_range'])} "
-      f"each with probability {base['data']['augment']['rotate_prob']:g}), all {args.train_cases} training cases "
-      f"of the `{DATASET}` ({p['num_cases']} cases: {args.train_cases} train / validation / test split fixed).",
+      f"(rotation up to ±{base['data']['augment']['rotate_max_deg']:g}° with probability "
+      f"{base['data']['augment']['rotate_prob']:g}, zoom {tuple(base['data']['augment']['scale_range'])} with "
+      f"probability {base['data']['augment']['scale_prob']:g}, no mirroring; {_intensity_text(base)}), all "
+      f"{args.train_cases} training cases of the `{DATASET}` ({p['num_cases']} cases; its fixed split: "
+      f"{args.train_cases} training, the rest validation and test).",
       "- One factor changed at a time; the baseline run of each seed is every factor's reference level. Subsets: "
       "`config.data.max_train_cases=k`, the first k of a fixed seeded permutation of the training split (nested: "
       f"{' ⊂ '.join(map(str, sorted(args.sizes) + [args.train_cases]))}), the same subset for every seed. "
@@ -289,8 +291,11 @@ def markdown(meta, args, summary, per_run, figures) -> str:
       lines.append(f"| {LEVEL_TEXT[factor](row['level'], args.train_cases)} | {row['run']} | "
                    + " | ".join(_study.fmt(row["dice"][c]["stat"], n, 3) for c in classes)
                    + f" | {change} | {ci} |")
+  total = sum(r["seconds"] for seeds in per_run.values() for r in seeds.values())
   lines += ["", "## Runs", "", "Test mean foreground Dice and wall time of the train_and_evaluate call that "
-            "made each run ('reused': finished by an earlier invocation and read back):", "",
+            "made each run (set-up, compilation, training, validation, test evaluation; the first run also "
+            "generated and prepared the phantom; 'reused': finished by an earlier invocation and read back). "
+            f"Sum over the {sum(len(s) for s in per_run.values())} runs: {total / 60:.1f} min.", "",
             "| run | seed | mean foreground Dice | wall time (s) | reused |", "|---|---|---|---|---|"]
   for name, seeds in per_run.items():
     for seed, r in seeds.items():
@@ -300,6 +305,14 @@ def markdown(meta, args, summary, per_run, figures) -> str:
     lines += ["", "Figures: " + ", ".join(f"`{f}`" for f in figures) + " (error bars: 95% t interval of the mean "
               "over seeds; none with one seed)."]
   return "\n".join(lines)
+
+
+def _intensity_text(config: dict) -> str:
+  """Which of the intensity augmentations the config leaves on."""
+  augment = config["data"]["augment"]
+  on = [k[:-len("_prob")] for k in ("noise_prob", "blur_prob", "brightness_prob", "contrast_prob", "lowres_prob",
+                                    "gamma_prob", "inverted_gamma_prob", "elastic_prob") if augment[k] > 0]
+  return f"also {', '.join(on)}" if on else "no intensity or elastic transforms"
 
 
 def _errorbar(ax, xs, row_stats, **kwargs):
