@@ -332,11 +332,15 @@ def save_figures(args, summary: dict) -> list[str]:
     rows = sorted(summary["data_size"], key=lambda r: args.train_cases if r["level"] == "all" else r["level"])
     xs = [args.train_cases if r["level"] == "all" else r["level"] for r in rows]
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for c in rows[0]["dice"]:
-      _errorbar(ax, xs, [r["dice"][c] for r in rows], label=c.replace("_", " "),
+    names = list(rows[0]["dice"])
+    for i, c in enumerate(names):
+      shift = 2 ** (0.04 * (i - (len(names) - 1) / 2))  # Side by side, so that the bars do not hide each other.
+      _errorbar(ax, [x * shift for x in xs], [r["dice"][c] for r in rows], label=c.replace("_", " "),
                 linewidth=2.5 if c == "mean_foreground" else 1.0, color="black" if c == "mean_foreground" else None)
     ax.set_xscale("log", base=2)
     ax.set_xticks(xs, [str(x) for x in xs])
+    ax.minorticks_off()
+    ax.set_ylim(0.0, 1.0)
     ax.set_xlabel("training cases")
     ax.set_ylabel("test Dice")
     ax.set_title(f"U-Net, CT phantom: Dice vs training cases ({args.seeds} seeds)", fontsize=9)
