@@ -193,7 +193,7 @@ def traditional_runs(dataset: str, args) -> list[dict]:
   from jaxseg.data import pipeline  # pylint: disable=g-import-not-at-top
   config = run_config("unet", dataset, 0, args)  # Only its data settings matter: the same prepared dataset.
   directory = args.workdir / f"{dataset}_traditional"
-  key = {"data": config.data.to_dict(), "methods_version": TRADITIONAL_VERSION}
+  key = {"data": config.data.to_dict(), "methods_version": TRADITIONAL_VERSION, "prepared_version": prepared_version()}
   exp = None
   fitted = fit_seconds = None
   runs = []
@@ -237,6 +237,12 @@ def traditional_runs(dataset: str, args) -> list[dict]:
 
 
 TRADITIONAL_VERSION = 1  # Bump when jaxseg/traditional.py's methods change, so that records are redone.
+
+
+def prepared_version() -> str:
+  """The prepared-data format version (a record made on another version's data is redone)."""
+  from jaxseg.data.builders import segmentation  # pylint: disable=g-import-not-at-top
+  return str(segmentation.SegmentationBuilder.VERSION)
 
 
 # Aggregation.

@@ -135,7 +135,8 @@ def test_traditional_records_are_reused_without_redoing_them(tmp_path, monkeypat
   from jaxseg import experiment
   args = cm.parse_args([f"--workdir={tmp_path}", "--datasets=ct_phantom", "--methods=otsu", "--quick"])
   config = cm.run_config("unet", "ct_phantom", 0, args)
-  key = {"data": config.data.to_dict(), "methods_version": cm.TRADITIONAL_VERSION}
+  key = {"data": config.data.to_dict(), "methods_version": cm.TRADITIONAL_VERSION,
+         "prepared_version": cm.prepared_version()}
   run = _run("otsu", "ct_phantom", None, 0.4, "traditional")
   directory = tmp_path / "ct_phantom_traditional"
   directory.mkdir()
