@@ -27,6 +27,7 @@ deep model against the best traditional method, with 95% t intervals.
   python experiments/compare_models.py              # --scale=cpu: the committed results
   python experiments/compare_models.py --quick      # the test suite's tiny protocol
   python experiments/compare_models.py --scale=gpu  # every model on every phantom, shipped sizes, 5 seeds
+  python experiments/compare_models.py --report_only  # rewrite the report from the finished runs only
 
 Writes `<output>.md`, `<output>.json` and `<output>.png` (default `experiments/results/compare_models`).
 """
@@ -80,6 +81,8 @@ def parse_args(argv=None):
   p.add_argument("--datasets", default="", help="comma-separated (default: the protocol's): " + ", ".join(DATASETS))
   p.add_argument("--methods", default="", help="traditional methods, comma-separated (default: all; 'none' for "
                  "none)")
+  p.add_argument("--report_only", action="store_true", help="train and fit nothing: rewrite the report from the "
+                 "runs that have finished in --workdir")
   args = _study.parse(p, argv, default_seeds=None)
   from jaxseg import traditional  # pylint: disable=g-import-not-at-top
   proto = protocol(args)
@@ -204,6 +207,8 @@ def traditional_runs(dataset: str, args) -> list[dict]:
       if record["key"] == json.loads(json.dumps(key, default=str)):
         runs.append({**record["run"], "reused": True})
         continue
+    if args.report_only:
+      continue
     if exp is None:
       exp = experiment.setup(config, directory)
       squeeze = exp.prepared.ndim == 2
@@ -326,6 +331,13 @@ def paired_cases(runs: list[dict], dataset: str, a: str, b: str, classes: list[s
 # Report.
 
 
+def _fmt(stat, n: int, digits: int) -> str:
+  """`_study.fmt`, but a single value (a traditional method, one seed) without '± 0'."""
+  if stat[2] == 1 and n == 1:
+    return f"{stat[0]:.{digits}f}"
+  return _study.fmt(stat, n, digits)
+
+
 def _ci(p: dict, digits: int = 3) -> str:
   mean, std, n = p["stat"]
   if mean is None:
@@ -388,16 +400,16 @@ def markdown(meta: dict, args, runs: list[dict], table: dict, compared: dict, st
       k = e["n"]
       params = "-" if e["parameters"] is None else f"{e['parameters'] / 1e6:.2f} M"
       gflops = "-" if e["forward_gflops_per_patch"] is None else f"{e['forward_gflops_per_patch']:.3f}"
-      lines.append(f"| {method} | {e['kind']} | " + " | ".join(_study.fmt(e[c]["dice"], k, 3) for c in classes)
-                   + f" | {params} | {gflops} | {_study.fmt(e['train_seconds'], k, 0)} | "
-                   f"{_study.fmt(e['seconds'], k, 0)} |")
+      lines.append(f"| {method} | {e['kind']} | " + " | ".join(_fmt(e[c]["dice"], k, 3) for c in classes)
+                   + f" | {params} | {gflops} | {_fmt(e['train_seconds'], k, 0)} | "
+                   f"{_fmt(e['seconds'], k, 0)} |")
     lines.append("")
     for metric in ("iou", "sensitivity", "specificity", "hd95"):
       digits = 1 if metric == "hd95" else (4 if metric == "specificity" else 3)
       lines += [f"{metric} per class:", "", "| method | " + " | ".join(classes) + " |",
                 "|---|" + "---|" * len(classes)]
       for method, e in entries.items():
-        lines.append(f"| {method} | " + " | ".join(_study.fmt(e[c][metric], e["n"], digits) for c in classes) + " |")
+        lines.append(f"| {method} | " + " | ".join(_fmt(e[c][metric], e["n"], digits) for c in classes) + " |")
       lines.append("")
     if compared.get(dataset):
       lines += ["Paired differences of test Dice (same seed; a traditional method pairs with every seed; '(over "
@@ -500,12 +512,16 @@ def main(argv=None):
   for dataset in args.datasets:
     for seed in range(args.seeds):
       for model in args.grid[dataset]:
+        if args.report_only and not (args.workdir / f"{dataset}_{model}_seed{seed}" / _study.RUN_RECORD).exists():
+          continue
         run = deep_run(model, dataset, seed, args)
         runs.append(run)
         print(f"{dataset} {model} seed {seed}: test mean foreground Dice {run['test']['mean_foreground']['dice']:.4f}"
               f" ({'reused' if run['reused'] else 'trained'} {run['seconds']:.0f} s)", flush=True)
         if not run["reused"]:  # The report so far: a study stopped early still leaves its finished runs' numbers.
           report(args, runs, start, expected)
+  if not runs:
+    raise SystemExit(f"{args.prog}: --report_only: no finished runs in {args.workdir}")
   report(args, runs, start, expected)
   print(args.output.with_suffix(".md").read_text())
 

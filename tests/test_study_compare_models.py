@@ -120,7 +120,7 @@ def test_markdown_and_figure(tmp_path):
           "versions": {"jax": "x", "flax": "y", "optax": "z"}, "device": {"count": 1, "platform": "cpu", "kind": "cpu"}}
   text = cm.markdown(meta, args, RUNS, table, compared)
   assert "| unet | deep | 0.700 ± 0.100 | 0.350 ± 0.050 | 0.525 ± 0.075 | 0.00 M | 0.500 |" in text
-  assert "| otsu | traditional | 0.400 ± 0.000 |" in text
+  assert "| otsu | traditional | 0.400 | 0.200 | 0.300 | - | - | 5 | 10 |" in text  # One value: no '± 0'.
   assert "| fcn8s - unet | -0.167 [" in text
   assert '- ct_phantom: {"num_cases": 2}' in text and "INCOMPLETE" not in text
   partial = cm.markdown(meta, args, RUNS, table, compared, {"deep_runs_finished": 6, "deep_runs_in_grid": 9,
@@ -152,6 +152,16 @@ def test_traditional_records_are_reused_without_redoing_them(tmp_path, monkeypat
   (directory / "otsu.json").write_text(json.dumps(stale, default=str))
   with pytest.raises(AssertionError, match="redone"):  # Another version of the methods: redone.
     cm.traditional_runs("ct_phantom", args)
+
+
+def test_report_only_trains_nothing(tmp_path, monkeypatch):
+  def refuse(*a, **k):
+    raise AssertionError("report_only trained a run")
+
+  monkeypatch.setattr(cm._study, "run_training", refuse)
+  with pytest.raises(SystemExit, match=r"--report_only: no finished runs in "):
+    cm.main([f"--workdir={tmp_path}", "--report_only", "--datasets=ct_phantom", f"--output={tmp_path / 'cm'}"])
+  assert not (tmp_path / "cm.md").exists()
 
 
 @pytest.mark.slow
