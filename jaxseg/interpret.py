@@ -115,7 +115,9 @@ def _input_gradient(model, variables, images, class_index, mask) -> Array:
 
 
 def _jit(*extra_static: str):
-  return functools.partial(jax.jit, static_argnames=("model", "class_index", "kind", *extra_static))
+  """jit with the model, region kind and options static; the class index is traced, so one compilation
+  serves every class of a given input shape."""
+  return functools.partial(jax.jit, static_argnames=("model", "kind", *extra_static))
 
 
 @_jit()
@@ -128,7 +130,7 @@ def saliency(model: nn.Module, variables: Variables, images: Array, class_index:
              region: str | Array = "predicted") -> Array:
   """max over channels of |dS/dx| -> `[B, *S]` float32."""
   kind, mask = _checked_region(model, _logits_shape(model, variables, images), class_index, region)
-  return _saliency(model, variables, images, mask, class_index=class_index, kind=kind)
+  return _saliency(model, variables, images, mask, class_index=jnp.int32(class_index), kind=kind)
 
 
 @_jit("num_samples")
@@ -152,8 +154,8 @@ def smoothgrad(model: nn.Module, variables: Variables, images: Array, class_inde
   if num_samples < 1 or not noise_level >= 0:
     raise ConfigError(f"smoothgrad needs num_samples >= 1 and noise_level >= 0, got {num_samples}, {noise_level}")
   kind, mask = _checked_region(model, _logits_shape(model, variables, images), class_index, region)
-  return _smoothgrad(model, variables, images, mask, rng, noise_level, class_index=class_index, kind=kind,
-                     num_samples=num_samples)
+  return _smoothgrad(model, variables, images, mask, rng, noise_level, class_index=jnp.int32(class_index),
+                     kind=kind, num_samples=num_samples)
 
 
 @_jit("steps")
@@ -177,8 +179,8 @@ def integrated_gradients(model: nn.Module, variables: Variables, images: Array, 
     raise ConfigError(f"integrated_gradients needs steps >= 1, got {steps}")
   baseline = jnp.zeros_like(images) if baseline is None else jnp.broadcast_to(baseline, images.shape)
   kind, mask = _checked_region(model, _logits_shape(model, variables, images), class_index, region)
-  return _integrated_gradients(model, variables, images, mask, baseline, class_index=class_index, kind=kind,
-                               steps=steps)
+  return _integrated_gradients(model, variables, images, mask, baseline, class_index=jnp.int32(class_index),
+                               kind=kind, steps=steps)
 
 
 def _feature_maps(model: nn.Module, variables: Variables, images: Array) -> tuple[dict[str, Array], Array]:
@@ -252,7 +254,7 @@ def grad_cam(model: nn.Module, variables: Variables, images: Array, class_index:
     raise ConfigError(f"interpret layer {layer!r} is not a feature map of {type(model).__name__}; "
                       f"layers: {', '.join(shapes)}")
   kind, mask = _checked_region(model, logits_shape, class_index, region)
-  return _grad_cam(model, variables, images, mask, class_index=class_index, kind=kind, layer=layer,
+  return _grad_cam(model, variables, images, mask, class_index=jnp.int32(class_index), kind=kind, layer=layer,
                    activation_shape=tuple(shapes[layer].shape))
 
 

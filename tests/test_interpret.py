@@ -51,6 +51,17 @@ def test_saliency_of_a_linear_model_is_the_largest_weight_magnitude():
   np.testing.assert_allclose(got, np.where(mask, np.abs(kernel[:, 1]).max(), 0.0), rtol=1e-6)
 
 
+def test_one_compilation_serves_every_class():
+  model = LinearSeg(num_classes=4)
+  variables, images = _init(model, (1, 5, 7, 2))
+  kernel = np.asarray(variables["params"]["head"]["kernel"])[0, 0]
+  before = interpret._saliency._cache_size()  # pylint: disable=protected-access
+  for k in range(4):  # Each class still gets its own map.
+    got = interpret.saliency(model, variables, images, class_index=k, region="all")
+    np.testing.assert_allclose(got, np.full((1, 5, 7), np.abs(kernel[:, k]).max()), rtol=1e-6)
+  assert interpret._saliency._cache_size() == before + 1  # pylint: disable=protected-access
+
+
 def test_integrated_gradients_of_a_linear_model_is_exact_and_complete():
   model = LinearSeg()
   variables, images = _init(model, (1, 6, 6, 2))
