@@ -26,6 +26,7 @@ paired difference to the baseline with a 95% Student t interval.
   python experiments/data_size_and_hyperparameters.py --quick       # the test suite's tiny protocol
   python experiments/data_size_and_hyperparameters.py --scale=gpu   # shipped patch, 400 steps, 5 seeds
   python experiments/data_size_and_hyperparameters.py --factors=data_size --sizes=2,4 --seeds=2
+  python experiments/data_size_and_hyperparameters.py --report_only  # the report of the seeds finished so far
 
 Writes `<output>.md`, `<output>.json`, `<output>_data_size.png` (Dice against the
 number of training cases) and `<output>_factors.png` (Dice per loss, learning
@@ -97,6 +98,8 @@ def parse_args(argv=None):
                  "baseline)")
   p.add_argument("--learning_rates", default=None, help="comma-separated learning rates (default: the config's "
                  "times 1/4 and 4)")
+  p.add_argument("--report_only", action="store_true", help="train nothing: write the report from the seeds whose "
+                 "runs have all finished (e.g. while the study is still running in another process)")
   args = _study.parse(p, argv, default_seeds=None)
   prog, prot = args.prog, protocol(args)
   if args.seeds is None:
@@ -227,6 +230,11 @@ FACTOR_TITLE = {"data_size": "Number of training cases", "loss": "Loss", "learni
                 "augmentation": "Augmentation"}
 
 
+def _fmt(stat, n: int, digits: int) -> str:
+  """`_study.fmt`, but one seed is its value alone (a std of one value is not 0)."""
+  return _study.fmt(stat, n, digits) if n > 1 or stat[0] is None else f"{stat[0]:.{digits}f}"
+
+
 def _interval(stat_ci) -> str:
   low, high = stat_ci
   return "n/a" if low is None else f"[{low:+.3f}, {high:+.3f}]"
@@ -244,11 +252,15 @@ def reading(summary: dict, n: int) -> list[str]:
       low, high = paired["ci95"]
       if mean is None:
         continue
-      verdict = ("interval includes 0" if low is None or low <= 0 <= high
-                 else ("better than baseline" if mean > 0 else "worse than baseline"))
+      if low is None:
+        verdict = "one seed: no interval"
+      elif low <= 0 <= high:
+        verdict = "95% interval includes 0"
+      else:
+        verdict = "better than the baseline" if mean > 0 else "worse than the baseline"
       parts.append(f"{row['run']} {mean:+.3f} ({verdict})")
     lines.append(f"- {FACTOR_TITLE[factor]}: paired change of the mean foreground test Dice against the baseline "
-                 f"over {n} seeds: {'; '.join(parts) or 'no other level'}.")
+                 f"over {n} seed{'s' if n != 1 else ''}: {'; '.join(parts) or 'no other level'}.")
   return lines
 
 
@@ -276,8 +288,8 @@ def markdown(meta, args, summary, per_run, figures) -> str:
       f"- Seeds {', '.join(map(str, range(n)))}: a seed fixes initialisation and batch sampling in every run, so "
       "differences to the baseline are paired by seed.",
       "- Score: test Dice (the final checkpoint, no post-processing; per class the mean over test cases), "
-      f"mean ± sample std over {n} seeds, and the paired difference to the baseline (same seed) with its 95% "
-      "Student t interval.", "",
+      f"mean ± sample std over {n} seed{'s' if n != 1 else ''}, and the paired difference to the baseline (same "
+      "seed) with its 95% Student t interval (none with one seed).", "",
       "## Reading (generated from the numbers below)", ""]
   lines += reading(summary, n)
   for factor, rows in summary.items():
@@ -286,10 +298,10 @@ def markdown(meta, args, summary, per_run, figures) -> str:
               + " | paired change, mean foreground | 95% interval |", "|---|---|" + "---|" * (len(classes) + 2)]
     for row in rows:
       paired = row["dice"]["mean_foreground"]["paired_vs_baseline"]
-      change = "(baseline)" if paired is None else _study.fmt(paired["stat"], n, 3)
+      change = "(baseline)" if paired is None else _fmt(paired["stat"], n, 3)
       ci = "" if paired is None else _interval(paired["ci95"])
       lines.append(f"| {LEVEL_TEXT[factor](row['level'], args.train_cases)} | {row['run']} | "
-                   + " | ".join(_study.fmt(row["dice"][c]["stat"], n, 3) for c in classes)
+                   + " | ".join(_fmt(row["dice"][c]["stat"], n, 3) for c in classes)
                    + f" | {change} | {ci} |")
   total = sum(r["seconds"] for seeds in per_run.values() for r in seeds.values())
   lines += ["", "## Runs", "", "Test mean foreground Dice and wall time of the train_and_evaluate call that "
@@ -422,6 +434,19 @@ def main(argv=None):
              for name, (factor, level) in runs_of(args).items() for seed in range(args.seeds)}
   use_compilation_cache(args.workdir / "jax_cache")
   per_run = {}
+  if args.report_only:
+    finished = lambda seed: all((args.workdir / f"{name}_seed{seed}" / _study.RUN_RECORD).exists()
+                                for name in runs_of(args))
+    seeds_done = next((s for s in range(args.seeds) if not finished(s)), args.seeds)
+    if not seeds_done:
+      raise SystemExit(f"{args.prog}: --report_only: no seed has finished all its runs in {args.workdir}")
+    for seed in range(seeds_done):
+      for name in runs_of(args):  # Read back (finished runs only).
+        run = _study.run_training(configs[name, seed], args.workdir / f"{name}_seed{seed}")
+        per_run.setdefault(name, {})[seed] = {**run, "config": configs[name, seed].to_dict()}
+    report(args, start, per_run, seeds_done)
+    print(args.output.with_suffix(".md").read_text())
+    return
   for seed in range(args.seeds):
     for name in runs_of(args):
       run = _study.run_training(configs[name, seed], args.workdir / f"{name}_seed{seed}")

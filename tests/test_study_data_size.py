@@ -182,6 +182,16 @@ def test_report_and_figures_after_the_first_seed_say_it_is_partial(tmp_path, mon
   assert json.loads((tmp_path / "dsh.json").read_text())["seeds"] == 1
   for figure in ("dsh_data_size.png", "dsh_factors.png"):
     assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert "one seed: no interval" in text and "| 2 | cases2 | " in text and "±" not in text.split("## Number")[1]
+  # --report_only (another process still training): the same report from the finished seed, nothing trained.
+  (tmp_path / "dsh.md").unlink()
+  monkeypatch.setattr(train, "train_and_evaluate", None)
+  argv = ["--seeds=2", "--factors=data_size,augmentation", "--sizes=2", f"--workdir={tmp_path / 'runs'}",
+          f"--output={tmp_path / 'dsh'}", "--report_only"]
+  study.main(argv)
+  assert "**Partial: 1 of 2 seeds finished so far**" in (tmp_path / "dsh.md").read_text()
+  with pytest.raises(SystemExit, match=r"--report_only: no seed has finished all its runs in .*other"):
+    study.main([*argv[:3], f"--workdir={tmp_path / 'other'}", *argv[4:]])
 
 
 @pytest.mark.slow
