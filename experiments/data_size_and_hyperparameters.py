@@ -260,7 +260,7 @@ def reading(summary: dict, n: int) -> list[str]:
         verdict = "better than the baseline" if mean > 0 else "worse than the baseline"
       parts.append(f"{row['run']} {mean:+.3f} ({verdict})")
     lines.append(f"- {FACTOR_TITLE[factor]}: paired change of the mean foreground test Dice against the baseline "
-                 f"over {n} seed{'s' if n != 1 else ''}: {'; '.join(parts) or 'no other level'}.")
+                 f"over {_seeds(n)}: {'; '.join(parts) or 'no other level'}.")
   return lines
 
 
@@ -288,7 +288,7 @@ def markdown(meta, args, summary, per_run, figures) -> str:
       f"- Seeds {', '.join(map(str, range(n)))}: a seed fixes initialisation and batch sampling in every run, so "
       "differences to the baseline are paired by seed.",
       "- Score: test Dice (the final checkpoint, no post-processing; per class the mean over test cases), "
-      f"mean ± sample std over {n} seed{'s' if n != 1 else ''}, and the paired difference to the baseline (same "
+      f"mean ± sample std over {_seeds(n)}, and the paired difference to the baseline (same "
       "seed) with its 95% Student t interval (none with one seed).", "",
       "## Reading (generated from the numbers below)", ""]
   lines += reading(summary, n)
@@ -317,6 +317,10 @@ def markdown(meta, args, summary, per_run, figures) -> str:
     lines += ["", "Figures: " + ", ".join(f"`{f}`" for f in figures) + " (error bars: 95% t interval of the mean "
               "over seeds; none with one seed)."]
   return "\n".join(lines)
+
+
+def _seeds(n: int) -> str:
+  return f"{n} seed{'s' if n != 1 else ''}"
 
 
 def _intensity_text(config: dict) -> str:
@@ -355,7 +359,7 @@ def save_figures(args, summary: dict) -> list[str]:
     ax.set_ylim(0.0, 1.0)
     ax.set_xlabel("training cases")
     ax.set_ylabel("test Dice")
-    ax.set_title(f"U-Net, CT phantom: Dice vs training cases ({args.seeds} seeds)", fontsize=9)
+    ax.set_title(f"U-Net, CT phantom: Dice vs training cases ({_seeds(args.seeds)})", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     written.append(_save(plt, fig, args.output.with_name(args.output.name + "_data_size.png")))
@@ -374,7 +378,7 @@ def save_figures(args, summary: dict) -> list[str]:
       ax.set_title(FACTOR_TITLE[factor], fontsize=9)
       ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("mean foreground test Dice")
-    fig.suptitle(f"U-Net, CT phantom ({args.seeds} seeds; * = baseline)", fontsize=9)
+    fig.suptitle(f"U-Net, CT phantom ({_seeds(args.seeds)}; * = baseline)", fontsize=9)
     written.append(_save(plt, fig, args.output.with_name(args.output.name + "_factors.png")))
   return written
 
