@@ -25,6 +25,17 @@ paired difference to the baseline with a 95% Student t interval.
   python experiments/data_size_and_hyperparameters.py               # --scale=cpu (the committed results)
   python experiments/data_size_and_hyperparameters.py --quick       # the test suite's tiny protocol
   python experiments/data_size_and_hyperparameters.py --scale=gpu   # shipped patch, 400 steps, 5 seeds
+
+Protocols (every run of one protocol has the same budget):
+  --scale=cpu  30 phantom cases (20 training), 150 steps of 64 x 64 patches, batch 8, features 16, depth 4;
+               subsets 2, 4, 8 (+ all 20); 3 seeds, 30 runs. Measured: about 90 CPU-seconds a run
+               (2026-12-01, 2 shared cores at load average ~15: 57 min a seed), i.e. roughly 25 minutes for
+               the 30 runs on an idle 2-core CPU. At this budget the tumour is not learned (Dice 0).
+  --scale=gpu  the shipped config: 400 steps of 128 x 128 patches (configs/unet_ct.py notes test Dice
+               liver 0.957, spleen 0.935, kidney 0.953 at 400 steps); subsets 2, 4, 8, 16 (+ all 20);
+               5 seeds, 55 runs. Not run here (no GPU was lent).
+  --quick      8 phantom cases, 3 steps of a features-4 depth-2 U-Net; 2 seeds, 10 runs; checks the
+               machinery only (its Dice means nothing).
   python experiments/data_size_and_hyperparameters.py --factors=data_size --sizes=2,4 --seeds=2
   python experiments/data_size_and_hyperparameters.py --report_only  # the report of the seeds finished so far
 
