@@ -32,7 +32,9 @@ Shifts (`SHIFTS`), their parameter and its unit:
   of the shifted copies, the image itself included): ghosts of intensity
   a / GHOSTS at multiples of N / GHOSTS, the image mean kept (the DC line is
   untouched). The mask is symmetric in the frequency index, so the result is
-  real.
+  real. The CT table is 4x gentler than the MR one: in CT the ghosts of the
+  air (-1000 HU) around the body land on the organs (on the CT phantom,
+  a = 0.2 lowers the liver by 121 HU on average).
 - `bias_field`: a smooth multiplicative field exp(alpha * b(x)), b a random
   combination of Legendre polynomials of total degree <= 3 in the physical
   (mm) coordinates scaled to [-1, 1] by the largest half field of view, the
@@ -113,7 +115,7 @@ SHIFTS: dict[str, Shift] = {s.name: s for s in (
     Shift("low_resolution", "in-plane downsampling factor", "", "", (1.0, 1.5, 2.0, 3.0, 4.0),
           (1.0, 1.5, 2.0, 3.0, 4.0)),
     Shift("ghosting", "ghost intensity a", f"{GHOSTS} copies along Y", f"{GHOSTS} copies along Y",
-          (0.0, 0.2, 0.4, 0.6, 0.8), (0.0, 0.2, 0.4, 0.6, 0.8)),
+          (0.0, 0.025, 0.05, 0.1, 0.2), (0.0, 0.2, 0.4, 0.6, 0.8)),
     Shift("bias_field", "bias field log-amplitude alpha", "", "", (0.0, 0.15, 0.3, 0.5, 0.8),
           (0.0, 0.15, 0.3, 0.5, 0.8), modalities=("mr",)),
 )}
