@@ -322,7 +322,7 @@ def save_figure(path: pathlib.Path, summary: dict, channel_names: dict[str, list
       means = [values["dice"][lv][0] for lv in levels]
       stds = [values["dice"][lv][1] for lv in levels]
       ax.errorbar(np.asarray(levels) + 0.06 * (offset - 1.5), means, yerr=stds, marker="o", ms=3, capsize=2,
-                  label=arm)
+                  label=arm, color=f"C{list(ARMS).index(arm)}")  # One colour per arm in every panel.
     names = channel_names[dataset]
     table = corruptions.parameters(shift, names)
     ax.set_xticks(levels)
