@@ -155,17 +155,28 @@ def run_training(config, workdir: str | pathlib.Path) -> dict[str, Any]:
   workdir = pathlib.Path(workdir)
   record_path = workdir / RUN_RECORD
   digest = config_hash(config)
+  version = data_version()
   if record_path.exists():
     record = json.loads(record_path.read_text())
     if record["config_hash"] != digest:
       raise SystemExit(f"{record_path}: this finished run was made with another config; delete {workdir} or "
                        "choose another --workdir")
+    if record.get("data_version", version) != version:  # Records from before the field are taken as current.
+      raise SystemExit(f"{record_path}: this finished run was made on data prepared by builder version "
+                       f"{record['data_version']}, not the current {version}; delete {workdir} or choose another "
+                       "--workdir")
     return {**record, "reused": True, "workdir": str(workdir)}
   start = time.time()
   results = train.train_and_evaluate(config, workdir)
-  record = {"config_hash": digest, "results": results, "seconds": time.time() - start}
+  record = {"config_hash": digest, "data_version": version, "results": results, "seconds": time.time() - start}
   atomic_write(record_path, json.dumps(record, indent=2, default=float))
   return {**record, "reused": False, "workdir": str(workdir)}
+
+
+def data_version() -> str:
+  """The prepared-data format a run trains on (`SegmentationBuilder.VERSION`)."""
+  from jaxseg.data.builders import segmentation  # pylint: disable=g-import-not-at-top
+  return str(segmentation.SegmentationBuilder.VERSION)
 
 
 def atomic_write(path: pathlib.Path, text: str) -> None:

@@ -76,6 +76,13 @@ def test_run_training_reuses_a_finished_run_and_refuses_another_config(tmp_path,
   with pytest.raises(SystemExit, match=r"study_run.json: this finished run was made with another config"):
     study.run_training(other, tmp_path / "run")
   assert len(calls) == 1
+  # A run made on data of another builder version is refused, not silently reused.
+  record = json.loads((tmp_path / "run" / study.RUN_RECORD).read_text())
+  assert record["data_version"] == study.data_version()
+  (tmp_path / "run" / study.RUN_RECORD).write_text(json.dumps({**record, "data_version": "0.9.0"}))
+  with pytest.raises(SystemExit, match=r"made on data prepared by builder version 0.9.0, not the current "):
+    study.run_training(config, tmp_path / "run")
+  assert len(calls) == 1
 
 
 def test_statistics_against_scipy():
