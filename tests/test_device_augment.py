@@ -384,7 +384,8 @@ def data_dir(tmp_path_factory):
   return tmp_path_factory.mktemp("data")
 
 
-@pytest.mark.parametrize("device_cache_on", [False, True])
+# Without the cache it is the same step fed by the host pipeline: slow-marked to keep the suite under 15 minutes.
+@pytest.mark.parametrize("device_cache_on", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_short_training_with_device_augmentation(data_dir, tmp_path, device_cache_on):
   config = base_config()
   config.data.data_dir = str(data_dir)
@@ -437,6 +438,7 @@ def test_batch_is_the_same_on_one_and_on_four_devices():
   assert result.returncode == 0 and "same" in result.stdout, result.stderr[-2000:]
 
 
+@pytest.mark.slow  # Three training runs (2-3 min on 2 loaded cores); the fast batch tests prove keys by step.
 def test_killed_device_augmented_run_resumes_to_identical_params(data_dir, tmp_path, monkeypatch):
   """The step's augmentation keys come from (seed, step): a resumed run trains on the same batches."""
   from jaxseg import checkpointing, experiment  # pylint: disable=g-import-not-at-top
