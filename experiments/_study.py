@@ -273,3 +273,31 @@ def paired_interval(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
   diffs = [y - x for x, y in zip(a, b) if x is not None and y is not None and not math.isnan(x - y)]
   low, high = t_interval(diffs)
   return {"per_seed": diffs, "stat": mean_std(diffs), "ci95": [low, high]}
+
+
+# Finished runs and figures.
+
+
+def restore_final(config, workdir):
+  """(experiment, train state, step) of a finished run's final ('latest') checkpoint, for studies that
+  examine trained models after `run_training`."""
+  from jaxseg import checkpointing, evaluate, experiment  # pylint: disable=g-import-not-at-top
+  exp = experiment.setup(config, workdir)
+  checkpoints = checkpointing.Checkpoints(exp.workdir, read_only=True)
+  try:
+    state, step = evaluate.restore_state(exp, checkpoints, "latest")
+  finally:
+    checkpoints.close()
+  return exp, state, step
+
+
+def save_figure(fig, path: pathlib.Path, dpi: int) -> None:
+  """Writes a matplotlib figure to `path` (PNG) through a temporary file renamed into place, and closes it."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(path)
+  tmp = path.with_name(f".{path.name}.tmp.png")
+  try:
+    fig.savefig(tmp, dpi=dpi)
+  finally:
+    plt.close(fig)
+  os.replace(tmp, path)

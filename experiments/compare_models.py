@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pathlib
 import sys
 import time
@@ -488,10 +487,7 @@ def save_figure(path: pathlib.Path, table: dict) -> None:
   ax.legend(fontsize=7)
   ax.grid(axis="y", alpha=0.3)
   fig.tight_layout()
-  tmp = path.with_name(f".{path.name}.tmp.png")
-  fig.savefig(tmp, dpi=90)
-  plt.close(fig)
-  os.replace(tmp, path)
+  _study.save_figure(fig, path, dpi=90)
 
 
 def main(argv=None):

@@ -395,12 +395,8 @@ def save_figures(args, summary: dict) -> list[str]:
 
 
 def _save(plt, fig, path: pathlib.Path) -> str:
-  import os  # pylint: disable=g-import-not-at-top
   fig.tight_layout()
-  tmp = path.with_name(f".{path.name}.tmp.png")
-  fig.savefig(tmp, dpi=90)
-  plt.close(fig)
-  os.replace(tmp, path)
+  _study.save_figure(fig, path, dpi=90)
   return path.name
 
 

@@ -169,13 +169,7 @@ def shuffled_label_dataset(source_root: pathlib.Path, target: pathlib.Path, seed
 
 def restore(config, workdir):
   """(experiment, variables, step) of a finished run's final checkpoint."""
-  from jaxseg import checkpointing, evaluate, experiment  # pylint: disable=g-import-not-at-top
-  exp = experiment.setup(config, workdir)
-  checkpoints = checkpointing.Checkpoints(exp.workdir, read_only=True)
-  try:
-    state, step = evaluate.restore_state(exp, checkpoints, "latest")
-  finally:
-    checkpoints.close()
+  exp, state, step = _study.restore_final(config, workdir)
   return exp, {"params": state.params, "batch_stats": state.batch_stats}, step
 
 
@@ -276,10 +270,7 @@ def save_figure(path: pathlib.Path, figures: dict[str, dict]) -> None:
       axes[r, c].imshow(values, cmap="inferno", vmin=0, vmax=float(values.max()) or 1.0, alpha=0.6)
       axes[r, c].set_title(method + (" |.|" if method == "integrated_gradients" else ""), fontsize=6)
   fig.tight_layout()
-  tmp = path.with_name(f".{path.name}.tmp.png")
-  fig.savefig(tmp, dpi=70)
-  plt.close(fig)
-  os.replace(tmp, path)
+  _study.save_figure(fig, path, dpi=70)
 
 
 def markdown(meta, args, runs, summary, spacing, label_of) -> str:

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import sys
 import time
@@ -189,13 +188,8 @@ class LoadedRun:
 
 def load_run(name: str, arm: str, seed: int, config, workdir: pathlib.Path) -> LoadedRun:
   """Restores a finished run's final checkpoint into an `evaluate.Evaluator` with its post-processing."""
-  from jaxseg import checkpointing, evaluate, experiment, postprocess  # pylint: disable=g-import-not-at-top
-  exp = experiment.setup(config, workdir)
-  checkpoints = checkpointing.Checkpoints(exp.workdir, read_only=True)
-  try:
-    state, step = evaluate.restore_state(exp, checkpoints, "latest")
-  finally:
-    checkpoints.close()
+  from jaxseg import evaluate, postprocess  # pylint: disable=g-import-not-at-top
+  exp, state, step = _study.restore_final(config, workdir)
   choice = postprocess.load(exp.workdir) or postprocess.Postprocessing(step=step)
   return LoadedRun(name, arm, seed, _study.config_hash(config), evaluate.Evaluator(exp, exp.predictor(state), step),
                    choice, exp.prepared.plan, list(exp.prepared.splits.get("test", [])))
@@ -334,10 +328,7 @@ def save_figure(path: pathlib.Path, summary: dict, channel_names: dict[str, list
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
   fig.tight_layout()
-  tmp = path.with_name(f".{path.name}.tmp.png")
-  fig.savefig(tmp, dpi=80)
-  plt.close(fig)
-  os.replace(tmp, path)
+  _study.save_figure(fig, path, dpi=80)
 
 
 def _short(value: float) -> str:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pathlib
 import resource
 import sys
@@ -229,10 +228,7 @@ def save_figure(path: pathlib.Path, summary: dict, args) -> None:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  tmp = path.with_name(f".{path.name}.tmp.png")
-  fig.savefig(tmp, dpi=100)
-  plt.close(fig)
-  os.replace(tmp, path)
+  _study.save_figure(fig, path, dpi=100)
 
 
 def classes(runs: list[dict]) -> list[str]:

@@ -195,3 +195,14 @@ def test_adversarial_quick_pairs_the_arms_and_resumes(tmp_path, monkeypatch):
   monkeypatch.setattr("jaxseg.train.train_and_evaluate", lambda *a, **k: pytest.fail("retrained a finished run"))
   adv.main(argv)
   assert all(r["reused"] for r in json.loads(out.with_suffix(".json").read_text())["runs"])
+
+
+def test_save_figure_writes_a_png_and_leaves_no_temporary(tmp_path):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots()
+  ax.plot([0, 1], [1, 0])
+  study.save_figure(fig, tmp_path / "figure.png", dpi=30)
+  assert (tmp_path / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert [p.name for p in tmp_path.iterdir()] == ["figure.png"] and not plt.get_fignums()
