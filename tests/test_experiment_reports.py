@@ -1,18 +1,16 @@
 """The README's generated result paragraph of experiments/adversarial.py."""
 
-import importlib.util
 import pathlib
 
 import pytest
+
+from study_modules import load_study
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _load_adversarial():
-  spec = importlib.util.spec_from_file_location("adversarial_experiment", ROOT / "experiments" / "adversarial.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_study("adversarial")
 
 
 def _saved(adv):

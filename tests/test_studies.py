@@ -1,25 +1,17 @@
 """The studies' shared harness (experiments/_study.py) and the --quick protocols of the studies built on it."""
 
-import importlib.util
 import json
 import math
-import pathlib
-import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
+
+from study_modules import assert_refused_before_training, load_study
 from scipy import stats
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "experiments"))
 
-
-def _load(name):
-  spec = importlib.util.spec_from_file_location(f"study_{name}", ROOT / "experiments" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+_load = load_study
 
 
 study = _load("_study")
@@ -41,12 +33,7 @@ study = _load("_study")
     ("adversarial", ["--scale=tpu"], r"argument --scale: invalid choice: 'tpu'"),
 ])
 def test_bad_study_input_is_one_line_before_training(tmp_path, name, argv, message):
-  module = _load(name)
-  with pytest.raises(SystemExit, match=message) as raised:
-    module.main([*argv, f"--workdir={tmp_path / 'runs'}"])
-  text = str(raised.value.code)
-  assert "\n" not in text and text.startswith(f"experiments/{name}.py: ")
-  assert not (tmp_path / "runs").exists()  # Nothing was generated or trained.
+  assert_refused_before_training(_load(name), name, argv, message, tmp_path)
 
 
 def test_bad_config_value_is_refused_in_one_line():

@@ -1,25 +1,14 @@
 """experiments/compare_models.py: options, configs, aggregation, report; its --quick run (slow)."""
 
-import importlib.util
 import json
 import math
-import pathlib
-import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "experiments"))
+from study_modules import assert_refused_before_training, load_study
 
 
-def _load():
-  spec = importlib.util.spec_from_file_location("study_compare_models", ROOT / "experiments" / "compare_models.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-cm = _load()
+cm = load_study("compare_models")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -30,11 +19,7 @@ cm = _load()
     (["--seeds=0"], r"--seeds must be >= 1, got 0"),
 ])
 def test_bad_input_is_one_line_before_training(tmp_path, argv, message):
-  with pytest.raises(SystemExit, match=message) as raised:
-    cm.main([*argv, f"--workdir={tmp_path / 'runs'}"])
-  text = str(raised.value.code)
-  assert "\n" not in text and text.startswith("experiments/compare_models.py: ")
-  assert not (tmp_path / "runs").exists()
+  assert_refused_before_training(cm, "compare_models", argv, message, tmp_path)
 
 
 def test_grid_skips_3d_models_on_2d_data_and_sets_defaults(tmp_path):

@@ -1,7 +1,6 @@
 """experiments/data_size_and_hyperparameters.py: bad input, the runs and their configs, the statistics, the
 report, resumption; and its --quick protocol end to end (slow)."""
 
-import importlib.util
 import json
 import math
 import pathlib
@@ -10,21 +9,15 @@ import sys
 
 import numpy as np
 import pytest
+
+from study_modules import assert_refused_before_training, load_study
 from scipy import stats
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "experiments"))
 NAME = "data_size_and_hyperparameters"
 
 
-def _load():
-  spec = importlib.util.spec_from_file_location(f"study_{NAME}", ROOT / "experiments" / f"{NAME}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-study = _load()
+study = load_study(NAME)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -42,11 +35,7 @@ study = _load()
     (["--bogus"], r"unrecognized arguments: --bogus"),
 ])
 def test_bad_input_is_one_line_before_training(tmp_path, argv, message):
-  with pytest.raises(SystemExit, match=message) as raised:
-    study.main([*argv, f"--workdir={tmp_path / 'runs'}", f"--output={tmp_path / 'out'}"])
-  text = str(raised.value.code)
-  assert "\n" not in text and text.startswith(f"experiments/{NAME}.py: ")
-  assert not (tmp_path / "runs").exists()  # Nothing was generated or trained.
+  assert_refused_before_training(study, NAME, argv, message, tmp_path, f"--output={tmp_path / 'out'}")
 
 
 def test_quick_sizes_are_checked_against_the_quick_phantom(tmp_path):

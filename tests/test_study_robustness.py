@@ -1,30 +1,18 @@
 """experiments/robustness.py: option checks, arm configs, evaluation under a shift (fake models), summary."""
 
-import importlib.util
 import json
 import math
-import pathlib
-import sys
 import types
 
 import numpy as np
 import pytest
 
+from study_modules import assert_refused_before_training, load_study
+
 from jaxseg.data import corruptions, nifti, preprocess
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "experiments"))
 
-
-def _load():
-  spec = importlib.util.spec_from_file_location("study_robustness", ROOT / "experiments" / "robustness.py")
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # Its dataclasses look their module up.
-  spec.loader.exec_module(module)
-  return module
-
-
-robustness = _load()
+robustness = load_study("robustness")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -39,11 +27,7 @@ robustness = _load()
     (["--scale=tpu"], r"argument --scale: invalid choice: 'tpu'"),
 ])
 def test_bad_input_is_one_line_before_training(tmp_path, argv, message):
-  with pytest.raises(SystemExit, match=message) as raised:
-    robustness.main([*argv, f"--workdir={tmp_path / 'runs'}"])
-  text = str(raised.value.code)
-  assert "\n" not in text and text.startswith("experiments/robustness.py: ")
-  assert not (tmp_path / "runs").exists()
+  assert_refused_before_training(robustness, "robustness", argv, message, tmp_path)
 
 
 def test_protocol_shifts_and_explicit_shifts_per_dataset():

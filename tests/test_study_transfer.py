@@ -1,28 +1,17 @@
 """experiments/transfer_learning.py: its refusals, configs and statistics (fast), and its --quick protocol (slow)."""
 
-import importlib.util
 import json
 import math
-import pathlib
 import sys
 
 import numpy as np
 import pytest
+
+from study_modules import assert_refused_before_training, load_study
 from scipy import stats
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "experiments"))
 
-
-def _load():
-  path = ROOT / "experiments" / "transfer_learning.py"
-  spec = importlib.util.spec_from_file_location("study_transfer_learning", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-study = _load()
+study = load_study("transfer_learning")
 
 
 def resnet_keys(path, width=8, layer3_blocks=2, bottleneck=False):
@@ -49,11 +38,7 @@ def resnet_keys(path, width=8, layer3_blocks=2, bottleneck=False):
      r"--torchvision_weights: /nonexistent/resnet18.pth: config.model.pretrained file does not exist"),
 ])
 def test_bad_input_is_one_line_before_training(tmp_path, argv, message):
-  with pytest.raises(SystemExit, match=message) as raised:
-    study.main([*argv, f"--workdir={tmp_path / 'runs'}"])
-  text = str(raised.value.code)
-  assert "\n" not in text and text.startswith("experiments/transfer_learning.py: ")
-  assert not (tmp_path / "runs").exists()
+  assert_refused_before_training(study, "transfer_learning", argv, message, tmp_path)
 
 
 def test_weights_that_are_not_a_resnet_are_refused(tmp_path):
