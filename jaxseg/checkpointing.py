@@ -179,9 +179,3 @@ def tree_difference(stored: dict[str, tuple[int, ...]], expected: dict[str, tupl
   if extra:
     parts.append(f"{len(extra)} arrays of the checkpoint are not in this config's state (e.g. {extra[0]})")
   return "; ".join(parts)
-
-
-def abstract_like(tree: Any) -> Any:
-  """ShapeDtypeStructs (with shardings) of a pytree of arrays."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-                      tree)

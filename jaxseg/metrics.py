@@ -60,9 +60,8 @@ These conventions differ from nnU-Net, whose Dice is NaN (skipped) when both
 masks are empty: here a correctly empty prediction counts as perfect.
 
 Training and validation accumulate (TP, FP, FN, TN) on device with
-`confusion_counts` (or the clu metric `SegmentationCounts`) and divide once at
-the end with `scores_from_counts` (same conventions); Dice is never averaged
-over batches.
+`confusion_counts` and divide once at the end with `scores_from_counts`
+(same conventions); Dice is never averaged over batches.
 """
 
 from __future__ import annotations
@@ -71,10 +70,8 @@ from collections.abc import Mapping, Sequence
 import functools
 import itertools
 import math
-from typing import ClassVar, NamedTuple
+from typing import NamedTuple
 
-from clu import metrics as clu_metrics
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -603,71 +600,3 @@ def scores_from_counts(counts: jax.Array) -> dict[str, jax.Array]:
       'specificity': ratio(tn, tn + fp),
       'precision': ratio(tp, tp + fp),
   }
-
-
-@flax.struct.dataclass
-class SegmentationCounts(clu_metrics.Metric):
-  """clu metric accumulating per-class (TP, FP, FN, TN) counts.
-
-  `compute()` returns `scores_from_counts(counts)`. `empty()` needs the number
-  of classes: use `SegmentationCounts.with_num_classes(K)` (or
-  `make_eval_metrics(K)`) where an empty metric is needed.
-
-  Attributes:
-    counts: [K, 4] float32.
-  """
-  counts: jax.Array
-  num_classes: ClassVar[int | None] = None
-
-  @classmethod
-  def with_num_classes(cls, num_classes: int) -> type[SegmentationCounts]:
-    """Subclass whose `empty()` holds zero counts for `num_classes` classes.
-
-    The same class is returned for the same arguments, so jitted functions
-    that take or return it are not traced again.
-    """
-    return _counts_subclass(cls, num_classes)
-
-  @classmethod
-  def empty(cls) -> SegmentationCounts:
-    if cls.num_classes is None:
-      raise TypeError('SegmentationCounts.empty() needs the number of classes: '
-                      'use SegmentationCounts.with_num_classes(K)')
-    return cls(counts=jnp.zeros((cls.num_classes, 4), jnp.float32))
-
-  @classmethod
-  def from_model_output(cls, *, logits: jax.Array, labels: jax.Array,
-                        mask: jax.Array | None = None,
-                        **_) -> SegmentationCounts:
-    """Counts of argmax(logits [..., K]) against integer labels [...]."""
-    num_classes = logits.shape[-1]
-    if cls.num_classes is not None and cls.num_classes != num_classes:
-      raise ConfigError(f'logits have {num_classes} classes but the metrics '
-                        f'were built for {cls.num_classes}')
-    predictions = jnp.argmax(logits, axis=-1)
-    return cls(counts=confusion_counts(predictions, labels, num_classes, mask))
-
-  def merge(self, other: SegmentationCounts) -> SegmentationCounts:
-    return type(self)(counts=self.counts + other.counts)
-
-  def compute(self) -> dict[str, jax.Array]:
-    return scores_from_counts(self.counts)
-
-
-@functools.cache
-def _counts_subclass(cls, num_classes):
-  return flax.struct.dataclass(
-      type(f'{cls.__name__}{num_classes}', (cls,),
-           {'num_classes': num_classes, '__annotations__': {}}))
-
-
-@functools.cache
-def make_eval_metrics(num_classes: int) -> type[clu_metrics.Collection]:
-  """clu Collection of the mean 'loss' and the segmentation counts.
-
-  Use `single_from_model_output(loss=..., logits=..., labels=..., mask=...)`;
-  `compute()` gives {'loss': scalar, 'counts': {score: [K]}}.
-  """
-  return clu_metrics.Collection.create(
-      loss=clu_metrics.Average.from_output('loss'),
-      counts=SegmentationCounts.with_num_classes(num_classes))

@@ -410,11 +410,6 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
 
 
-def replicate_tree(tree: Any, mesh: Mesh) -> Any:
-  """Places a host pytree (the same on every process) replicated on the mesh."""
-  return jax.device_put(tree, replicated(mesh))
-
-
 def host_copy(tree: Any) -> Any:
   """numpy copy of a pytree of (possibly sharded, multi-process) arrays, the same on every process.
 
