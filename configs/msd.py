@@ -4,9 +4,9 @@
 
 trains a 2D U-Net on axial slices of the dataset at `data.root` (the
 directory holding dataset.json; layouts in README "Bring your own dataset").
-Variants, by argument (comma-separated):
+Variants, by argument (comma-separated, `jaxseg.config.parse_arg`):
 
-  configs/msd.py:unet3d         3D U-Net on (64, 128, 128) patches.
+  configs/msd.py:unet3d         3D U-Net on (64, 128, 128) patches (`:model=unet3d`).
   configs/msd.py:MODEL          any registered model (`deeplabv3plus`, `fcn8s`,
                                 `attention_unet`, ...) with the patch of its dimension.
   configs/msd.py:unet3d,quick   a smoke test of every stage (tiny model, 20 steps).
@@ -26,8 +26,7 @@ on the command line wins over the plan (recorded in <workdir>/plan.json).
 """
 
 from jaxseg import models
-from jaxseg.config import base_config
-from jaxseg.errors import ConfigError
+from jaxseg.config import OneOf, base_config, parse_arg, smoke_run
 
 PATCH = {2: (256, 256), 3: (64, 128, 128)}
 BATCH = {2: 12, 3: 2}
@@ -35,18 +34,12 @@ DEPTH = {2: 5, 3: 4}
 
 
 def get_config(arg=None):
-  options = [a for a in (arg or "").split(",") if a]
-  quick = "quick" in options
-  names = [a for a in options if a != "quick"]
-  if len(names) > 1 or (names and names[0] not in models.MODELS):
-    raise ConfigError(f"unknown variant {arg!r} of configs/msd.py; use a model name "
-                      f"({', '.join(models.MODELS)}) and/or 'quick'")
-  name = names[0] if names else "unet"
-  ndim = models.spatial_dims(name)
+  arg = parse_arg(arg, __file__, model=OneOf("unet", tuple(models.MODELS)), quick=False)
+  ndim = models.spatial_dims(arg.model)
   config = base_config()
   config.data.name = "msd"
   config.data.patch_size = PATCH[ndim]
-  config.model.name = name
+  config.model.name = arg.model
   config.model.features = 32
   config.model.depth = DEPTH[ndim]
   config.model.max_features = 320 if ndim == 3 else 512
@@ -61,17 +54,13 @@ def get_config(arg=None):
   config.train.checkpoint_every_steps = 1000
   config.eval.mirror_axes = tuple(range(ndim))
   config.plan.enabled = True
-  if quick:
+  if arg.quick:
     config.plan.enabled = False
     config.data.patch_size = (32, 64, 64) if ndim == 3 else (128, 128)
     config.model.features = 8
     config.model.depth = 3
-    config.train.num_steps = 20
-    config.train.batch_size = 2
+    smoke_run(config, num_steps=20, batch_size=2)  # data.num_cases stays: the dataset on disk has its own.
     config.train.warmup_steps = 5
-    config.train.log_every_steps = 5
-    config.train.eval_every_steps = 10
-    config.train.checkpoint_every_steps = 10
     config.eval.mirror_axes = ()
     config.eval.num_figures = 2
   return config

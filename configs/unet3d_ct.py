@@ -8,11 +8,11 @@ The default is sized for a CPU; nnU-Net's own setting is
 Variants: none, or `:quick` (a smoke run).
 """
 
-from jaxseg.config import base_config, smoke_run
-from jaxseg.errors import ConfigError
+from jaxseg.config import base_config, parse_arg, phantom_schedule, smoke_run
 
 
 def get_config(arg=None):
+  arg = parse_arg(arg, __file__, quick=False)
   config = base_config()
   config.data.name = "ct_phantom"
   config.data.patch_size = (32, 96, 96)  # (D, H, W) voxels: 160 x ~310 x ~310 mm.
@@ -23,19 +23,11 @@ def get_config(arg=None):
   config.model.norm = "instance"
   config.model.activation = "leaky_relu"
   config.model.deep_supervision = True
-  config.train.num_steps = 400
-  config.train.batch_size = 2
-  config.train.learning_rate = 2e-3
-  config.train.warmup_steps = 20
-  config.train.log_every_steps = 20
-  config.train.eval_every_steps = 200
-  config.train.checkpoint_every_steps = 200
+  phantom_schedule(config, num_steps=400, batch_size=2, warmup_steps=20, log_every_steps=20)
   config.eval.batch_size = 2
-  if arg == "quick":
+  if arg.quick:
     config.data.patch_size = (16, 64, 64)
     config.model.features = 4
     config.model.depth = 3
     smoke_run(config, num_cases=6, num_steps=10, batch_size=2)
-  elif arg is not None:
-    raise ConfigError(f"unknown variant {arg!r} of configs/unet3d_ct.py; use no variant or ':quick'")
   return config

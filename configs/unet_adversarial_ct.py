@@ -12,24 +12,14 @@ The same switch works for every registered model:
 `--config=configs/unet_ct.py --config.adversarial.enabled=True`.
 """
 
-import importlib.util
 import pathlib
 
-from jaxseg.errors import ConfigError
-
-
-def _unet_ct_config(arg):
-  path = pathlib.Path(__file__).with_name("unet_ct.py")
-  spec = importlib.util.spec_from_file_location("unet_ct", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+from jaxseg.config import load, parse_arg
 
 
 def get_config(arg=None):
-  if arg not in (None, "quick"):
-    raise ConfigError(f"unknown variant {arg!r} of configs/unet_adversarial_ct.py; use no variant or ':quick'")
-  config = _unet_ct_config(arg)
+  arg = parse_arg(arg, __file__, quick=False)
+  config = load(f"{pathlib.Path(__file__).with_name('unet_ct.py')}{':quick' if arg.quick else ''}")
   config.adversarial.enabled = True
   config.adversarial.weight = 0.01
   config.adversarial.warmup_steps = 100
@@ -37,7 +27,7 @@ def get_config(arg=None):
   config.adversarial.input = "product"
   config.adversarial.features = 32
   config.adversarial.num_layers = 3
-  if arg == "quick":
+  if arg.quick:
     config.adversarial.warmup_steps = 5
     config.adversarial.features = 8
   return config

@@ -4,11 +4,11 @@ Variants: `configs/unet_ct.py` (default, about 7 minutes on a 2-core CPU) and
 `configs/unet_ct.py:quick` (a smoke test of every stage in about a minute).
 """
 
-from jaxseg.config import base_config, smoke_run
-from jaxseg.errors import ConfigError
+from jaxseg.config import base_config, parse_arg, phantom_schedule, smoke_run
 
 
 def get_config(arg=None):
+  arg = parse_arg(arg, __file__, quick=False)
   config = base_config()
   config.data.name = "ct_phantom"
   config.data.patch_size = (128, 128)
@@ -25,18 +25,10 @@ def get_config(arg=None):
   config.model.depth = 4
   config.model.norm = "batch"
   config.model.activation = "relu"
-  config.train.num_steps = 400
-  config.train.batch_size = 8
-  config.train.learning_rate = 2e-3
-  config.train.warmup_steps = 20
-  config.train.log_every_steps = 25
-  config.train.eval_every_steps = 200
-  config.train.checkpoint_every_steps = 100
-  if arg == "quick":
+  phantom_schedule(config, num_steps=400, warmup_steps=20, checkpoint_every_steps=100)
+  if arg.quick:
     config.model.features = 8
     config.model.depth = 3
     smoke_run(config, num_cases=8, num_steps=20, batch_size=4)
     config.eval.num_figures = 2
-  elif arg is not None:
-    raise ConfigError(f"unknown variant {arg!r} of configs/unet_ct.py; use no variant or ':quick'")
   return config

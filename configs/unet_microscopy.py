@@ -7,11 +7,11 @@ augmentation (every rotation and mirroring suits micrographs). Variants:
 `configs/unet_microscopy.py` and `configs/unet_microscopy.py:quick`.
 """
 
-from jaxseg.config import base_config
-from jaxseg.errors import ConfigError
+from jaxseg.config import base_config, parse_arg, phantom_schedule, smoke_run
 
 
 def get_config(arg=None):
+  arg = parse_arg(arg, __file__, quick=False)
   config = base_config()
   config.data.name = "microscopy_phantom"
   config.data.patch_size = (128, 128)
@@ -20,25 +20,12 @@ def get_config(arg=None):
   config.model.depth = 4
   config.model.norm = "batch"
   config.model.activation = "relu"
-  config.train.num_steps = 600
-  config.train.batch_size = 8
-  config.train.learning_rate = 2e-3
-  config.train.warmup_steps = 30
-  config.train.log_every_steps = 25
-  config.train.eval_every_steps = 200
-  config.train.checkpoint_every_steps = 200
+  phantom_schedule(config)
   config.eval.mirror_axes = (0, 1)
-  if arg == "quick":
-    config.data.num_cases = 8
+  if arg.quick:
     config.model.features = 8
     config.model.depth = 3
-    config.train.num_steps = 20
-    config.train.batch_size = 4
-    config.train.log_every_steps = 5
-    config.train.eval_every_steps = 10
-    config.train.checkpoint_every_steps = 10
+    smoke_run(config, num_cases=8, num_steps=20, batch_size=4)
     config.eval.mirror_axes = ()
     config.eval.num_figures = 2
-  elif arg is not None:
-    raise ConfigError(f"unknown variant {arg!r} of configs/unet_microscopy.py; use no variant or ':quick'")
   return config

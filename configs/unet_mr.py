@@ -6,11 +6,11 @@ augmentation. Variants: `configs/unet_mr.py` and `configs/unet_mr.py:quick`
 (a smoke test of every stage).
 """
 
-from jaxseg.config import base_config
-from jaxseg.errors import ConfigError
+from jaxseg.config import base_config, parse_arg, phantom_schedule, smoke_run
 
 
 def get_config(arg=None):
+  arg = parse_arg(arg, __file__, quick=False)
   config = base_config()
   config.data.name = "mr_phantom"
   config.data.patch_size = (32, 64, 64)
@@ -19,24 +19,12 @@ def get_config(arg=None):
   config.model.depth = 3
   config.model.norm = "instance"
   config.model.activation = "leaky_relu"
-  config.train.num_steps = 1000
-  config.train.batch_size = 2
-  config.train.learning_rate = 2e-3
-  config.train.warmup_steps = 30
-  config.train.log_every_steps = 25
-  config.train.eval_every_steps = 250
-  config.train.checkpoint_every_steps = 250
+  phantom_schedule(config, num_steps=1000, batch_size=2, eval_every_steps=250, checkpoint_every_steps=250)
   config.eval.batch_size = 4
-  if arg == "quick":
-    config.data.num_cases = 6
+  if arg.quick:
     config.data.patch_size = (16, 32, 32)
     config.model.features = 4
     config.model.depth = 2
-    config.train.num_steps = 10
-    config.train.log_every_steps = 5
-    config.train.eval_every_steps = 10
-    config.train.checkpoint_every_steps = 10
+    smoke_run(config, num_cases=6, num_steps=10, batch_size=2)
     config.eval.num_figures = 2
-  elif arg is not None:
-    raise ConfigError(f"unknown variant {arg!r} of configs/unet_mr.py; use no variant or ':quick'")
   return config

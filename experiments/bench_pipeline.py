@@ -24,7 +24,6 @@ Prints a table and writes it to `--output`.
 
 import argparse
 import ast
-import importlib.util
 import os
 import pathlib
 import platform
@@ -34,16 +33,14 @@ import time
 
 import jax
 
+from jaxseg import config as config_lib
 from jaxseg import experiment, models, parallel, steps
 from jaxseg.data import pipeline
 
 
 def load_config(config_arg: str, overrides: list[str]):
-  path, _, arg = config_arg.partition(":")
-  spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg or None)
+  """`configs/NAME.py[:ARG]`'s config with `KEY=VALUE` overrides (Python literals, else strings)."""
+  config = config_lib.load(config_arg)
   for override in overrides:
     key, value = override.split("=", 1)
     *parents, leaf = key.split(".")

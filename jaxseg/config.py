@@ -5,6 +5,12 @@ never add keys. `base_config()` returns a *locked* `ConfigDict`, so a misspelt
 key in a config file or on the command line (`--config.train.num_stpes=5`) is
 an error that names the key instead of a silently ignored setting.
 
+`validate(config)` is the one check of every key's value (run by every mode
+before any work). Config files take one argument grammar,
+`configs/NAME.py:key=value,flag` (`parse_arg`), and are read by `load`
+(`--config=` reads them the same way). `smoke_run` and `phantom_schedule` are
+the settings the shipped configs share.
+
 Key reference (units in brackets):
 
   seed                      global seed: init, data order, augmentation, dropout.
@@ -17,7 +23,7 @@ Key reference (units in brackets):
                             (`Task01_BrainTumour` .. `Task10_Colon`), checked against the
                             published dataset (`jaxseg.data.builders.msd`).
   data.data_dir             where phantoms are generated and prepared datasets live;
-                            '' = $JAXSEG_DATA_DIR or ~/.cache/jaxseg.
+                            '' = $JAXSEG_DATA_DIR or ~/.cache/jaxseg (`jaxseg.data.location`).
   data.num_cases            phantom size (0 = the phantom's default).
   data.fold                 '' = the prepared dataset's fixed train/validation split; '0'..'4' =
                             nnU-Net's 5-fold cross-validation over the train + validation cases
@@ -82,20 +88,24 @@ Key reference (units in brackets):
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import os
 import pathlib
-from typing import Any
+from typing import Any, Mapping
 
 import ml_collections
 from ml_collections import config_dict
 
+from jaxseg import losses
 from jaxseg import models
 from jaxseg.errors import ConfigError
+from jaxseg.models import discriminator
 
 DATASETS = ("ct_phantom", "mr_phantom", "microscopy_phantom", "msd")
 OPTIMIZERS = ("adamw", "sgd")
-LOSSES = ("dice_ce", "ce", "dice", "focal")
+LOSSES = tuple(losses.LOSSES)
 FOLDS = ("", "0", "1", "2", "3", "4", "all")
 
 
@@ -232,9 +242,14 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
-def smoke_run(config: ml_collections.ConfigDict, *, num_cases: int, num_steps: int, batch_size: int) -> None:
-  """Turns `config` into a `:quick` smoke run of every stage (tiny data, few steps, frequent actions)."""
-  config.data.num_cases = num_cases
+def smoke_run(config: ml_collections.ConfigDict, *, num_steps: int, batch_size: int,
+              num_cases: int | None = None) -> None:
+  """Turns `config` into a `:quick` smoke run of every stage (tiny data, few steps, frequent actions).
+
+  `num_cases` None keeps `config.data.num_cases` (a dataset on disk, not a phantom, has its own size).
+  """
+  if num_cases is not None:
+    config.data.num_cases = num_cases
   config.train.num_steps = num_steps
   config.train.batch_size = batch_size
   config.train.log_every_steps = 5
@@ -242,8 +257,159 @@ def smoke_run(config: ml_collections.ConfigDict, *, num_cases: int, num_steps: i
   config.train.checkpoint_every_steps = 10
 
 
+def phantom_schedule(config: ml_collections.ConfigDict, *, num_steps: int = 600, batch_size: int = 8,
+                     learning_rate: float = 2e-3, warmup_steps: int = 30, log_every_steps: int = 25,
+                     eval_every_steps: int = 200, checkpoint_every_steps: int = 200) -> None:
+  """Sets the training schedule the phantom configs share (minutes on a CPU); a config passes what differs.
+
+  Batch size is global [cases]; the learning rate is the peak after `warmup_steps` of linear warm-up.
+  """
+  config.train.update(num_steps=num_steps, batch_size=batch_size, learning_rate=learning_rate,
+                      warmup_steps=warmup_steps, log_every_steps=log_every_steps,
+                      eval_every_steps=eval_every_steps, checkpoint_every_steps=checkpoint_every_steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class OneOf:
+  """A string argument of `parse_arg` with fixed values, which may also be given bare.
+
+  `variant=OneOf("8s", ("32s", "16s", "8s"))` accepts `:variant=16s` and `:16s`.
+  """
+  default: str
+  options: tuple[str, ...]
+
+
+def parse_arg(arg: str | None, config_file: str | os.PathLike, *, aliases: Mapping[str, str] | None = None,
+              **spec: Any) -> ml_collections.ConfigDict:
+  """Parses the `ARG` of `--config=configs/NAME.py:ARG`: the one grammar of every config file.
+
+  Like big_vision's `parse_arg`. `ARG` is a comma-separated list of items:
+
+    key=value   a typed value; the type is that of the key's default in `spec`:
+                int, float, str, bool (True/False, true/false, 1/0, yes/no), or a
+                `OneOf` (one of its options);
+    flag        a bare word naming a bool key sets it to True (`:quick`);
+    value       a bare word naming an option of a `OneOf` key sets that key
+                (`configs/msd.py:unet3d` is `:model=unet3d`).
+
+  No `ARG`, or an empty one, gives the defaults. `aliases` maps an old
+  spelling to the items it stands for (`{"16s_quick": "16s,quick"}`). In a
+  config file:
+
+    def get_config(arg=None):
+      arg = parse_arg(arg, __file__, variant=OneOf("8s", ("32s", "16s", "8s")), quick=False)
+      ...  # arg.variant, arg.quick
+
+  so that `configs/fcn_ct.py:16s,quick` and `:variant=16s,quick=True` are one config.
+
+  Args:
+    arg: the string after the first ':' (None without one).
+    config_file: the config file (`__file__`), named in errors.
+    aliases: old spellings -> items.
+    **spec: every key the file accepts, with its default (bool, int, float, str or `OneOf`).
+
+  Returns:
+    A locked ConfigDict with every key of `spec`.
+
+  Raises:
+    ConfigError: naming the config file, the argument, the item and the known keys: an unknown key or
+      word, a value that is not of the key's type or not one of its options, a key given twice.
+  """
+  for key, default in spec.items():
+    if not isinstance(default, (bool, int, float, str, OneOf)):
+      raise TypeError(f"parse_arg: {key}={default!r} is not a bool, int, float, str or OneOf default")
+  where = f"{_config_name(config_file)}:{arg}"
+  known = ", ".join(_describe(key, default) for key, default in spec.items()) or "none"
+
+  def fail(what: str):
+    raise ConfigError(f"{what} in {where}; known: {known}")
+
+  items = [item.strip() for item in (arg or "").split(",") if item.strip()]
+  items = [part.strip() for item in items for part in (aliases or {}).get(item, item).split(",")]
+  values = {key: default.default if isinstance(default, OneOf) else default for key, default in spec.items()}
+  given = set()
+  for item in items:
+    key, equals, text = (part.strip() for part in item.partition("="))
+    if not equals:
+      if isinstance(spec.get(key), bool):
+        value = True
+      else:
+        owners = [k for k, d in spec.items() if isinstance(d, OneOf) and key in d.options]
+        if not owners:
+          fail(f"unknown variant {key!r}")
+        key, value = owners[0], key
+    elif key not in spec:
+      fail(f"unknown key {key!r}")
+    else:
+      value = _typed(spec[key], text, lambda what, k=key: fail(f"{k}={text!r} {what}"))
+    if key in given:
+      fail(f"{key} is given twice")
+    given.add(key)
+    values[key] = value
+  parsed = ml_collections.ConfigDict(values)
+  parsed.lock()
+  return parsed
+
+
+def _config_name(config_file: str | os.PathLike) -> str:
+  path = pathlib.Path(config_file)
+  return f"configs/{path.name}" if path.parent.name == "configs" else str(path)
+
+
+def _describe(key: str, default: Any) -> str:
+  if isinstance(default, bool):
+    return f"{key} (a flag)"
+  if isinstance(default, OneOf):
+    return f"{key}={'|'.join(default.options)} (or the bare value; default {default.default})"
+  return f"{key}=<{type(default).__name__}> (default {default!r})"
+
+
+def _typed(default: Any, text: str, fail) -> Any:
+  """`text` as a value of `default`'s type; `fail(what)` raises."""
+  if isinstance(default, OneOf):
+    if text not in default.options:
+      fail(f"is not one of {', '.join(default.options)}")
+    return text
+  if isinstance(default, bool):
+    words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    if text.lower() not in words:
+      fail("is not True or False")
+    return words[text.lower()]
+  if isinstance(default, str):
+    return text
+  try:
+    return type(default)(text)
+  except ValueError:
+    fail(f"is not a{'n' if isinstance(default, int) else ''} {type(default).__name__}")
+
+
+def load(path_arg: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The config of `configs/NAME.py[:ARG]`, read as `--config=` reads it.
+
+  The file's `get_config(ARG)`, or `get_config()` without ':' (as ml_collections' config_flags:
+  `ARG` is everything after the first ':'; `parse_arg` parses it).
+
+  Raises:
+    ConfigError: the file does not exist or has no `get_config`; what `get_config` raises.
+  """
+  path, *arg = os.fspath(path_arg).split(":", 1)
+  file = pathlib.Path(path)
+  if not file.is_file():
+    raise ConfigError(f"config file {path} does not exist")
+  spec = importlib.util.spec_from_file_location(f"jaxseg_config_{file.stem}", file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  get_config = getattr(module, "get_config", None)
+  if not callable(get_config):
+    raise ConfigError(f"config file {path} has no get_config(arg) function")
+  return get_config(*arg)
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Checks values that a locked config cannot check by itself.
+  """Checks values that a locked config cannot check by itself: the one check of every key.
+
+  Every mode (train, evaluate, predict, interpret, plan) runs it before any work, through
+  `jaxseg.experiment.setup` or `plan_workdir`.
 
   Raises:
     ConfigError: naming the key and what is wrong.
@@ -313,6 +479,43 @@ def validate(config: ml_collections.ConfigDict) -> None:
     which = str(config[key.split(".")[0]].checkpoint)
     if which not in ("best", "latest") and not which.isdigit():
       fail(key, f"{which!r} is not 'best', 'latest' or a step number")
+  validate_adversarial(config)
+
+
+def validate_adversarial(config: ml_collections.ConfigDict) -> None:
+  """Checks `config.adversarial` (and that `data.patch_size` suits the discriminator when enabled).
+
+  Raises:
+    ConfigError: naming the key and what is wrong.
+  """
+  adv = config.adversarial
+
+  def check(ok: bool, key: str, message: str):
+    if not ok:
+      raise ConfigError(f"config.adversarial.{key}={adv[key]!r}: {message}")
+
+  def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+  def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+  check(isinstance(adv.enabled, bool), "enabled", "must be True or False")
+  check(adv.input in discriminator.INPUT_FORMS, "input",
+        f"unknown input form; choose one of {', '.join(discriminator.INPUT_FORMS)}")
+  check(isinstance(adv.spectral_norm, bool), "spectral_norm", "must be True or False")
+  for key in ("features", "num_layers", "disc_every_steps"):
+    check(is_int(adv[key]) and adv[key] >= 1, key, "must be an integer >= 1")
+  check(is_int(adv.warmup_steps) and adv.warmup_steps >= 0, "warmup_steps", "must be an integer >= 0")
+  check(is_number(adv.weight) and adv.weight >= 0, "weight", "must be >= 0")
+  check(is_number(adv.learning_rate) and adv.learning_rate > 0, "learning_rate", "must be > 0")
+  check(is_number(adv.beta1) and 0 <= adv.beta1 < 1, "beta1", "must be in [0, 1)")
+  check(is_number(adv.label_smoothing) and 0 <= adv.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+  smallest = 2**adv.num_layers
+  if adv.enabled and min(config.data.patch_size) < smallest:
+    raise ConfigError(f"config.data.patch_size={tuple(config.data.patch_size)} is smaller than the "
+                      f"{smallest} voxels the discriminator's {adv.num_layers} stride-2 layers need per axis; "
+                      "lower config.adversarial.num_layers or enlarge the patch")
 
 
 def split_names(values) -> tuple[str, ...]:
@@ -389,13 +592,6 @@ def _validate_data(data: ml_collections.ConfigDict, ndim: int, fail) -> None:
         fail(f"data.augment.{key}", f"{tuple(value)} must be positive factors")
       if key == "lowres_range" and value[1] > 1:
         fail(f"data.augment.{key}", f"{tuple(value)} are downsampling factors, at most 1")
-
-
-def data_dir(config: ml_collections.ConfigDict):
-  """Directory holding generated phantoms and prepared datasets: a `pathlib.Path`, or an `epath.Path` for gs://."""
-  from jaxseg import paths  # pylint: disable=g-import-not-at-top
-  path = config.data.data_dir or os.environ.get("JAXSEG_DATA_DIR") or "~/.cache/jaxseg"
-  return paths.resolve(path, "config.data.data_dir" if config.data.data_dir else "data directory")
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

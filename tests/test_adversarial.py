@@ -17,7 +17,7 @@ import optax
 import pytest
 
 from jaxseg import checkpointing, experiment, state as state_lib, steps, train, writers
-from jaxseg.config import base_config
+from jaxseg.config import base_config, validate
 from jaxseg.data import pipeline
 from jaxseg.errors import ConfigError
 from jaxseg.models import discriminator as discriminator_lib
@@ -179,7 +179,7 @@ def test_discriminator_fields_only_when_enabled_and_segmenter_unchanged(run):
 ])
 def test_bad_adversarial_config_names_the_key(key, value, message):
   with pytest.raises(ConfigError, match=message):
-    state_lib.check_adversarial_config(adversarial_config(**{key: value}))
+    validate(adversarial_config(**{key: value}))
 
 
 # The adversarial step.

@@ -62,9 +62,13 @@ def param_count(cfg, shape) -> int:
 # Registry and config.
 
 
-def test_registry_and_spatial_dims_cover_the_same_names():
-  for name in models.MODELS:
-    assert models.spatial_dims(name) in (2, 3)
+def test_registry_is_one_table_and_models_its_read_only_view():
+  assert list(models.MODELS) == list(models.REGISTRY)
+  for name, entry in models.REGISTRY.items():
+    assert models.MODELS[name] is entry.create
+    assert models.spatial_dims(name) == entry.spatial_dims in (2, 3)
+  with pytest.raises(TypeError):
+    models.MODELS["mine"] = models.unet  # type: ignore[index]
 
 
 def test_unknown_model_name_lists_valid_names():

@@ -11,6 +11,7 @@ from etils.epath import gpath
 from orbax.checkpoint._src.path import gcs_utils
 
 from jaxseg import checkpointing, config as config_lib, evaluate, experiment, paths
+from jaxseg.data import location
 from jaxseg.errors import WorkdirError
 
 
@@ -129,10 +130,10 @@ def test_workdir_config_and_reports_land_in_the_bucket(bucket, tmp_path):
 def test_data_dir_and_checkpoint_directory_follow_the_url(bucket):
   config = config_lib.base_config()
   config.data.data_dir = "gs://data-bucket/jaxseg"
-  assert os.fspath(config_lib.data_dir(config) / "prepared") == "gs://data-bucket/jaxseg/prepared"
+  assert os.fspath(location.data_dir(config) / "prepared") == "gs://data-bucket/jaxseg/prepared"
   config.data.data_dir = "ftp://host/data"
   with pytest.raises(WorkdirError, match=r"^config.data.data_dir ftp://host/data: jaxseg cannot"):
-    config_lib.data_dir(config)
+    location.data_dir(config)
   checkpoints = checkpointing.Checkpoints("gs://my-bucket/runs/b")
   assert os.fspath(checkpoints.directory) == "gs://my-bucket/runs/b/checkpoints"
   assert (bucket / "my-bucket/runs/b/checkpoints/latest").is_dir()  # Created through epath, in the bucket.

@@ -32,10 +32,10 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxseg import config as config_lib
 from jaxseg import models
 from jaxseg.data import augment as augment_lib
 from jaxseg.data import device_augment
+from jaxseg.data import location
 from jaxseg.data import nifti, phantoms, preprocess, transforms
 from jaxseg.data.builders import msd, raw, segmentation
 from jaxseg.errors import ConfigError, DataError, WorkdirError
@@ -92,7 +92,7 @@ class PreparedDataset:
 def raw_root(config: ml_collections.ConfigDict) -> pathlib.Path:
   """The raw dataset directory (with `data.task`: the manual directory), generating a phantom on first use."""
   if config.data.name in phantoms.PHANTOMS:
-    where = config_lib.data_dir(config)
+    where = location.data_dir(config)
     if not isinstance(where, pathlib.Path):  # A gs:// data_dir: raw NIfTI stay local, prepared data go there.
       from jaxseg import paths  # pylint: disable=g-import-not-at-top
       where = paths.local_cache_dir()
@@ -106,7 +106,7 @@ def raw_root(config: ml_collections.ConfigDict) -> pathlib.Path:
 def dataset_builder(config: ml_collections.ConfigDict, root: pathlib.Path
                     ) -> tuple[segmentation.SegmentationBuilder, dict[str, Any]]:
   """The builder of the configured dataset and the keyword arguments of its `download_and_prepare`."""
-  prepared_dir = str(config_lib.data_dir(config) / "prepared")
+  prepared_dir = str(location.data_dir(config) / "prepared")
   workers = config.data.prepare_workers
   if config.data.task:
     builder = msd.MsdTask(config=config.data.task, data_dir=prepared_dir, num_workers=workers)

@@ -1,5 +1,8 @@
 """Model zoo: an explicit registry of segmentation networks.
 
+`REGISTRY` is the one table `name -> ModelEntry(create, spatial_dims)`;
+`MODELS` (name -> constructor) is a read-only view of it.
+
 Every model is a `flax.linen.Module` called as `model.apply(variables, x,
 train=...)` on float inputs `[B, H, W, C_in]` (2D) or `[B, D, H, W, C_in]`
 (3D) of any spatial size and any number of channels, returning float32 logits
@@ -16,7 +19,9 @@ factors per axis, `2**l` unless `pool_factors` says otherwise) or an auxiliary h
 `output_weights(config.model)` gives the loss weight of each returned map.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+import types
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -38,7 +43,7 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 def default_model_config() -> ml_collections.ConfigDict:
   """Every key any model reads, with its default (used as `config.model`)."""
   return ml_collections.ConfigDict({
-      # Registry name, one of MODELS.
+      # Registry name, one of REGISTRY.
       "name": "unet",
       "num_classes": 5,
       # U-Nets: channels of the first stage, doubled at every downsampling
@@ -357,44 +362,49 @@ def deeplab(plus: bool) -> Callable[[ml_collections.ConfigDict], nn.Module]:
   return create
 
 
-MODELS: dict[str, Callable[[ml_collections.ConfigDict], nn.Module]] = {
-    "unet": unet,
-    "unet3d": unet3d,
-    "attention_unet": attention_unet,
-    "fcn32s": fcn(0),
-    "fcn16s": fcn(1),
-    "fcn8s": fcn(2),
-    "deeplabv3": deeplab(plus=False),
-    "deeplabv3plus": deeplab(plus=True),
-}
+class ModelEntry(NamedTuple):
+  """One row of the model table.
 
-_SPATIAL_DIMS: dict[str, int] = {
-    "unet": 2,
-    "unet3d": 3,
-    "attention_unet": 2,
-    "fcn32s": 2,
-    "fcn16s": 2,
-    "fcn8s": 2,
-    "deeplabv3": 2,
-    "deeplabv3plus": 2,
-}
+  Attributes:
+    create: builds the `flax.linen.Module` from `config.model`.
+    spatial_dims: 2 for inputs `[B, H, W, C]`, 3 for `[B, D, H, W, C]`.
+  """
+  create: Callable[[ml_collections.ConfigDict], nn.Module]
+  spatial_dims: int
+
+
+# The one model table: config.model.name -> (constructor, spatial dimensions).
+REGISTRY: Mapping[str, ModelEntry] = types.MappingProxyType({
+    "unet": ModelEntry(unet, 2),
+    "unet3d": ModelEntry(unet3d, 3),
+    "attention_unet": ModelEntry(attention_unet, 2),
+    "fcn32s": ModelEntry(fcn(0), 2),
+    "fcn16s": ModelEntry(fcn(1), 2),
+    "fcn8s": ModelEntry(fcn(2), 2),
+    "deeplabv3": ModelEntry(deeplab(plus=False), 2),
+    "deeplabv3plus": ModelEntry(deeplab(plus=True), 2),
+})
+
+# name -> constructor, a read-only view of REGISTRY (`name in MODELS`, iteration in table order).
+MODELS: Mapping[str, Callable[[ml_collections.ConfigDict], nn.Module]] = types.MappingProxyType(
+    {name: entry.create for name, entry in REGISTRY.items()})
 
 
 def _check_name(name: str) -> str:
-  if name not in MODELS:
+  if name not in REGISTRY:
     raise ConfigError(f"config.model.name={name!r} is not a model; valid "
-                      f"names: {', '.join(MODELS)}")
+                      f"names: {', '.join(REGISTRY)}")
   return name
 
 
 def create_model(model_config: ml_collections.ConfigDict) -> nn.Module:
   """Builds the model `model_config.name` from `config.model`."""
-  return MODELS[_check_name(_get(model_config, "name"))](model_config)
+  return REGISTRY[_check_name(_get(model_config, "name"))].create(model_config)
 
 
 def spatial_dims(name: str) -> int:
   """2 for models of `[B, H, W, C]` inputs, 3 for `[B, D, H, W, C]`."""
-  return _SPATIAL_DIMS[_check_name(name)]
+  return REGISTRY[_check_name(name)].spatial_dims
 
 
 def deep_supervision_weights(num_outputs: int) -> list[float]:
