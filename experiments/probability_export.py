@@ -8,7 +8,6 @@ neighbour), without post-processing, all in one process, and prints the validati
 ASSD) side by side with the evaluation times. Reports stay in <workdir>/results_{probabilities,labels}/.
 """
 
-import importlib.util
 import json
 import pathlib
 import shutil
@@ -18,15 +17,13 @@ import time
 from absl import flags, logging
 
 from jaxseg import checkpointing, evaluate, experiment, train
+from jaxseg import config as config_lib
 
 
 def main(workdir: str) -> None:
   flags.FLAGS.mark_as_parsed()
   logging.set_verbosity(logging.INFO)
-  spec = importlib.util.spec_from_file_location("cfg", pathlib.Path(__file__).parent.parent / "configs/unet_ct.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_lib.load(str(pathlib.Path(__file__).parent.parent / "configs/unet_ct.py"))
   config.train.num_steps = 200
   config.train.eval_every_steps = 100
   config.eval.postprocess = False

@@ -5,7 +5,6 @@
 (4) AdamW (and SGD's decayed weights) decayed biases and normalisation scales.
 """
 
-import importlib.util
 import pathlib
 
 import flax.linen as nn
@@ -15,6 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from jaxseg import config as config_lib
 from jaxseg import models
 from jaxseg import state as state_lib
 from jaxseg.config import base_config
@@ -59,11 +59,8 @@ def test_aspp_image_pooling_keeps_torchvision_layout_for_batch_norm():
 # (2) FCN-16s / FCN-8s skips.
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-  name, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location(f"config_{name}", CONFIGS / f"{name}.py")
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  name, sep, arg = spec.partition(":")
+  return config_lib.load(f"{CONFIGS / name}.py{sep}{arg}")
 
 
 def param_tree(cfg, shape):
