@@ -176,11 +176,14 @@ def main(argv=None):
           f" ({runs[f'seed{seed}']['seconds']:.0f} s)", flush=True)
   # The repeat, in a fresh Python process (nothing shared with the first run but the files).
   repeat_dir = workdir / "seed0_repeat"
-  if not (repeat_dir / _study.RUN_RECORD).exists():
+  repeat_now = not (repeat_dir / _study.RUN_RECORD).exists()
+  if repeat_now:
     cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), *args.argv, "--run_only=seed0_repeat"]
     if subprocess.run(cmd, check=False).returncode != 0:
       raise SystemExit(f"{args.prog}: the repeat run in a fresh process failed ({' '.join(cmd)})")
   runs["seed0_repeat"] = _study.run_training(configs[0], repeat_dir)
+  if repeat_now:  # Trained by this invocation (in its child process), not by an earlier one.
+    runs["seed0_repeat"]["reused"] = False
   # Killed and resumed.
   resumed_dir = workdir / "seed0_resumed"
   kill_record = resumed_dir / "study_kill.json"
