@@ -281,11 +281,11 @@ def paired_interval(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
 def restore_final(config, workdir):
   """(experiment, train state, step) of a finished run's final ('latest') checkpoint, for studies that
   examine trained models after `run_training`."""
-  from jaxseg import checkpointing, evaluate, experiment  # pylint: disable=g-import-not-at-top
+  from jaxseg import checkpointing, experiment  # pylint: disable=g-import-not-at-top
   exp = experiment.setup(config, workdir)
   checkpoints = checkpointing.Checkpoints(exp.workdir, read_only=True)
   try:
-    state, step = evaluate.restore_state(exp, checkpoints, "latest")
+    state, step = experiment.restore_state(exp, checkpoints, "latest")
   finally:
     checkpoints.close()
   return exp, state, step

@@ -5,7 +5,7 @@ Cases are scored in their ORIGINAL geometry, as nnU-Net does. For each case:
 1. sliding-window softmax over the preprocessed volume (`jaxseg.inference`
    with `config.eval` settings: step, batch, mirror axes);
 2. back to the raw file's voxel grid, as nnU-Net exports predictions
-   (`to_original_labels`, `config.eval.resample='probabilities'`): the class
+   (`inference.to_original_labels`, `config.eval.resample='probabilities'`): the class
    probabilities are resampled (linear; nearest neighbour along the thick
    axis of anisotropic data), the cropped-away border is background, the
    orientation is undone, and the label map is their argmax. With
@@ -62,9 +62,9 @@ import nibabel as nib
 import numpy as np
 from absl import logging
 
-from jaxseg import checkpointing, config as config_lib, ensemble, experiment, inference, metrics, parallel, paths
+from jaxseg import checkpointing, ensemble, experiment, inference, metrics, parallel, paths
 from jaxseg import postprocess, visualize
-from jaxseg.data import nifti, pipeline, preprocess, transforms
+from jaxseg.data import nifti, pipeline, transforms
 from jaxseg.errors import ConfigError, DataError, WorkdirError
 
 METRIC_NAMES = metrics.METRIC_NAMES
@@ -72,39 +72,10 @@ METRIC_UNITS = {"hd95": "mm", "assd": "mm", "volume_difference": "mL; cm^2 in 2D
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
 
-
-def predict_probabilities(predict: PredictFn, image: np.ndarray, config: ml_collections.ConfigDict,
-                          num_classes: int) -> np.ndarray:
-  """Softmax probabilities `[Z, Y, X, K]` of a preprocessed image `[Z, Y, X, C]` (Z = 1 for 2D data)."""
-  window = tuple(config.data.patch_size)
-  settings = dict(window=window, num_classes=num_classes, step_fraction=config.eval.step_fraction,
-                  batch_size=config.eval.batch_size, mirror_axes=tuple(config.eval.mirror_axes))
-  if len(window) == 3 or image.shape[0] > 1:
-    return inference.sliding_window_predict(predict, image, **settings)
-  return inference.sliding_window_predict(predict, image[0], **settings)[None]
-
-
-def to_original_labels(probabilities: np.ndarray, meta: Mapping[str, Any], num_classes: int, resample: str,
-                       keep_probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-  """Labels `[X, Y, Z]` on the raw file's grid from probabilities `[Z, Y, X, K]` on the preprocessed grid.
-
-  `resample`: 'probabilities' (resample every class's probability, then argmax; nnU-Net) or 'labels'
-  (argmax, then nearest-neighbour resampling). Returns (labels, the restored float32 probabilities
-  `[X, Y, Z, K]` when `keep_probabilities`, else None).
-  """
-  dtype = label_dtype(num_classes)
-  if resample == "labels":
-    labels = preprocess.restore_to_original(probabilities.argmax(-1).astype(dtype), meta, is_label=True)
-    restored = preprocess.restore_to_original(probabilities, meta, is_label=False) if keep_probabilities else None
-    return labels, restored
-  restored = preprocess.restore_to_original(probabilities, meta, is_label=False)
-  labels = restored.argmax(-1).astype(dtype)
-  return labels, (restored if keep_probabilities else None)
-
-
-def label_dtype(num_classes: int) -> type:
-  """The smallest unsigned integer type that holds labels 0 .. num_classes - 1."""
-  return np.uint8 if num_classes <= 256 else np.uint16
+# TODO(lead): alias for train.py; remove when the caller imports the new place (jaxseg.experiment).
+restore_state = experiment.restore_state
+# TODO(lead): alias for tests/test_preprocess.py; remove when the caller imports the new place (jaxseg.inference).
+to_original_labels = inference.to_original_labels
 
 
 def validation_dice(predict: PredictFn, source: pipeline.CaseSource, config: ml_collections.ConfigDict,
@@ -117,7 +88,7 @@ def validation_dice(predict: PredictFn, source: pipeline.CaseSource, config: ml_
   counts = np.zeros((num_classes, 4), np.float64)
   picture = None
   for case in parallel.split_for_process(source):  # Several processes: each scores every n-th case.
-    prediction = predict_probabilities(predict, case.image, config, num_classes).argmax(-1)
+    prediction = inference.predict_probabilities(predict, case.image, config, num_classes).argmax(-1)
     counts += np.asarray(metrics.confusion_counts(prediction, case.label, num_classes), np.float64)
     if picture is None:
       z = visualize.most_foreground_slice(case.label)
@@ -210,7 +181,7 @@ class Evaluator:
                probabilities: Callable[[np.ndarray], np.ndarray] | None = None,
                extra_summary: Mapping[str, Any] | None = None):
     self.probabilities = probabilities or (
-        lambda image: predict_probabilities(self.predict, image, self.config, self.num_classes))
+        lambda image: inference.predict_probabilities(self.predict, image, self.config, self.num_classes))
     self.extra_summary = dict(extra_summary or {})
     self.config = exp.config
     self.workdir = exp.workdir
@@ -225,7 +196,8 @@ class Evaluator:
                  with_view: bool) -> CaseResult:
     """Predicts one preprocessed case and scores it against its raw label file."""
     probabilities = self.probabilities(case.image)
-    prediction, _ = to_original_labels(probabilities, case.meta, self.num_classes, self.config.eval.resample)
+    prediction, _ = inference.to_original_labels(probabilities, case.meta, self.num_classes,
+                                                  self.config.eval.resample)
     del probabilities
     prediction = choice.apply(prediction, self.labels)
     loaded = self.raw.load(case.case_id)
@@ -392,36 +364,13 @@ def write_reports(out_dir: pathlib.Path, rows: Sequence[dict[str, Any]], class_n
     raise WorkdirError(f"cannot write results to {out_dir}: {e.strerror or e}") from e
 
 
-def trained_config_hint(exp: experiment.Experiment) -> str:
-  """How the model settings of `<workdir>/config.json` (the training run) differ from `exp.config`."""
-  path = exp.workdir / "config.json"
-  try:
-    trained = json.loads(path.read_text())
-  except (OSError, ValueError):
-    return "was it trained with another config.model or dataset?"
-  current = json.loads(config_lib.to_json(exp.config))
-  diffs = [f"model.{key}={trained['model'][key]!r} (this config: {current['model'].get(key)!r})"
-           for key in sorted(trained.get("model", {})) if trained["model"][key] != current["model"].get(key)]
-  if trained.get("data", {}).get("name") != current["data"]["name"]:
-    diffs.append(f"data.name={trained['data'].get('name')!r} (this config: {current['data']['name']!r})")
-  if not diffs:
-    return f"its model settings in {path} equal this config's"
-  return f"it was trained with {', '.join(diffs)} according to {path}"
-
-
-def restore_state(exp: experiment.Experiment, checkpoints: checkpointing.Checkpoints, which: str | int
-                  ) -> tuple[Any, int]:
-  """Restores checkpoint `which`; a checkpoint of another model config is a CheckpointError saying so."""
-  return checkpoints.restore(exp.abstract_state(), which, mismatch_hint=trained_config_hint(exp))
-
-
 def evaluate_checkpoint(exp: experiment.Experiment, checkpoints: checkpointing.Checkpoints, which: str | int
                         ) -> dict[str, Any]:
   """Decides post-processing on validation, then evaluates checkpoint `which` on `config.eval.splits`.
 
   Returns {split: summary} as written to `results/<split>/summary.json`.
   """
-  state, step = restore_state(exp, checkpoints, which)
+  state, step = experiment.restore_state(exp, checkpoints, which)
   return evaluate_predictor(exp, exp.predictor(state), step)
 
 
@@ -484,11 +433,11 @@ def restore_members(exps: Sequence[experiment.Experiment], which: str
   for exp in exps:
     checkpoints = checkpointing.Checkpoints(exp.workdir, read_only=True)
     try:
-      state, step = restore_state(exp, checkpoints, exp.config[which].checkpoint)
+      state, step = experiment.restore_state(exp, checkpoints, exp.config[which].checkpoint)
     finally:
       checkpoints.close()
     predict = exp.predictor(state)
-    functions.append(lambda image, predict=predict, config=exp.config: predict_probabilities(
+    functions.append(lambda image, predict=predict, config=exp.config: inference.predict_probabilities(
         predict, image, config, config.model.num_classes))
     steps.append(int(step))
   return functions, steps

@@ -5,6 +5,12 @@ dataset, fills in what the dataset decides (the number of classes) and, with
 `config.plan.enabled`, what the plan decides (`jaxseg.plan`: patch, batch,
 network size, steps, evaluation cadence; recorded in `<workdir>/plan.json`
 and reused from there); train, evaluate and predict modes all start from it.
+With `config.adversarial.enabled` the experiment also holds the discriminator
+and its optimiser, built here once for the train state and the train step.
+
+`restore_state(exp, checkpoints, which)` restores a checkpoint of the
+experiment's workdir onto its state; a checkpoint of another model config is
+refused with what differs (`trained_config_hint`).
 """
 
 from __future__ import annotations
@@ -25,9 +31,11 @@ import optax
 from absl import logging
 
 from jaxseg import config as config_lib
-from jaxseg import inference, models, parallel, paths, plan as plan_lib, state as state_lib, steps
+from jaxseg import checkpointing, inference, models, optimizer, parallel, paths, plan as plan_lib
+from jaxseg import state as state_lib, steps
 from jaxseg.data import folds, pipeline
 from jaxseg.errors import ConfigError, WorkdirError
+from jaxseg.models import discriminator as discriminator_lib
 
 
 @dataclasses.dataclass
@@ -41,30 +49,34 @@ class Experiment:
   schedule: optax.Schedule
   mesh: jax.sharding.Mesh
   input_shape: tuple[int, ...]
+  # The discriminator of adversarial training and its optimiser (None unless `config.adversarial.enabled`).
+  discriminator: nn.Module | None = None
+  disc_tx: optax.GradientTransformation | None = None
 
   @functools.cached_property
   def forward(self):
     """jit(`predict(params, batch_stats, images) -> logits`), compiled once per window shape."""
     return jax.jit(steps.make_predict_fn(self.model))
 
+  def create_state(self) -> state_lib.TrainState:
+    """A fresh train state from `config.seed` (`state.create_train_state`; pure: jit or eval_shape it)."""
+    return state_lib.create_train_state(self.config, self.model, self.tx, self.input_shape, self.discriminator,
+                                        self.disc_tx)
+
   def init_state(self) -> state_lib.TrainState:
     """A fresh, replicated train state."""
-    create = functools.partial(state_lib.create_train_state, self.config, self.model, self.tx, self.input_shape)
     # The replicated init needs no partitionable random bits; the classic threefry lowering
     # compiles several times faster on CPU (8 s instead of 52 s for the default U-Net).
     with jax.threefry_partitionable(False):
-      return jax.jit(create, out_shardings=self.state_shardings())()
+      return jax.jit(self.create_state, out_shardings=self.state_shardings())()
 
   def state_shardings(self) -> Any:
     """Sharding of every train-state leaf: replicated, or split over the mesh's fsdp axis (`parallel`)."""
-    shapes = jax.eval_shape(functools.partial(state_lib.create_train_state, self.config, self.model, self.tx,
-                                              self.input_shape))
-    return parallel.state_shardings(shapes, self.mesh, self.config.mesh)
+    return parallel.state_shardings(jax.eval_shape(self.create_state), self.mesh, self.config.mesh)
 
   def abstract_state(self) -> Any:
     """Shapes, dtypes and shardings of the train state, without allocating it."""
-    shapes = jax.eval_shape(functools.partial(state_lib.create_train_state, self.config, self.model, self.tx,
-                                              self.input_shape))
+    shapes = jax.eval_shape(self.create_state)
     return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes,
                         parallel.state_shardings(shapes, self.mesh, self.config.mesh))
 
@@ -75,6 +87,13 @@ class Experiment:
     params, batch_stats = parallel.host_copy((state.params, state.batch_stats))  # Gathers fsdp-split arrays.
     return inference.DevicePredictor(self.forward, (params, batch_stats), placement=self.config.eval.placement,
                                      mesh=parallel.local_mesh())
+
+
+def create_discriminator(adversarial_config: ml_collections.ConfigDict) -> discriminator_lib.PatchDiscriminator:
+  """The patch discriminator described by `config.adversarial`."""
+  return discriminator_lib.PatchDiscriminator(
+      features=adversarial_config.features, num_layers=adversarial_config.num_layers,
+      input_form=adversarial_config.input, spectral_norm=adversarial_config.spectral_norm)
 
 
 def ensure_workdir(workdir: str | pathlib.Path) -> paths.Path:
@@ -108,10 +127,42 @@ def setup(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Exp
   mesh = parallel.create_mesh(config.mesh)
   parallel.check_batch_size(config.train.batch_size, mesh)
   model = models.create_model(config.model)
-  schedule = state_lib.learning_rate_schedule(config.train)
-  tx = state_lib.create_optimizer(config.train)
+  schedule = optimizer.learning_rate_schedule(config.train)
+  tx = optimizer.create_optimizer(config.train)
   input_shape = (1, *config.data.patch_size, prepared.num_channels)
-  return Experiment(config, workdir, prepared, model, tx, schedule, mesh, input_shape)
+  discriminator = disc_tx = None
+  if config.adversarial.enabled:
+    discriminator = create_discriminator(config.adversarial)
+    disc_tx = optimizer.create_discriminator_optimizer(config.adversarial)
+  return Experiment(config, workdir, prepared, model, tx, schedule, mesh, input_shape, discriminator, disc_tx)
+
+
+def trained_config_hint(exp: Experiment) -> str:
+  """How the model settings of `<workdir>/config.json` (the training run) differ from `exp.config`."""
+  path = exp.workdir / "config.json"
+  try:
+    trained = json.loads(path.read_text())
+  except (OSError, ValueError):
+    return "was it trained with another config.model or dataset?"
+  current = json.loads(config_lib.to_json(exp.config))
+  diffs = [f"model.{key}={trained['model'][key]!r} (this config: {current['model'].get(key)!r})"
+           for key in sorted(trained.get("model", {})) if trained["model"][key] != current["model"].get(key)]
+  if trained.get("data", {}).get("name") != current["data"]["name"]:
+    diffs.append(f"data.name={trained['data'].get('name')!r} (this config: {current['data']['name']!r})")
+  if not diffs:
+    return f"its model settings in {path} equal this config's"
+  return f"it was trained with {', '.join(diffs)} according to {path}"
+
+
+def restore_state(exp: Experiment, checkpoints: checkpointing.Checkpoints, which: str | int
+                  ) -> tuple[state_lib.TrainState, int]:
+  """(state, step) of checkpoint `which` ('latest', 'best' or a step) on `exp`'s state shardings.
+
+  Raises:
+    CheckpointError: no such checkpoint, an unreadable one, or one of another model config (saying how the
+      workdir's config.json differs from `exp.config`).
+  """
+  return checkpoints.restore(exp.abstract_state(), which, mismatch_hint=trained_config_hint(exp))
 
 
 def write_config(exp: Experiment) -> None:
@@ -142,11 +193,11 @@ def measure_step_time(config: ml_collections.ConfigDict, num_channels: int, cand
   values = plan_lib.network_values(candidate.network, config.model.name, candidate.dim, 1)
   cfg, _ = plan_lib.apply_plan(config, {"values": values})
   model = models.create_model(cfg.model)
-  tx = state_lib.create_optimizer(cfg.train)
+  tx = optimizer.create_optimizer(cfg.train)
   batch_size, patch = candidate.network.batch_size, tuple(candidate.network.patch_size)
   with cfg.unlocked():
     cfg.adversarial.enabled = False
-  train_step = jax.jit(steps.make_train_step(model, tx, state_lib.learning_rate_schedule(cfg.train),
+  train_step = jax.jit(steps.make_train_step(model, tx, optimizer.learning_rate_schedule(cfg.train),
                                              cfg.train.loss, models.output_weights(cfg.model)), donate_argnums=0)
   with jax.threefry_partitionable(False):
     state = jax.jit(functools.partial(state_lib.create_train_state, cfg, model, tx, (1, *patch, num_channels)))()

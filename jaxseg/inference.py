@@ -1,5 +1,9 @@
 """Sliding-window inference: Gaussian weighting, mirror test-time augmentation.
 
+`predict_probabilities` runs it on a preprocessed case with the config's
+window settings, and `to_original_labels` maps the result back to the raw
+file's voxel grid; evaluation, validation and prediction share both.
+
 A model that sees fixed windows (e.g. 128^3 voxels) predicts a whole image by
 tiling it with overlapping windows, following nnU-Net:
 
@@ -44,7 +48,7 @@ its logits.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 import dataclasses
 import functools
 import itertools
@@ -54,9 +58,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from jaxseg import parallel
+from jaxseg.data import preprocess
 from jaxseg.errors import ConfigError
 from jaxseg.errors import DataError
 
@@ -344,6 +350,59 @@ def sliding_window_predict(
 
   prob_sum /= weight_sum[..., None]
   return prob_sum[crop]
+
+
+def predict_probabilities(predict: PredictFn, image: np.ndarray,
+                          config: ml_collections.ConfigDict,
+                          num_classes: int) -> np.ndarray:
+  """Softmax `[Z, Y, X, K]` of a preprocessed image `[Z, Y, X, C]`.
+
+  `sliding_window_predict` with the window `config.data.patch_size` and the
+  `config.eval` settings (step_fraction, batch_size, mirror_axes). Z = 1 for
+  2D data; a 2D window on a volume with Z > 1 predicts slice by slice.
+  """
+  window = tuple(config.data.patch_size)
+  settings = dict(window=window, num_classes=num_classes,
+                  step_fraction=config.eval.step_fraction,
+                  batch_size=config.eval.batch_size,
+                  mirror_axes=tuple(config.eval.mirror_axes))
+  if len(window) == 3 or image.shape[0] > 1:
+    return sliding_window_predict(predict, image, **settings)
+  return sliding_window_predict(predict, image[0], **settings)[None]
+
+
+def label_dtype(num_classes: int) -> type:
+  """The smallest unsigned integer type holding labels 0 .. num_classes - 1."""
+  return np.uint8 if num_classes <= 256 else np.uint16
+
+
+def to_original_labels(
+    probabilities: np.ndarray, meta: Mapping[str, Any], num_classes: int,
+    resample: str, keep_probabilities: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+  """Labels `[X, Y, Z]` on the raw file's grid from softmax `[Z, Y, X, K]`.
+
+  `probabilities` are on the preprocessed grid of a case whose `meta` is
+  `jaxseg.data.preprocess`'s record of its cropping, resampling and
+  orientation. `resample`: 'probabilities' (resample every class's
+  probability, then argmax; nnU-Net) or 'labels' (argmax, then
+  nearest-neighbour resampling).
+
+  Returns:
+    (labels of `label_dtype(num_classes)`, the restored float32
+    probabilities `[X, Y, Z, K]` when `keep_probabilities`, else None).
+  """
+  dtype = label_dtype(num_classes)
+  if resample == 'labels':
+    labels = preprocess.restore_to_original(
+        probabilities.argmax(-1).astype(dtype), meta, is_label=True)
+    restored = (preprocess.restore_to_original(
+        probabilities, meta, is_label=False) if keep_probabilities else None)
+    return labels, restored
+  restored = preprocess.restore_to_original(probabilities, meta,
+                                            is_label=False)
+  labels = restored.argmax(-1).astype(dtype)
+  return labels, (restored if keep_probabilities else None)
 
 
 def _use_device(predict_fn, grid, channels, num_classes, window,

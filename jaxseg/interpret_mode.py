@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxseg import checkpointing, config as config_lib, evaluate, experiment, interpret, models, paths, visualize
+from jaxseg import checkpointing, config as config_lib, experiment, interpret, models, paths, visualize
 from jaxseg.data import pipeline, transforms
 from jaxseg.errors import ConfigError
 
@@ -123,7 +123,7 @@ def interpret_workdir(config: ml_collections.ConfigDict, workdir: str | pathlib.
   methods = _methods(config)
   checkpoints = checkpointing.Checkpoints(exp.workdir, read_only=True)
   try:
-    state, step = evaluate.restore_state(exp, checkpoints, settings.checkpoint)
+    state, step = experiment.restore_state(exp, checkpoints, settings.checkpoint)
   finally:
     checkpoints.close()
   variables = {"params": state.params, "batch_stats": state.batch_stats}

@@ -18,7 +18,7 @@ Every case is checked (channels and dimensionality against the training data,
 no NaN or infinite voxel), preprocessed with the prepared dataset's `Plan`
 (`jaxseg.data.preprocess`), predicted with sliding windows (`config.eval`
 window settings), mapped back to the input's voxel grid (class probabilities
-resampled, then argmax: `evaluate.to_original_labels`), post-processed as
+resampled, then argmax: `inference.to_original_labels`), post-processed as
 recorded in `<workdir>/postprocessing.json` (`jaxseg.postprocess`) and written
 atomically with the input's affine:
 
@@ -49,7 +49,7 @@ import nibabel as nib
 import numpy as np
 from absl import logging
 
-from jaxseg import ensemble, evaluate, experiment, parallel, paths, postprocess
+from jaxseg import ensemble, evaluate, experiment, inference, parallel, paths, postprocess
 from jaxseg.data import nifti, pipeline, preprocess
 from jaxseg.errors import CheckpointError, ConfigError, DataError, WorkdirError
 
@@ -185,7 +185,7 @@ def _load_postprocessing(workdir: pathlib.Path, step: int) -> postprocess.Postpr
   return choice
 
 
-def predict_case(predict: evaluate.PredictFn | None, loaded: nifti.LoadedCase, prepared: pipeline.PreparedDataset,
+def predict_case(predict: inference.PredictFn | None, loaded: nifti.LoadedCase, prepared: pipeline.PreparedDataset,
                  config: ml_collections.ConfigDict, choice: postprocess.Postprocessing, *,
                  with_probabilities: bool, probabilities_fn=None) -> tuple[np.ndarray, np.ndarray | None]:
   """Labels `[X, Y, Z]` (and float32 probabilities `[X, Y, Z, K]`) of a loaded case on its own grid.
@@ -196,9 +196,9 @@ def predict_case(predict: evaluate.PredictFn | None, loaded: nifti.LoadedCase, p
   if probabilities_fn is not None:
     probabilities = probabilities_fn(case.image)
   else:
-    probabilities = evaluate.predict_probabilities(predict, case.image, config, prepared.num_classes)
-  labels, restored = evaluate.to_original_labels(probabilities, case.meta, prepared.num_classes,
-                                                 config.eval.resample, keep_probabilities=with_probabilities)
+    probabilities = inference.predict_probabilities(predict, case.image, config, prepared.num_classes)
+  labels, restored = inference.to_original_labels(probabilities, case.meta, prepared.num_classes,
+                                                  config.eval.resample, keep_probabilities=with_probabilities)
   return choice.apply(labels, prepared.labels), restored
 
 

@@ -1,7 +1,20 @@
-"""The training state pytree, the optimisers that update it, and the adversarial settings it is built from."""
+"""The training state pytree: creating it, and loading weights into a fresh one (pretrained, transfer).
+
+`TrainState` holds everything that changes during training and is checkpointed
+whole; the discriminator of adversarial training is one optional part of it
+(`AdversaryState`). The optimisers that update it are in `jaxseg.optimizer`;
+the discriminator and its optimiser are built once, on the experiment
+(`jaxseg.experiment.Experiment`).
+
+Transfer learning fills a fresh state's segmenter from other weights before
+training (`init_from_variables`: a trained jaxseg run's arrays matched by name
+and shape; `load_pretrained`: torchvision backbone weights); both restart the
+optimiser state.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from typing import Any, Sequence
 
@@ -14,14 +27,42 @@ import ml_collections
 import numpy as np
 import optax
 
+from jaxseg import optimizer
 from jaxseg.errors import ConfigError
 from jaxseg.models import discriminator as discriminator_lib
 
 # fold_in index of the discriminator's initialisation key (independent of the segmenter's keys).
 _DISCRIMINATOR_STREAM = 1
 
+# TODO(lead): aliases for jaxseg/benchmark/{augment,train}.py, tests/scripts/{parity_1_vs_4_devices,scaling_model}.py,
+# tests/test_pooling.py, tests/test_model_defects.py and train.py; remove when the callers import jaxseg.optimizer.
+learning_rate_schedule = optimizer.learning_rate_schedule  # TODO(lead): alias (above)
+decay_mask = optimizer.decay_mask  # TODO(lead): alias (above)
+create_optimizer = optimizer.create_optimizer  # TODO(lead): alias (above)
+create_discriminator_optimizer = optimizer.create_discriminator_optimizer  # TODO(lead): alias (above)
 
-class TrainState(flax.struct.PyTreeNode):
+
+# TODO(lead): alias for train.py; remove when the caller imports the new place (jaxseg.experiment).
+def create_discriminator(adversarial_config):
+  from jaxseg import experiment  # pylint: disable=g-import-not-at-top  (experiment imports this module)
+  return experiment.create_discriminator(adversarial_config)
+
+
+class AdversaryState(flax.struct.PyTreeNode):
+  """The discriminator of adversarial training and its optimiser's state (one optional part of `TrainState`).
+
+  Attributes:
+    params: the discriminator's `params` collection.
+    batch_stats: its `batch_stats` (spectral-norm power-iteration state; empty dict without spectral norm).
+    opt_state: optax state of the discriminator's optimiser.
+  """
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainState:
   """Everything that changes during training, as one pytree (checkpointed whole).
 
   Attributes:
@@ -30,83 +71,49 @@ class TrainState(flax.struct.PyTreeNode):
     batch_stats: the model's `batch_stats` collection (empty dict if none).
     opt_state: optax state of the segmenter's optimiser.
     rng: PRNG key data; per-step keys are `jax.random.fold_in(rng, step)`.
-    disc_params: the discriminator's `params` (None unless
-      `config.adversarial.enabled`).
-    disc_batch_stats: the discriminator's `batch_stats` (spectral-norm
-      power-iteration state; empty dict without spectral norm; None when
-      adversarial training is off).
-    disc_opt_state: optax state of the discriminator's optimiser (None when
-      adversarial training is off).
+    adversary: the discriminator's params, batch_stats and optimiser state
+      (`AdversaryState`) with `config.adversarial.enabled`; None otherwise.
+
+  As a pytree (and so in checkpoints) the adversary's three parts are the
+  children `disc_params`, `disc_batch_stats` and `disc_opt_state` (all None
+  without a discriminator), the layout the state had before they were
+  grouped: every checkpoint written since, with or without a discriminator,
+  restores unchanged.
   """
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
   rng: jax.Array
-  disc_params: Any = None
-  disc_batch_stats: Any = None
-  disc_opt_state: Any = None
+  adversary: AdversaryState | None = None
+
+  def replace(self, **updates: Any) -> TrainState:
+    """A copy with the given fields replaced (as `flax.struct.PyTreeNode.replace`)."""
+    return dataclasses.replace(self, **updates)
 
 
-def learning_rate_schedule(train_config: ml_collections.ConfigDict) -> optax.Schedule:
-  """Linear warm-up to `learning_rate`, then cosine decay to `end_learning_rate_factor` of it."""
-  peak = train_config.learning_rate
-  warmup = min(train_config.warmup_steps, max(train_config.num_steps - 1, 0))
-  return optax.warmup_cosine_decay_schedule(
-      init_value=0.0 if warmup else peak, peak_value=peak, warmup_steps=warmup,
-      decay_steps=max(train_config.num_steps, warmup + 1),
-      end_value=peak * train_config.end_learning_rate_factor)
+_FIELDS = ("step", "params", "batch_stats", "opt_state", "rng")
+_ADVERSARY_CHILDREN = ("disc_params", "disc_batch_stats", "disc_opt_state")
 
 
-def decay_mask(params: Any) -> Any:
-  """True for the parameters weight decay applies to: convolution and dense kernels.
-
-  Biases and normalisation scales and offsets are not decayed, the usual AdamW
-  practice (BERT's optimiser and timm's parameter groups exclude them): a
-  norm's scale sets its channel's magnitude, which the following normalised
-  layer undoes anyway, so decaying it only fights the optimiser, and biases do
-  not add to the function's complexity. (nnU-Net's SGD, weight decay 3e-5,
-  decays everything; with these masks `optimizer="sgd"` decays kernels only.)
-  Every flax Conv, Dense and ConvTranspose names its weight `kernel`; norms
-  hold `scale` and `bias`.
-  """
-  def is_kernel(path, _) -> bool:
-    last = path[-1] if path else None
-    return getattr(last, "key", getattr(last, "name", None)) == "kernel"
-  return jax.tree_util.tree_map_with_path(is_kernel, params)
+def _flatten_with_keys(state: TrainState) -> tuple[list[tuple[jax.tree_util.GetAttrKey, Any]], None]:
+  adversary = state.adversary
+  parts = (None,) * 3 if adversary is None else (adversary.params, adversary.batch_stats, adversary.opt_state)
+  values = tuple(getattr(state, name) for name in _FIELDS) + parts
+  return [(jax.tree_util.GetAttrKey(name), value)
+          for name, value in zip(_FIELDS + _ADVERSARY_CHILDREN, values)], None
 
 
-def _base_optimizer(train_config: ml_collections.ConfigDict, schedule: optax.Schedule):
-  if train_config.optimizer == "adamw":
-    return optax.adamw(schedule, weight_decay=train_config.weight_decay, mask=decay_mask)
-  return optax.chain(optax.add_decayed_weights(train_config.weight_decay, mask=decay_mask),
-                     optax.sgd(schedule, momentum=train_config.momentum, nesterov=True))
+def _unflatten(_: None, children: Sequence[Any]) -> TrainState:
+  *fields, params, batch_stats, opt_state = children
+  adversary = None if params is None and batch_stats is None and opt_state is None else AdversaryState(
+      params=params, batch_stats=batch_stats, opt_state=opt_state)
+  return TrainState(*fields, adversary=adversary)
 
 
-def create_optimizer(train_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Optimiser with global-norm clipping and the backbone rules.
-
-  Parameters under a top-level `backbone` module are frozen when
-  `train.freeze_backbone`, else trained with the learning rate scaled by
-  `train.backbone_lr_multiplier`.
-  """
-  schedule = learning_rate_schedule(train_config)
-  head = _base_optimizer(train_config, schedule)
-  if train_config.freeze_backbone:
-    backbone = optax.set_to_zero()
-  elif train_config.backbone_lr_multiplier != 1.0:
-    multiplier = train_config.backbone_lr_multiplier
-    backbone = _base_optimizer(train_config, lambda count: multiplier * schedule(count))
-  else:
-    backbone = None
-  if backbone is None:
-    tx = head
-  else:
-    def labels(params):
-      return {key: jax.tree.map(lambda _, k=key: "backbone" if k == "backbone" else "head", value)
-              for key, value in params.items()}
-    tx = optax.multi_transform({"head": head, "backbone": backbone}, labels)
-  return optax.chain(optax.clip_by_global_norm(train_config.grad_clip_norm), tx)
+jax.tree_util.register_pytree_with_keys(
+    TrainState, _flatten_with_keys, _unflatten,
+    flatten_func=lambda state: ([value for _, value in _flatten_with_keys(state)[0]], None))
 
 
 def check_adversarial_config(config: ml_collections.ConfigDict) -> None:
@@ -145,18 +152,6 @@ def check_adversarial_config(config: ml_collections.ConfigDict) -> None:
                       "lower config.adversarial.num_layers or enlarge the patch")
 
 
-def create_discriminator(adversarial_config: ml_collections.ConfigDict) -> discriminator_lib.PatchDiscriminator:
-  """The patch discriminator described by `config.adversarial`."""
-  return discriminator_lib.PatchDiscriminator(
-      features=adversarial_config.features, num_layers=adversarial_config.num_layers,
-      input_form=adversarial_config.input, spectral_norm=adversarial_config.spectral_norm)
-
-
-def create_discriminator_optimizer(adversarial_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Adam with `adversarial.learning_rate` (constant) and `adversarial.beta1` (0.5 as in DCGAN)."""
-  return optax.adam(adversarial_config.learning_rate, b1=adversarial_config.beta1)
-
-
 def init_variables(model: nn.Module, rng: jax.Array, input_shape: tuple[int, ...]) -> dict:
   """Initialises the model's variables for inputs of `input_shape` ([B, *spatial, C])."""
   params_rng, dropout_rng = jax.random.split(rng)
@@ -165,15 +160,22 @@ def init_variables(model: nn.Module, rng: jax.Array, input_shape: tuple[int, ...
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, tx: optax.GradientTransformation,
-                       input_shape: tuple[int, ...],
+                       input_shape: tuple[int, ...], discriminator: nn.Module | None = None,
                        disc_tx: optax.GradientTransformation | None = None) -> TrainState:
   """A fresh state from `config.seed` (pure: jit it with out_shardings to place it).
 
-  With `config.adversarial.enabled` the state also holds the discriminator
-  (for images `input_shape` `[B, *spatial, C]` and `config.model.num_classes`
-  label channels) and the state of its optimiser `disc_tx` (default
-  `create_discriminator_optimizer(config.adversarial)`); the segmenter's part
-  is the same as without it.
+  Args:
+    config: the run's config (`seed`, `model.num_classes`, `adversarial`).
+    model: the segmenter; initialised for images of `input_shape` `[B, *spatial, C]`.
+    tx: the segmenter's optimiser (`jaxseg.optimizer.create_optimizer`).
+    input_shape: `[B, *spatial, C]` of the images the networks are initialised for.
+    discriminator, disc_tx: with `config.adversarial.enabled`, the discriminator and its optimiser
+      (`Experiment.discriminator`, `Experiment.disc_tx`); ignored otherwise.
+
+  Returns:
+    The state; with `config.adversarial.enabled` its `adversary` holds the discriminator's variables
+    (initialised for `input_shape` images and `config.model.num_classes` label channels from a key of its
+    own) and `disc_tx`'s state; the segmenter's part is the same as without it.
   """
   seed_key = jax.random.key(config.seed)
   init_rng, state_rng = jax.random.split(seed_key)
@@ -185,15 +187,17 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, tx: 
   if not config.adversarial.enabled:
     return state
   check_adversarial_config(config)
+  if discriminator is None or disc_tx is None:
+    raise ValueError("config.adversarial.enabled: create_train_state needs the discriminator and its optimiser "
+                     "(Experiment.discriminator and Experiment.disc_tx)")
   label_shape = (*input_shape[:-1], config.model.num_classes)
-  disc_variables = create_discriminator(config.adversarial).init(
+  disc_variables = discriminator.init(
       jax.random.fold_in(seed_key, _DISCRIMINATOR_STREAM), jnp.zeros(input_shape, jnp.float32),
       jnp.zeros(label_shape, jnp.float32))
   disc_params = disc_variables["params"]
-  if disc_tx is None:
-    disc_tx = create_discriminator_optimizer(config.adversarial)
-  return state.replace(disc_params=disc_params, disc_batch_stats=disc_variables.get("batch_stats", {}),
-                       disc_opt_state=disc_tx.init(disc_params))
+  adversary = AdversaryState(params=disc_params, batch_stats=disc_variables.get("batch_stats", {}),
+                             opt_state=disc_tx.init(disc_params))
+  return state.replace(adversary=adversary)
 
 
 def array_names(variables: dict) -> dict[str, tuple[int, ...]]:

@@ -1,4 +1,13 @@
-"""Pure training and evaluation steps (no I/O; jitted with shardings by train.py)."""
+"""Pure step functions: the train steps (plain, adversarial) and the eval-mode forward pass; no I/O.
+
+- `make_train_step`: one optimiser update of the segmenter; `make_adversarial_train_step`: the
+  segmenter and the discriminator of `state.adversary` (`jaxseg.state.AdversaryState`) together.
+  `train.py` jits them with the state's shardings and donates the state.
+- `make_predict_fn`: `predict(params, batch_stats, images) -> logits` in eval mode, what evaluation,
+  validation and prediction run on every window (`Experiment.forward` jits it; `jaxseg.inference`
+  tiles whole images with it). There is no separate evaluation step: evaluation scores whole cases on
+  the host (`jaxseg.evaluate`).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxseg import losses, metrics
-from jaxseg.state import TrainState
+from jaxseg.state import AdversaryState, TrainState
 
 Batch = dict[str, jax.Array]
 StepFn = Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]
@@ -79,7 +88,7 @@ def make_adversarial_train_step(model: nn.Module, tx: optax.GradientTransformati
                                 batch_fn: BatchFn | None = None) -> StepFn:
   """Builds `train_step(state, batch) -> (state, metrics)` updating the segmenter and the discriminator.
 
-  `state` has the discriminator fields (`create_train_state` with
+  `state.adversary` holds the discriminator (`create_train_state` with
   `config.adversarial.enabled`); `batch` and `batch_fn` are as for `make_train_step`. Both
   networks step from the state before this step (simultaneous updates); with
   t = `state.step` (a traced value: the step compiles once):
@@ -109,7 +118,8 @@ def make_adversarial_train_step(model: nn.Module, tx: optax.GradientTransformati
     seg_loss, (outputs, batch_stats) = segmentation_forward(model, params, state.batch_stats, batch, rng,
                                                             loss_fn, weights)
     probs = jax.nn.softmax(main_output(outputs).astype(jnp.float32), axis=-1)
-    fake_logits = discriminator.apply({"params": state.disc_params, "batch_stats": state.disc_batch_stats},
+    adversary = state.adversary
+    fake_logits = discriminator.apply({"params": adversary.params, "batch_stats": adversary.batch_stats},
                                       batch["image"], probs)
     adv_loss = losses.generator_adversarial_loss(fake_logits)
     return seg_loss + adv_weight * adv_loss, (seg_loss, adv_loss, probs, outputs, batch_stats)
@@ -137,24 +147,25 @@ def make_adversarial_train_step(model: nn.Module, tx: optax.GradientTransformati
     fake = jax.lax.stop_gradient(probs)
 
     def update_discriminator():
+      adversary = state.adversary
       disc_grad_fn = jax.value_and_grad(discriminator_objective, has_aux=True)
       (disc_loss, (real_logits, fake_logits, disc_batch_stats)), disc_grads = disc_grad_fn(
-          state.disc_params, state.disc_batch_stats, batch["image"], real, fake, True)
-      disc_updates, disc_opt_state = disc_tx.update(disc_grads, state.disc_opt_state, state.disc_params)
-      return (optax.apply_updates(state.disc_params, disc_updates), disc_batch_stats, disc_opt_state,
-              disc_loss, real_logits, fake_logits)
+          adversary.params, adversary.batch_stats, batch["image"], real, fake, True)
+      disc_updates, disc_opt_state = disc_tx.update(disc_grads, adversary.opt_state, adversary.params)
+      updated = AdversaryState(params=optax.apply_updates(adversary.params, disc_updates),
+                               batch_stats=disc_batch_stats, opt_state=disc_opt_state)
+      return updated, disc_loss, real_logits, fake_logits
 
     def keep_discriminator():
+      adversary = state.adversary
       disc_loss, (real_logits, fake_logits, _) = discriminator_objective(
-          state.disc_params, state.disc_batch_stats, batch["image"], real, fake, False)
-      return (state.disc_params, state.disc_batch_stats, state.disc_opt_state, disc_loss, real_logits,
-              fake_logits)
+          adversary.params, adversary.batch_stats, batch["image"], real, fake, False)
+      return adversary, disc_loss, real_logits, fake_logits
 
-    disc_params, disc_batch_stats, disc_opt_state, disc_loss, real_logits, fake_logits = jax.lax.cond(
+    adversary, disc_loss, real_logits, fake_logits = jax.lax.cond(
         state.step % disc_every_steps == 0, update_discriminator, keep_discriminator)
     new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                              batch_stats=batch_stats, opt_state=opt_state, disc_params=disc_params,
-                              disc_batch_stats=disc_batch_stats, disc_opt_state=disc_opt_state)
+                              batch_stats=batch_stats, opt_state=opt_state, adversary=adversary)
     logged = step_metrics(loss, grads, main_output(outputs), batch["label"], schedule(state.step))
     logged.update(
         segmentation_loss=seg_loss, adversarial_loss=adv_loss, adversarial_weight=adv_weight,

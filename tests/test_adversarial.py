@@ -57,7 +57,8 @@ def sgd():
 
 def create_state(config, model, tx, disc_tx=None):
   """A state committed to the first device, as restored checkpoints are (so the step compiles once)."""
-  create = functools.partial(state_lib.create_train_state, config, model, tx, INPUT_SHAPE, disc_tx)
+  create = functools.partial(state_lib.create_train_state, config, model, tx, INPUT_SHAPE,
+                             experiment.create_discriminator(config.adversarial), disc_tx)
   with jax.threefry_partitionable(False):  # As experiment.init_state: compiles several times faster on CPU.
     return jax.device_put(jax.jit(create)(), jax.devices()[0])
 
@@ -81,7 +82,7 @@ def run():
   schedule = optax.constant_schedule(LEARNING_RATE)
   adv = config.adversarial
   step = jax.jit(steps.make_adversarial_train_step(
-      model, tx, schedule, "dice_ce", OUTPUT_WEIGHTS, state_lib.create_discriminator(adv), disc_tx,
+      model, tx, schedule, "dice_ce", OUTPUT_WEIGHTS, experiment.create_discriminator(adv), disc_tx,
       adversarial_weight=adv.weight, warmup_steps=adv.warmup_steps, disc_every_steps=adv.disc_every_steps,
       label_smoothing=adv.label_smoothing))
   plain_step = jax.jit(steps.make_train_step(model, tx, schedule, "dice_ce", OUTPUT_WEIGHTS))
@@ -138,8 +139,8 @@ def test_discriminator_output_shapes(spatial, form, spectral_norm, in_channels):
 
 
 def test_spectral_norm_estimates_largest_singular_value(run):
-  disc = state_lib.create_discriminator(run["config"].adversarial)
-  params, image = run["states"][0].disc_params, run["batch"]["image"]
+  disc = experiment.create_discriminator(run["config"].adversarial)
+  params, image = run["states"][0].adversary.params, run["batch"]["image"]
   label_map = jax.nn.one_hot(run["batch"]["label"], NUM_CLASSES)
 
   @jax.jit
@@ -150,7 +151,7 @@ def test_spectral_norm_estimates_largest_singular_value(run):
       return updates["batch_stats"]
     return jax.lax.fori_loop(0, 50, body, batch_stats)
 
-  batch_stats = power_iterations(run["states"][0].disc_batch_stats)
+  batch_stats = power_iterations(run["states"][0].adversary.batch_stats)
   for name in ("conv0", "conv1"):
     kernel = np.asarray(params[name]["kernel"], np.float64)
     sigma = float(batch_stats[f"{name}_sn"][f"{name}/kernel/sigma"])
@@ -159,14 +160,14 @@ def test_spectral_norm_estimates_largest_singular_value(run):
 
 # Train state and config.
 
-def test_discriminator_fields_only_when_enabled_and_segmenter_unchanged(run):
+def test_discriminator_only_when_enabled_and_segmenter_unchanged(run):
   plain = create_state(adversarial_config(enabled=False), run["model"], run["tx"])
-  assert plain.disc_params is None and plain.disc_batch_stats is None and plain.disc_opt_state is None
+  assert plain.adversary is None
   adv = run["states"][0]
   assert_trees_equal((plain.step, plain.params, plain.batch_stats, plain.opt_state, plain.rng),
                      (adv.step, adv.params, adv.batch_stats, adv.opt_state, adv.rng))
-  assert adv.disc_params["conv0"]["kernel"].shape == (4, 4, CHANNELS * NUM_CLASSES, 4)
-  assert jax.tree.leaves(adv.disc_batch_stats) and jax.tree.leaves(adv.disc_opt_state)
+  assert adv.adversary.params["conv0"]["kernel"].shape == (4, 4, CHANNELS * NUM_CLASSES, 4)
+  assert jax.tree.leaves(adv.adversary.batch_stats) and jax.tree.leaves(adv.adversary.opt_state)
 
 
 @pytest.mark.parametrize("key,value,message", [
@@ -188,7 +189,7 @@ def test_step_is_the_hand_computed_update_of_both_networks(run):
   """t=2 (adversarial term on, discriminator updated): both updates follow objectives written out here."""
   t, config, model, batch = 2, run["config"], run["model"], run["batch"]
   state, new_state, step_metrics = run["states"][t], run["states"][t + 1], run["metrics"][t]
-  disc = state_lib.create_discriminator(config.adversarial)
+  disc = experiment.create_discriminator(config.adversarial)
   rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), t)
   onehot = jax.nn.one_hot(batch["label"], NUM_CLASSES)
 
@@ -198,7 +199,7 @@ def test_step_is_the_hand_computed_update_of_both_networks(run):
     return outputs
 
   def d(params, label_map):
-    return disc.apply({"params": params, "batch_stats": state.disc_batch_stats}, batch["image"], label_map)
+    return disc.apply({"params": params, "batch_stats": state.adversary.batch_stats}, batch["image"], label_map)
 
   def dice_ce(logits, y):
     log_p = jax.nn.log_softmax(logits)
@@ -209,7 +210,7 @@ def test_step_is_the_hand_computed_update_of_both_networks(run):
 
   def segmenter_objective(params):
     full, half = forward(params)
-    adversarial = jnp.mean(jnp.logaddexp(0.0, -d(state.disc_params, jax.nn.softmax(full))))  # -log sigmoid.
+    adversarial = jnp.mean(jnp.logaddexp(0.0, -d(state.adversary.params, jax.nn.softmax(full))))  # -log sigmoid.
     return 0.75 * dice_ce(full, onehot) + 0.25 * dice_ce(half, onehot[:, ::2, ::2]) + 0.5 * adversarial
 
   def disc_objective(params):
@@ -219,9 +220,10 @@ def test_step_is_the_hand_computed_update_of_both_networks(run):
 
   loss, grads = jax.jit(jax.value_and_grad(segmenter_objective))(state.params)
   (disc_loss, (real_logits, fake_logits)), disc_grads = jax.jit(
-      jax.value_and_grad(disc_objective, has_aux=True))(state.disc_params)
+      jax.value_and_grad(disc_objective, has_aux=True))(state.adversary.params)
   for new, old, opt_state, g in ((new_state.params, state.params, state.opt_state, grads),
-                                 (new_state.disc_params, state.disc_params, state.disc_opt_state, disc_grads)):
+                                 (new_state.adversary.params, state.adversary.params, state.adversary.opt_state,
+                                  disc_grads)):
     expected = optax.apply_updates(old, sgd().update(g, opt_state, old)[0])
     assert trees_differ(new, old)
     jax.tree.map(lambda n, e: np.testing.assert_allclose(n, e, rtol=1e-4, atol=1e-6), new, expected)
@@ -241,7 +243,7 @@ def test_with_lambda_zero_the_segmenter_update_is_the_plain_step_exactly(run):
                      (plain_state.step, plain_state.params, plain_state.batch_stats, plain_state.opt_state))
   for name in ("loss", "grad_norm", "counts"):
     np.testing.assert_array_equal(adv_metrics[name], plain_metrics[name])
-  assert trees_differ(run["states"][1].disc_params, run["states"][0].disc_params)  # The discriminator learnt.
+  assert trees_differ(run["states"][1].adversary.params, run["states"][0].adversary.params)  # D learnt.
   assert trees_differ(run["states"][2].params, run["plain"][1][0].params)  # From t=1 lambda_t > 0.
 
 
@@ -250,7 +252,7 @@ def test_warmup_and_update_ratio_follow_the_step_without_recompiling(run):
   assert [float(m["adversarial_weight"]) for m in run["metrics"]] == [0.0, 0.5, 0.5]
   for t, updated in enumerate([True, False, True]):  # disc_every_steps=2.
     before, after = states[t], states[t + 1]
-    parts = lambda s: (s.disc_params, s.disc_batch_stats, s.disc_opt_state)
+    parts = lambda s: (s.adversary.params, s.adversary.batch_stats, s.adversary.opt_state)
     if updated:
       assert trees_differ(parts(after)[0], parts(before)[0]) and trees_differ(parts(after)[1], parts(before)[1])
     else:
@@ -265,7 +267,8 @@ def test_checkpoint_restores_both_networks_and_training_continues_identically(ru
   checkpoints.save(1, states[1])
   checkpoints.close()
   abstract = jax.eval_shape(functools.partial(state_lib.create_train_state, run["config"], run["model"],
-                                              run["tx"], INPUT_SHAPE, sgd()))
+                                              run["tx"], INPUT_SHAPE,
+                                              experiment.create_discriminator(run["config"].adversarial), sgd()))
   checkpoints = checkpointing.Checkpoints(tmp_path, read_only=True)
   restored, step = checkpoints.restore(abstract, "latest")
   checkpoints.close()
@@ -321,5 +324,5 @@ def test_adversarial_training_logs_and_resumes_both_networks(tmp_path, monkeypat
     restored.append(jax.device_get(checkpoints.restore(exp.abstract_state(), "latest")[0]))
     checkpoints.close()
   assert int(restored[0].step) == 4
-  assert jax.tree.leaves(restored[0].disc_params)
+  assert jax.tree.leaves(restored[0].adversary.params)
   assert_trees_equal(restored[0], restored[1])

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from jaxseg import evaluate, experiment
+from jaxseg import evaluate, experiment, inference
 from jaxseg.config import base_config
 from jaxseg.data import nifti, pipeline
 from jaxseg.errors import ConfigError
@@ -94,7 +94,7 @@ def run_evaluation(dataset, tmp_path, monkeypatch, postprocess_enabled):
   config, prepared = dataset
   config = tiny_config(config.data.root, config.data.data_dir)
   config.eval.postprocess = postprocess_enabled
-  monkeypatch.setattr(evaluate, "predict_probabilities", oracle(prepared, BLOB))
+  monkeypatch.setattr(inference, "predict_probabilities", oracle(prepared, BLOB))
   exp = experiment.setup(config, tmp_path)
   return evaluate.evaluate_predictor(exp, predict=None, step=7)
 
