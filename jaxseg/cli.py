@@ -3,7 +3,11 @@
 User mistakes (a missing config file, a misspelt key, an unwritable workdir, a
 corrupt checkpoint or one of another model, a NaN loss, a bad input image...)
 end the program with one line on stderr, `jaxseg: error: ...`, and exit status
-2 for bad flags or 1 otherwise, never a traceback.
+2 for bad flags or 1 otherwise, never a traceback. No `--config` prints the
+usage (`--help`'s text). Ctrl-C ends it with one line, `jaxseg: interrupted
+...` (at which step, and from which checkpoint step rerunning resumes), and
+exit status 130. `run` writes the run's log file (`jaxseg.console`), which
+also records the error or interruption that ended it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,12 @@ import sys
 from typing import Callable, Sequence
 
 from jaxseg.errors import JaxsegError
+
+VERBOSITY_HELP = ("What the console shows: -1 warnings and errors only; 0 (default) jaxseg's own lines (the "
+                  "plan, progress, validation, results) and libraries' warnings; 1 libraries' INFO lines too; "
+                  "2 DEBUG too. Everything at INFO (DEBUG at 2) is always written to "
+                  "<workdir>/logs/<mode>-<date>-<time>.log.")
+INTERRUPTED_STATUS = 130  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C.
 
 _OVERRIDE = re.compile(r"^--?config\.([A-Za-z0-9_.]+)(=|$)")
 
@@ -81,7 +91,10 @@ def parse_flags(argv: list[str]) -> list[str]:
   if config_file is None:
     if any(arg.lstrip("-") in ("help", "helpshort", "helpfull", "?") for arg in argv[1:]):
       return flags.FLAGS(argv)  # absl prints the usage and exits.
-    fail("--config is required, e.g. --config=configs/unet_ct.py", 2)
+    print_usage()
+    if len(argv) > 1:  # Something was asked for, without saying what to run.
+      fail("--config is required, e.g. --config=configs/unet_ct.py:quick", 2)
+    sys.exit(0)
   path = pathlib.Path(config_file.split(":", 1)[0])
   if not path.is_file():
     fail(f"config file {path} does not exist", 2)
@@ -92,11 +105,25 @@ def parse_flags(argv: list[str]) -> list[str]:
   raise AssertionError("unreachable")
 
 
+def print_usage() -> None:
+  """The usage `--help` prints (the main module's docstring and its flags), on stdout."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  app.usage(shorthelp=True, writeto_stdout=True)
+
+
 def parse_and_run(app_run: Callable, main: Callable) -> None:
   try:
     app_run(main, flags_parser=parse_flags)
   except JaxsegError as e:
     fail(str(e))
+  except KeyboardInterrupt as e:  # Ctrl-C: one line, not a traceback.
+    print(f"jaxseg: {e}" if isinstance(e, _interrupted()) else "jaxseg: interrupted", file=sys.stderr)
+    sys.exit(INTERRUPTED_STATUS)
+
+
+def _interrupted() -> type:
+  from jaxseg import console  # pylint: disable=g-import-not-at-top
+  return console.Interrupted
 
 
 def hide_gpus_from_tensorflow() -> None:
@@ -122,16 +149,41 @@ def default_workdir(config_arg: str) -> pathlib.Path:
 
 def run(config, config_arg: str, workdir: str | None, mode: str) -> int:
   """Dispatches `--mode` (errors propagate as JaxsegError)."""
+  import logging as logging_lib  # pylint: disable=g-import-not-at-top
   from absl import logging  # pylint: disable=g-import-not-at-top
-  from jaxseg import parallel  # pylint: disable=g-import-not-at-top
+  from jaxseg import console, parallel  # pylint: disable=g-import-not-at-top
   parallel.configure_determinism(config.deterministic)  # XLA flags: before JAX starts its backend.
-  parallel.initialize_distributed()
+  launch = parallel.initialize_distributed()
   workdir = pathlib.Path(workdir) if workdir else default_workdir(config_arg)
-  logging.info("jaxseg %s: config %s, workdir %s (pid %d)", mode, config_arg, workdir, os.getpid())
+  import jax  # pylint: disable=g-import-not-at-top
+  process = jax.process_index() if launch is not None else None  # Each process its own log file.
+  # Only train and plan create a workdir; the others read a trained one (or several: an ensemble's list).
+  log_file = console.open_log_file(workdir, mode, process, create=mode in ("train", "plan"))
+  logging.info("jaxseg %s: config %s, workdir %s (pid %d)%s", mode, config_arg, workdir, os.getpid(),
+               f"; full log in {log_file}" if log_file else "")
+  logging.info("Command line: %s", " ".join(sys.argv), extra=console.FILE_ONLY)
+  try:
+    _dispatch(config, workdir, mode)
+  except JaxsegError as e:
+    console.to_log_file(logging_lib.ERROR, f"jaxseg: error: {e}")
+    raise
+  except KeyboardInterrupt as e:
+    console.to_log_file(logging_lib.WARNING, f"jaxseg: {e}" if isinstance(e, console.Interrupted)
+                        else "jaxseg: interrupted")
+    raise
+  except Exception:
+    console.to_log_file(logging_lib.ERROR, "jaxseg: unexpected error", exc_info=sys.exc_info())
+    raise
+  finally:
+    console.close_log_file()
+  return 0
+
+
+def _dispatch(config, workdir: pathlib.Path, mode: str) -> None:
   if mode == "plan":
     from jaxseg import experiment  # pylint: disable=g-import-not-at-top
     print(experiment.plan_workdir(config, workdir))
-    return 0
+    return
   from jaxseg import evaluate, predict, train  # pylint: disable=g-import-not-at-top
   if mode == "train":
     train.train_and_evaluate(config, workdir)
@@ -142,4 +194,3 @@ def run(config, config_arg: str, workdir: str | None, mode: str) -> int:
   elif mode == "interpret":
     from jaxseg import interpret_mode  # pylint: disable=g-import-not-at-top
     interpret_mode.interpret_workdir(config, workdir)
-  return 0

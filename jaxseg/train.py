@@ -4,7 +4,9 @@ One process per host; the jitted train step runs over every device of the
 mesh. Periodic actions: progress report (steps/s, images/s, ETA), optional
 profile, TensorBoard scalars and overlay images, validation Dice, the latest
 and best checkpoints. Rerunning in a workdir that has checkpoints resumes from
-the newest one and ends exactly as an uninterrupted run would.
+the newest one and ends exactly as an uninterrupted run would. Ctrl-C raises
+`console.Interrupted` (a KeyboardInterrupt) whose message names the step
+reached and the checkpoint step a rerun resumes from.
 
 With `config.adversarial.enabled` the step also trains a patch discriminator
 (`steps.make_adversarial_train_step`) and TensorBoard gets its scalars too:
@@ -22,9 +24,12 @@ resumed run continues from its own.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import pathlib
+import signal
+import threading
 import time
 from typing import Any, Iterator
 
@@ -33,7 +38,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxseg import checkpointing, evaluate, experiment, metrics, models, parallel, paths, steps, writers
+from jaxseg import checkpointing, console, evaluate, experiment, metrics, models, parallel, paths, steps, writers
 from jaxseg import config as config_lib, state as state_lib
 from jaxseg.data import device_augment, device_cache, pipeline
 from jaxseg.errors import CheckpointError, ConfigError, TrainingError
@@ -116,15 +121,78 @@ def train_inputs(exp: experiment.Experiment, train_source: pipeline.CaseSource, 
   return batch_fn, parallel.batch_sharding(exp.mesh), batches
 
 
+@dataclasses.dataclass
+class _Progress:
+  """How far a run got, for the line Ctrl-C leaves (`train_and_evaluate`), and Ctrl-C deferred in the loop.
+
+  While the loop runs (`defer_ctrl_c` .. `restore_ctrl_c`), a first Ctrl-C only asks it to stop: `check`
+  raises KeyboardInterrupt at the next step boundary, so a checkpoint is never left half-written (orbax's
+  writer threads would print tracebacks); a second Ctrl-C interrupts at once.
+  """
+  checkpoints: checkpointing.Checkpoints | None = None
+  step: int | None = None  # The last step trained; None before the loop.
+  evaluating: bool = False  # Training finished; the final evaluation runs.
+  stop_requested: bool = False
+  _handler: Any = None  # The SIGINT handler to restore; None when not deferring.
+
+  def defer_ctrl_c(self) -> None:
+    if threading.current_thread() is not threading.main_thread():
+      return  # Only the main thread may set signal handlers (and receives SIGINT).
+    handler = signal.getsignal(signal.SIGINT)
+    if handler is signal.SIG_IGN:
+      return  # A background job of a shell: Ctrl-C is not for it.
+    self._handler = handler if handler is not None else signal.default_int_handler
+    signal.signal(signal.SIGINT, self._on_ctrl_c)
+
+  def _on_ctrl_c(self, signum, frame) -> None:  # pylint: disable=unused-argument
+    self.stop_requested = True
+    self.restore_ctrl_c()  # A second Ctrl-C interrupts at once.
+
+  def restore_ctrl_c(self) -> None:
+    if self._handler is not None:
+      signal.signal(signal.SIGINT, self._handler)
+      self._handler = None
+
+  def check(self) -> None:
+    if self.stop_requested:
+      raise KeyboardInterrupt
+
+  def interrupted(self) -> str:
+    resume = self.checkpoints.latest_step() if self.checkpoints is not None else None
+    if self.evaluating:
+      return (f"interrupted during the final evaluation (training finished at step {self.step}); rerun the "
+              "same command to evaluate again")
+    where = f"at step {self.step}" if self.step is not None else "before training started"
+    return f"interrupted {where}; rerun the same command to resume from step {resume or 0}"
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
   """Trains (or resumes), then evaluates the best checkpoint on `config.eval.splits`.
 
   Returns {split: summary} as written to `results/<split>/summary.json`.
+
+  Raises:
+    console.Interrupted: Ctrl-C (a KeyboardInterrupt); its message says at which step and from which
+      checkpoint step rerunning resumes.
   """
+  progress = _Progress()
+  try:
+    return _train_and_evaluate(config, workdir, progress)
+  except KeyboardInterrupt as e:
+    if isinstance(e, console.Interrupted):
+      raise
+    raise console.Interrupted(progress.interrupted()) from e
+  finally:
+    progress.restore_ctrl_c()
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progress: _Progress
+                        ) -> dict[str, Any]:
   state_lib.check_adversarial_config(config)  # Before preparing the dataset.
   exp = experiment.setup(config, workdir)
   config = exp.config
   checkpoints = checkpointing.Checkpoints(exp.workdir, keep=config.train.keep_checkpoints)
+  progress.checkpoints = checkpoints
   state = exp.init_state()
   if checkpoints.latest_step() is not None:
     state, _ = checkpoints.restore(exp.abstract_state(), "latest")
@@ -141,14 +209,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   if start_step == 0:
     writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
   num_steps = config.train.num_steps
-  hooks = [writers.ReportProgress(num_train_steps=num_steps, writer=writer,
-                                  every_steps=config.train.log_every_steps)]
+  report = writers.ReportProgress(num_train_steps=num_steps, writer=writer,
+                                  every_steps=config.train.log_every_steps)
   profile = None
   if config.train.profile_steps and jax.process_index() == 0:
     warmup = max(1, min(10, num_steps - start_step - config.train.profile_steps))  # Past compilation.
     profile = writers.Profile(logdir=exp.workdir, num_profile_steps=config.train.profile_steps,
                               first_step=start_step + warmup)
-    hooks.append(profile)
 
   train_source = pipeline.CaseSource(exp.prepared, "train", config.data.cache_cases)
   val_source = pipeline.CaseSource(exp.prepared, "validation", config.data.cache_cases)
@@ -166,19 +233,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   logging.info("Training %s on %s from step %d to %d on %d devices", config.model.name, exp.prepared.name,
                start_step, num_steps, exp.mesh.devices.size)
+  progress.step = start_step
+  progress.defer_ctrl_c()
   for step in range(start_step + 1, num_steps + 1):
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       batch = next(batches)
       state, step_metrics = train_step(state, batch)
       buffer.add(step, step_metrics, config.train.batch_size)
+    progress.step = step
     is_last = step == num_steps
     log_now = step % config.train.log_every_steps == 0 or is_last
     eval_now = (step % config.train.eval_every_steps == 0 or is_last) and len(val_source) > 0
     save_now = step % config.train.checkpoint_every_steps == 0 or is_last
-    if log_now or eval_now or save_now:
-      writer.write_scalars(step, buffer.flush())  # Waits for the device: hooks below time real work.
-    for hook in hooks:
-      hook(step)
+    train_scalars = buffer.flush() if log_now or eval_now or save_now else {}
+    writer.write_scalars(step, train_scalars)  # flush() waits for the device: the hooks below time real work.
+    report(step, metrics=train_scalars)
+    if profile is not None:
+      profile(step)
+    progress.check()  # Ctrl-C: stop before a validation.
     if eval_now:
       dice, scores, picture = evaluate.validation_dice(exp.predictor(state), val_source, config,
                                                        exp.prepared.num_classes)
@@ -187,17 +259,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                                   **{f"validation/dice_{names[k]}": float(scores["dice"][k])
                                      for k in range(1, len(names))}})
       writer.write_images(step, {"validation/image_reference_prediction": picture[None]})
-      if checkpoints.save_best(step, state, dice):
-        logging.info("Step %d: new best validation Dice %.4f", step, dice)
+      best = checkpoints.save_best(step, state, dice)
+      logging.info("Step %d: validation Dice %.4f (%s)%s", step, dice,
+                   ", ".join(f"{names[k]} {float(scores['dice'][k]):.3f}" for k in range(1, len(names))),
+                   ", new best" if best else "")
     if save_now:
       checkpoints.save(step, state)
+    progress.check()  # Ctrl-C: stop here, with every checkpoint written.
+  progress.restore_ctrl_c()
   writer.flush()
   if profile is not None:
     profile.close()
 
+  progress.step, progress.evaluating = num_steps, True
   results = evaluate.evaluate_checkpoint(exp, checkpoints, config.eval.checkpoint)
   checkpoints.close()
   writer.close()
+  if results:
+    logging.info("Reports in %s: %s", exp.workdir / "results",
+                 ", ".join(f"{split}/summary.md" for split in results))
   return results
 
 

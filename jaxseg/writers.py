@@ -10,13 +10,15 @@ no TensorFlow, no TensorBoard), and keeps the calls train.py used:
   writer.write_images(step, {tag: [N, H, W, C] uint8 or float in [0, 1]})
   writer.flush(); writer.close()
 
-Every call is also logged at INFO level (as clu's LoggingWriter does), so a
-run without TensorBoard still shows its curves in the log. `read_scalars`
+Every call is also logged at INFO level (as clu's LoggingWriter does), to the
+log file only (`jaxseg.console`), so a run without TensorBoard still has its
+curves in the log. `read_scalars`
 reads event files back (TFRecord framing, CRC-checked) for tests and
 experiment reports. Viewing needs TensorBoard, which is *not* a dependency:
 `pip install tensorboard && tensorboard --logdir runs/NAME`.
 
-`ReportProgress` logs steps/s, percent done and the ETA and writes
+`ReportProgress` logs the progress line the console shows (step, percent done,
+loss and train Dice when given, steps/s, ETA) and writes
 `steps_per_sec` and `uptime` scalars; `Profile` records a `jax.profiler`
 trace (TensorFlow-free: XLA's profiler writes `plugins/profile/<run>/*.xplane.pb`
 under the workdir, viewable with `pip install xprof` or TensorBoard's profile plugin).
@@ -36,7 +38,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from jaxseg import paths
+from jaxseg import console, paths
 
 
 def _import_tensorboardx():
@@ -116,14 +118,16 @@ class Writer:
     if not scalars:
       return
     values = {k: float(np.asarray(v)) for k, v in scalars.items()}
-    logging.info("[%d] %s", step, ", ".join(f"{k}={v:.6g}" for k, v in sorted(values.items())))
+    logging.info("[%d] %s", step, ", ".join(f"{k}={v:.6g}" for k, v in sorted(values.items())),
+                 extra=console.FILE_ONLY)
     if self._file is not None:
       for tag, value in values.items():
         self._file.add_summary(self._summary.scalar(tag, value), step)
 
   def write_images(self, step: int, images: Mapping[str, Any]) -> None:
     """Each value `[N, H, W, C]` (C = 1, 3 or 4), uint8 or float in [0, 1]; N > 1 is tiled into one grid image."""
-    logging.info("[%d] Got images: %s.", step, {k: np.shape(v) for k, v in images.items()})
+    logging.info("[%d] Got images: %s.", step, {k: np.shape(v) for k, v in images.items()},
+                 extra=console.FILE_ONLY)
     if self._file is None:
       return
     for tag, batch in images.items():
@@ -141,7 +145,7 @@ class Writer:
     Writes the session-start record only, as TensorFlow's hparams API does;
     TensorBoard then takes the metrics from the run's scalars.
     """
-    logging.info("[Hyperparameters] %s", dict(hparams))
+    logging.info("[Hyperparameters] %s", dict(hparams), extra=console.FILE_ONLY)
     if self._file is None:
       return
     clean = {k: (v if isinstance(v, (str, bool, int, float)) or v is None else str(v)) for k, v in hparams.items()}
@@ -263,9 +267,12 @@ def _format_secs(secs: float) -> str:
 
 
 class ReportProgress:
-  """Every `every_steps` steps and at the last step: logs steps/s, percent done and ETA.
+  """Every `every_steps` steps and at the last step: logs the progress line and writes its scalars.
 
-  Also writes the scalars `steps_per_sec` and `uptime` (seconds since construction).
+  The line: `Step 50/400 (12.5%): loss 0.8123, train Dice 0.4051, 3.21 steps/s, ETA 1m49s`, where
+  loss and train Dice are `train/loss` and `train/dice_foreground` of the `metrics` passed with the step
+  (left out when not given). Also writes the scalars `steps_per_sec` and `uptime` (seconds since
+  construction).
 
   The first call only starts the clock (its step includes compilation), so
   the rate is that of the steps since the previous report.
@@ -278,7 +285,7 @@ class ReportProgress:
     self._t0 = time.monotonic()
     self._previous: tuple[int, float] | None = None
 
-  def __call__(self, step: int, t: float | None = None) -> bool:
+  def __call__(self, step: int, t: float | None = None, metrics: Mapping[str, float] | None = None) -> bool:
     t = time.monotonic() if t is None else t
     if self._previous is None:
       self._previous = (step, t)
@@ -288,8 +295,11 @@ class ReportProgress:
     previous_step, previous_t = self._previous
     steps_per_sec = (step - previous_step) / max(t - previous_t, 1e-9)
     eta = (self._num_steps - step) / max(steps_per_sec, 1e-9)
-    logging.info("Step %d/%d (%.1f%%): %.2f steps/s, ETA %s", step, self._num_steps,
-                 100 * step / self._num_steps, steps_per_sec, _format_secs(eta))
+    metrics = metrics or {}
+    values = "".join(f"{label} {float(metrics[key]):.4f}, " for key, label in
+                     (("train/loss", "loss"), ("train/dice_foreground", "train Dice")) if key in metrics)
+    logging.info("Step %d/%d (%.1f%%): %s%.2f steps/s, ETA %s", step, self._num_steps,
+                 100 * step / self._num_steps, values, steps_per_sec, _format_secs(eta))
     if self._writer is not None:
       self._writer.write_scalars(step, {"steps_per_sec": steps_per_sec, "uptime": t - self._t0})
     self._previous = (step, t)

@@ -57,7 +57,31 @@ def test_predict_mode_without_input_names_the_key(tmp_path):
                         "config.predict.input is empty")
 
 
+def assert_usage(text):
+  """The usage a newcomer needs: the modes, the main flags and a command to copy."""
+  for fragment in ("Modes (--mode):", "train ", "evaluate ", "predict ", "plan ", "interpret ", "--workdir=DIR",
+                   "--config.KEY=VALUE", "--verbosity=N", "<workdir>/logs/",
+                   "python -m jaxseg.main --config=configs/unet_ct.py:quick --workdir="):
+    assert fragment in text, fragment
+
+
 def test_help_without_config_prints_the_usage():
   result = run_cli("--help")
   assert "--config: Config file" in result.stdout and "--mode" in result.stdout
+  assert "-v,--verbosity: What the console shows" in result.stdout and "(default: '0')" in result.stdout
   assert "--config is required" not in result.stderr
+  assert_usage(result.stdout)
+
+
+def test_no_arguments_prints_the_usage():
+  result = run_cli()
+  assert result.returncode == 0 and not result.stderr, result.stderr
+  assert_usage(result.stdout)
+
+
+def test_flags_without_config_print_the_usage_then_what_is_missing():
+  result = run_cli("--workdir=/tmp/nowhere")
+  assert result.returncode == 2
+  assert_usage(result.stdout)
+  assert result.stderr.strip().splitlines() == ["jaxseg: error: --config is required, e.g. "
+                                                "--config=configs/unet_ct.py:quick"]
