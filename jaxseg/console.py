@@ -62,6 +62,8 @@ def origin(record: logging.LogRecord) -> str:
   """The top-level package a record comes from: `orbax`, `tensorflow_datasets`, `jax`, `jaxseg`, ..."""
   if is_own(record):
     return "jaxseg"
+  if record.name == "py.warnings":  # `warnings.warn`, through `logging.captureWarnings`.
+    return "warnings"
   if record.name != "absl":  # A standard logger is named after its module.
     return record.name.split(".", 1)[0]
   parts = pathlib.PurePath(record.pathname or "").parts
@@ -96,7 +98,7 @@ class ConsoleFormatter(logging.Formatter):
       prefix += f" {record.levelname}"
     if not is_own(record):
       prefix += f" [{origin(record)}]"
-    text = f"{prefix} {record.getMessage()}"
+    text = f"{prefix} {record.getMessage().rstrip()}"  # `warnings` messages end with a newline.
     if record.exc_info:
       text += "\n" + self.formatException(record.exc_info)
     return text
@@ -118,16 +120,17 @@ def configure(verbosity: int = 0) -> None:
   global _console, _verbosity
   _verbosity = verbosity
   root = logging.getLogger()
-  absl_handler = absl_logging.get_absl_handler()
-  if absl_handler in root.handlers:
-    root.removeHandler(absl_handler)
-  if _console is not None:
-    root.removeHandler(_console)
+  for handler in list(root.handlers):  # absl's, and any `logging.basicConfig` stderr handler (as absl does).
+    plain = type(handler) is logging.StreamHandler  # pylint: disable=unidiomatic-typecheck  (not a subclass)
+    plain_stderr = plain and handler.stream in (sys.stderr, sys.__stderr__)
+    if handler is absl_logging.get_absl_handler() or handler is _console or plain_stderr:
+      root.removeHandler(handler)
   _console = logging.StreamHandler(sys.stderr)
   _console.addFilter(ConsoleFilter(verbosity))
   _console.setFormatter(ConsoleFormatter())
   root.addHandler(_console)
   root.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
+  absl_logging.get_absl_logger().setLevel(logging.NOTSET)  # Follows the root's level, as with absl's handler.
   logging.captureWarnings(True)
   if verbosity < 1 and not _isatty(sys.stderr):
     try:

@@ -1,4 +1,4 @@
-"""The console shows jaxseg's own lines, the log file in the workdir everything; Ctrl-C ends a run with one line."""
+"""The console shows jaxseg's own lines, the workdir's log file everything; Ctrl-C ends a run with one line."""
 
 import logging
 import os
@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from jaxseg import console, writers
+from jaxseg import console, paths, writers
 
 ROOT = pathlib.Path(__file__).parent.parent
 PROGRESS = re.compile(r"Step (\d+)/(\d+) \([\d.]+%\): loss [\d.]+, train Dice [\d.]+, [\d.]+ steps/s, ETA \d+")
@@ -34,6 +34,7 @@ def test_origin_of_absl_and_standard_records():
   assert console.origin(record(pathname=ORBAX)) == "orbax"
   assert console.origin(record(pathname=TFDS)) == "tensorflow_datasets"
   assert console.origin(record(name="jax._src.xla_bridge", pathname="/x/jax/_src/xla_bridge.py")) == "jax"
+  assert console.origin(record(name="py.warnings", pathname="/usr/lib/logging/__init__.py")) == "warnings"
   assert console.is_own(record(name="jaxseg.data", pathname="/elsewhere.py"))
 
 
@@ -80,6 +81,17 @@ def test_log_file_in_the_workdir(tmp_path):
   assert "library detail" in text and "jaxseg: error: the end" in text
   assert console.log_file() is None
   assert console.log_file_name("evaluate", 3, now=0).endswith("-p3.log")
+
+
+def test_log_file_of_a_bucket_workdir_is_uploaded_at_the_end(tmp_path, monkeypatch):
+  bucket = tmp_path / "bucket"  # Stands in for gs://bucket/run: written only through the path object.
+  monkeypatch.setattr(paths, "is_remote", lambda path: True)
+  monkeypatch.setattr(paths, "resolve", lambda path, what="path": bucket)
+  path = console.open_log_file("gs://bucket/run", "train")
+  assert path.startswith(str(bucket / "logs" / "train-")) and not (bucket / "logs").exists()
+  console.to_log_file(logging.WARNING, "jaxseg: interrupted")
+  console.close_log_file()
+  assert "jaxseg: interrupted" in pathlib.Path(path).read_text()
 
 
 def test_no_log_file_where_it_cannot_be_written(tmp_path):
@@ -161,7 +173,8 @@ def test_ctrl_c_during_training_is_one_line_and_status_130(tmp_path):
   assert process.returncode == 130, stderr[-3000:]
   assert "Traceback" not in stderr, stderr[-3000:]
   last = stderr.strip().splitlines()[-1]
-  match = re.fullmatch(r"jaxseg: interrupted at step (\d+); rerun the same command to resume from step (\d+)", last)
+  match = re.fullmatch(r"jaxseg: interrupted at step (\d+); rerun the same command to resume from step (\d+)",
+                       last)
   assert match, stderr[-3000:]
   step, resume = int(match.group(1)), int(match.group(2))
   saved = sorted(int(p.name) for p in (workdir / "checkpoints" / "latest").iterdir() if p.name.isdigit())
