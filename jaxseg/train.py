@@ -188,7 +188,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progress: _Progress
                         ) -> dict[str, Any]:
-  state_lib.check_adversarial_config(config)  # Before preparing the dataset.
   exp = experiment.setup(config, workdir)
   config = exp.config
   checkpoints = checkpointing.Checkpoints(exp.workdir, keep=config.train.keep_checkpoints)

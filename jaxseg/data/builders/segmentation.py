@@ -227,6 +227,13 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
         self._pool.shutdown(wait=True, cancel_futures=True)
       self._pool = None
 
+  def _log_download_bytes(self) -> None:
+    """TFDS prints "Downloading and preparing dataset Unknown size ..." to stdout here; jaxseg logs one line."""
+    logging.info("Preparing dataset %s once into %s", self.builder_config.name, self.data_dir)
+
+  def _log_download_done(self) -> None:
+    logging.info("Prepared dataset %s in %s", self.builder_config.name, self.data_dir)
+
   def _split_generators(self, dl_manager):
     raw = self.raw_dataset(dl_manager)
     by_id = {case.case_id: case for case in raw.training}
