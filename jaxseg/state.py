@@ -34,12 +34,13 @@ from jaxseg.models import discriminator as discriminator_lib
 # fold_in index of the discriminator's initialisation key (independent of the segmenter's keys).
 _DISCRIMINATOR_STREAM = 1
 
-# TODO(lead): aliases for jaxseg/benchmark/{augment,train}.py, tests/scripts/{parity_1_vs_4_devices,scaling_model}.py,
-# tests/test_pooling.py, tests/test_model_defects.py and train.py; remove when the callers import jaxseg.optimizer.
-learning_rate_schedule = optimizer.learning_rate_schedule  # TODO(lead): alias (above)
-decay_mask = optimizer.decay_mask  # TODO(lead): alias (above)
-create_optimizer = optimizer.create_optimizer  # TODO(lead): alias (above)
-create_discriminator_optimizer = optimizer.create_discriminator_optimizer  # TODO(lead): alias (above)
+# TODO(lead): aliases for the callers named on each line; remove when they import jaxseg.optimizer.
+# benchmark/{augment,train}.py, tests/scripts/{parity_1_vs_4_devices,scaling_model}.py, tests/test_pooling.py:
+learning_rate_schedule = optimizer.learning_rate_schedule
+# the same files and tests/test_model_defects.py:
+create_optimizer = optimizer.create_optimizer
+decay_mask = optimizer.decay_mask  # tests/test_model_defects.py
+create_discriminator_optimizer = optimizer.create_discriminator_optimizer  # train.py
 
 
 # TODO(lead): alias for train.py; remove when the caller imports the new place (jaxseg.experiment).
