@@ -124,6 +124,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Exp
   config = resolve_config(config, prepared)
   if config.plan.enabled:
     config = planned_config(config, workdir, prepared)
+    config_lib.validate_adversarial(config)  # The planned patch must suit the discriminator too.
   mesh = parallel.create_mesh(config.mesh)
   parallel.check_batch_size(config.train.batch_size, mesh)
   model = models.create_model(config.model)

@@ -187,7 +187,6 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, tx: 
                      rng=jax.random.key_data(state_rng))
   if not config.adversarial.enabled:
     return state
-  check_adversarial_config(config)
   if discriminator is None or disc_tx is None:
     raise ValueError("config.adversarial.enabled: create_train_state needs the discriminator and its optimiser "
                      "(Experiment.discriminator and Experiment.disc_tx)")
