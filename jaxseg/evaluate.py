@@ -62,7 +62,7 @@ import nibabel as nib
 import numpy as np
 from absl import logging
 
-from jaxseg import checkpointing, ensemble, experiment, inference, metrics, parallel, paths
+from jaxseg import checkpointing, console, ensemble, experiment, inference, metrics, parallel, paths
 from jaxseg import postprocess, visualize
 from jaxseg.data import nifti, pipeline, transforms
 from jaxseg.errors import ConfigError, DataError, WorkdirError
@@ -72,10 +72,6 @@ METRIC_UNITS = {"hd95": "mm", "assd": "mm", "volume_difference": "mL; cm^2 in 2D
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
 
-# TODO(lead): alias for train.py; remove when the caller imports the new place (jaxseg.experiment).
-restore_state = experiment.restore_state
-# TODO(lead): alias for tests/test_preprocess.py; remove when the caller imports the new place (jaxseg.inference).
-to_original_labels = inference.to_original_labels
 
 
 def validation_dice(predict: PredictFn, source: pipeline.CaseSource, config: ml_collections.ConfigDict,
@@ -223,7 +219,8 @@ class Evaluator:
         largest_scores = metrics.case_metrics(largest, reference, spacing=spacing, labels=classes,
                                               tolerances_mm={n: self.tolerances[n] for n in classes
                                                              if n in self.tolerances})
-    logging.info("%s: %s", case.case_id, ", ".join(f"{n} dice {scores[n]['dice']:.3f}" for n in self.labels))
+    logging.info("%s: %s", case.case_id, ", ".join(f"{n} dice {scores[n]['dice']:.3f}" for n in self.labels),
+                 extra=console.FILE_ONLY)
     return CaseResult(case.case_id, scores, largest_scores, view)
 
   def score_split(self, source: pipeline.CaseSource, choice: postprocess.Postprocessing,
@@ -254,8 +251,10 @@ class Evaluator:
     if jax.process_index() == 0:
       write_reports(self.workdir / "results" / split, rows, list(self.labels), split, summary)
       self._write_figures(self.workdir / "results" / split / "figures", split, results, choice)
-    logging.info("%s (step %d): mean foreground Dice %s over %d cases", split, self.step,
-                 summary["mean_foreground"]["dice"], summary["num_cases"])
+    dice = summary["mean_foreground"]["dice"]
+    logging.info("%s (step %d): mean foreground Dice %s over %d cases; report in %s", split, self.step,
+                 "n/a" if dice is None else f"{dice:.4f}", summary["num_cases"],
+                 self.workdir / "results" / split / "summary.md")
     return summary
 
   def _write_figures(self, directory: pathlib.Path, split: str, results: Sequence[CaseResult],

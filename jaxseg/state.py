@@ -27,27 +27,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxseg import optimizer
 from jaxseg.errors import ConfigError
-from jaxseg.models import discriminator as discriminator_lib
 
 # fold_in index of the discriminator's initialisation key (independent of the segmenter's keys).
 _DISCRIMINATOR_STREAM = 1
-
-# TODO(lead): aliases for the callers named on each line; remove when they import jaxseg.optimizer.
-# benchmark/{augment,train}.py, tests/scripts/{parity_1_vs_4_devices,scaling_model}.py, tests/test_pooling.py:
-learning_rate_schedule = optimizer.learning_rate_schedule
-# the same files and tests/test_model_defects.py:
-create_optimizer = optimizer.create_optimizer
-decay_mask = optimizer.decay_mask  # tests/test_model_defects.py
-create_discriminator_optimizer = optimizer.create_discriminator_optimizer  # train.py
-
-
-# TODO(lead): alias for train.py; remove when the caller imports the new place (jaxseg.experiment).
-def create_discriminator(adversarial_config):
-  from jaxseg import experiment  # pylint: disable=g-import-not-at-top  (experiment imports this module)
-  return experiment.create_discriminator(adversarial_config)
-
 
 class AdversaryState(flax.struct.PyTreeNode):
   """The discriminator of adversarial training and its optimiser's state (one optional part of `TrainState`).
@@ -115,42 +98,6 @@ def _unflatten(_: None, children: Sequence[Any]) -> TrainState:
 jax.tree_util.register_pytree_with_keys(
     TrainState, _flatten_with_keys, _unflatten,
     flatten_func=lambda state: ([value for _, value in _flatten_with_keys(state)[0]], None))
-
-
-def check_adversarial_config(config: ml_collections.ConfigDict) -> None:
-  """Checks `config.adversarial` (and that `data.patch_size` suits the discriminator).
-
-  Raises:
-    ConfigError: naming the key and what is wrong.
-  """
-  adv = config.adversarial
-
-  def check(ok: bool, key: str, message: str):
-    if not ok:
-      raise ConfigError(f"config.adversarial.{key}={adv[key]!r}: {message}")
-
-  def is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-  def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-  check(isinstance(adv.enabled, bool), "enabled", "must be True or False")
-  check(adv.input in discriminator_lib.INPUT_FORMS, "input",
-        f"unknown input form; choose one of {', '.join(discriminator_lib.INPUT_FORMS)}")
-  check(isinstance(adv.spectral_norm, bool), "spectral_norm", "must be True or False")
-  for key in ("features", "num_layers", "disc_every_steps"):
-    check(is_int(adv[key]) and adv[key] >= 1, key, "must be an integer >= 1")
-  check(is_int(adv.warmup_steps) and adv.warmup_steps >= 0, "warmup_steps", "must be an integer >= 0")
-  check(is_number(adv.weight) and adv.weight >= 0, "weight", "must be >= 0")
-  check(is_number(adv.learning_rate) and adv.learning_rate > 0, "learning_rate", "must be > 0")
-  check(is_number(adv.beta1) and 0 <= adv.beta1 < 1, "beta1", "must be in [0, 1)")
-  check(is_number(adv.label_smoothing) and 0 <= adv.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
-  smallest = 2**adv.num_layers
-  if adv.enabled and min(config.data.patch_size) < smallest:
-    raise ConfigError(f"config.data.patch_size={tuple(config.data.patch_size)} is smaller than the "
-                      f"{smallest} voxels the discriminator's {adv.num_layers} stride-2 layers need per axis; "
-                      "lower config.adversarial.num_layers or enlarge the patch")
 
 
 def init_variables(model: nn.Module, rng: jax.Array, input_shape: tuple[int, ...]) -> dict:

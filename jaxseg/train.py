@@ -96,8 +96,8 @@ def make_step(exp: experiment.Experiment, batch_fn: steps.BatchFn | None = None)
     return steps.make_train_step(exp.model, exp.tx, exp.schedule, config.train.loss, weights, batch_fn)
   adv = config.adversarial
   return steps.make_adversarial_train_step(
-      exp.model, exp.tx, exp.schedule, config.train.loss, weights, state_lib.create_discriminator(adv),
-      state_lib.create_discriminator_optimizer(adv), adversarial_weight=adv.weight,
+      exp.model, exp.tx, exp.schedule, config.train.loss, weights, exp.discriminator, exp.disc_tx,
+      adversarial_weight=adv.weight,
       warmup_steps=adv.warmup_steps, disc_every_steps=adv.disc_every_steps, label_smoothing=adv.label_smoothing,
       batch_fn=batch_fn)
 
@@ -274,9 +274,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathli
   results = evaluate.evaluate_checkpoint(exp, checkpoints, config.eval.checkpoint)
   checkpoints.close()
   writer.close()
-  if results:
-    logging.info("Reports in %s: %s", exp.workdir / "results",
-                 ", ".join(f"{split}/summary.md" for split in results))
   return results
 
 
@@ -301,7 +298,7 @@ def source_variables(config: ml_collections.ConfigDict, source: pathlib.Path) ->
     source_exp = experiment.setup(source_config, source)
     checkpoints = checkpointing.Checkpoints(source, read_only=True)
     try:
-      state, step = evaluate.restore_state(source_exp, checkpoints, config.train.init_from_checkpoint)
+      state, step = experiment.restore_state(source_exp, checkpoints, config.train.init_from_checkpoint)
     finally:
       checkpoints.close()
   except CheckpointError as e:

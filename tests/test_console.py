@@ -127,7 +127,8 @@ def test_quick_run_console_is_short_and_the_log_file_has_the_detail(tmp_path):
   assert "\r" not in result.stderr  # No progress bars redrawn into a pipe.
   assert [int(m.group(1)) for m in map(PROGRESS.search, lines) if m] == [5, 10, 15, 20]
   assert sum("validation Dice" in line for line in lines) == 2
-  assert any(f"Reports in {workdir / 'results'}: validation/summary.md, test/summary.md" in line for line in lines)
+  for split in ("validation", "test"):
+    assert any(f"report in {workdir / 'results' / split / 'summary.md'}" in line for line in lines), split
   assert not [line for line in lines if re.search(r"orbax|Checkpoint|libtpu|Hyperparameters|train/loss=", line)]
   logs = list((workdir / "logs").glob("train-*.log"))
   assert len(logs) == 1 and f"full log in {logs[0]}" in result.stderr

@@ -16,7 +16,7 @@ import pytest
 
 from jaxseg import config as config_lib
 from jaxseg import models
-from jaxseg import state as state_lib
+from jaxseg import optimizer as optimizer_lib
 from jaxseg.config import base_config
 from jaxseg.models.deeplab import ASPP
 
@@ -129,7 +129,7 @@ def train_config(optimizer, **overrides):
 @pytest.mark.parametrize("overrides", [{}, {"backbone_lr_multiplier": 0.5}])
 def test_weight_decay_spares_biases_and_norm_scales(optimizer, overrides):
   params = params_for_decay()
-  tx = state_lib.create_optimizer(train_config(optimizer, **overrides))
+  tx = optimizer_lib.create_optimizer(train_config(optimizer, **overrides))
   zero_grads = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zero_grads, tx.init(params), params)
   flat = {"/".join(k.key for k in path): np.asarray(u) for path, u in jax.tree_util.tree_leaves_with_path(updates)}
@@ -145,7 +145,7 @@ def test_weight_decay_spares_biases_and_norm_scales(optimizer, overrides):
 
 
 def test_decay_mask_marks_only_kernels():
-  mask = state_lib.decay_mask(params_for_decay())
+  mask = optimizer_lib.decay_mask(params_for_decay())
   assert {"/".join(k.key for k in path): bool(v) for path, v in jax.tree_util.tree_leaves_with_path(mask)} == {
       "conv/kernel": True, "conv/bias": False, "norm/scale": False, "norm/bias": False,
       "dense/kernel": True, "dense/bias": False, "up/kernel": True, "up/bias": False}

@@ -123,10 +123,10 @@ def test_default_is_the_isotropic_network_of_before(name, shape):
 def _train_one_step(config):
   """One jitted training step of `config`'s model on random data; returns the model."""
   import functools
-  from jaxseg import state as state_lib, steps
+  from jaxseg import optimizer as optimizer_lib, state as state_lib, steps
   model = models.create_model(config.model)
-  tx = state_lib.create_optimizer(config.train)
-  schedule = state_lib.learning_rate_schedule(config.train)
+  tx = optimizer_lib.create_optimizer(config.train)
+  schedule = optimizer_lib.learning_rate_schedule(config.train)
   step = jax.jit(steps.make_train_step(model, tx, schedule, config.train.loss, models.output_weights(config.model)))
   patch = tuple(config.data.patch_size)
   rng = np.random.default_rng(0)

@@ -486,15 +486,15 @@ def test_probabilities_go_back_with_nearest_neighbour_along_the_thick_axis():
 def test_probability_export_beats_nearest_labels_on_a_downsampled_sphere():
   """A sphere segmented on a 2x coarser grid: resampling probabilities and taking the argmax (nnU-Net) is
   closer to the fine reference than resampling the argmax labels with nearest neighbour."""
-  from jaxseg import evaluate
+  from jaxseg import inference
   shape, spacing = (40, 40, 40), (1.0, 1.0, 1.0)
   label = _sphere(shape, spacing, (19.3, 20.1, 19.7), 9.0).astype(np.uint8)
   image = np.where(label > 0, 100.0, 20.0).astype(np.float32)[..., None]
   loaded = LoadedCase('s', image, label, _affine(spacing), spacing)
   pp = preprocess.preprocess_case(loaded, _plan((2.0, 2.0, 2.0), ['MR']))
   probs = np.eye(2, dtype=np.float32)[pp.label]
-  by_probs, _ = evaluate.to_original_labels(probs, pp.meta, 2, 'probabilities')
-  by_labels, _ = evaluate.to_original_labels(probs, pp.meta, 2, 'labels')
+  by_probs, _ = inference.to_original_labels(probs, pp.meta, 2, 'probabilities')
+  by_labels, _ = inference.to_original_labels(probs, pp.meta, 2, 'labels')
   assert by_probs.shape == by_labels.shape == label.shape
   assert (by_probs != by_labels).any()
   assert _dice(by_probs > 0, label > 0) > _dice(by_labels > 0, label > 0)

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
-from jaxseg import models, state as state_lib, steps
+from jaxseg import models, optimizer as optimizer_lib, state as state_lib, steps
 from jaxseg.config import base_config
 from jaxseg.data import augment as augment_lib
 from jaxseg.data import device_augment as da
@@ -129,8 +129,8 @@ def step_times(patch: tuple[int, ...], batch: int, crops: dict[str, np.ndarray],
   """(seconds per train step with device augmentation, without augmentation) for a U-Net on `patch`."""
   config = _model_config(len(patch), quick)
   model = models.create_model(config.model)
-  tx = state_lib.create_optimizer(config.train)
-  schedule = state_lib.learning_rate_schedule(config.train)
+  tx = optimizer_lib.create_optimizer(config.train)
+  schedule = optimizer_lib.learning_rate_schedule(config.train)
   with jax.threefry_partitionable(False):  # As experiment.init_state: the classic lowering compiles far faster on CPU.
     state = jax.jit(functools.partial(state_lib.create_train_state, config, model, tx, (1, *patch, 1)))()
   weights = models.output_weights(config.model)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseg import config as config_lib
-from jaxseg import models, state as state_lib, steps
+from jaxseg import models, optimizer as optimizer_lib, state as state_lib, steps
 from jaxseg.benchmark import flops as flops_lib
 from jaxseg.benchmark.cases import Case
 
@@ -71,8 +71,8 @@ class JaxStep:
   def __init__(self, case: Case, dtype: str):
     config = model_config(case, dtype)
     model = models.create_model(config.model)
-    tx = state_lib.create_optimizer(config.train)
-    schedule = state_lib.learning_rate_schedule(config.train)
+    tx = optimizer_lib.create_optimizer(config.train)
+    schedule = optimizer_lib.learning_rate_schedule(config.train)
     shape = (case.batch, *case.patch, 1)
     with jax.threefry_partitionable(False):
       self.state = jax.jit(functools.partial(state_lib.create_train_state, config, model, tx, shape))()

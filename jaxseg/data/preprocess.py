@@ -40,7 +40,7 @@ the geometry it needs. Class probabilities go back to the original grid the
 way nnU-Net exports them: linear interpolation of every class's probability
 (with the separate-z rule above: nearest neighbour along the thick axis),
 background probability 1 in the cropped-away border; the label map is their
-argmax (`jaxseg.evaluate.to_original_labels`).
+argmax (`jaxseg.inference.to_original_labels`).
 
 Dataset-level numbers come from a `Fingerprint` of the training cases and
 are turned into a `Plan` by `make_plan`; both are JSON-serialisable.

@@ -11,7 +11,7 @@ import json
 import jax
 import numpy as np
 
-from jaxseg import config as config_lib, models, parallel, state as state_lib, steps
+from jaxseg import config as config_lib, models, optimizer as optimizer_lib, parallel, state as state_lib, steps
 
 
 def run(data: int, fsdp: int = 1):
@@ -21,8 +21,8 @@ def run(data: int, fsdp: int = 1):
   config.mesh.update(data=data, fsdp=fsdp, fsdp_min_size=0)  # Split every array that has a divisible axis.
   mesh = parallel.create_mesh(config.mesh)
   model = models.create_model(config.model)
-  tx = state_lib.create_optimizer(config.train)
-  schedule = state_lib.learning_rate_schedule(config.train)
+  tx = optimizer_lib.create_optimizer(config.train)
+  schedule = optimizer_lib.learning_rate_schedule(config.train)
   create = functools.partial(state_lib.create_train_state, config, model, tx, (1, 16, 16, 2))
   shapes = jax.eval_shape(create)
   shardings = parallel.state_shardings(shapes, mesh, config.mesh)

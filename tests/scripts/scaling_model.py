@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, ".")
 from configs import deeplab_ct, unet3d_ct, unet_ct  # pylint: disable=wrong-import-position
-from jaxseg import models, parallel, state as state_lib, steps  # pylint: disable=wrong-import-position
+from jaxseg import models, optimizer as optimizer_lib, parallel, state as state_lib, steps  # pylint: disable=wrong-import-position
 
 MODELS = {"unet2d": (unet_ct, None), "unet3d": (unet3d_ct, None), "deeplabv3": (deeplab_ct, "deeplabv3")}
 
@@ -31,13 +31,13 @@ def step_time(config, devices: int, global_batch: int, repeats: int = 3) -> floa
   config.mesh.data = devices
   mesh = parallel.create_mesh(config.mesh)
   model = models.create_model(config.model)
-  tx = state_lib.create_optimizer(config.train)
+  tx = optimizer_lib.create_optimizer(config.train)
   patch = tuple(config.data.patch_size)
   create = functools.partial(state_lib.create_train_state, config, model, tx, (1, *patch, 1))
   shardings = parallel.state_shardings(jax.eval_shape(create), mesh, config.mesh)
   with jax.threefry_partitionable(False):
     state = jax.jit(create, out_shardings=shardings)()
-  step = jax.jit(steps.make_train_step(model, tx, state_lib.learning_rate_schedule(config.train), config.train.loss,
+  step = jax.jit(steps.make_train_step(model, tx, optimizer_lib.learning_rate_schedule(config.train), config.train.loss,
                                        models.output_weights(config.model)),
                  in_shardings=(shardings, parallel.batch_sharding(mesh)), out_shardings=(shardings, None),
                  donate_argnums=0)
