@@ -198,13 +198,13 @@ def load_run(name: str, arm: str, seed: int, config, workdir: pathlib.Path) -> L
 def corrupted_case(raw, case_id: str, index: int, shift: str, level: int, plan, channel_names):
   """A test case's raw image under (shift, level), preprocessed with the clean data's plan.
 
-  Returns a `transforms.Case` (no label: scoring reads the raw label file) as `evaluate` scores it."""
-  from jaxseg.data import preprocess, transforms  # pylint: disable=g-import-not-at-top
+  Returns a `sampling.Case` (no label: scoring reads the raw label file) as `evaluate` scores it."""
+  from jaxseg.data import preprocess, sampling  # pylint: disable=g-import-not-at-top
   loaded = raw.load(case_id)
   image = corruptions.corrupt(loaded.image, loaded.spacing, shift, level, channel_names=channel_names,
                               seed=CORRUPTION_SEED + index)
   case = preprocess.preprocess_case(dataclasses.replace(loaded, image=image, label=None), plan)
-  return transforms.make_case(case.case_id, case.image, None, case.spacing, case.meta)
+  return sampling.make_case(case.case_id, case.image, None, case.spacing, case.meta)
 
 
 def evaluate_level(runs: list[LoadedRun], shift: str | None, level: int, case_ids: list[str], path: pathlib.Path

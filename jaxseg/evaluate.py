@@ -64,7 +64,7 @@ from absl import logging
 
 from jaxseg import checkpointing, console, ensemble, experiment, inference, metrics, parallel, paths
 from jaxseg import postprocess, visualize
-from jaxseg.data import nifti, pipeline, transforms
+from jaxseg.data import nifti, pipeline, sampling
 from jaxseg.errors import ConfigError, DataError, WorkdirError
 
 METRIC_NAMES = metrics.METRIC_NAMES
@@ -188,7 +188,7 @@ class Evaluator:
     self.predict = predict
     self.step = step
 
-  def score_case(self, case: transforms.Case, choice: postprocess.Postprocessing, compare_largest: bool,
+  def score_case(self, case: sampling.Case, choice: postprocess.Postprocessing, compare_largest: bool,
                  with_view: bool) -> CaseResult:
     """Predicts one preprocessed case and scores it against its raw label file."""
     probabilities = self.probabilities(case.image)

@@ -37,18 +37,18 @@ import numpy as np
 from absl import logging
 
 from jaxseg import checkpointing, config as config_lib, experiment, interpret, models, paths, visualize
-from jaxseg.data import pipeline, transforms
+from jaxseg.data import pipeline, sampling
 from jaxseg.errors import ConfigError
 
 
-def _class_input(case: transforms.Case, value: int, patch_size, ndim: int):
+def _class_input(case: sampling.Case, value: int, patch_size, ndim: int):
   """(image [*S, C], reference [*S], index along z of the slice to show) around class `value`."""
   where = np.argwhere(case.label == value)
   if ndim == 2:
     z = visualize.most_foreground_slice(case.label == value)
     return case.image[z], case.label[z], None
   center = np.round(where.mean(axis=0)).astype(np.int64)
-  image, label = transforms.extract_patch(case, center, patch_size)
+  image, label = sampling.extract_patch(case, center, patch_size)
   z = visualize.most_foreground_slice(label == value)
   return image, label, z
 

@@ -14,7 +14,7 @@ from scipy import ndimage
 from jaxseg import config as config_lib
 from jaxseg import train
 from jaxseg.config import base_config
-from jaxseg.data import augment, device_augment as da, device_cache, transforms
+from jaxseg.data import augment, device_augment as da, device_cache, sampling
 from jaxseg.errors import ConfigError
 
 
@@ -53,7 +53,7 @@ def _case(shape, channels=2, seed=0):
   label[(yy - shape[1] / 2) ** 2 + (xx - shape[2] / 2) ** 2 < (shape[2] / 4) ** 2] = 3
   label[(yy - shape[1] / 3) ** 2 + (xx - shape[2] / 3) ** 2 < (shape[2] / 8) ** 2] = 7
   del zz
-  return transforms.make_case("c", image, label, (1.0, 1.0, 1.0), {})
+  return sampling.make_case("c", image, label, (1.0, 1.0, 1.0), {})
 
 
 def _device_patch(case, center, patch, aug, angles, scale, elastic=None):
@@ -68,8 +68,8 @@ def _device_patch(case, center, patch, aug, angles, scale, elastic=None):
                              jnp.float32(scale), None if elastic is None else jnp.asarray(elastic))
   shape = jnp.asarray(crop)
   bounds = (jnp.asarray(-start, jnp.int32), jnp.asarray(np.asarray(image.shape[:ndim]) - 1 - start, jnp.int32))
-  image = transforms._crop(image, start, crop, case.pad_value)  # pylint: disable=protected-access
-  label = transforms._crop(label, start, crop, 0)  # pylint: disable=protected-access
+  image = sampling._crop(image, start, crop, case.pad_value)  # pylint: disable=protected-access
+  label = sampling._crop(label, start, crop, 0)  # pylint: disable=protected-access
   return (np.asarray(da.interpolate_linear(jnp.asarray(image), (), coords, shape, jnp.asarray(case.pad_value),
                                            bounds)),
           np.asarray(da.interpolate_nearest(jnp.asarray(label), (), coords, shape, 0, bounds)))
@@ -92,7 +92,7 @@ def test_2d_rotation_and_zoom_match_the_host(angles, scale):
   center = np.array([2.0, 17.0, 30.0])
   patch = (24, 20)
   transform = augment.SpatialTransform(angles, scale)
-  host = transforms.extract_patch(case, center, patch, transform)
+  host = sampling.extract_patch(case, center, patch, transform)
   aug = _aug(2, rotate_prob=1.0, scale_prob=1.0, scale_range=(0.7, 1.4))
   _assert_close_patches(host, _device_patch(case, center, patch, aug, angles, scale))
 
@@ -102,7 +102,7 @@ def test_3d_rotation_and_zoom_match_the_host(angles, scale):
   case = _case((30, 32, 36))
   center = np.array([14.0, 16.0, 20.0])
   patch = (12, 16, 14)
-  host = transforms.extract_patch(case, center, patch, augment.SpatialTransform(angles, scale))
+  host = sampling.extract_patch(case, center, patch, augment.SpatialTransform(angles, scale))
   aug = _aug(3, rotate_prob=1.0, scale_prob=1.0)
   _assert_close_patches(host, _device_patch(case, center, patch, aug, angles, scale))
 
@@ -117,7 +117,7 @@ def test_elastic_field_and_deformed_patch_match_the_host():
   case = _case((3, 40, 44))
   center = np.array([1.0, 20.0, 22.0])
   transform = augment.SpatialTransform((0.4,), 0.9, host_field)
-  host = transforms.extract_patch(case, center, patch, transform)
+  host = sampling.extract_patch(case, center, patch, transform)
   aug = _aug(2, rotate_prob=1.0, scale_prob=1.0, elastic_prob=1.0, elastic_alpha=(0.0, 60.0), elastic_sigma=(4.0, 5.0))
   _assert_close_patches(host, _device_patch(case, center, patch, aug, (0.4,), 0.9, host_field))
 
@@ -328,7 +328,7 @@ def _cache(cases, patch):
 @pytest.mark.parametrize("patch,class_balanced", [((12, 10), False), ((6, 12, 10), True)])
 def test_device_cache_samples_foreground_as_the_host_does(patch, class_balanced):
   cases = [_case((8, 30, 26), seed=0), _case((6, 24, 30), seed=1)]
-  empty = transforms.make_case("e", cases[0].image[:5], np.zeros((5, 30, 26), np.uint8), (1, 1, 1), {})
+  empty = sampling.make_case("e", cases[0].image[:5], np.zeros((5, 30, 26), np.uint8), (1, 1, 1), {})
   cache, layout = _cache(cases + [empty], patch)
   assert cache["image"].shape == (3, 8, 30, 30, 2) and layout.classes == (3, 7)
   # Without mirroring the forced centre voxel stays the patch centre; intensity transforms (tested above) off.
@@ -344,7 +344,7 @@ def test_device_cache_samples_foreground_as_the_host_does(patch, class_balanced)
     assert batch["image"].shape == (6, *patch, 2) and batch["label"].shape == (6, *patch)
     assert set(np.unique(batch["label"])) <= {0, 3, 7}
     for row in range(6):
-      if transforms.is_forced_foreground(row, 6, 0.5):
+      if sampling.is_forced_foreground(row, 6, 0.5):
         forced_hits += batch["label"][(row, *centre)] > 0
         classes.append(batch["label"][(row, *centre)])
   assert forced_hits == 8 * 3  # Every forced row is centred on foreground.

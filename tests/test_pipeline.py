@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jaxseg.config import base_config
-from jaxseg.data import pipeline, transforms
+from jaxseg.data import pipeline, sampling
 from jaxseg.data.builders import segmentation
 from jaxseg.errors import ConfigError, DataError
 
@@ -122,7 +122,7 @@ def test_every_batch_has_the_configured_share_of_foreground(ct):
   config, prepared = ct
   batch = config.train.batch_size
   for fraction in (1 / 3, 0.5):
-    forced = [i for i in range(batch) if transforms.is_forced_foreground(i, batch, fraction)]
+    forced = [i for i in range(batch) if sampling.is_forced_foreground(i, batch, fraction)]
     assert len(forced) == math.ceil(batch * fraction)
     for step in _batches(_small_patches(config, fraction), prepared):
       has_foreground = (step["label"] > 0).any(axis=(1, 2))

@@ -5,7 +5,7 @@ default augmentation (`base_config().data.augment`: rotation, zoom, noise,
 blur, brightness, contrast, low resolution, gamma, mirroring; elastic
 deformation off as in nnU-Net v2), 1 channel:
 
-  host/1 core       `transforms.training_sample` (sampling, crop, numpy/scipy
+  host/1 core       `sampling.training_sample` (sampling, crop, numpy/scipy
                     augmentation) in one thread;
   host/N cores      the same in a process pool of `os.cpu_count()` workers;
   device            `device_augment.augment_batch` jitted on host crops already
@@ -41,7 +41,7 @@ from jaxseg import models, optimizer as optimizer_lib, state as state_lib, steps
 from jaxseg.config import base_config
 from jaxseg.data import augment as augment_lib
 from jaxseg.data import device_augment as da
-from jaxseg.data import transforms
+from jaxseg.data import sampling
 
 
 def sizes(quick: bool) -> list[tuple[str, tuple[int, ...], int]]:
@@ -51,7 +51,7 @@ def sizes(quick: bool) -> list[tuple[str, tuple[int, ...], int]]:
   return [("2d", (256, 256), 8), ("3d", (128, 128, 128), 2)]
 
 
-def synthetic_case(patch: Sequence[int], seed: int = 0) -> transforms.Case:
+def synthetic_case(patch: Sequence[int], seed: int = 0) -> sampling.Case:
   """A smooth 1-channel volume with two label blobs, a little larger than the patch (2D: 4 slices)."""
   shape = (4, *[int(1.5 * n) for n in patch]) if len(patch) == 2 else tuple(int(1.5 * n) for n in patch)
   rng = np.random.default_rng(seed)
@@ -61,7 +61,7 @@ def synthetic_case(patch: Sequence[int], seed: int = 0) -> transforms.Case:
   centre = np.asarray(shape, np.float32).reshape(3, 1, 1, 1) / 2
   radius = np.sqrt(((grid[1:] - centre[1:]) ** 2).sum(0))
   label = (radius < shape[2] / 5).astype(np.uint8) + (radius < shape[2] / 10)
-  return transforms.make_case("bench", image, label, (1.0, 1.0, 1.0), {})
+  return sampling.make_case("bench", image, label, (1.0, 1.0, 1.0), {})
 
 
 def default_augmentation(ndim: int) -> augment_lib.Augmentation:
@@ -73,12 +73,12 @@ def _host_samples(patch: tuple[int, ...], start: int, count: int) -> int:
   aug = default_augmentation(len(patch))
   for i in range(start, start + count):
     rng = np.random.default_rng([0, i])
-    transforms.training_sample(case, patch, rng, force_foreground=i % 3 == 0, augment=aug)
+    sampling.training_sample(case, patch, rng, force_foreground=i % 3 == 0, augment=aug)
   return count
 
 
 @functools.lru_cache(maxsize=2)
-def _worker_case(patch: tuple[int, ...]) -> transforms.Case:
+def _worker_case(patch: tuple[int, ...]) -> sampling.Case:
   return synthetic_case(patch)
 
 
@@ -99,7 +99,7 @@ def crop_batch(patch: tuple[int, ...], batch: int) -> dict[str, np.ndarray]:
   """Host crops (what the host path hands the device) of `batch` samples."""
   case = synthetic_case(patch)
   crop = da.crop_size(default_augmentation(len(patch)), patch)
-  rows = [transforms.training_crop(case, patch, crop, np.random.default_rng([1, i]), force_foreground=i % 3 == 0)
+  rows = [sampling.training_crop(case, patch, crop, np.random.default_rng([1, i]), force_foreground=i % 3 == 0)
           for i in range(batch)]
   return {k: np.stack([row[k] for row in rows]) for k in rows[0]}
 

@@ -428,7 +428,7 @@ def augment_batch(seed_key: jax.Array, step: jax.Array, batch: dict[str, jax.Arr
     batch: `image` `[B, *crop, C]`, `label` `[B, *crop]`, `pad_value` `[B, C]`
       (the case minimum, used outside the case) and, optionally, `low` /
       `high` `[B, ndim]` int32: the case's first / last voxel in crop
-      coordinates (`transforms.training_crop`); without them the crop is the case.
+      coordinates (`sampling.training_crop`); without them the crop is the case.
     aug: resolved augmentation settings.
     patch_size: the output patch.
     offset: global index of row 0 (rows of one global batch split over hosts).

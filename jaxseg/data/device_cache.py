@@ -7,11 +7,11 @@ outside it the image reads the case minimum, the label 0, exactly as on the
 host) and places them replicated on the mesh. `make_batch_fn` returns the
 jittable `batch_fn(cache, step)` that draws the global batch of `step`:
 
-  - case and centre as on the host (`transforms.CaseIndex.choose`,
-    `transforms.choose_center`): ceil(B x foreground_fraction) rows of every
+  - case and centre as on the host (`sampling.CaseIndex.choose`,
+    `sampling.choose_center`): ceil(B x foreground_fraction) rows of every
     batch are centred on a foreground voxel of a case holding foreground (with
     `class_balanced`, a class first), from the same precomputed class
-    locations (`transforms.class_locations`); the other rows take any case
+    locations (`sampling.class_locations`); the other rows take any case
     and a centre that keeps the patch inside the volume where it fits;
   - then `device_augment.transform_example` resamples the patch from the
     case and augments it.
@@ -35,7 +35,7 @@ import numpy as np
 
 from jaxseg.data import augment as augment_lib
 from jaxseg.data import device_augment as da
-from jaxseg.data import transforms
+from jaxseg.data import sampling
 from jaxseg.errors import ConfigError, DataError
 
 # Share of a device's free memory the cache may take (the rest is for the model, activations, XLA).
@@ -56,7 +56,7 @@ class Layout:
   patch_size: tuple[int, ...]
 
 
-def cache_arrays(cases: Sequence[transforms.Case]) -> dict[str, np.ndarray]:
+def cache_arrays(cases: Sequence[sampling.Case]) -> dict[str, np.ndarray]:
   """Host arrays of the cache.
 
   Returns:
@@ -155,7 +155,7 @@ def _randint(key: jax.Array, count: jax.Array) -> jax.Array:
 
 def choose_case(key: jax.Array, cache: dict[str, jax.Array], layout: Layout, force: jax.Array,
                 class_balanced: bool) -> tuple[jax.Array, jax.Array]:
-  """(case index, class slot or -1) as `transforms.CaseIndex.choose`; `force` is a traced bool."""
+  """(case index, class slot or -1) as `sampling.CaseIndex.choose`; `force` is a traced bool."""
   k_class, k_case = jax.random.split(key)
   any_case = _randint(k_case, layout.num_cases)
   if not layout.classes:
@@ -172,7 +172,7 @@ def choose_case(key: jax.Array, cache: dict[str, jax.Array], layout: Layout, for
 
 def choose_center(key: jax.Array, cache: dict[str, jax.Array], case: jax.Array, slot: jax.Array,
                   patch_size: Sequence[int], force: jax.Array) -> jax.Array:
-  """The (z, y, x) centre voxel, float32, as `transforms.choose_center`; `force` is a traced bool."""
+  """The (z, y, x) centre voxel, float32, as `sampling.choose_center`; `force` is a traced bool."""
   k_class, k_voxel, k_uniform = jax.random.split(key, 3)
   shape = cache["shape"][case].astype(jnp.float32)
   full = jnp.asarray([1] * (3 - len(patch_size)) + list(patch_size), jnp.float32)
@@ -201,7 +201,7 @@ def sample_batch(cache: dict[str, jax.Array], step: jax.Array, *, seed: int, lay
   patch = layout.patch_size
   ndim = len(patch)
   channels = cache["image"].shape[-1]
-  forced = np.array([transforms.is_forced_foreground(i, batch_size, foreground_fraction)
+  forced = np.array([sampling.is_forced_foreground(i, batch_size, foreground_fraction)
                      for i in range(batch_size)])
   keys = da.example_keys(da.augment_key(seed), step, batch_size)
 

@@ -36,7 +36,7 @@ from jaxseg import models
 from jaxseg.data import augment as augment_lib
 from jaxseg.data import device_augment
 from jaxseg.data import location
-from jaxseg.data import nifti, phantoms, preprocess, transforms
+from jaxseg.data import nifti, phantoms, preprocess, sampling
 from jaxseg.data.builders import msd, raw, segmentation
 from jaxseg.errors import ConfigError, DataError, WorkdirError
 
@@ -166,22 +166,22 @@ class CaseSource:
   def __init__(self, prepared: PreparedDataset, split: str, cache_size: int = 64):
     self.split = split
     self.case_ids = list(prepared.splits.get(split, []))
-    self.index = transforms.CaseIndex.from_class_voxels(prepared.class_voxels.get(split, []))
+    self.index = sampling.CaseIndex.from_class_voxels(prepared.class_voxels.get(split, []))
     self._source = prepared.builder.as_data_source(split=split) if self.case_ids else []
-    self._cache: collections.OrderedDict[int, transforms.Case] = collections.OrderedDict()
+    self._cache: collections.OrderedDict[int, sampling.Case] = collections.OrderedDict()
     self._cache_size = cache_size
     self._lock = threading.Lock()
 
   def __len__(self) -> int:
     return len(self._source)
 
-  def __getitem__(self, index: int) -> transforms.Case:
+  def __getitem__(self, index: int) -> sampling.Case:
     with self._lock:
       if index in self._cache:
         self._cache.move_to_end(index)
         return self._cache[index]
     record = self._source[index]
-    case = transforms.make_case(_text(record["case_id"]), record["image"], record["label"],
+    case = sampling.make_case(_text(record["case_id"]), record["image"], record["label"],
                                 record["spacing"], json.loads(_text(record["meta"])))
     with self._lock:
       self._cache[index] = case
@@ -189,7 +189,7 @@ class CaseSource:
         self._cache.popitem(last=False)
     return case
 
-  def __iter__(self) -> Iterator[transforms.Case]:
+  def __iter__(self) -> Iterator[sampling.Case]:
     return (self[i] for i in range(len(self)))
 
   def __getstate__(self) -> dict[str, Any]:
@@ -223,7 +223,7 @@ class TrainSampler:
     augment: resolved `config.data.augment`.
     crop_size: with `config.data.device_augment`, the unaugmented crop
       (`device_augment.crop_size`) each sample becomes
-      (`transforms.training_crop`); None: augmented patches.
+      (`sampling.training_crop`); None: augmented patches.
   """
   source: CaseSource
   seed: int
@@ -240,12 +240,12 @@ class TrainSampler:
     step, row = divmod(int(local_index), self.local_batch)
     position = self.offset + row
     rng = np.random.default_rng([self.seed, step * self.global_batch + position])
-    force = transforms.is_forced_foreground(position, self.global_batch, self.foreground_fraction)
+    force = sampling.is_forced_foreground(position, self.global_batch, self.foreground_fraction)
     index, class_value = self.source.index.choose(rng, force_foreground=force, class_balanced=self.class_balanced)
     if self.crop_size is not None:
-      return transforms.training_crop(self.source[index], self.patch_size, self.crop_size, rng,
+      return sampling.training_crop(self.source[index], self.patch_size, self.crop_size, rng,
                                       force_foreground=force, class_value=class_value)
-    return transforms.training_sample(self.source[index], self.patch_size, rng, force_foreground=force,
+    return sampling.training_sample(self.source[index], self.patch_size, rng, force_foreground=force,
                                       augment=self.augment, class_value=class_value)
 
 
@@ -256,7 +256,7 @@ def train_batches(config: ml_collections.ConfigDict, source: CaseSource, *, star
   Yields `image` `[b, *patch, C]` float32 and `label` `[b, *patch]` int32 with
   b = local_batch_size, process p holding global rows p*b .. (p+1)*b - 1.
   With `config.data.device_augment`, unaugmented crops instead
-  (`transforms.training_crop`: `image` `[b, *crop, C]`, `label` uint8,
+  (`sampling.training_crop`: `image` `[b, *crop, C]`, `label` uint8,
   `pad_value`, `low`, `high`), augmented by the train step.
   """
   if len(source) == 0:

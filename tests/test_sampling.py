@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxseg.config import base_config
-from jaxseg.data import augment, transforms
+from jaxseg.data import augment, sampling
 
 
 def _case(shape=(6, 20, 24), channels=2):
@@ -15,7 +15,7 @@ def _case(shape=(6, 20, 24), channels=2):
   label = np.zeros(shape, np.uint8)
   label[2, 5:8, 6:9] = 1
   label[4, 15:17, 18:20] = 2
-  return transforms.make_case("c0", image, label, (5.0, 1.0, 1.0), {})
+  return sampling.make_case("c0", image, label, (5.0, 1.0, 1.0), {})
 
 
 def test_class_locations_lists_every_foreground_voxel():
@@ -28,7 +28,7 @@ def test_class_locations_lists_every_foreground_voxel():
 
 @pytest.mark.parametrize("batch,fraction", [(8, 1 / 3), (2, 1 / 3), (5, 0.5), (4, 0.0), (4, 1.0)])
 def test_forced_foreground_count_is_ceil_of_fraction(batch, fraction):
-  forced = sum(transforms.is_forced_foreground(i, batch, fraction) for i in range(batch))
+  forced = sum(sampling.is_forced_foreground(i, batch, fraction) for i in range(batch))
   assert forced == math.ceil(batch * fraction - 1e-9)
 
 
@@ -36,13 +36,13 @@ def test_forced_sample_is_centred_on_foreground():
   case = _case()
   rng = np.random.default_rng(1)
   for _ in range(20):
-    center = transforms.choose_center(case, (8, 8), rng, force_foreground=True)
+    center = sampling.choose_center(case, (8, 8), rng, force_foreground=True)
     assert case.label[tuple(center.astype(int))] > 0
 
 
 def test_extract_patch_pads_with_case_minimum_and_background():
   case = _case()
-  image, label = transforms.extract_patch(case, np.array([2.0, 0.0, 0.0]), (8, 8))
+  image, label = sampling.extract_patch(case, np.array([2.0, 0.0, 0.0]), (8, 8))
   assert image.shape == (8, 8, 2) and label.shape == (8, 8)
   np.testing.assert_array_equal(image[:4, :, 0], case.pad_value[0])  # Above the volume.
   np.testing.assert_array_equal(image[4:, 4:], case.image[2, :4, :4])
@@ -52,9 +52,9 @@ def test_extract_patch_pads_with_case_minimum_and_background():
 def test_identity_transform_equals_plain_crop():
   case = _case()
   center = np.array([2.0, 6.0, 7.0])
-  crop = transforms.extract_patch(case, center, (8, 8))
+  crop = sampling.extract_patch(case, center, (8, 8))
   # A zoom of exactly 1 and no rotation through the interpolating path:
-  warped = transforms.extract_patch(case, center, (8, 8), augment.SpatialTransform((1e-12,)))
+  warped = sampling.extract_patch(case, center, (8, 8), augment.SpatialTransform((1e-12,)))
   np.testing.assert_allclose(warped[0][1:-1, 1:-1], crop[0][1:-1, 1:-1], atol=1e-5)
   np.testing.assert_array_equal(warped[1], crop[1])
 
@@ -62,15 +62,15 @@ def test_identity_transform_equals_plain_crop():
 def test_rotation_by_90_degrees_rotates_the_label():
   case = _case()
   center = np.array([2.0, 6.0, 7.0])
-  _, label = transforms.extract_patch(case, center, (9, 9))
-  _, rotated = transforms.extract_patch(case, center, (9, 9), augment.SpatialTransform((math.pi / 2,)))
+  _, label = sampling.extract_patch(case, center, (9, 9))
+  _, rotated = sampling.extract_patch(case, center, (9, 9), augment.SpatialTransform((math.pi / 2,)))
   assert sorted(map(tuple, np.argwhere(rotated == 1))) == sorted(
       map(tuple, np.argwhere(np.rot90(label, k=-1) == 1)))
 
 
 def test_3d_patch_shape_and_padding():
   case = _case()
-  image, label = transforms.extract_patch(case, np.array([1.0, 10.0, 12.0]), (4, 8, 8))
+  image, label = sampling.extract_patch(case, np.array([1.0, 10.0, 12.0]), (4, 8, 8))
   assert image.shape == (4, 8, 8, 2) and label.shape == (4, 8, 8)
   np.testing.assert_array_equal(label[0], 0)  # Slice -1 is outside the volume.
 
@@ -81,9 +81,9 @@ def test_training_sample_is_seeded():
   config.data.augment.rotate_prob = 1.0
   aug = augment.Augmentation.from_config(config.data.augment, 2)
   case = _case()
-  a = transforms.training_sample(case, (8, 8), np.random.default_rng([3, 7]), force_foreground=True, augment=aug)
-  b = transforms.training_sample(case, (8, 8), np.random.default_rng([3, 7]), force_foreground=True, augment=aug)
-  c = transforms.training_sample(case, (8, 8), np.random.default_rng([3, 8]), force_foreground=True, augment=aug)
+  a = sampling.training_sample(case, (8, 8), np.random.default_rng([3, 7]), force_foreground=True, augment=aug)
+  b = sampling.training_sample(case, (8, 8), np.random.default_rng([3, 7]), force_foreground=True, augment=aug)
+  c = sampling.training_sample(case, (8, 8), np.random.default_rng([3, 8]), force_foreground=True, augment=aug)
   np.testing.assert_array_equal(a["image"], b["image"])
   assert a["image"].dtype == np.float32 and a["label"].dtype == np.int32
   assert not np.array_equal(a["image"], c["image"])
@@ -92,15 +92,15 @@ def test_training_sample_is_seeded():
 def test_rotation_about_axis_0_of_a_3d_patch_rotates_each_slice():
   case = _case(shape=(6, 20, 24))
   center = np.array([2.0, 6.0, 7.0])
-  _, label = transforms.extract_patch(case, center, (3, 9, 9))
-  _, rotated = transforms.extract_patch(case, center, (3, 9, 9), augment.SpatialTransform((math.pi / 2, 0.0, 0.0)))
+  _, label = sampling.extract_patch(case, center, (3, 9, 9))
+  _, rotated = sampling.extract_patch(case, center, (3, 9, 9), augment.SpatialTransform((math.pi / 2, 0.0, 0.0)))
   np.testing.assert_array_equal(rotated, np.rot90(label, k=-1, axes=(1, 2)))
 
 
 def test_zoom_by_two_samples_every_half_voxel():
   case = _case()
   case.image[2, :, :, 0] = np.arange(24)[None, :]  # Intensity = x index.
-  image, _ = transforms.extract_patch(case, np.array([2.0, 10.0, 12.0]), (8, 8),
+  image, _ = sampling.extract_patch(case, np.array([2.0, 10.0, 12.0]), (8, 8),
                                       augment.SpatialTransform((0.0,), scale=2.0))
   np.testing.assert_allclose(image[4, :, 0], 12 + (np.arange(8) - 4) / 2, atol=1e-5)
 
@@ -120,7 +120,7 @@ def test_forced_samples_keep_their_foreground_under_every_augmentation(patch):
   aug = augment.Augmentation.from_config(_all_on(), len(patch))
   case = _case()
   for seed in range(15):
-    sample = transforms.training_sample(case, patch, np.random.default_rng(seed), force_foreground=True, augment=aug)
+    sample = sampling.training_sample(case, patch, np.random.default_rng(seed), force_foreground=True, augment=aug)
     assert sample["image"].shape == (*patch, 2) and sample["label"].shape == patch
     assert (sample["label"] > 0).any(), seed
 
@@ -129,7 +129,7 @@ def test_requested_class_is_the_centre_class():
   case = _case()
   rng = np.random.default_rng(0)
   for _ in range(10):
-    center = transforms.choose_center(case, (8, 8), rng, force_foreground=True, class_value=2)
+    center = sampling.choose_center(case, (8, 8), rng, force_foreground=True, class_value=2)
     assert case.label[tuple(center.astype(int))] == 2
 
 
@@ -137,7 +137,7 @@ CLASS_VOXELS = [{"0": 90, "1": 10}] * 8 + [{"0": 100}, {"0": 95, "1": 4, "2": 1}
 
 
 def test_case_index_lists_cases_by_class():
-  index = transforms.CaseIndex.from_class_voxels(CLASS_VOXELS)
+  index = sampling.CaseIndex.from_class_voxels(CLASS_VOXELS)
   assert index.num_cases == 10
   assert sorted(index.cases_with_class) == [1, 2]
   np.testing.assert_array_equal(index.cases_with_class[1], [0, 1, 2, 3, 4, 5, 6, 7, 9])
@@ -146,7 +146,7 @@ def test_case_index_lists_cases_by_class():
 
 
 def test_forced_samples_skip_cases_without_foreground():
-  index = transforms.CaseIndex.from_class_voxels(CLASS_VOXELS)
+  index = sampling.CaseIndex.from_class_voxels(CLASS_VOXELS)
   rng = np.random.default_rng(0)
   forced = [index.choose(rng, force_foreground=True, class_balanced=False) for _ in range(300)]
   assert all(case != 8 and value is None for case, value in forced)
@@ -155,7 +155,7 @@ def test_forced_samples_skip_cases_without_foreground():
 
 
 def test_class_balanced_sampling_draws_rare_classes_as_often_as_common_ones():
-  index = transforms.CaseIndex.from_class_voxels(CLASS_VOXELS)
+  index = sampling.CaseIndex.from_class_voxels(CLASS_VOXELS)
   rng = np.random.default_rng(0)
   n = 2000
   balanced = [index.choose(rng, force_foreground=True, class_balanced=True) for _ in range(n)]
