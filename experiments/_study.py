@@ -294,10 +294,8 @@ def restore_final(config, workdir):
 def save_figure(fig, path: pathlib.Path, dpi: int) -> None:
   """Writes a matplotlib figure to `path` (PNG) through a temporary file renamed into place, and closes it."""
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  path = pathlib.Path(path)
-  tmp = path.with_name(f".{path.name}.tmp.png")
+  from jaxseg import paths  # pylint: disable=g-import-not-at-top
   try:
-    fig.savefig(tmp, dpi=dpi)
+    paths.replace_atomically(pathlib.Path(path), lambda tmp: fig.savefig(tmp, dpi=dpi), ".png")
   finally:
     plt.close(fig)
-  os.replace(tmp, path)

@@ -14,18 +14,26 @@ so a workdir that went through `pathlib` on the way still lands in the bucket.
 A URL scheme jaxseg cannot write (`s3://`, `hdfs://`, `http://`, ...) is
 refused with one line.
 
-Writes that must never leave a half-written file (`write_text_atomic`) use a
-temporary name and `os.replace` locally; an object store writes an object in
-one piece, so a remote write goes straight to its name.
+Writes that must never leave a half-written file (`write_text_atomic`,
+`replace_atomically` for writers that need a file name, such as nibabel and
+matplotlib) use a unique temporary name beside the target and `os.replace`
+locally; an object store writes an object in one piece, so a remote write goes
+straight to its name. `ensure_dir` probes that a directory can be written, and
+`exclusive_lock` serialises processes that prepare the same local data.
+
+This module is the one place for these file-system primitives.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import pathlib
 import re
 import tempfile
-from typing import Callable, Union
+import uuid
+from typing import Callable, Iterator, Union
 
 from etils import epath
 
@@ -97,11 +105,34 @@ def write_text_atomic(path: Path, text: str) -> None:
 def write_bytes_atomic(path: Path, data: bytes) -> None:
   """Writes `data` to `path` atomically: a local temporary file renamed into place, or one object upload."""
   if isinstance(path, pathlib.Path):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    replace_atomically(path, lambda tmp: tmp.write_bytes(data))
   else:
     path.write_bytes(data)
+
+
+def replace_atomically(path: pathlib.Path, write: Callable[[pathlib.Path], None], suffix: str = "") -> None:
+  """Runs `write(tmp)` on a unique temporary name beside local `path` and renames the result into place.
+
+  `suffix` ends the temporary name, for writers that choose the format by extension (`.nii.gz`, `.png`).
+  Readers see the old file or the new one, never a part; a failed write leaves no temporary file behind.
+  """
+  tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp{suffix}")
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: pathlib.Path) -> Iterator[None]:
+  """Holds an exclusive advisory lock (`fcntl.flock`) on local file `path`, created if missing."""
+  with open(path, "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def write_via_local(path: Path, write: Callable[[pathlib.Path], None]) -> None:

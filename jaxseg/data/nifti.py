@@ -34,7 +34,6 @@ import json
 import os
 import pathlib
 import re
-import uuid
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -42,6 +41,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from jaxseg import paths
 from jaxseg.errors import DataError
 from jaxseg.errors import WorkdirError
 
@@ -291,14 +291,9 @@ def save_nifti(path: str | os.PathLike[str], array: np.ndarray,
   image.set_qform(affine, code=1)
   image.set_sform(affine, code=1)
   image.header.set_xyzt_units('mm')
-  tmp = path.with_name(f'.{path.name}.{uuid.uuid4().hex}.tmp{ending}')
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-      nib.save(image, tmp)
-      os.replace(tmp, path)
-    finally:
-      tmp.unlink(missing_ok=True)
+    paths.replace_atomically(path, lambda tmp: nib.save(image, tmp), ending)
   except OSError as e:
     raise WorkdirError(
         f'{path}: cannot write NIfTI file ({_one_line(e)})') from e

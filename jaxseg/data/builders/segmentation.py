@@ -31,8 +31,6 @@ the dataset again from the start.
 from __future__ import annotations
 
 import abc
-import contextlib
-import fcntl
 import hashlib
 import os
 import pathlib
@@ -43,6 +41,7 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxseg import paths
 from jaxseg.data import folds, nifti, preprocess
 from jaxseg.data.builders import workers
 from jaxseg.errors import DataError
@@ -95,17 +94,6 @@ def raw_signature(raw: nifti.RawDataset, *, with_location: bool) -> str:
       if with_location:
         digest.update(f":{stat.st_mtime_ns}".encode())
   return digest.hexdigest()[:12]
-
-
-@contextlib.contextmanager
-def exclusive_lock(path: pathlib.Path) -> Iterator[None]:
-  """Holds an exclusive advisory lock on `path` (created if missing)."""
-  with open(path, "a") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -194,7 +182,7 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     """Prepares the dataset unless it is complete (module doc: locking, leftovers, versions)."""
     config_dir = self.prepared_dir.parent
     config_dir.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(config_dir / ".prepare.lock"):
+    with paths.exclusive_lock(config_dir / ".prepare.lock"):
       stale = []
       if not self.prepared_dir.exists():
         for leftover in config_dir.glob(f"incomplete.*_{self.version}"):

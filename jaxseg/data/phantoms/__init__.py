@@ -20,20 +20,18 @@ written last), under a lock file, so an interrupted run is never taken for a
 finished dataset and concurrent callers on one machine generate it once.
 """
 
-import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import pathlib
 import shutil
 import tempfile
 import uuid
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
-from jaxseg import errors
+from jaxseg import errors, paths
 from jaxseg.data.phantoms import common
 from jaxseg.data.phantoms import ct
 from jaxseg.data.phantoms import microscopy
@@ -186,7 +184,7 @@ def ensure_phantom(name: str, data_dir: pathlib.Path, *,
     return target
   try:
     data_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(data_dir / f'.{spec.name}.lock'):
+    with paths.exclusive_lock(data_dir / f'.{spec.name}.lock'):
       if _is_complete(target, params):  # Made by another process meanwhile.
         return target
       if os.path.lexists(target) and not _is_phantom(target, spec.name):
@@ -234,17 +232,6 @@ def _is_phantom(root: pathlib.Path, name: str) -> bool:
     return dataset[PARAMS_KEY]['generator'] == name
   except (OSError, ValueError, KeyError, TypeError):
     return False
-
-
-@contextlib.contextmanager
-def _locked(path: pathlib.Path) -> Iterator[None]:
-  """Holds an exclusive lock on `path` (created if missing)."""
-  with open(path, 'a') as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _remove_leftovers(data_dir: pathlib.Path, name: str) -> None:
