@@ -276,7 +276,7 @@ def save_figure(path: pathlib.Path, figures: dict[str, dict]) -> None:
 def markdown(meta, args, runs, summary, spacing, label_of) -> str:
   p = protocol(args)
   cases = f"the first {p['max_cases']} test cases" if p["max_cases"] else "every test case"
-  lines = [f"# Interpretability maps on the CT phantom: localisation and sanity checks", ""]
+  lines = ["# Interpretability maps on the CT phantom: localisation and sanity checks", ""]
   lines += _study.metadata_lines(meta)
   lines += [
       f"- Models: {', '.join(args.models)} (`configs/{MODEL_CONFIGS[args.models[0]]}.py`...), each trained "

@@ -404,7 +404,7 @@ def reading(summary) -> list[str]:
       lines.append(f"- {dataset} {shift}: mean shifted Dice, best first: "
                    + ", ".join(f"{a} {arms[a]['mean_shifted'][0]:.3f}" for a in ranked)
                    + f"; Dice at level {worst}: " + ", ".join(f"{a} {arms[a]['dice'][worst][0]:.3f}" for a in ranked)
-                   + f" (clean: " + ", ".join(f"{a} {arms[a]['dice'][entry['levels'][0]][0]:.3f}" for a in ranked)
+                   + " (clean: " + ", ".join(f"{a} {arms[a]['dice'][entry['levels'][0]][0]:.3f}" for a in ranked)
                    + ").")
   return lines
 

@@ -36,7 +36,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # Quiet a TensorFlow that a user's environment may import.
 
 from absl import app, flags  # pylint: disable=g-import-not-at-top
-from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top,unused-import  (defines -v)
+from absl import logging as absl_logging  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import  (defines -v)
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
 from jaxseg import cli, console  # pylint: disable=g-import-not-at-top

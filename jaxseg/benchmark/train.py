@@ -19,7 +19,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxseg import config as config_lib
@@ -133,7 +132,7 @@ class TorchStep:
 
 def _torch_unavailable(case: Case) -> str | None:
   try:
-    import torch  # pylint: disable=g-import-not-at-top,unused-import
+    import torch  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
     return "skipped: torch is not installed (pip install 'jaxseg[bench]')"
   if not dict(case.model).get("name", "unet").startswith("unet"):
