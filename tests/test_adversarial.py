@@ -18,7 +18,6 @@ import pytest
 
 from jaxseg import checkpointing, experiment, state as state_lib, steps, train, writers
 from jaxseg.config import base_config, validate
-from jaxseg.data import pipeline
 from jaxseg.errors import ConfigError
 from jaxseg.models import discriminator as discriminator_lib
 
@@ -280,15 +279,14 @@ def test_checkpoint_restores_both_networks_and_training_continues_identically(ru
 
 # The switch in train.py, end to end (a tiny U-Net on a tiny phantom).
 
-def tiny_train_config(data_dir, **train_overrides):
-  config = base_config()
-  config.data.update(data_dir=str(data_dir), num_cases=5, num_threads=1, patch_size=(64, 64))
-  config.model.update(features=4, depth=2)
-  config.train.update(num_steps=4, batch_size=2, warmup_steps=1, log_every_steps=2, eval_every_steps=4,
-                      checkpoint_every_steps=2, **train_overrides)
-  config.eval.update(splits=("test",), num_figures=0, checkpoint="latest")
-  config.adversarial.update(enabled=True, warmup_steps=1, weight=0.1, features=4, num_layers=2)
-  return config
+@pytest.fixture
+def tiny_train_config(phantom_config):
+  """`tiny_train_config(data_dir)`: the tiny phantom config (64 x 64 patches) with a tiny discriminator."""
+  def make(data_dir):
+    return phantom_config(data_dir, data={"patch_size": (64, 64)}, train={"eval_every_steps": 4},
+                          eval={"checkpoint": "latest"},
+                          adversarial=dict(enabled=True, warmup_steps=1, weight=0.1, features=4, num_layers=2))
+  return make
 
 
 def scalar_tags(workdir):
@@ -296,33 +294,18 @@ def scalar_tags(workdir):
 
 
 @pytest.mark.slow  # Three short runs with evaluation: about 80 s of CPU time (6 minutes on 2 loaded cores).
-def test_adversarial_training_logs_and_resumes_both_networks(tmp_path, monkeypatch):
+def test_adversarial_training_logs_and_resumes_both_networks(tmp_path, tiny_train_config, interrupt_training,
+                                                             restore_latest):
   config = tiny_train_config(tmp_path / "data")
   reference = train.train_and_evaluate(config, tmp_path / "uninterrupted")
   assert {"train/disc_loss", "train/disc_accuracy_real", "train/disc_accuracy_fake", "train/adversarial_loss",
           "train/adversarial_weight", "train/segmentation_loss"} <= scalar_tags(tmp_path / "uninterrupted")
   assert json.loads((tmp_path / "uninterrupted" / "config.json").read_text())["adversarial"]["enabled"]
 
-  original = pipeline.train_batches
-
-  def crashing_batches(*args, **kwargs):
-    iterator = original(*args, **kwargs)
-    for _ in range(3):  # Step 3 is computed but never checkpointed.
-      yield next(iterator)
-    raise KeyboardInterrupt("simulated kill")
-
-  monkeypatch.setattr(pipeline, "train_batches", crashing_batches)
-  with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(config, tmp_path / "resumed")
-  monkeypatch.setattr(pipeline, "train_batches", original)
+  interrupt_training(config, tmp_path / "resumed", after_batches=3)  # Step 3 is computed but never checkpointed.
   assert train.train_and_evaluate(config, tmp_path / "resumed") == reference
 
-  restored = []
-  for name in ("uninterrupted", "resumed"):
-    exp = experiment.setup(config, tmp_path / name)
-    checkpoints = checkpointing.Checkpoints(tmp_path / name, read_only=True)
-    restored.append(jax.device_get(checkpoints.restore(exp.abstract_state(), "latest")[0]))
-    checkpoints.close()
+  restored = [restore_latest(config, tmp_path / name)[0] for name in ("uninterrupted", "resumed")]
   assert int(restored[0].step) == 4
   assert jax.tree.leaves(restored[0].adversary.params)
   assert_trees_equal(restored[0], restored[1])

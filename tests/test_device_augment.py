@@ -386,20 +386,11 @@ def data_dir(tmp_path_factory):
 
 # Without the cache it is the same step fed by the host pipeline: slow-marked to keep the suite under 15 minutes.
 @pytest.mark.parametrize("device_cache_on", [pytest.param(False, marks=pytest.mark.slow), True])
-def test_short_training_with_device_augmentation(data_dir, tmp_path, device_cache_on):
-  config = base_config()
-  config.data.data_dir = str(data_dir)
-  config.data.num_cases = 5
-  config.data.num_threads = 1
-  config.data.patch_size = (32, 32)
-  config.data.device_augment = True
-  config.data.device_cache = device_cache_on
-  config.data.augment.update(rotate_prob=0.5, scale_prob=0.5, noise_prob=0.5, gamma_prob=0.5)
-  config.model.update(features=4, depth=2)
-  config.train.update(num_steps=3, batch_size=2, warmup_steps=1, log_every_steps=3, eval_every_steps=3,
-                      checkpoint_every_steps=3)
-  config.eval.splits = ("test",)
-  config.eval.num_figures = 0
+def test_short_training_with_device_augmentation(data_dir, phantom_config, tmp_path, device_cache_on):
+  config = phantom_config(
+      data_dir, data=dict(patch_size=(32, 32), device_augment=True, device_cache=device_cache_on,
+                          augment=dict(rotate_prob=0.5, scale_prob=0.5, noise_prob=0.5, gamma_prob=0.5)),
+      train=dict(num_steps=3, log_every_steps=3, eval_every_steps=3, checkpoint_every_steps=3))
   results = train.train_and_evaluate(config, tmp_path)
   assert results["test"]["num_cases"] >= 1 and results["test"]["step"] == 3
   assert set(results["test"]["mean_foreground"]) >= {"dice", "iou"}  # Trained (a NaN loss would have raised).
@@ -439,39 +430,21 @@ def test_batch_is_the_same_on_one_and_on_four_devices():
 
 
 @pytest.mark.slow  # Three training runs (2-3 min on 2 loaded cores); the fast batch tests prove keys by step.
-def test_killed_device_augmented_run_resumes_to_identical_params(data_dir, tmp_path, monkeypatch):
+def test_killed_device_augmented_run_resumes_to_identical_params(data_dir, phantom_config, tmp_path,
+                                                                 interrupt_training, restore_latest):
   """The step's augmentation keys come from (seed, step): a resumed run trains on the same batches."""
-  from jaxseg import checkpointing, experiment  # pylint: disable=g-import-not-at-top
-  from jaxseg.data import pipeline  # pylint: disable=g-import-not-at-top
-  config = base_config()
-  config.data.update(data_dir=str(data_dir), num_cases=5, num_threads=1, patch_size=(32, 32), device_augment=True)
-  config.data.augment.update(rotate_prob=0.5, scale_prob=0.5, noise_prob=0.5)
-  config.model.update(features=4, depth=2)
-  config.train.update(num_steps=4, batch_size=2, warmup_steps=1, log_every_steps=2, eval_every_steps=100,
-                      checkpoint_every_steps=2)
-  config.eval.splits = ("test",)
-  config.eval.num_figures = 0
+  config = phantom_config(
+      data_dir, data=dict(patch_size=(32, 32), device_augment=True,
+                          augment=dict(rotate_prob=0.5, scale_prob=0.5, noise_prob=0.5)),
+      train=dict(eval_every_steps=100))
   train.train_and_evaluate(config, tmp_path / "uninterrupted")
-  original = pipeline.train_batches
-
-  def crashing_batches(*args, **kwargs):
-    iterator = original(*args, **kwargs)
-    for _ in range(3):  # Step 3 is computed but its checkpoint (step 4) never written.
-      yield next(iterator)
-    raise KeyboardInterrupt("simulated kill")
-
-  monkeypatch.setattr(pipeline, "train_batches", crashing_batches)
-  with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(config, tmp_path / "resumed")
-  monkeypatch.setattr(pipeline, "train_batches", original)
+  # Step 3 is computed but its checkpoint (step 4) never written.
+  interrupt_training(config, tmp_path / "resumed", after_batches=3)
   train.train_and_evaluate(config, tmp_path / "resumed")
   params = []
   for name in ("uninterrupted", "resumed"):
-    exp = experiment.setup(config, tmp_path / name)
-    checkpoints = checkpointing.Checkpoints(tmp_path / name, read_only=True)
-    state, step = checkpoints.restore(exp.abstract_state(), "latest")
-    checkpoints.close()
+    state, step = restore_latest(config, tmp_path / name)
     assert step == 4
-    params.append(jax.device_get(state.params))
+    params.append(state.params)
   for x, y in zip(jax.tree.leaves(params[0]), jax.tree.leaves(params[1])):
     np.testing.assert_array_equal(x, y)

@@ -1,8 +1,9 @@
 """Evaluation in the original geometry, post-processing choice and reports, on a tiny raw dataset.
 
-The raw files have a permuted and flipped affine and a zero border that preprocessing crops away, so a
-prediction is only scored right if orientation and crop are undone. The model is replaced by an oracle
-that returns the preprocessed reference (plus a spurious blob), which makes every number computable by hand.
+The raw files (the `tiny_msd` fixture of conftest.py) have a permuted and flipped affine and a zero border
+that preprocessing crops away, so a prediction is only scored right if orientation and crop are undone. The
+model is replaced by an oracle that returns the preprocessed reference (plus a spurious blob), which makes
+every number computable by hand.
 """
 
 import csv
@@ -14,59 +15,21 @@ import pytest
 
 from jaxseg import evaluate, experiment, inference
 from jaxseg.config import base_config
-from jaxseg.data import nifti, pipeline
+from jaxseg.data import pipeline
 from jaxseg.errors import ConfigError
 
-# Voxel axis 0 -> world -y, axis 1 -> world -x, axis 2 -> z; spacing 1.5 x 1.5 x 3 mm.
-AFFINE = np.array([[0.0, -1.5, 0.0, 12.0], [-1.5, 0.0, 0.0, 30.0], [0.0, 0.0, 3.0, -6.0], [0.0, 0.0, 0.0, 1.0]])
-VOXEL_ML = 1.5 * 1.5 * 3.0 / 1000.0
-CASES = [f"tiny_{i:03d}" for i in range(5)]
+VOXEL_ML = 1.5 * 1.5 * 3.0 / 1000.0  # The voxel of the tiny dataset (conftest.TinyMsd) in mL.
 
 
 def organ_voxels(prepared):
   return 6 * 7 * (3 if prepared.ndim == 3 else 1)
 
 
-def write_dataset(root, depth=5):
-  """An MSD dataset of 5 cases [18, 22, depth]: 'organ' (one box) and 'pair' (two boxes)."""
-  rng = np.random.default_rng(0)
-  entries = []
-  for i, case_id in enumerate(CASES):
-    label = np.zeros((18, 22, depth), np.uint8)
-    z = slice(1, 4) if depth > 1 else slice(0, 1)
-    label[4 + i % 3:10 + i % 3, 5 + i % 4:12 + i % 4, z] = 1
-    label[13:15, 3:5, z] = 2
-    label[13:15, 16:19, z] = 2
-    image = np.where(label == 1, 80.0, np.where(label == 2, 200.0, -50.0)) + rng.normal(0, 5, label.shape)
-    image[[0, -1], :, :] = 0.0
-    image[:, [0, -1], :] = 0.0  # A zero frame, cropped away by preprocessing.
-    nifti.save_nifti(root / "imagesTr" / f"{case_id}.nii.gz", image.astype(np.float32), AFFINE)
-    nifti.save_nifti(root / "labelsTr" / f"{case_id}.nii.gz", label, AFFINE)
-    entries.append({"image": f"./imagesTr/{case_id}.nii.gz", "label": f"./labelsTr/{case_id}.nii.gz"})
-  (root / "dataset.json").write_text(json.dumps({
-      "name": f"Tiny{depth}", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "organ", "2": "pair"},
-      "tensorImageSize": "3D", "numTraining": len(CASES), "training": entries, "test": []}))
-  (root / "splits.json").write_text(json.dumps({"train": CASES[:3], "validation": [CASES[3]], "test": [CASES[4]]}))
-  return root
-
-
-def tiny_config(root, data_dir):
-  config = base_config()
-  config.data.name = "msd"
-  config.data.root = str(root)
-  config.data.data_dir = str(data_dir)
-  config.data.prepare_workers = 1
-  config.data.patch_size = (16, 16)
-  config.model.update(features=4, depth=2)
-  config.eval.num_figures = 1
-  return config
-
-
 @pytest.fixture(scope="module", params=[5, 1], ids=["3d", "2d"])
-def dataset(request, tmp_path_factory):
+def dataset(request, tmp_path_factory, tiny_msd):
   base = tmp_path_factory.mktemp(f"tiny{request.param}")
-  root = write_dataset(base / "raw", depth=request.param)
-  config = tiny_config(root, base / "data")
+  root = tiny_msd.write(base / "raw", depth=request.param)
+  config = tiny_msd.config(root, base / "data")
   prepared = pipeline.prepare(config)
   return config, prepared
 
@@ -90,17 +53,17 @@ def oracle(prepared, blob):
 BLOB = (0, slice(0, 2), slice(0, 2))  # 4 background voxels in a corner of the cropped volume.
 
 
-def run_evaluation(dataset, tmp_path, monkeypatch, postprocess_enabled):
+def run_evaluation(dataset, tiny_msd, tmp_path, monkeypatch, postprocess_enabled):
   config, prepared = dataset
-  config = tiny_config(config.data.root, config.data.data_dir)
+  config = tiny_msd.config(config.data.root, config.data.data_dir)
   config.eval.postprocess = postprocess_enabled
   monkeypatch.setattr(inference, "predict_probabilities", oracle(prepared, BLOB))
   exp = experiment.setup(config, tmp_path)
   return evaluate.evaluate_predictor(exp, predict=None, step=7)
 
 
-def test_oracle_with_largest_component_is_perfect_in_original_geometry(dataset, tmp_path, monkeypatch):
-  results = run_evaluation(dataset, tmp_path, monkeypatch, postprocess_enabled=True)
+def test_oracle_with_largest_component_is_perfect_in_original_geometry(dataset, tiny_msd, tmp_path, monkeypatch):
+  results = run_evaluation(dataset, tiny_msd, tmp_path, monkeypatch, postprocess_enabled=True)
   choice = json.loads((tmp_path / "postprocessing.json").read_text())
   organ = organ_voxels(dataset[1])
   assert choice["largest_component"] == ["organ"]  # Removes the blob; would delete half of 'pair'.
@@ -124,8 +87,8 @@ def test_oracle_with_largest_component_is_perfect_in_original_geometry(dataset, 
     assert figures == {"best_cases.png", "worst_cases.png", "boxplots.png"}
 
 
-def test_without_post_processing_the_blob_counts_with_raw_spacing(dataset, tmp_path, monkeypatch):
-  results = run_evaluation(dataset, tmp_path, monkeypatch, postprocess_enabled=False)
+def test_without_post_processing_the_blob_counts_with_raw_spacing(dataset, tiny_msd, tmp_path, monkeypatch):
+  results = run_evaluation(dataset, tiny_msd, tmp_path, monkeypatch, postprocess_enabled=False)
   assert json.loads((tmp_path / "postprocessing.json").read_text())["largest_component"] == []
   organ = results["test"]["organ"]
   voxels = organ_voxels(dataset[1])
@@ -137,7 +100,7 @@ def test_without_post_processing_the_blob_counts_with_raw_spacing(dataset, tmp_p
   assert organ["volume_difference"] == pytest.approx(4 * (VOXEL_ML if is_3d else 1.5 * 1.5 / 100))
   assert organ["hd95"] > 0 and results["test"]["pair"]["dice"] == 1.0
   rows = list(csv.DictReader((tmp_path / "results" / "test" / "cases.csv").open()))
-  assert [(r["case_id"], r["class"]) for r in rows] == [(CASES[4], "organ"), (CASES[4], "pair")]
+  assert [(r["case_id"], r["class"]) for r in rows] == [(tiny_msd.CASES[4], "organ"), (tiny_msd.CASES[4], "pair")]
   assert float(rows[0]["dice"]) == pytest.approx(organ["dice"])
   assert "| organ |" in (tmp_path / "results" / "test" / "summary.md").read_text()
 

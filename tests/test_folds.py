@@ -39,21 +39,16 @@ def write_dataset(root, labels=None):
   return root
 
 
-def tiny_config(root, data_dir, fold=""):
-  config = config_lib.base_config()
-  config.data.name = "msd"
-  config.data.root = str(root)
-  config.data.data_dir = str(data_dir)
-  config.data.prepare_workers = 1
-  config.data.patch_size = (8, 8)
-  config.data.fold = fold
-  config.model.update(features=4, depth=2)
-  config.eval.num_figures = 0
-  return config
+@pytest.fixture(scope="module")
+def tiny_config(msd_config):
+  """`tiny_config(root, data_dir, fold="")`: the tiny MSD config with 8 x 8 patches, no figures."""
+  def make(root, data_dir, fold=""):
+    return msd_config(root, data_dir, data={"patch_size": (8, 8), "fold": fold}, eval={"num_figures": 0})
+  return make
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
+def dataset(tmp_path_factory, tiny_config):
   base = tmp_path_factory.mktemp("folds")
   root = write_dataset(base / "raw")
   config = tiny_config(root, base / "data")
@@ -96,7 +91,7 @@ def test_folds_are_stored_and_select_reads_the_right_records(dataset):
   assert folds.select(prepared, "") is prepared
 
 
-def test_setup_applies_the_fold(dataset, tmp_path):
+def test_setup_applies_the_fold(dataset, tiny_config, tmp_path):
   config, _ = dataset
   exp = experiment.setup(tiny_config(config.data.root, config.data.data_dir, fold="3"), tmp_path)
   assert exp.prepared.splits["validation"] == folds.kfold(CASES[:6])[3]["val"]
@@ -155,7 +150,7 @@ def test_subsets_are_nested_deterministic_and_leave_validation_and_test_alone(da
   assert source[1].case_id == both.splits["train"][1]
 
 
-def test_more_train_cases_than_the_split_has_is_refused_at_setup(dataset, tmp_path):
+def test_more_train_cases_than_the_split_has_is_refused_at_setup(dataset, tiny_config, tmp_path):
   config, _ = dataset
   config = tiny_config(config.data.root, config.data.data_dir)
   config.data.max_train_cases = 6
@@ -189,7 +184,7 @@ def record_train_reads(monkeypatch) -> list[str]:
   return sampled
 
 
-def subset_config(config, k):
+def subset_config(tiny_config, config, k):
   config = tiny_config(config.data.root, config.data.data_dir)
   config.data.max_train_cases = k
   config.data.num_threads = 1
@@ -197,11 +192,12 @@ def subset_config(config, k):
   return config
 
 
-def test_training_batches_and_device_cache_of_a_subset_hold_only_its_cases(dataset, tmp_path, monkeypatch):
+def test_training_batches_and_device_cache_of_a_subset_hold_only_its_cases(dataset, tiny_config, tmp_path,
+                                                                              monkeypatch):
   """What train.py feeds the step (`train_inputs`: host batches or the device cache) from a 2-case subset."""
   from jaxseg import parallel
   from jaxseg.data import device_cache
-  config = subset_config(dataset[0], 2)
+  config = subset_config(tiny_config, dataset[0], 2)
   config.train.num_steps = 12  # 48 samples: each of the 5 cases would show up if it could.
   exp = experiment.setup(config, tmp_path)
   kept = folds.train_order(SPLITS["train"])[:2]
@@ -214,10 +210,10 @@ def test_training_batches_and_device_cache_of_a_subset_hold_only_its_cases(datas
 
 
 @pytest.mark.slow
-def test_training_run_with_max_train_cases_samples_only_those_cases(dataset, tmp_path, monkeypatch):
+def test_training_run_with_max_train_cases_samples_only_those_cases(dataset, tiny_config, tmp_path, monkeypatch):
   """A two-step train_and_evaluate on a 2-case subset: every training sample comes from those 2 cases."""
   from jaxseg import train
-  config = subset_config(dataset[0], 2)
+  config = subset_config(tiny_config, dataset[0], 2)
   config.eval.splits = ()
   sampled = record_train_reads(monkeypatch)
   train.train_and_evaluate(config, tmp_path)
@@ -227,7 +223,7 @@ def test_training_run_with_max_train_cases_samples_only_those_cases(dataset, tmp
 # Ensembles.
 
 
-def trained_workdir(path, config, fold):
+def trained_workdir(tiny_config, path, config, fold):
   """A workdir as training leaves it, as far as an ensemble reads it: config.json and checkpoints/."""
   config = tiny_config(config.data.root, config.data.data_dir, fold=fold)
   exp = experiment.setup(config, path)
@@ -260,12 +256,12 @@ def fake_validation_summary(workdir, dice, hd95):
   (workdir / "results" / "validation" / "summary.json").write_text(json.dumps(summary))
 
 
-def test_folds_directory_cv_summary_and_ensemble(dataset, tmp_path, monkeypatch):
+def test_folds_directory_cv_summary_and_ensemble(dataset, tiny_config, tmp_path, monkeypatch):
   config, prepared = dataset
   folds_dir = tmp_path / "folds"
   dices, hd95s = [0.9, 0.8, 0.7], [1.0, 2.0, None]
   for k in range(3):
-    trained_workdir(folds_dir / f"fold_{k}", config, str(k))
+    trained_workdir(tiny_config, folds_dir / f"fold_{k}", config, str(k))
     fake_validation_summary(folds_dir / f"fold_{k}", dices[k], hd95s[k])
   # Two members right, one with a spurious blob: the averaged softmax (1/3 organ) drops the blob.
   functions = oracle_members(prepared, [False, True, False])
@@ -293,11 +289,11 @@ def test_average_of_probabilities():
   np.testing.assert_allclose(ensemble.average([a, b])(None), [[0.55, 0.45]])
 
 
-def test_folds_directory_with_mixed_configs_is_refused(dataset, tmp_path):
+def test_folds_directory_with_mixed_configs_is_refused(dataset, tiny_config, tmp_path):
   config, _ = dataset
   folds_dir = tmp_path / "folds"
-  trained_workdir(folds_dir / "fold_0", config, "0")
-  exp = trained_workdir(folds_dir / "fold_1", config, "1")
+  trained_workdir(tiny_config, folds_dir / "fold_0", config, "0")
+  exp = trained_workdir(tiny_config, folds_dir / "fold_1", config, "1")
   trained = json.loads((folds_dir / "fold_1" / "config.json").read_text())
   trained["model"]["features"] = 8
   (folds_dir / "fold_1" / "config.json").write_text(json.dumps(trained))
@@ -307,9 +303,9 @@ def test_folds_directory_with_mixed_configs_is_refused(dataset, tmp_path):
     evaluate.evaluate_workdir(tiny_config(config.data.root, config.data.data_dir), folds_dir)
 
 
-def test_ensemble_of_different_label_sets_is_refused(dataset, tmp_path):
+def test_ensemble_of_different_label_sets_is_refused(dataset, tiny_config, tmp_path):
   config, _ = dataset
-  trained_workdir(tmp_path / "a", config, "")
+  trained_workdir(tiny_config, tmp_path / "a", config, "")
   other_root = write_dataset(tmp_path / "raw_other", labels={"0": "background", "1": "tumour"})
   other = tiny_config(other_root, config.data.data_dir)
   exp = experiment.setup(other, tmp_path / "b")
@@ -335,11 +331,11 @@ def test_find_members(tmp_path):
     ensemble.find_members(f"{tmp_path / 'one'},{tmp_path / 'nothing'}")
 
 
-def test_predict_with_a_folds_directory_averages_the_members(dataset, tmp_path, monkeypatch):
+def test_predict_with_a_folds_directory_averages_the_members(dataset, tiny_config, tmp_path, monkeypatch):
   config, prepared = dataset
   folds_dir = tmp_path / "folds"
   for k in range(3):
-    trained_workdir(folds_dir / f"fold_{k}", config, str(k))
+    trained_workdir(tiny_config, folds_dir / f"fold_{k}", config, str(k))
   functions = oracle_members(prepared, [True, False, False])  # The blob loses the vote.
   monkeypatch.setattr(evaluate, "restore_members", lambda exps, which: (functions, [5, 6, 7]))
   from jaxseg import predict

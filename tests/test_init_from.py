@@ -113,7 +113,16 @@ SOURCE_STEP = 3
 
 
 @pytest.fixture(scope="module")
-def source_run(tmp_path_factory):
+def tiny_config(phantom_config):
+  """`tiny_config(data_dir, seed=0, **model)`: 2 steps on 32 x 32 patches, no post-processing."""
+  def make(data_dir, seed=0, **model):
+    return phantom_config(data_dir, seed=seed, data={"patch_size": (32, 32)}, model=model, train={"num_steps": 2},
+                          eval={"postprocess": False})
+  return make
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory, tiny_config):
   """A tiny 2D U-Net's workdir on the CT phantom with one checkpoint (step 3) whose arrays are its initial
   values plus random offsets, so that copied arrays differ from any fresh initialisation."""
   root = tmp_path_factory.mktemp("init_from")
@@ -131,22 +140,6 @@ def source_run(tmp_path_factory):
   return root, config
 
 
-def tiny_config(data_dir, seed=0, **model):
-  config = base_config()
-  config.seed = seed
-  config.data.data_dir = str(data_dir)
-  config.data.num_cases = 5
-  config.data.num_threads = 1
-  config.data.patch_size = (32, 32)
-  config.model.update({"features": 4, "depth": 2, **model})
-  config.train.update(num_steps=2, batch_size=2, warmup_steps=1, log_every_steps=2, eval_every_steps=2,
-                      checkpoint_every_steps=2)
-  config.eval.splits = ("test",)
-  config.eval.num_figures = 0
-  config.eval.postprocess = False
-  return config
-
-
 def flat(variables):
   return {name: np.asarray(v) for name, v in
           {"/".join(str(getattr(k, "key", k)) for k in path): v
@@ -154,12 +147,9 @@ def flat(variables):
 
 
 @pytest.mark.slow  # Generates and prepares a phantom (about a minute on a loaded 2-core machine).
-def test_init_from_copies_the_source_checkpoint_and_keeps_the_rest(source_run):
+def test_init_from_copies_the_source_checkpoint_and_keeps_the_rest(source_run, tiny_config, restore_latest):
   root, source_config = source_run
-  exp = experiment.setup(source_config, root / "source")
-  checkpoints = checkpointing.Checkpoints(root / "source", read_only=True)
-  source_state, step = checkpoints.restore(exp.abstract_state(), "latest")
-  checkpoints.close()
+  source_state, step = restore_latest(source_config, root / "source")
   source = flat({"params": source_state.params, "batch_stats": source_state.batch_stats})
 
   config = tiny_config(source_config.data.data_dir, seed=1, depth=3)  # Deeper: some arrays differ.
@@ -186,7 +176,7 @@ def test_init_from_copies_the_source_checkpoint_and_keeps_the_rest(source_run):
 
 
 @pytest.mark.slow  # Generates and prepares a phantom (about a minute on a loaded 2-core machine).
-def test_init_from_refusals(source_run, tmp_path):
+def test_init_from_refusals(source_run, tiny_config, tmp_path):
   root, source_config = source_run
   config = tiny_config(source_config.data.data_dir)
 
@@ -214,7 +204,7 @@ def test_init_from_refusals(source_run, tmp_path):
 
 
 @pytest.mark.slow  # Generates and prepares a phantom (about a minute on a loaded 2-core machine).
-def test_resumed_fine_tuning_run_restores_its_own_checkpoint(source_run, tmp_path):
+def test_resumed_fine_tuning_run_restores_its_own_checkpoint(source_run, tiny_config, tmp_path):
   root, source_config = source_run
   source = tmp_path / "source_copy"
   shutil.copytree(root / "source", source)

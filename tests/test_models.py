@@ -16,34 +16,10 @@ from jaxseg import models
 from jaxseg.errors import ConfigError
 from jaxseg.models import backbones
 from jaxseg.models import layers
+from model_helpers import FAST_COMPILE, init_variables, make_config, run_jitted
 
 
-@pytest.fixture(autouse=True)
-def _fast_random_compile():
-  with jax.threefry_partitionable(False):
-    yield
-
-
-def make_config(**overrides):
-  cfg = models.default_model_config()
-  cfg.update(overrides)
-  return cfg
-
-
-# XLA's backend optimisations double compile times and buy nothing at these
-# sizes; results are the same.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
-
-
-def run_jitted(fn, *args):
-  """Compiles `fn` for `args` with FAST_COMPILE and calls it."""
-  return jax.jit(fn).lower(*args).compile(FAST_COMPILE)(*args)
-
-
-def init_variables(model, shape, seed=0):
-  x = jnp.zeros(shape, jnp.float32)
-  return run_jitted(lambda key: model.init({"params": key}, x, train=False),
-                    jax.random.key(seed))
+pytestmark = pytest.mark.usefixtures("fast_random_compile")
 
 
 def num_params(tree) -> int:

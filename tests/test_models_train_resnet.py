@@ -1,11 +1,11 @@
 """Two training steps for the ResNet-based models (see test_models_train)."""
 
-import jax
 import pytest
 
 from jaxseg import models
-from test_models_train import run_two_steps
-from test_models_train import TINY as TINY_OTHERS
+from model_helpers import run_two_steps, TWO_STEP_MODELS as TINY_OTHERS
+
+pytestmark = pytest.mark.usefixtures("fast_random_compile")
 
 TINY_RESNET = dict(backbone="resnet18", backbone_width=4)
 TINY = {
@@ -17,12 +17,6 @@ TINY = {
     "deeplabv3plus": (dict(output_stride=16, norm="group", norm_groups=4,
                            **TINY_RESNET), (2, 32, 32, 1)),
 }
-
-
-@pytest.fixture(autouse=True)
-def _fast_random_compile():
-  with jax.threefry_partitionable(False):
-    yield
 
 
 def test_every_registry_entry_is_trained_in_a_test():

@@ -1,4 +1,7 @@
-"""jaxseg.paths: local paths and gs:// URLs, tested offline with an in-process fake bucket backend."""
+"""jaxseg.paths: local paths and gs:// URLs, tested offline with an in-process fake bucket backend.
+
+The `bucket` fixture (conftest.py) serves gs:// from a local folder.
+"""
 
 import json
 import os
@@ -6,84 +9,10 @@ import pathlib
 
 import pytest
 from etils import epath
-from etils.epath import backend as backend_lib
-from etils.epath import gpath
-from orbax.checkpoint._src.path import gcs_utils
 
 from jaxseg import checkpointing, config as config_lib, evaluate, experiment, paths
 from jaxseg.data import location
 from jaxseg.errors import WorkdirError
-
-
-class FakeBucketBackend(backend_lib._OsPathBackend):  # pylint: disable=protected-access
-  """etils backend that keeps `gs://BUCKET/KEY` in `ROOT/BUCKET/KEY` (no network, no credentials)."""
-
-  def __init__(self, root: pathlib.Path):
-    self.root = root
-
-  def _local(self, path) -> str:
-    text = os.fspath(path)
-    assert text.startswith("gs://"), text
-    return str(self.root / text[len("gs://"):])
-
-  def _url(self, local: str) -> str:
-    return "gs://" + os.path.relpath(local, self.root)
-
-  def open(self, path, mode):
-    return super().open(self._local(path), mode)
-
-  def exists(self, path):
-    return super().exists(self._local(path))
-
-  def isdir(self, path):
-    return super().isdir(self._local(path))
-
-  def listdir(self, path):
-    return super().listdir(self._local(path))
-
-  def glob(self, path):
-    return [self._url(p) for p in super().glob(self._local(path))]
-
-  def walk(self, top, *, top_down=True, on_error=None):
-    for root, dirs, files in super().walk(self._local(top), top_down=top_down, on_error=on_error):
-      yield self._url(root), dirs, files
-
-  def makedirs(self, path, *, exist_ok=False, mode=0o777):
-    return super().makedirs(self._local(path), exist_ok=exist_ok, mode=mode)
-
-  def mkdir(self, path, *, exist_ok=False, mode=0o777):
-    return super().mkdir(self._local(path), exist_ok=exist_ok, mode=mode)
-
-  def rmtree(self, path):
-    return super().rmtree(self._local(path))
-
-  def remove(self, path):
-    return super().remove(self._local(path))
-
-  def rename(self, path, dst):
-    return super().rename(self._local(path), self._local(dst))
-
-  def replace(self, path, dst):
-    return super().replace(self._local(path), self._local(dst))
-
-  def copy(self, path, dst, overwrite):
-    return super().copy(self._local(path), self._local(dst), overwrite)
-
-  def stat(self, path):
-    return super().stat(self._local(path))
-
-
-@pytest.fixture
-def bucket(tmp_path, monkeypatch):
-  """gs:// served from tmp_path/bucket-root; returns that root."""
-  root = tmp_path / "bucket-root"
-  root.mkdir()
-  monkeypatch.setitem(gpath._PREFIX_TO_BACKEND, "gs", FakeBucketBackend(root))  # pylint: disable=protected-access
-  monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
-  # Orbax asks the GCS API whether a bucket has a hierarchical namespace; the fake bucket has none.
-  monkeypatch.setattr(gcs_utils, "is_hierarchical_namespace_enabled", lambda path: False)
-  monkeypatch.chdir(tmp_path)  # A mangled gs: directory would appear here.
-  return root
 
 
 def test_local_paths_stay_pathlib(tmp_path):

@@ -1,7 +1,8 @@
 """`--mode=predict`: outputs in each input's own geometry, post-processing from the workdir, bad inputs.
 
-The checkpoint holds random weights of a tiny 2D U-Net (no training, no init compile); what is checked is
-geometry and plumbing: a flipped copy of an image and an nnU-Net copy of it must give the same labels.
+The inputs are the tiny raw MSD dataset of conftest.py (`tiny_msd`). The checkpoint holds random weights of a
+tiny 2D U-Net (no training, no init compile); what is checked is geometry and plumbing: a flipped copy of an
+image and an nnU-Net copy of it must give the same labels.
 """
 
 import os
@@ -19,8 +20,6 @@ from scipy import ndimage
 from jaxseg import checkpointing, experiment, postprocess, predict
 from jaxseg.data import nifti
 from jaxseg.errors import CheckpointError, ConfigError, DataError, WorkdirError
-
-from test_evaluate import AFFINE, CASES, tiny_config, write_dataset
 
 ROOT = pathlib.Path(__file__).parent.parent
 
@@ -49,20 +48,24 @@ def make_workdir(config, workdir, step=5):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny_msd):
   base = tmp_path_factory.mktemp("predict")
-  root = write_dataset(base / "raw")
-  config = tiny_config(root, base / "data")
+  root = tiny_msd.write(base / "raw")
+  config = tiny_msd.config(root, base / "data")
   return config, make_workdir(config, base / "workdir"), root
 
 
-def predict_config(trained, input_path, output, **predict_overrides):
-  config, _, root = trained
-  config = tiny_config(root, config.data.data_dir)
-  config.predict.input = str(input_path)
-  config.predict.output = str(output)
-  config.predict.update(**predict_overrides)
-  return config
+@pytest.fixture(scope="module")
+def predict_config(trained, tiny_msd):
+  """`predict_config(input_path, output, **predict_overrides)`: the trained config predicting `input_path`."""
+  def make(input_path, output, **predict_overrides):
+    config, _, root = trained
+    config = tiny_msd.config(root, config.data.data_dir)
+    config.predict.input = str(input_path)
+    config.predict.output = str(output)
+    config.predict.update(**predict_overrides)
+    return config
+  return make
 
 
 def flipped_copy(source, target):
@@ -74,16 +77,16 @@ def flipped_copy(source, target):
 
 
 @pytest.fixture(scope="module")
-def predicted(trained, tmp_path_factory):
+def predicted(trained, predict_config, tiny_msd, tmp_path_factory):
   """Predictions of a directory with one test image as an MSD file, a flipped copy and an nnU-Net copy."""
   _, workdir, root = trained
   inputs = tmp_path_factory.mktemp("inputs")
-  source = root / "imagesTr" / f"{CASES[4]}.nii.gz"
+  source = root / "imagesTr" / f"{tiny_msd.CASES[4]}.nii.gz"
   shutil.copy(source, inputs / "plain.nii.gz")
   flipped_copy(source, inputs / "flipped.nii.gz")
   shutil.copy(source, inputs / "nnunet_0000.nii.gz")
   output = tmp_path_factory.mktemp("outputs")
-  written = predict.predict_workdir(predict_config(trained, inputs, output, save_probabilities=True), workdir)
+  written = predict.predict_workdir(predict_config(inputs, output, save_probabilities=True), workdir)
   return source, output, written
 
 
@@ -112,16 +115,17 @@ def test_flipped_and_nnunet_copies_give_the_same_labels(predicted):
   np.testing.assert_array_equal(np.asarray(nib.load(output / "nnunet.nii.gz").dataobj), plain)
 
 
-def test_post_processing_recorded_in_the_workdir_is_applied(trained, predicted, tmp_path):
+def test_post_processing_recorded_in_the_workdir_is_applied(trained, predicted, predict_config, tiny_msd,
+                                                            tmp_path):
   config, workdir, root = trained
   other = make_workdir(config, tmp_path / "workdir")
   postprocess.save(other, postprocess.Postprocessing(("organ", "pair"), step=5))
   source, output, _ = predicted
-  predict.predict_workdir(predict_config(trained, source, tmp_path / "out"), other)
+  predict.predict_workdir(predict_config(source, tmp_path / "out"), other)
   plain = np.asarray(nib.load(output / "plain.nii.gz").dataobj)
   structure = ndimage.generate_binary_structure(3, 3)
   assert max(ndimage.label(plain == v, structure)[1] for v in (1, 2)) > 1  # Something to remove.
-  result = np.asarray(nib.load(tmp_path / "out" / f"{CASES[4]}.nii.gz").dataobj)
+  result = np.asarray(nib.load(tmp_path / "out" / f"{tiny_msd.CASES[4]}.nii.gz").dataobj)
   np.testing.assert_array_equal(result, postprocess.keep_largest_components(plain, [1, 2]))
 
 
@@ -140,7 +144,7 @@ def test_find_cases_groups_channel_files(tmp_path):
     predict.find_cases(tmp_path / "empty", ("CT",))
 
 
-def bad_input(tmp_path, name, array, affine=AFFINE):
+def bad_input(tmp_path, name, array, affine):
   path = tmp_path / "in" / name
   nifti.save_nifti(path, array, affine)
   return path
@@ -154,31 +158,31 @@ def bad_input(tmp_path, name, array, affine=AFFINE):
     ("holes.nii.gz", np.where(np.arange(18 * 22 * 5).reshape(18, 22, 5) == 7, np.nan, 1.0).astype(np.float32),
      DataError, r"holes.nii.gz: 1 voxel\(s\) are NaN or infinite \(first at index \(0, 1, 2(, 0)?\)\)"),
 ])
-def test_bad_input_images(trained, tmp_path, name, array, error, message):
-  path = bad_input(tmp_path, name, array)
+def test_bad_input_images(trained, predict_config, tiny_msd, tmp_path, name, array, error, message):
+  path = bad_input(tmp_path, name, array, tiny_msd.AFFINE)
   with pytest.raises(error, match=message):
-    predict.predict_workdir(predict_config(trained, path, tmp_path / "out"), trained[1])
+    predict.predict_workdir(predict_config(path, tmp_path / "out"), trained[1])
 
 
-def test_bad_output_and_paths(trained, tmp_path):
-  source = trained[2] / "imagesTr" / f"{CASES[0]}.nii.gz"
+def test_bad_output_and_paths(trained, predict_config, tiny_msd, tmp_path):
+  source = trained[2] / "imagesTr" / f"{tiny_msd.CASES[0]}.nii.gz"
   blocker = tmp_path / "file"
   blocker.write_text("")
   with pytest.raises(WorkdirError, match=f"config.predict.output: {blocker}/out cannot be written"):
-    predict.predict_workdir(predict_config(trained, source, blocker / "out"), trained[1])
+    predict.predict_workdir(predict_config(source, blocker / "out"), trained[1])
   with pytest.raises(ConfigError, match="would overwrite an input"):
-    predict.predict_workdir(predict_config(trained, source, source.parent), trained[1])
+    predict.predict_workdir(predict_config(source, source.parent), trained[1])
   with pytest.raises(ConfigError, match="config.predict.input is empty"):
-    predict.predict_workdir(predict_config(trained, "", tmp_path), trained[1])
+    predict.predict_workdir(predict_config("", tmp_path), trained[1])
   with pytest.raises(DataError, match="config.predict.input: .*missing.nii.gz does not exist"):
-    predict.predict_workdir(predict_config(trained, tmp_path / "missing.nii.gz", tmp_path), trained[1])
+    predict.predict_workdir(predict_config(tmp_path / "missing.nii.gz", tmp_path), trained[1])
   with pytest.raises(CheckpointError, match="no checkpoints in"):
-    predict.predict_workdir(predict_config(trained, source, tmp_path / "out"), tmp_path / "untrained")
+    predict.predict_workdir(predict_config(source, tmp_path / "out"), tmp_path / "untrained")
 
 
-def test_checkpoint_of_another_model_config(trained, tmp_path):
-  source = trained[2] / "imagesTr" / f"{CASES[0]}.nii.gz"
-  config = predict_config(trained, source, tmp_path / "out")
+def test_checkpoint_of_another_model_config(trained, predict_config, tiny_msd, tmp_path):
+  source = trained[2] / "imagesTr" / f"{tiny_msd.CASES[0]}.nii.gz"
+  config = predict_config(source, tmp_path / "out")
   config.model.features = 8
   with pytest.raises(CheckpointError, match=r"does not match the config: params/.* has shape .* in the checkpoint "
                      r"but .* for this config.*it was trained with model.features=4 \(this config: 8\)"):
@@ -201,15 +205,15 @@ def cli_args(trained, input_path, output):
 
 
 @pytest.mark.slow
-def test_cli_predict_writes_labels(trained, tmp_path):
-  source = trained[2] / "imagesTr" / f"{CASES[4]}.nii.gz"
+def test_cli_predict_writes_labels(trained, tiny_msd, tmp_path):
+  source = trained[2] / "imagesTr" / f"{tiny_msd.CASES[4]}.nii.gz"
   result = run_cli(*cli_args(trained, source, tmp_path / "out"))
   assert result.returncode == 0, result.stderr[-3000:]
-  assert nib.load(tmp_path / "out" / f"{CASES[4]}.nii.gz").shape == nib.load(source).shape
+  assert nib.load(tmp_path / "out" / f"{tiny_msd.CASES[4]}.nii.gz").shape == nib.load(source).shape
 
 
-def test_cli_reports_a_bad_input_in_one_line(trained, tmp_path):
-  path = bad_input(tmp_path, "nan.nii.gz", np.full((18, 22, 5), np.nan, np.float32))
+def test_cli_reports_a_bad_input_in_one_line(trained, tiny_msd, tmp_path):
+  path = bad_input(tmp_path, "nan.nii.gz", np.full((18, 22, 5), np.nan, np.float32), tiny_msd.AFFINE)
   result = run_cli(*cli_args(trained, path, tmp_path / "out"))
   errors = [line for line in result.stderr.splitlines() if line.startswith("jaxseg: error:")]
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]

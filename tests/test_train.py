@@ -6,8 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxseg import checkpointing, experiment, train, writers
-from jaxseg.config import base_config
+from jaxseg import checkpointing, train, writers
 from jaxseg.data import pipeline
 from jaxseg.errors import CheckpointError, TrainingError, WorkdirError
 
@@ -17,29 +16,15 @@ def data_dir(tmp_path_factory):
   return tmp_path_factory.mktemp("data")
 
 
-def tiny_config(data_dir, **train_overrides):
-  config = base_config()
-  config.data.data_dir = str(data_dir)
-  config.data.num_cases = 5
-  config.data.num_threads = 1
-  config.model.update(features=4, depth=2)
-  config.train.update(num_steps=4, batch_size=2, warmup_steps=1, log_every_steps=2, eval_every_steps=2,
-                      checkpoint_every_steps=2)
-  config.train.update(**train_overrides)
-  config.eval.splits = ("test",)
-  config.eval.num_figures = 1
-  return config
+@pytest.fixture(scope="module")
+def tiny_config(phantom_config):
+  """`tiny_config(data_dir, **train_overrides)`: the tiny phantom config with one figure per report."""
+  def make(data_dir, **train_overrides):
+    return phantom_config(data_dir, train=train_overrides, eval={"num_figures": 1})
+  return make
 
 
-def restore_params(workdir, config):
-  exp = experiment.setup(config, workdir)
-  checkpoints = checkpointing.Checkpoints(workdir, read_only=True)
-  state, step = checkpoints.restore(exp.abstract_state(), "latest")
-  checkpoints.close()
-  return jax.device_get(state), step
-
-
-def test_train_writes_every_output(data_dir, tmp_path):
+def test_train_writes_every_output(data_dir, tiny_config, tmp_path):
   results = train.train_and_evaluate(tiny_config(data_dir), tmp_path)
   assert (tmp_path / "config.json").exists()
   assert json.loads((tmp_path / "config.json").read_text())["model"]["num_classes"] == 5
@@ -62,34 +47,24 @@ def test_train_writes_every_output(data_dir, tmp_path):
   assert list((tmp_path / "results" / "test" / "figures").glob("*.png"))
 
 
-def test_killed_run_resumes_to_identical_result(data_dir, tmp_path, monkeypatch):
+def test_killed_run_resumes_to_identical_result(data_dir, tiny_config, tmp_path, interrupt_training,
+                                                 restore_latest):
   config = tiny_config(data_dir, num_steps=6, checkpoint_every_steps=3, eval_every_steps=3)
   reference = train.train_and_evaluate(config, tmp_path / "uninterrupted")
-
-  original = pipeline.train_batches
-
-  def crashing_batches(*args, **kwargs):
-    iterator = original(*args, **kwargs)
-    for _ in range(4):  # Step 4 is computed but its checkpoint (step 6) never written.
-      yield next(iterator)
-    raise KeyboardInterrupt("simulated kill")
-
-  monkeypatch.setattr(pipeline, "train_batches", crashing_batches)
-  with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(config, tmp_path / "resumed")
-  monkeypatch.setattr(pipeline, "train_batches", original)
+  # Step 4 is computed but its checkpoint (step 6) never written.
+  interrupt_training(config, tmp_path / "resumed", after_batches=4)
   assert checkpointing.Checkpoints(tmp_path / "resumed", read_only=True).latest_step() == 3
   resumed = train.train_and_evaluate(config, tmp_path / "resumed")
 
   assert resumed == reference
-  a, step_a = restore_params(tmp_path / "uninterrupted", config)
-  b, step_b = restore_params(tmp_path / "resumed", config)
+  a, step_a = restore_latest(config, tmp_path / "uninterrupted")
+  b, step_b = restore_latest(config, tmp_path / "resumed")
   assert step_a == step_b == 6
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)
 
 
-def test_corrupt_checkpoint_is_an_error_and_is_kept(data_dir, tmp_path):
+def test_corrupt_checkpoint_is_an_error_and_is_kept(data_dir, tiny_config, tmp_path):
   config = tiny_config(data_dir, num_steps=2)
   train.train_and_evaluate(config, tmp_path)
   step_dir = tmp_path / "checkpoints" / "latest" / "2"
@@ -103,7 +78,7 @@ def test_corrupt_checkpoint_is_an_error_and_is_kept(data_dir, tmp_path):
   assert {p: p.stat().st_size for p in files} == sizes  # Nothing overwritten.
 
 
-def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(data_dir, tiny_config, tmp_path, monkeypatch):
   config = tiny_config(data_dir, num_steps=6, checkpoint_every_steps=2, eval_every_steps=100)
   original = pipeline.train_batches
 
@@ -119,7 +94,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(data_dir, tmp_p
   assert checkpointing.Checkpoints(tmp_path, read_only=True).latest_step() == 2
 
 
-def test_unwritable_workdir_is_named(data_dir, tmp_path):
+def test_unwritable_workdir_is_named(data_dir, tiny_config, tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("x")
   with pytest.raises(WorkdirError, match="a_file/run cannot be written"):

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from jaxseg import writers
-from test_paths import bucket  # pylint: disable=unused-import  (the fake gs:// bucket fixture)
 
 
 def write_sample(logdir):
@@ -62,7 +61,7 @@ def test_tensorboard_reads_the_files(tmp_path):
   assert "model.pretrained" not in hparams
 
 
-def test_events_land_in_a_bucket_workdir(bucket, tmp_path):  # pylint: disable=redefined-outer-name
+def test_events_land_in_a_bucket_workdir(bucket, tmp_path):
   """A gs:// workdir gets its event file in the bucket (through etils.epath, as every other output)."""
   write_sample("gs://my-bucket/runs/a")
   files = list((bucket / "my-bucket" / "runs" / "a").glob("events.out.tfevents.*"))
