@@ -41,6 +41,7 @@ class Checkpoints:
   def __init__(self, workdir: str | pathlib.Path, *, keep: int = 2, read_only: bool = False):
     workdir = paths.resolve(workdir, "workdir")  # A local directory or a gs:// prefix (orbax takes both).
     self.directory = (workdir.absolute() if isinstance(workdir, pathlib.Path) else workdir) / "checkpoints"
+    self.read_only = read_only
     try:
       self._latest = _manager(self.directory / "latest", keep, read_only)
       self._best = _manager(self.directory / "best", 1, read_only)
@@ -63,17 +64,24 @@ class Checkpoints:
 
   def save(self, step: int, state: Any) -> None:
     """Saves a periodic/final checkpoint (no-op if `step` is already saved)."""
+    self._check_writable()
     if step in self._latest.all_steps():
       return
     self._latest.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
 
   def save_best(self, step: int, state: Any, dice: float) -> bool:
-    """Saves `state` as the best checkpoint if `dice` beats the stored best."""
+    """Saves `state` as the best checkpoint if `dice` beats the stored best; True when it did."""
+    self._check_writable()
     if not dice > self.best_dice() or step in self._best.all_steps():
       return False
     self._best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                   meta=ocp.args.JsonSave({"dice": float(dice), "step": step})))
     return True
+
+  def _check_writable(self) -> None:
+    # orbax skips a save of a read-only manager with a warning only; a caller that saves through a reader is a bug.
+    if self.read_only:
+      raise ValueError(f"{self.directory}: opened read_only, cannot save")
 
   def restore(self, abstract_state: Any, which: str | int = "latest", *, mismatch_hint: str = ""
               ) -> tuple[Any, int]:

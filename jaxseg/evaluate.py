@@ -425,39 +425,13 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | pathlib.P
     checkpoints.close()
 
 
-def restore_members(exps: Sequence[experiment.Experiment], which: str
-                    ) -> tuple[list[Callable[[np.ndarray], np.ndarray]], list[int]]:
-  """Each member's `image -> softmax [Z, Y, X, K]` (its own window settings) and checkpoint step."""
-  functions, steps = [], []
-  for exp in exps:
-    checkpoints = checkpointing.Checkpoints(exp.workdir, read_only=True)
-    try:
-      state, step = experiment.restore_state(exp, checkpoints, exp.config[which].checkpoint)
-    finally:
-      checkpoints.close()
-    predict = exp.predictor(state)
-    functions.append(lambda image, predict=predict, config=exp.config: inference.predict_probabilities(
-        predict, image, config, config.model.num_classes))
-    steps.append(int(step))
-  return functions, steps
-
-
-def setup_members(config: ml_collections.ConfigDict, members: ensemble.Members) -> list[experiment.Experiment]:
-  """Each member's experiment with the config it was trained with; refuses mixed folds or label sets."""
-  configs = [ensemble.trained_config(w, config) for w in members.workdirs]
-  ensemble.check_same_config(members, configs)
-  exps = [experiment.setup(c, w) for c, w in zip(configs, members.workdirs)]
-  ensemble.check_compatible(members, [e.prepared for e in exps])
-  return exps
-
-
 def evaluate_ensemble(config: ml_collections.ConfigDict, members: ensemble.Members) -> dict[str, Any]:
   """`--mode=evaluate` of several workdirs (`jaxseg.ensemble`): the summary over folds of cross-validation
   members and the averaged-softmax ensemble on the splits no member trained on.
 
   Returns {'cross_validation': cv summary (folds only), split: summary}.
   """
-  exps = setup_members(config, members)
+  exps = experiment.setup_members(config, members)
   out_dir = experiment.ensure_workdir(members.output_dir)
   folds = [str(e.config.data.fold) for e in exps]
   results: dict[str, Any] = {}
@@ -483,7 +457,7 @@ def evaluate_ensemble(config: ml_collections.ConfigDict, members: ensemble.Membe
                  cv["mean_foreground"]["dice"]["mean"], cv["mean_foreground"]["dice"]["std"],
                  out_dir / ensemble.CV_SUMMARY)
     results["cross_validation"] = cv
-  functions, steps = restore_members(exps, "eval")
+  functions, steps = experiment.restore_members(exps, "eval")
   ensemble.log_members(members, steps)
   trained_on_validation = any(f != "" for f in folds)
   splits = [s for s in config.eval.splits if not (s == "validation" and trained_on_validation)]

@@ -10,7 +10,10 @@ and its optimiser, built here once for the train state and the train step.
 
 `restore_state(exp, checkpoints, which)` restores a checkpoint of the
 experiment's workdir onto its state; a checkpoint of another model config is
-refused with what differs (`trained_config_hint`).
+refused with what differs (`trained_config_hint`). For ensembles
+(`jaxseg.ensemble`), `setup_members` builds each member's experiment with the
+config it was trained with and `restore_members` gives each member's
+probability function; evaluate and predict modes share them.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import functools
 import json
 import pathlib
 import time
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -31,7 +34,7 @@ import optax
 from absl import logging
 
 from jaxseg import config as config_lib
-from jaxseg import checkpointing, inference, models, optimizer, parallel, paths, plan as plan_lib
+from jaxseg import checkpointing, ensemble, inference, models, optimizer, parallel, paths, plan as plan_lib
 from jaxseg import state as state_lib, steps
 from jaxseg.data import folds, pipeline
 from jaxseg.errors import ConfigError, WorkdirError
@@ -164,6 +167,32 @@ def restore_state(exp: Experiment, checkpoints: checkpointing.Checkpoints, which
       workdir's config.json differs from `exp.config`).
   """
   return checkpoints.restore(exp.abstract_state(), which, mismatch_hint=trained_config_hint(exp))
+
+
+def restore_members(exps: Sequence[Experiment], which: str
+                    ) -> tuple[list[Callable[[np.ndarray], np.ndarray]], list[int]]:
+  """Each member's `image -> softmax [Z, Y, X, K]` (its own window settings) and checkpoint step."""
+  functions, steps = [], []
+  for exp in exps:
+    checkpoints = checkpointing.Checkpoints(exp.workdir, read_only=True)
+    try:
+      state, step = restore_state(exp, checkpoints, exp.config[which].checkpoint)
+    finally:
+      checkpoints.close()
+    predict = exp.predictor(state)
+    functions.append(lambda image, predict=predict, config=exp.config: inference.predict_probabilities(
+        predict, image, config, config.model.num_classes))
+    steps.append(int(step))
+  return functions, steps
+
+
+def setup_members(config: ml_collections.ConfigDict, members: ensemble.Members) -> list[Experiment]:
+  """Each member's experiment with the config it was trained with; refuses mixed folds or label sets."""
+  configs = [ensemble.trained_config(w, config) for w in members.workdirs]
+  ensemble.check_same_config(members, configs)
+  exps = [setup(c, w) for c, w in zip(configs, members.workdirs)]
+  ensemble.check_compatible(members, [e.prepared for e in exps])
+  return exps
 
 
 def write_config(exp: Experiment) -> None:

@@ -49,7 +49,7 @@ import nibabel as nib
 import numpy as np
 from absl import logging
 
-from jaxseg import ensemble, evaluate, experiment, inference, parallel, paths, postprocess
+from jaxseg import ensemble, experiment, inference, parallel, paths, postprocess
 from jaxseg.data import nifti, pipeline, preprocess
 from jaxseg.errors import CheckpointError, ConfigError, DataError, WorkdirError
 
@@ -220,7 +220,7 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
   if not input_path.exists():
     raise DataError(f"config.predict.input: {input_path} does not exist")
   check_output_dir(output)
-  exps = evaluate.setup_members(config, members) if members else [experiment.setup(config, workdir)]
+  exps = experiment.setup_members(config, members) if members else [experiment.setup(config, workdir)]
   exp = exps[0]
   prepared = exp.prepared
   ndim = int(prepared.builder.info.metadata["ndim"])
@@ -234,7 +234,7 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
       if (output / name).resolve() in inputs:
         raise ConfigError(f"config.predict.output: writing {output / name} would overwrite an input; choose "
                           "another directory")
-  functions, steps = evaluate.restore_members(exps, "predict")
+  functions, steps = experiment.restore_members(exps, "predict")
   if members is None:
     step = steps[0]
     choice = _load_postprocessing(exp.workdir, step)

@@ -111,8 +111,10 @@ def test_read_only_creates_and_writes_nothing(tmp_path):
   writer.save(1, make_state(1, offset=1.0))
   writer.close()
   reader = checkpointing.Checkpoints(tmp_path / "run", read_only=True)
-  reader.save(2, make_state(2))
-  reader.save_best(2, make_state(2), 0.9)
+  with pytest.raises(ValueError, match="opened read_only, cannot save"):
+    reader.save(2, make_state(2))
+  with pytest.raises(ValueError, match="opened read_only, cannot save"):
+    reader.save_best(2, make_state(2), 0.9)
   assert reader.latest_step() == 1 and reader.best_step() is None
   assert_states_equal(reader.restore(abstract(make_state(0)), "latest")[0], make_state(1, offset=1.0))
   reader.close()

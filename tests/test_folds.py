@@ -265,7 +265,7 @@ def test_folds_directory_cv_summary_and_ensemble(dataset, tiny_config, tmp_path,
     fake_validation_summary(folds_dir / f"fold_{k}", dices[k], hd95s[k])
   # Two members right, one with a spurious blob: the averaged softmax (1/3 organ) drops the blob.
   functions = oracle_members(prepared, [False, True, False])
-  monkeypatch.setattr(evaluate, "restore_members", lambda exps, which: (functions, [11, 12, 13]))
+  monkeypatch.setattr(experiment, "restore_members", lambda exps, which: (functions, [11, 12, 13]))
   results = evaluate.evaluate_workdir(tiny_config(config.data.root, config.data.data_dir), folds_dir)
   cv = json.loads((folds_dir / "ensemble" / "cv_summary.json").read_text())
   assert cv == results["cross_validation"] and cv["num_folds"] == 3
@@ -337,7 +337,7 @@ def test_predict_with_a_folds_directory_averages_the_members(dataset, tiny_confi
   for k in range(3):
     trained_workdir(tiny_config, folds_dir / f"fold_{k}", config, str(k))
   functions = oracle_members(prepared, [True, False, False])  # The blob loses the vote.
-  monkeypatch.setattr(evaluate, "restore_members", lambda exps, which: (functions, [5, 6, 7]))
+  monkeypatch.setattr(experiment, "restore_members", lambda exps, which: (functions, [5, 6, 7]))
   from jaxseg import predict
   cli_config = tiny_config(config.data.root, config.data.data_dir)
   cli_config.predict.input = str(tmp_path / "in" / "case_06.nii.gz")
