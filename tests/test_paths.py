@@ -93,3 +93,44 @@ def test_prediction_outputs_are_written_to_the_bucket(bucket):
   config.predict.output = "s3://other/predictions"
   with pytest.raises(WorkdirError, match="^config.predict.output s3://other/predictions: jaxseg cannot"):
     predict._paths(config)  # pylint: disable=protected-access
+
+
+def test_replace_atomically_leaves_the_old_file_on_failure_and_no_temporary(tmp_path):
+  target = tmp_path / "report.txt"
+  paths.write_text_atomic(target, "old")
+
+  def failing(tmp):
+    tmp.write_text("half")
+    raise RuntimeError("writer failed")
+
+  with pytest.raises(RuntimeError, match="writer failed"):
+    paths.replace_atomically(target, failing, ".txt")
+  assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["report.txt"]
+  seen = []
+  paths.replace_atomically(target, lambda tmp: (seen.append(tmp.name), tmp.write_text("new")), ".nii.gz")
+  assert target.read_text() == "new" and seen[0].endswith(".tmp.nii.gz") and seen[0].startswith(".report.txt.")
+  assert [p.name for p in tmp_path.iterdir()] == ["report.txt"]
+
+
+def test_exclusive_lock_serialises_processes(tmp_path):
+  """A second process waits for the lock the first holds: its line comes after the holder's 'released'."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+
+  lock, log, started = tmp_path / ".prepare.lock", tmp_path / "log.txt", tmp_path / "started"
+  child = ("import pathlib, sys; from jaxseg import paths\n"
+           "pathlib.Path(sys.argv[3]).touch()\n"
+           "with paths.exclusive_lock(pathlib.Path(sys.argv[1])):\n"
+           "  open(sys.argv[2], 'a').write('child\\n')\n")
+  with paths.exclusive_lock(lock):
+    process = subprocess.Popen([sys.executable, "-c", child, str(lock), str(log), str(started)])
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline:
+      time.sleep(0.05)
+    assert started.exists(), "the child process did not start"
+    time.sleep(0.5)  # Without the lock the child would write now, before 'released'.
+    with open(log, "a") as f:
+      f.write("released\n")
+  assert process.wait(timeout=60) == 0
+  assert log.read_text() == "released\nchild\n"
