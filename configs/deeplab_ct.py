@@ -16,8 +16,13 @@ VARIANTS = {"v3": "deeplabv3", "v3plus": "deeplabv3plus"}
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, __file__, variant=OneOf("v3plus", tuple(VARIANTS)), quick=False,
-                  aliases={f"{variant}_quick": f"{variant},quick" for variant in VARIANTS})
+  arg = parse_arg(
+    arg,
+    __file__,
+    variant=OneOf("v3plus", tuple(VARIANTS)),
+    quick=False,
+    aliases={f"{variant}_quick": f"{variant},quick" for variant in VARIANTS},
+  )
   config = base_config()
   config.data.name = "ct_phantom"
   config.data.patch_size = (128, 128)

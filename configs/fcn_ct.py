@@ -14,8 +14,13 @@ VARIANTS = ("32s", "16s", "8s")
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, __file__, variant=OneOf("8s", VARIANTS), quick=False,
-                  aliases={f"{variant}_quick": f"{variant},quick" for variant in VARIANTS})
+  arg = parse_arg(
+    arg,
+    __file__,
+    variant=OneOf("8s", VARIANTS),
+    quick=False,
+    aliases={f"{variant}_quick": f"{variant},quick" for variant in VARIANTS},
+  )
   config = base_config()
   config.data.name = "ct_phantom"
   config.data.patch_size = (128, 128)

@@ -17,8 +17,15 @@ def get_config(arg=None):
   config.data.augment.flip_axes = ()
   config.data.augment.rotate_max_deg = 15.0
   config.data.augment.scale_range = (0.85, 1.15)
-  for key in ("noise_prob", "blur_prob", "brightness_prob", "contrast_prob", "lowres_prob",
-              "inverted_gamma_prob", "gamma_prob"):
+  for key in (
+    "noise_prob",
+    "blur_prob",
+    "brightness_prob",
+    "contrast_prob",
+    "lowres_prob",
+    "inverted_gamma_prob",
+    "gamma_prob",
+  ):
     config.data.augment[key] = 0.0
   config.model.name = "unet"
   config.model.features = 16

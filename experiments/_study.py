@@ -58,17 +58,25 @@ def parser(doc: str, name: str, *, default_seeds: int = 1) -> argparse.ArgumentP
   p = _Parser(prog=f"experiments/{name}.py", description=doc.split("\n")[0])
   p.add_argument("--quick", action="store_true", help="tiny protocol for the test suite (seconds to a minute)")
   p.add_argument("--seeds", type=int, default=None, help=f"number of seeds 0..N-1 (default {default_seeds})")
-  p.add_argument("--scale", default="cpu", choices=SCALES,
-                 help="cpu: <= 30 minutes on 2 CPU cores (the committed results); gpu: the paper-size protocol")
-  p.add_argument("--workdir", default=f"/tmp/jaxseg_studies/{name}",
-                 help="run directories (rerunning resumes finished and half-finished runs)")
+  p.add_argument(
+    "--scale",
+    default="cpu",
+    choices=SCALES,
+    help="cpu: <= 30 minutes on 2 CPU cores (the committed results); gpu: the paper-size protocol",
+  )
+  p.add_argument(
+    "--workdir",
+    default=f"/tmp/jaxseg_studies/{name}",
+    help="run directories (rerunning resumes finished and half-finished runs)",
+  )
   p.add_argument("--data_dir", default="", help="phantoms and prepared data (default: <workdir>/data)")
   p.add_argument("--output", default=str(RESULTS / name), help="writes <output>.md, .json and figures")
   return p
 
 
-def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None = None, *, default_seeds: int = 1
-          ) -> argparse.Namespace:
+def parse(
+  p: argparse.ArgumentParser, argv: Sequence[str] | None = None, *, default_seeds: int = 1
+) -> argparse.Namespace:
   args = p.parse_args(argv)
   if args.seeds is not None and args.seeds < 1:
     raise SystemExit(f"{p.prog}: --seeds must be >= 1, got {args.seeds}")
@@ -92,6 +100,7 @@ def refuse_unknown(prog: str, kind: str, names: Iterable[str], known: Iterable[s
 
 def split_names(text: str) -> list[str]:
   from jaxseg import config as config_lib  # pylint: disable=g-import-not-at-top
+
   return list(config_lib.split_names([text]))
 
 
@@ -133,6 +142,7 @@ def checked(config, prog: str):
   """`jaxseg.config.validate(config)`, a ConfigError becoming a one-line refusal before training."""
   from jaxseg import config as config_lib  # pylint: disable=g-import-not-at-top
   from jaxseg.errors import ConfigError  # pylint: disable=g-import-not-at-top
+
   try:
     config_lib.validate(config)
   except ConfigError as e:
@@ -152,6 +162,7 @@ def run_training(config, workdir: str | pathlib.Path) -> dict[str, Any]:
   train_and_evaluate returns, so a killed run has none and resumes from its last checkpoint.
   """
   from jaxseg import train  # pylint: disable=g-import-not-at-top
+
   workdir = pathlib.Path(workdir)
   record_path = workdir / RUN_RECORD
   digest = config_hash(config)
@@ -159,12 +170,15 @@ def run_training(config, workdir: str | pathlib.Path) -> dict[str, Any]:
   if record_path.exists():
     record = json.loads(record_path.read_text())
     if record["config_hash"] != digest:
-      raise SystemExit(f"{record_path}: this finished run was made with another config; delete {workdir} or "
-                       "choose another --workdir")
+      raise SystemExit(
+        f"{record_path}: this finished run was made with another config; delete {workdir} or choose another --workdir"
+      )
     if record.get("data_version", version) != version:  # Records from before the field are taken as current.
-      raise SystemExit(f"{record_path}: this finished run was made on data prepared by builder version "
-                       f"{record['data_version']}, not the current {version}; delete {workdir} or choose another "
-                       "--workdir")
+      raise SystemExit(
+        f"{record_path}: this finished run was made on data prepared by builder version "
+        f"{record['data_version']}, not the current {version}; delete {workdir} or choose another "
+        "--workdir"
+      )
     return {**record, "reused": True, "workdir": str(workdir)}
   start = time.time()
   results = train.train_and_evaluate(config, workdir)
@@ -176,11 +190,13 @@ def run_training(config, workdir: str | pathlib.Path) -> dict[str, Any]:
 def data_version() -> str:
   """The prepared-data format a run trains on (`SegmentationBuilder.VERSION`)."""
   from jaxseg.data.builders import segmentation  # pylint: disable=g-import-not-at-top
+
   return str(segmentation.SegmentationBuilder.VERSION)
 
 
 def atomic_write(path: pathlib.Path, text: str) -> None:
   from jaxseg import paths  # pylint: disable=g-import-not-at-top
+
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   paths.write_text_atomic(path, text)
@@ -195,29 +211,33 @@ def metadata(args: argparse.Namespace, start: float) -> dict[str, Any]:
   import flax  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
+
   device = jax.devices()[0]
   return {
-      "command": command(args.prog, args.argv),
-      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "wall_seconds": round(time.time() - start, 1),
-      "machine": f"{platform.node()}: {platform.processor() or platform.machine()}, Python "
-                 f"{platform.python_version()}",
-      "cpu_count": os.cpu_count(),
-      "load_average": [round(x, 2) for x in os.getloadavg()],
-      "versions": {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__},
-      "device": {"platform": device.platform, "kind": device.device_kind, "count": jax.device_count()},
-      "quick": args.quick, "scale": "quick" if args.quick else args.scale, "seeds": args.seeds,
+    "command": command(args.prog, args.argv),
+    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "wall_seconds": round(time.time() - start, 1),
+    "machine": f"{platform.node()}: {platform.processor() or platform.machine()}, Python {platform.python_version()}",
+    "cpu_count": os.cpu_count(),
+    "load_average": [round(x, 2) for x in os.getloadavg()],
+    "versions": {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__},
+    "device": {"platform": device.platform, "kind": device.device_kind, "count": jax.device_count()},
+    "quick": args.quick,
+    "scale": "quick" if args.quick else args.scale,
+    "seeds": args.seeds,
   }
 
 
 def metadata_lines(meta: dict[str, Any]) -> list[str]:
   """The provenance bullets at the top of every study's markdown."""
   v, d = meta["versions"], meta["device"]
-  return [f"- Command: `{meta['command']}`",
-          f"- Date: {meta['date']} (wall time {meta['wall_seconds'] / 60:.1f} min, protocol `{meta['scale']}`)",
-          f"- Machine: {meta['machine']}, {meta['cpu_count']} CPU cores (load average at the end "
-          f"{', '.join(map(str, meta['load_average']))}); {d['count']} {d['platform']} device(s) ({d['kind']})",
-          f"- Versions: jax {v['jax']}, flax {v['flax']}, optax {v['optax']}"]
+  return [
+    f"- Command: `{meta['command']}`",
+    f"- Date: {meta['date']} (wall time {meta['wall_seconds'] / 60:.1f} min, protocol `{meta['scale']}`)",
+    f"- Machine: {meta['machine']}, {meta['cpu_count']} CPU cores (load average at the end "
+    f"{', '.join(map(str, meta['load_average']))}); {d['count']} {d['platform']} device(s) ({d['kind']})",
+    f"- Versions: jax {v['jax']}, flax {v['flax']}, optax {v['optax']}",
+  ]
 
 
 def write_report(output: pathlib.Path, markdown: str, data: dict[str, Any]) -> None:
@@ -260,6 +280,7 @@ def fmt(stat: tuple[float | None, float | None, int], num: int, digits: int) -> 
 def t_interval(values) -> tuple[float | None, float | None]:
   """95% Student t interval of the mean of the finite values ((None, None) with fewer than two)."""
   from scipy import stats  # pylint: disable=g-import-not-at-top
+
   finite = [v for v in values if v is not None and not math.isnan(v)]
   if len(finite) < 2:
     return None, None
@@ -282,6 +303,7 @@ def restore_final(config, workdir):
   """(experiment, train state, step) of a finished run's final ('latest') checkpoint, for studies that
   examine trained models after `run_training`."""
   from jaxseg import checkpointing, experiment  # pylint: disable=g-import-not-at-top
+
   exp = experiment.setup(config, workdir)
   checkpoints = checkpointing.Checkpoints(exp.workdir, read_only=True)
   try:
@@ -295,6 +317,7 @@ def save_figure(fig, path: pathlib.Path, dpi: int) -> None:
   """Writes a matplotlib figure to `path` (PNG) through a temporary file renamed into place, and closes it."""
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   from jaxseg import paths  # pylint: disable=g-import-not-at-top
+
   try:
     paths.replace_atomically(pathlib.Path(path), lambda tmp: fig.savefig(tmp, dpi=dpi), ".png")
   finally:

@@ -45,20 +45,23 @@ DISC_SCALARS = ("train/disc_accuracy_real", "train/disc_accuracy_fake", "train/d
 NAME = "adversarial"
 # Training budget per protocol (equal in both arms; None keeps the config files' value).
 PROTOCOLS = {
-    "quick": dict(num_cases=8, patch_size=(64, 64), num_steps=8, batch_size=2, features=4, depth=2, seeds=2),
-    "cpu": dict(num_cases=0, patch_size=(64, 64), num_steps=150, batch_size=8, features=None, depth=None, seeds=3),
-    "gpu": dict(num_cases=0, patch_size=(128, 128), num_steps=400, batch_size=8, features=None, depth=None,
-                seeds=5),
+  "quick": dict(num_cases=8, patch_size=(64, 64), num_steps=8, batch_size=2, features=4, depth=2, seeds=2),
+  "cpu": dict(num_cases=0, patch_size=(64, 64), num_steps=150, batch_size=8, features=None, depth=None, seeds=3),
+  "gpu": dict(num_cases=0, patch_size=(128, 128), num_steps=400, batch_size=8, features=None, depth=None, seeds=5),
 }
 
 
 def parse_args(argv=None):
   p = _study.parser(__doc__, NAME)
   p.add_argument("--weight", type=float, default=None, help="lambda of the adversarial term (default: the config's)")
-  p.add_argument("--rewrite_report", action="store_true",
-                 help="train nothing: rewrite <output>.md, .json and the README paragraph from <output>.json")
-  p.add_argument("--readme", action="store_true",
-                 help="train nothing: rewrite the README's result paragraph from <output>.json")
+  p.add_argument(
+    "--rewrite_report",
+    action="store_true",
+    help="train nothing: rewrite <output>.md, .json and the README paragraph from <output>.json",
+  )
+  p.add_argument(
+    "--readme", action="store_true", help="train nothing: rewrite the README's result paragraph from <output>.json"
+  )
   args = _study.parse(p, argv, default_seeds=None)
   if args.seeds is None:
     args.seeds = protocol(args)["seeds"]
@@ -104,8 +107,7 @@ def aggregate(runs: list[dict], classes: list[str]) -> dict:
   table = {}
   for arm in ARMS:
     arm_runs = [r for r in runs if r["arm"] == arm]
-    table[arm] = {name: {m: mean_std([r["test"][name][m] for r in arm_runs]) for m in METRICS}
-                  for name in classes}
+    table[arm] = {name: {m: mean_std([r["test"][name][m] for r in arm_runs]) for m in METRICS} for name in classes}
   paired = {}
   for name in classes:
     diffs = []
@@ -113,8 +115,12 @@ def aggregate(runs: list[dict], classes: list[str]) -> dict:
       adv = next((r for r in runs if r["arm"] == "adversarial" and r["seed"] == plain["seed"]), None)
       if adv is not None:
         diffs.append(adv["test"][name]["dice"] - plain["test"][name]["dice"])
-    paired[name] = {"stat": mean_std(diffs), "per_seed": diffs, "better_seeds": sum(d > TIE for d in diffs),
-                    "worse_seeds": sum(d < -TIE for d in diffs)}
+    paired[name] = {
+      "stat": mean_std(diffs),
+      "per_seed": diffs,
+      "better_seeds": sum(d > TIE for d in diffs),
+      "worse_seeds": sum(d < -TIE for d in diffs),
+    }
   return {"table": table, "paired_dice_difference": paired}
 
 
@@ -126,15 +132,19 @@ def verdict(summary: dict) -> str:
     return "No paired runs finished; no conclusion."
   mean = statistics.mean(diffs)
   ties = len(diffs) - diff["better_seeds"] - diff["worse_seeds"]
-  size = (f"{mean:+.4f} (adversarial better by more than {TIE} in {diff['better_seeds']}, worse in "
-          f"{diff['worse_seeds']}, within {TIE} in {ties} of {len(diffs)} seeds")
+  size = (
+    f"{mean:+.4f} (adversarial better by more than {TIE} in {diff['better_seeds']}, worse in "
+    f"{diff['worse_seeds']}, within {TIE} in {ties} of {len(diffs)} seeds"
+  )
   if len(diffs) < 2:
     return f"Mean foreground test Dice change {size}); one seed, no conclusion."
   low, high = _study.t_interval(diffs)
   size += f"; 95% t interval {low:+.4f} to {high:+.4f})"
   if low <= 0 <= high:
-    return ("The adversarial term made no difference distinguishable from seed-to-seed noise: mean foreground "
-            f"test Dice change {size}.")
+    return (
+      "The adversarial term made no difference distinguishable from seed-to-seed noise: mean foreground "
+      f"test Dice change {size}."
+    )
   direction = "helped" if mean > 0 else "hurt"
   return f"The adversarial term {direction}: mean foreground test Dice change {size}."
 
@@ -148,42 +158,57 @@ def write_report(path: pathlib.Path, runs: list[dict], meta: dict) -> None:
   cfg = runs[0]["config"]
   adv_cfg = next(r["config"] for r in runs if r["arm"] == "adversarial")["adversarial"]
   lines = [
-      "# Adversarial training on the CT phantom: U-Net with and without the adversarial term", "",
-      *_study.metadata_lines(meta),
-      f"- Data: `{cfg['data']['name']}` (synthetic CT phantom), test split, {runs[0]['test']['num_cases']} cases; "
-      "every run's final checkpoint, evaluated as `--mode=evaluate` does (with the post-processing chosen on "
-      "the validation split).",
-      f"- Segmenter: `{cfg['model']['name']}` features {cfg['model']['features']}, depth {cfg['model']['depth']}, "
-      f"{cfg['model']['norm']} norm; patch {tuple(cfg['data']['patch_size'])}, batch {cfg['train']['batch_size']}, "
-      f"{cfg['train']['num_steps']} steps, {cfg['train']['optimizer']} lr {cfg['train']['learning_rate']}, "
-      f"loss {cfg['train']['loss']}.",
-      f"- Adversarial arm: the same plus a patch discriminator ({adv_cfg['input']} input, "
-      f"{adv_cfg['num_layers']} stride-2 layers, {adv_cfg['features']} features, spectral norm "
-      f"{adv_cfg['spectral_norm']}), lambda = {adv_cfg['weight']} from step {adv_cfg['warmup_steps']}, "
-      f"discriminator Adam lr {adv_cfg['learning_rate']} (beta1 {adv_cfg['beta1']}) every "
-      f"{adv_cfg['disc_every_steps']} step(s), real-label smoothing {adv_cfg['label_smoothing']}.",
-      f"- Seeds: {', '.join(map(str, seeds))} (same seed = same initialisation and batches in both arms).", "",
-      "## Result", "", verdict(summary), "",
-      f"Test Dice and HD95 (mm): mean ± std over {n} seeds of each run's mean over test cases "
-      "(HD95 leaves out cases where a side is empty, and a run where it is empty in every case).", "",
-      "| class | Dice plain | Dice adversarial | paired Dice change | HD95 plain | HD95 adversarial |",
-      "|---|---|---|---|---|---|"]
+    "# Adversarial training on the CT phantom: U-Net with and without the adversarial term",
+    "",
+    *_study.metadata_lines(meta),
+    f"- Data: `{cfg['data']['name']}` (synthetic CT phantom), test split, {runs[0]['test']['num_cases']} cases; "
+    "every run's final checkpoint, evaluated as `--mode=evaluate` does (with the post-processing chosen on "
+    "the validation split).",
+    f"- Segmenter: `{cfg['model']['name']}` features {cfg['model']['features']}, depth {cfg['model']['depth']}, "
+    f"{cfg['model']['norm']} norm; patch {tuple(cfg['data']['patch_size'])}, batch {cfg['train']['batch_size']}, "
+    f"{cfg['train']['num_steps']} steps, {cfg['train']['optimizer']} lr {cfg['train']['learning_rate']}, "
+    f"loss {cfg['train']['loss']}.",
+    f"- Adversarial arm: the same plus a patch discriminator ({adv_cfg['input']} input, "
+    f"{adv_cfg['num_layers']} stride-2 layers, {adv_cfg['features']} features, spectral norm "
+    f"{adv_cfg['spectral_norm']}), lambda = {adv_cfg['weight']} from step {adv_cfg['warmup_steps']}, "
+    f"discriminator Adam lr {adv_cfg['learning_rate']} (beta1 {adv_cfg['beta1']}) every "
+    f"{adv_cfg['disc_every_steps']} step(s), real-label smoothing {adv_cfg['label_smoothing']}.",
+    f"- Seeds: {', '.join(map(str, seeds))} (same seed = same initialisation and batches in both arms).",
+    "",
+    "## Result",
+    "",
+    verdict(summary),
+    "",
+    f"Test Dice and HD95 (mm): mean ± std over {n} seeds of each run's mean over test cases "
+    "(HD95 leaves out cases where a side is empty, and a run where it is empty in every case).",
+    "",
+    "| class | Dice plain | Dice adversarial | paired Dice change | HD95 plain | HD95 adversarial |",
+    "|---|---|---|---|---|---|",
+  ]
   for name in classes:
     plain, adv = summary["table"]["plain"][name], summary["table"]["adversarial"][name]
-    lines.append(f"| {name} | {fmt(plain['dice'], n, 4)} | {fmt(adv['dice'], n, 4)} | "
-                 f"{fmt(summary['paired_dice_difference'][name]['stat'], n, 4)} | {fmt(plain['hd95'], n, 1)} | "
-                 f"{fmt(adv['hd95'], n, 1)} |")
-  lines += ["", "Per run: test Dice per class, the discriminator's last logged training means, and the wall "
-            "time of the whole run (set-up, compilation, training, evaluation):", "",
-            "| arm | seed | " + " | ".join(f"Dice {c}" for c in classes) +
-            " | disc acc. real | disc acc. fake | disc loss | adv. loss | time (s) |",
-            "|---|---|" + "---|" * (len(classes) + 5)]
+    lines.append(
+      f"| {name} | {fmt(plain['dice'], n, 4)} | {fmt(adv['dice'], n, 4)} | "
+      f"{fmt(summary['paired_dice_difference'][name]['stat'], n, 4)} | {fmt(plain['hd95'], n, 1)} | "
+      f"{fmt(adv['hd95'], n, 1)} |"
+    )
+  lines += [
+    "",
+    "Per run: test Dice per class, the discriminator's last logged training means, and the wall "
+    "time of the whole run (set-up, compilation, training, evaluation):",
+    "",
+    "| arm | seed | "
+    + " | ".join(f"Dice {c}" for c in classes)
+    + " | disc acc. real | disc acc. fake | disc loss | adv. loss | time (s) |",
+    "|---|---|" + "---|" * (len(classes) + 5),
+  ]
   for r in sorted(runs, key=lambda r: (r["arm"], r["seed"])):
     dice = [f"{r['test'][c]['dice']:.4f}" for c in classes]
     disc = ["-" if r["disc"].get(t) is None else f"{r['disc'][t]:.3f}" for t in DISC_SCALARS]
     lines.append(f"| {r['arm']} | {r['seed']} | {' | '.join(dice)} | {' | '.join(disc)} | {r['seconds']:.0f} |")
-  _study.write_report(path, "\n".join(lines),
-                      {**meta, "seeds": seeds, "summary": summary, "verdict": verdict(summary), "runs": runs})
+  _study.write_report(
+    path, "\n".join(lines), {**meta, "seeds": seeds, "summary": summary, "verdict": verdict(summary), "runs": runs}
+  )
 
 
 README = ROOT / "README.md"
@@ -198,9 +223,15 @@ def readme_block(saved: dict, results_path: str) -> str:
   cfg = runs[0]["config"]
   size = f"{cfg['train']['num_steps']} steps of {' x '.join(map(str, cfg['data']['patch_size']))} patches"
   machine = f"{saved['machine']}, {saved['cpu_count']} CPU cores, jax {saved['versions']['jax']}"
-  lines = [f"Latest result ({size}, the `--scale={saved['scale']}` protocol, {n} seeds, {saved['date'][:10]}, {machine}; "
-           f"full tables in `{results_path}`):", "", f"> {saved['verdict']}", "",
-           "| class | test Dice plain | test Dice adversarial | paired change |", "|---|---|---|---|"]
+  lines = [
+    f"Latest result ({size}, the `--scale={saved['scale']}` protocol, {n} seeds, {saved['date'][:10]}, {machine}; "
+    f"full tables in `{results_path}`):",
+    "",
+    f"> {saved['verdict']}",
+    "",
+    "| class | test Dice plain | test Dice adversarial | paired change |",
+    "|---|---|---|---|",
+  ]
   for name, paired in summary["paired_dice_difference"].items():
     plain = summary["table"]["plain"][name]["dice"]
     adv = summary["table"]["adversarial"][name]["dice"]
@@ -213,9 +244,11 @@ def update_readme(saved: dict, results_path: str, readme: pathlib.Path = README)
   text = readme.read_text()
   start, end = text.find(README_BEGIN), text.find(README_END)
   if start < 0 or end < start:
-    raise SystemExit(f"{readme}: the markers {README_BEGIN!r} and {README_END!r} are missing; "
-                     "put them where the result paragraph belongs")
-  new = text[:start + len(README_BEGIN)] + "\n" + readme_block(saved, results_path) + "\n" + text[end:]
+    raise SystemExit(
+      f"{readme}: the markers {README_BEGIN!r} and {README_END!r} are missing; "
+      "put them where the result paragraph belongs"
+    )
+  new = text[: start + len(README_BEGIN)] + "\n" + readme_block(saved, results_path) + "\n" + text[end:]
   _study.atomic_write(readme, new)
 
 
@@ -233,8 +266,9 @@ def main(argv=None):
   if args.readme or args.rewrite_report:
     saved = json.loads(output.with_suffix(".json").read_text())
     if args.rewrite_report:
-      write_report(output, saved["runs"], {k: v for k, v in saved.items()
-                                           if k not in ("seeds", "summary", "verdict", "runs")})
+      write_report(
+        output, saved["runs"], {k: v for k, v in saved.items() if k not in ("seeds", "summary", "verdict", "runs")}
+      )
     update_readme(json.loads(output.with_suffix(".json").read_text()), results_md)
     print(readme_block(saved, results_md))
     return
@@ -245,11 +279,23 @@ def main(argv=None):
   for (arm, seed), config in configs.items():
     run = _study.run_training(config, args.workdir / f"{arm}_seed{seed}")
     workdir = pathlib.Path(run["workdir"])
-    runs.append({"arm": arm, "seed": seed, "workdir": str(workdir), "seconds": run["seconds"],
-                 "reused": run["reused"], "test": run["results"]["test"], "disc": last_scalars(workdir, DISC_SCALARS),
-                 "config": json.loads((workdir / "config.json").read_text())})
-    print(f"{arm} seed {seed}: test mean foreground Dice {runs[-1]['test']['mean_foreground']['dice']:.4f} "
-          f"({run['seconds']:.0f} s{', reused' if run['reused'] else ''})", flush=True)
+    runs.append(
+      {
+        "arm": arm,
+        "seed": seed,
+        "workdir": str(workdir),
+        "seconds": run["seconds"],
+        "reused": run["reused"],
+        "test": run["results"]["test"],
+        "disc": last_scalars(workdir, DISC_SCALARS),
+        "config": json.loads((workdir / "config.json").read_text()),
+      }
+    )
+    print(
+      f"{arm} seed {seed}: test mean foreground Dice {runs[-1]['test']['mean_foreground']['dice']:.4f} "
+      f"({run['seconds']:.0f} s{', reused' if run['reused'] else ''})",
+      flush=True,
+    )
   write_report(output, runs, _study.metadata(args, start))
   if not args.quick:
     update_readme(json.loads(output.with_suffix(".json").read_text()), results_md)

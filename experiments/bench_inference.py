@@ -44,7 +44,7 @@ from jaxseg import inference, models, state as state_lib, steps
 
 
 def _ints(text):
-  return tuple(int(v) for v in text.split(','))
+  return tuple(int(v) for v in text.split(","))
 
 
 def _median_time(fn, repeats):
@@ -60,6 +60,7 @@ class PointwiseClassifier(nn.Module):
   """A per-voxel linear classifier `[B, *window, C] -> [B, *window, K]`: nearly free, so that a run measures
   the host side of sliding-window inference (memory, stitching) on volumes where a real 3D network would take
   hours on a CPU."""
+
   num_classes: int
 
   @nn.compact
@@ -81,29 +82,39 @@ def random_variables(model, input_shape, seed=0):
       fan_in = int(np.prod(leaf.shape[:-1])) or 1
       return (rng.normal(size=leaf.shape) / np.sqrt(fan_in)).astype(leaf.dtype)
     return np.zeros(leaf.shape, leaf.dtype)
+
   return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--model', default='unet3d', choices=sorted(models.MODELS) + ['pointwise'],
-                      help='a model of the zoo, or pointwise (a per-voxel linear classifier)')
-  parser.add_argument('--image', type=_ints, default=(32, 64, 64), help='spatial image shape, e.g. 48,96,80')
-  parser.add_argument('--window', type=_ints, default=(32, 32, 32), help='model window (2 or 3 values)')
-  parser.add_argument('--channels', type=int, default=1)
-  parser.add_argument('--features', type=int, default=8)
-  parser.add_argument('--depth', type=int, default=3)
-  parser.add_argument('--num_classes', type=int, default=3)
-  parser.add_argument('--batch_size', type=int, default=2)
-  parser.add_argument('--step_fraction', type=float, default=0.5)
-  parser.add_argument('--mirror', action='store_true', help='mirror TTA over all window axes')
-  parser.add_argument('--placement', default='both', choices=['host', 'device', 'both'],
-                      help='sliding-window path(s) to measure')
-  parser.add_argument('--repeats', type=int, default=3,
-                      help='timed predictions; 0: one prediction (compilation included), no overhead ratio')
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument(
+    "--model",
+    default="unet3d",
+    choices=sorted(models.MODELS) + ["pointwise"],
+    help="a model of the zoo, or pointwise (a per-voxel linear classifier)",
+  )
+  parser.add_argument("--image", type=_ints, default=(32, 64, 64), help="spatial image shape, e.g. 48,96,80")
+  parser.add_argument("--window", type=_ints, default=(32, 32, 32), help="model window (2 or 3 values)")
+  parser.add_argument("--channels", type=int, default=1)
+  parser.add_argument("--features", type=int, default=8)
+  parser.add_argument("--depth", type=int, default=3)
+  parser.add_argument("--num_classes", type=int, default=3)
+  parser.add_argument("--batch_size", type=int, default=2)
+  parser.add_argument("--step_fraction", type=float, default=0.5)
+  parser.add_argument("--mirror", action="store_true", help="mirror TTA over all window axes")
+  parser.add_argument(
+    "--placement", default="both", choices=["host", "device", "both"], help="sliding-window path(s) to measure"
+  )
+  parser.add_argument(
+    "--repeats",
+    type=int,
+    default=3,
+    help="timed predictions; 0: one prediction (compilation included), no overhead ratio",
+  )
   args = parser.parse_args()
 
-  if args.model == 'pointwise':
+  if args.model == "pointwise":
     model = PointwiseClassifier(args.num_classes)
   else:
     model_config = models.default_model_config()
@@ -113,7 +124,7 @@ def main():
   batch_shape = (args.batch_size,) + args.window + (args.channels,)
   variables = random_variables(model, batch_shape)
   forward = jax.jit(steps.make_predict_fn(model))
-  params, batch_stats = variables['params'], variables.get('batch_stats', {})
+  params, batch_stats = variables["params"], variables.get("batch_stats", {})
   calls = []
 
   def predict_fn(batch):  # As `experiment.Experiment.predictor`.
@@ -123,14 +134,19 @@ def main():
   image = np.random.default_rng(0).normal(size=args.image + (args.channels,)).astype(np.float32)
   mirror_axes = tuple(range(ndim)) if args.mirror else ()
 
-  device_predictor = inference.DevicePredictor(forward, (params, batch_stats),
-                                               placement='device')
+  device_predictor = inference.DevicePredictor(forward, (params, batch_stats), placement="device")
 
   def predict(path):
-    fn = predict_fn if path == 'host' else device_predictor
+    fn = predict_fn if path == "host" else device_predictor
     return inference.sliding_window_predict(
-        fn, image, window=args.window, num_classes=args.num_classes, step_fraction=args.step_fraction,
-        batch_size=args.batch_size, mirror_axes=mirror_axes)
+      fn,
+      image,
+      window=args.window,
+      num_classes=args.num_classes,
+      step_fraction=args.step_fraction,
+      batch_size=args.batch_size,
+      mirror_axes=mirror_axes,
+    )
 
   batch = np.random.default_rng(1).normal(size=batch_shape).astype(np.float32)
 
@@ -138,36 +154,44 @@ def main():
     np.asarray(forward(params, batch_stats, batch))
 
   voxels = int(np.prod(args.image))
-  print(f'machine: {platform.platform()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, '
-        f'jax {jax.__version__}, devices {jax.devices()}')
-  size = '' if args.model == 'pointwise' else f'features={args.features}, depth={args.depth}, '
-  print(f'settings: image {args.image} x {args.channels} ch, window {args.window}, batch {args.batch_size}, '
-        f'step {args.step_fraction}, mirror {mirror_axes}, model {args.model}({size}classes={args.num_classes}), '
-        f'repeats {args.repeats}')
-  paths = ['host', 'device'] if args.placement == 'both' else [args.placement]
+  print(
+    f"machine: {platform.platform()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
+    f"jax {jax.__version__}, devices {jax.devices()}"
+  )
+  size = "" if args.model == "pointwise" else f"features={args.features}, depth={args.depth}, "
+  print(
+    f"settings: image {args.image} x {args.channels} ch, window {args.window}, batch {args.batch_size}, "
+    f"step {args.step_fraction}, mirror {mirror_axes}, model {args.model}({size}classes={args.num_classes}), "
+    f"repeats {args.repeats}"
+  )
+  paths = ["host", "device"] if args.placement == "both" else [args.placement]
   results = {}
   for path in paths:
     calls.clear()
     start = time.perf_counter()
     results[path] = predict(path)  # Compiles.
     first = time.perf_counter() - start
-    if path == 'host':
+    if path == "host":
       calls_per_prediction = len(calls)
     else:
       calls_per_prediction = inference.num_forward_calls(
-          image.shape[:-1], args.window, args.step_fraction, args.batch_size, len(mirror_axes))
-    print(f'[{path} path] first prediction (with compilation): {first:.2f} s, {calls_per_prediction} forward '
-          f'calls, {voxels / first:,.0f} voxels/s')
+        image.shape[:-1], args.window, args.step_fraction, args.batch_size, len(mirror_axes)
+      )
+    print(
+      f"[{path} path] first prediction (with compilation): {first:.2f} s, {calls_per_prediction} forward "
+      f"calls, {voxels / first:,.0f} voxels/s"
+    )
     if args.repeats > 0:
-      _report_overhead(lambda path=path: predict(path), one_forward, calls_per_prediction, voxels,
-                       args.repeats, f'[{path} path] ')
+      _report_overhead(
+        lambda path=path: predict(path), one_forward, calls_per_prediction, voxels, args.repeats, f"[{path} path] "
+      )
   if len(results) == 2:
-    print(f'max |device - host| probability: {np.abs(results["device"] - results["host"]).max():.2e}')
+    print(f"max |device - host| probability: {np.abs(results['device'] - results['host']).max():.2e}")
   peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux.
-  print(f'peak resident memory: {peak_gib:.2f} GiB')
+  print(f"peak resident memory: {peak_gib:.2f} GiB")
 
 
-def _report_overhead(predict, one_forward, calls_per_prediction, voxels, repeats, label=''):
+def _report_overhead(predict, one_forward, calls_per_prediction, voxels, repeats, label=""):
   one_forward()
   # Each whole prediction is followed by as many single timed forwards, so that a change of load on a shared
   # machine affects both sides of each ratio alike.
@@ -178,12 +202,20 @@ def _report_overhead(predict, one_forward, calls_per_prediction, voxels, repeats
   total = statistics.median(totals)
   forward_time = statistics.median(forwards)
   ratio = statistics.median(t / (calls_per_prediction * f) for t, f in zip(totals, forwards))
-  print(f'{label}prediction: {total:.3f} s median, {voxels / total:,.0f} voxels/s')
-  print(f'{label}forward: {calls_per_prediction} calls x {forward_time * 1e3:.2f} ms median = '
-        f'{calls_per_prediction * forward_time:.3f} s')
-  print(f'{label}overhead ratio: {ratio:.3f} median over repeats (target <= 1.2)')
-  return {'seconds': total, 'voxels_per_s': voxels / total, 'overhead_ratio': ratio,
-          'forward_calls': calls_per_prediction, 'forward_s': forward_time}
+  print(f"{label}prediction: {total:.3f} s median, {voxels / total:,.0f} voxels/s")
+  print(
+    f"{label}forward: {calls_per_prediction} calls x {forward_time * 1e3:.2f} ms median = "
+    f"{calls_per_prediction * forward_time:.3f} s"
+  )
+  print(f"{label}overhead ratio: {ratio:.3f} median over repeats (target <= 1.2)")
+  return {
+    "seconds": total,
+    "voxels_per_s": voxels / total,
+    "overhead_ratio": ratio,
+    "forward_calls": calls_per_prediction,
+    "forward_s": forward_time,
+  }
 
-if __name__ == '__main__':
+
+if __name__ == "__main__":
   main()

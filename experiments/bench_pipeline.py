@@ -76,9 +76,11 @@ def bench(config_arg: str, overrides: list[str], batches: int, steps_per_repeat:
     next(iterator)
 
   train_step = jax.jit(
-      steps.make_train_step(exp.model, exp.tx, exp.schedule, config.train.loss, models.output_weights(config.model)),
-      in_shardings=(parallel.replicated(exp.mesh), parallel.batch_sharding(exp.mesh)),
-      out_shardings=(parallel.replicated(exp.mesh), None), donate_argnums=0)
+    steps.make_train_step(exp.model, exp.tx, exp.schedule, config.train.loss, models.output_weights(config.model)),
+    in_shardings=(parallel.replicated(exp.mesh), parallel.batch_sharding(exp.mesh)),
+    out_shardings=(parallel.replicated(exp.mesh), None),
+    donate_argnums=0,
+  )
   state = exp.init_state()
   batch = parallel.global_batch(first, exp.mesh)
   state, metrics = train_step(state, batch)  # Compiles.
@@ -100,25 +102,30 @@ def bench(config_arg: str, overrides: list[str], batches: int, steps_per_repeat:
   ratio = statistics.median(p / s for p, s in zip(pipeline_rates, step_rates))
   step_rate = statistics.median(step_rates)
   return {
-      "config": config_arg,
-      "model": f"{config.model.name} (features {config.model.features}, depth {config.model.depth})",
-      "batch": f"{config.train.batch_size} x {tuple(config.data.patch_size)} x {exp.prepared.num_channels} ch",
-      "reader": (f"{config.data.num_workers} worker processes" if config.data.num_workers
-                 else f"{config.data.num_threads} threads"),
-      "pipeline": statistics.median(pipeline_rates),
-      "step": step_rate,
-      "ratio": ratio,
-      # CPU of worker processes is not counted in this process's time.
-      "cpu_share": None if config.data.num_workers else statistics.median(cpu_per_batch) * step_rate,
+    "config": config_arg,
+    "model": f"{config.model.name} (features {config.model.features}, depth {config.model.depth})",
+    "batch": f"{config.train.batch_size} x {tuple(config.data.patch_size)} x {exp.prepared.num_channels} ch",
+    "reader": (
+      f"{config.data.num_workers} worker processes" if config.data.num_workers else f"{config.data.num_threads} threads"
+    ),
+    "pipeline": statistics.median(pipeline_rates),
+    "step": step_rate,
+    "ratio": ratio,
+    # CPU of worker processes is not counted in this process's time.
+    "cpu_share": None if config.data.num_workers else statistics.median(cpu_per_batch) * step_rate,
   }
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--configs", default="configs/unet_ct.py,configs/unet_mr.py",
-                      help="comma-separated config files (with :ARG variants)")
-  parser.add_argument("--override", action="append", default=[],
-                      help="KEY=VALUE applied to every config, e.g. data.num_workers=2")
+  parser.add_argument(
+    "--configs",
+    default="configs/unet_ct.py,configs/unet_mr.py",
+    help="comma-separated config files (with :ARG variants)",
+  )
+  parser.add_argument(
+    "--override", action="append", default=[], help="KEY=VALUE applied to every config, e.g. data.num_workers=2"
+  )
   parser.add_argument("--batches", type=int, default=40, help="pipeline batches timed per repeat")
   parser.add_argument("--steps", type=int, default=5, help="train steps timed per repeat")
   parser.add_argument("--repeats", type=int, default=3)
@@ -126,15 +133,22 @@ def main():
   args = parser.parse_args()
 
   rows = [bench(c, args.override, args.batches, args.steps, args.repeats) for c in args.configs.split(",")]
-  header = (f"machine: {platform.platform()}, {os.cpu_count()} CPUs, load average "
-            f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}, jax {jax.__version__}, devices {jax.devices()}\n"
-            f"medians over {args.repeats} alternating repeats of {args.batches} batches / {args.steps} steps\n")
-  table = ["| config | model | batch | reader | pipeline batches/s | step batches/s | ratio (target >= 3) "
-           "| pipeline CPU per step |", "|" + "---|" * 8]
+  header = (
+    f"machine: {platform.platform()}, {os.cpu_count()} CPUs, load average "
+    f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}, jax {jax.__version__}, devices {jax.devices()}\n"
+    f"medians over {args.repeats} alternating repeats of {args.batches} batches / {args.steps} steps\n"
+  )
+  table = [
+    "| config | model | batch | reader | pipeline batches/s | step batches/s | ratio (target >= 3) "
+    "| pipeline CPU per step |",
+    "|" + "---|" * 8,
+  ]
   for r in rows:
     cpu = "in the workers" if r["cpu_share"] is None else f"{100 * r['cpu_share']:.1f}% of a core"
-    table.append(f"| {r['config']} | {r['model']} | {r['batch']} | {r['reader']} | {r['pipeline']:.2f} "
-                 f"| {r['step']:.3f} | {r['ratio']:.1f} | {cpu} |")
+    table.append(
+      f"| {r['config']} | {r['model']} | {r['batch']} | {r['reader']} | {r['pipeline']:.2f} "
+      f"| {r['step']:.3f} | {r['ratio']:.1f} | {cpu} |"
+    )
   report = header + "\n" + "\n".join(table) + "\n"
   print(report)
   output = pathlib.Path(args.output)

@@ -66,12 +66,42 @@ LR_FACTORS = (0.25, 4.0)  # Default learning rates: the config's times these (an
 # at 200 steps reached test Dice liver 0.94, spleen 0.89, kidney 0.68, tumour 0.00 (80 steps of 64 x 64 with
 # features 8, depth 3: liver only), so 16 of the 20 training cases, close to all of them, is left to --scale=gpu.
 PROTOCOLS = {
-    "quick": dict(num_cases=8, patch_size=(64, 64), num_steps=3, batch_size=2, features=4, depth=2, seeds=2,
-                  sizes=(2,), losses=("ce",), lr_factors=(4.0,)),
-    "cpu": dict(num_cases=30, patch_size=(64, 64), num_steps=150, batch_size=8, features=16, depth=4, seeds=3,
-                sizes=(2, 4, 8), losses=("ce", "dice", "dice_ce", "focal"), lr_factors=LR_FACTORS),
-    "gpu": dict(num_cases=30, patch_size=(128, 128), num_steps=400, batch_size=8, features=None, depth=None, seeds=5,
-                sizes=(2, 4, 8, 16), losses=("ce", "dice", "dice_ce", "focal"), lr_factors=LR_FACTORS),
+  "quick": dict(
+    num_cases=8,
+    patch_size=(64, 64),
+    num_steps=3,
+    batch_size=2,
+    features=4,
+    depth=2,
+    seeds=2,
+    sizes=(2,),
+    losses=("ce",),
+    lr_factors=(4.0,),
+  ),
+  "cpu": dict(
+    num_cases=30,
+    patch_size=(64, 64),
+    num_steps=150,
+    batch_size=8,
+    features=16,
+    depth=4,
+    seeds=3,
+    sizes=(2, 4, 8),
+    losses=("ce", "dice", "dice_ce", "focal"),
+    lr_factors=LR_FACTORS,
+  ),
+  "gpu": dict(
+    num_cases=30,
+    patch_size=(128, 128),
+    num_steps=400,
+    batch_size=8,
+    features=None,
+    depth=None,
+    seeds=5,
+    sizes=(2, 4, 8, 16),
+    losses=("ce", "dice", "dice_ce", "focal"),
+    lr_factors=LR_FACTORS,
+  ),
 }
 
 
@@ -97,20 +127,28 @@ def _numbers(prog: str, option: str, text: str, kind, positive_message: str) -> 
 def train_split_size(num_cases: int) -> int:
   """Training cases of the phantom of `num_cases` cases (its fixed split), without generating it."""
   from jaxseg.data import phantoms  # pylint: disable=g-import-not-at-top
+
   return len(phantoms.split_case_ids([str(i) for i in range(num_cases)])["train"])
 
 
 def parse_args(argv=None):
   p = _study.parser(__doc__, NAME)
   p.add_argument("--factors", default=",".join(FACTORS), help="comma-separated: " + ", ".join(FACTORS))
-  p.add_argument("--sizes", default=None, help="numbers of training cases (default: the protocol's; the baseline "
-                 "uses all of them)")
-  p.add_argument("--losses", default=None, help="comma-separated losses (default: the protocol's; dice_ce is the "
-                 "baseline)")
-  p.add_argument("--learning_rates", default=None, help="comma-separated learning rates (default: the config's "
-                 "times 1/4 and 4)")
-  p.add_argument("--report_only", action="store_true", help="train nothing: write the report from the seeds whose "
-                 "runs have all finished (e.g. while the study is still running in another process)")
+  p.add_argument(
+    "--sizes", default=None, help="numbers of training cases (default: the protocol's; the baseline uses all of them)"
+  )
+  p.add_argument(
+    "--losses", default=None, help="comma-separated losses (default: the protocol's; dice_ce is the baseline)"
+  )
+  p.add_argument(
+    "--learning_rates", default=None, help="comma-separated learning rates (default: the config's times 1/4 and 4)"
+  )
+  p.add_argument(
+    "--report_only",
+    action="store_true",
+    help="train nothing: write the report from the seeds whose "
+    "runs have all finished (e.g. while the study is still running in another process)",
+  )
   args = _study.parse(p, argv, default_seeds=None)
   prog, prot = args.prog, protocol(args)
   if args.seeds is None:
@@ -120,18 +158,25 @@ def parse_args(argv=None):
   if not args.factors:
     raise SystemExit(f"{prog}: --factors is empty; choose from {', '.join(FACTORS)}")
   from jaxseg import losses  # pylint: disable=g-import-not-at-top
+
   args.losses = _study.split_names(args.losses) if args.losses is not None else list(prot["losses"])
   _study.refuse_unknown(prog, "loss", args.losses, losses.LOSSES)
   available = train_split_size(prot["num_cases"])
-  args.sizes = (_numbers(prog, "--sizes", args.sizes, int, "must be >= 1 case") if args.sizes is not None
-                else list(prot["sizes"]))
+  args.sizes = (
+    _numbers(prog, "--sizes", args.sizes, int, "must be >= 1 case") if args.sizes is not None else list(prot["sizes"])
+  )
   too_many = [k for k in args.sizes if k > available]
   if too_many:
-    raise SystemExit(f"{prog}: --sizes: {too_many[0]} training cases asked for, the {DATASET} of this protocol "
-                     f"({prot['num_cases']} cases) has {available} in its training split")
+    raise SystemExit(
+      f"{prog}: --sizes: {too_many[0]} training cases asked for, the {DATASET} of this protocol "
+      f"({prot['num_cases']} cases) has {available} in its training split"
+    )
   shipped = _study.load_config(CONFIG).train.learning_rate
-  args.learning_rates = (_numbers(prog, "--learning_rates", args.learning_rates, float, "must be > 0")
-                         if args.learning_rates is not None else [shipped * f for f in prot["lr_factors"]])
+  args.learning_rates = (
+    _numbers(prog, "--learning_rates", args.learning_rates, float, "must be > 0")
+    if args.learning_rates is not None
+    else [shipped * f for f in prot["lr_factors"]]
+  )
   args.train_cases = available
   return args
 
@@ -224,8 +269,12 @@ def summarise(args, dice: dict[str, dict[int, dict[str, float]]]) -> dict:
       for c in classes:
         vals = [dice[name][s][c] for s in seeds]
         base = [dice["baseline"][s][c] for s in seeds]
-        per_class[c] = {"per_seed": vals, "stat": _study.mean_std(vals), "ci95": list(_study.t_interval(vals)),
-                        "paired_vs_baseline": None if i == 0 else _study.paired_interval(base, vals)}
+        per_class[c] = {
+          "per_seed": vals,
+          "stat": _study.mean_std(vals),
+          "ci95": list(_study.t_interval(vals)),
+          "paired_vs_baseline": None if i == 0 else _study.paired_interval(base, vals),
+        }
       rows.append({"level": level, "run": name, "baseline": i == 0, "dice": per_class})
     out[factor] = rows
   return out
@@ -234,11 +283,18 @@ def summarise(args, dice: dict[str, dict[int, dict[str, float]]]) -> dict:
 # Report.
 
 
-LEVEL_TEXT = {"data_size": lambda v, n: f"{n} (all)" if v == "all" else str(v),
-              "loss": lambda v, n: str(v), "learning_rate": lambda v, n: f"{v:g}",
-              "augmentation": lambda v, n: str(v)}
-FACTOR_TITLE = {"data_size": "Number of training cases", "loss": "Loss", "learning_rate": "Learning rate",
-                "augmentation": "Augmentation"}
+LEVEL_TEXT = {
+  "data_size": lambda v, n: f"{n} (all)" if v == "all" else str(v),
+  "loss": lambda v, n: str(v),
+  "learning_rate": lambda v, n: f"{v:g}",
+  "augmentation": lambda v, n: str(v),
+}
+FACTOR_TITLE = {
+  "data_size": "Number of training cases",
+  "loss": "Loss",
+  "learning_rate": "Learning rate",
+  "augmentation": "Augmentation",
+}
 
 
 def _fmt(stat, n: int, digits: int) -> str:
@@ -270,8 +326,10 @@ def reading(summary: dict, n: int) -> list[str]:
       else:
         verdict = "better than the baseline" if mean > 0 else "worse than the baseline"
       parts.append(f"{row['run']} {mean:+.3f} ({verdict})")
-    lines.append(f"- {FACTOR_TITLE[factor]}: paired change of the mean foreground test Dice against the baseline "
-                 f"over {_seeds(n)}: {'; '.join(parts) or 'no other level'}.")
+    lines.append(
+      f"- {FACTOR_TITLE[factor]}: paired change of the mean foreground test Dice against the baseline "
+      f"over {_seeds(n)}: {'; '.join(parts) or 'no other level'}."
+    )
   return lines
 
 
@@ -283,50 +341,73 @@ def markdown(meta, args, summary, per_run, figures) -> str:
   lines = ["# Data size and hyperparameters: U-Net on the CT phantom", ""]
   lines += _study.metadata_lines(meta)
   lines += [
-      f"- Baseline: `configs/{CONFIG}.py` 2D U-Net, features {base['model']['features']}, depth "
-      f"{base['model']['depth']}; {p['num_steps']} steps of {p['patch_size'][0]} x {p['patch_size'][1]} patches, "
-      f"batch {p['batch_size']}, {base['train']['optimizer']} lr {base['train']['learning_rate']:g} (warm-up "
-      f"{base['train']['warmup_steps']} steps, then cosine), loss {BASELINE_LOSS}, the config's augmentation "
-      f"(rotation up to ±{base['data']['augment']['rotate_max_deg']:g}° with probability "
-      f"{base['data']['augment']['rotate_prob']:g}, zoom {tuple(base['data']['augment']['scale_range'])} with "
-      f"probability {base['data']['augment']['scale_prob']:g}, no mirroring; {_intensity_text(base)}), all "
-      f"{args.train_cases} training cases of the `{DATASET}` ({p['num_cases']} cases; its fixed split: "
-      f"{args.train_cases} training, the rest validation and test).",
-      "- One factor changed at a time; the baseline run of each seed is every factor's reference level. Subsets: "
-      "`config.data.max_train_cases=k`, the first k of a fixed seeded permutation of the training split (nested: "
-      f"{' ⊂ '.join(map(str, sorted(args.sizes) + [args.train_cases]))}), the same subset for every seed. "
-      "Augmentation off: every `config.data.augment.*_prob` 0.",
-      f"- Seeds {', '.join(map(str, range(n)))}: a seed fixes initialisation and batch sampling in every run, so "
-      "differences to the baseline are paired by seed.",
-      "- Score: test Dice (the final checkpoint, no post-processing; per class the mean over test cases), "
-      f"mean ± sample std over {_seeds(n)}, and the paired difference to the baseline (same "
-      "seed) with its 95% Student t interval (none with one seed).", "",
-      "## Reading (generated from the numbers below)", ""]
+    f"- Baseline: `configs/{CONFIG}.py` 2D U-Net, features {base['model']['features']}, depth "
+    f"{base['model']['depth']}; {p['num_steps']} steps of {p['patch_size'][0]} x {p['patch_size'][1]} patches, "
+    f"batch {p['batch_size']}, {base['train']['optimizer']} lr {base['train']['learning_rate']:g} (warm-up "
+    f"{base['train']['warmup_steps']} steps, then cosine), loss {BASELINE_LOSS}, the config's augmentation "
+    f"(rotation up to ±{base['data']['augment']['rotate_max_deg']:g}° with probability "
+    f"{base['data']['augment']['rotate_prob']:g}, zoom {tuple(base['data']['augment']['scale_range'])} with "
+    f"probability {base['data']['augment']['scale_prob']:g}, no mirroring; {_intensity_text(base)}), all "
+    f"{args.train_cases} training cases of the `{DATASET}` ({p['num_cases']} cases; its fixed split: "
+    f"{args.train_cases} training, the rest validation and test).",
+    "- One factor changed at a time; the baseline run of each seed is every factor's reference level. Subsets: "
+    "`config.data.max_train_cases=k`, the first k of a fixed seeded permutation of the training split (nested: "
+    f"{' ⊂ '.join(map(str, sorted(args.sizes) + [args.train_cases]))}), the same subset for every seed. "
+    "Augmentation off: every `config.data.augment.*_prob` 0.",
+    f"- Seeds {', '.join(map(str, range(n)))}: a seed fixes initialisation and batch sampling in every run, so "
+    "differences to the baseline are paired by seed.",
+    "- Score: test Dice (the final checkpoint, no post-processing; per class the mean over test cases), "
+    f"mean ± sample std over {_seeds(n)}, and the paired difference to the baseline (same "
+    "seed) with its 95% Student t interval (none with one seed).",
+    "",
+    "## Reading (generated from the numbers below)",
+    "",
+  ]
   lines += reading(summary, n)
   for factor, rows in summary.items():
-    lines += ["", f"## {FACTOR_TITLE[factor]}", "",
-              f"| {FACTOR_TITLE[factor].lower()} | run | " + " | ".join(f"Dice {c}" for c in classes)
-              + " | paired change, mean foreground | 95% interval |", "|---|---|" + "---|" * (len(classes) + 2)]
+    lines += [
+      "",
+      f"## {FACTOR_TITLE[factor]}",
+      "",
+      f"| {FACTOR_TITLE[factor].lower()} | run | "
+      + " | ".join(f"Dice {c}" for c in classes)
+      + " | paired change, mean foreground | 95% interval |",
+      "|---|---|" + "---|" * (len(classes) + 2),
+    ]
     for row in rows:
       paired = row["dice"]["mean_foreground"]["paired_vs_baseline"]
       change = "(baseline)" if paired is None else _fmt(paired["stat"], n, 3)
       ci = "" if paired is None else _interval(paired["ci95"])
-      lines.append(f"| {LEVEL_TEXT[factor](row['level'], args.train_cases)} | {row['run']} | "
-                   + " | ".join(_fmt(row["dice"][c]["stat"], n, 3) for c in classes)
-                   + f" | {change} | {ci} |")
+      lines.append(
+        f"| {LEVEL_TEXT[factor](row['level'], args.train_cases)} | {row['run']} | "
+        + " | ".join(_fmt(row["dice"][c]["stat"], n, 3) for c in classes)
+        + f" | {change} | {ci} |"
+      )
   total = sum(r["seconds"] for seeds in per_run.values() for r in seeds.values())
-  lines += ["", "## Runs", "", "Test mean foreground Dice and wall time of the train_and_evaluate call that "
-            "made each run (set-up, compilation, training, validation, test evaluation; the first run also "
-            "generated and prepared the phantom; 'reused': finished by an earlier invocation and read back). "
-            f"Sum over the {sum(len(s) for s in per_run.values())} runs: {total / 60:.1f} min.", "",
-            "| run | seed | mean foreground Dice | wall time (s) | reused |", "|---|---|---|---|---|"]
+  lines += [
+    "",
+    "## Runs",
+    "",
+    "Test mean foreground Dice and wall time of the train_and_evaluate call that "
+    "made each run (set-up, compilation, training, validation, test evaluation; the first run also "
+    "generated and prepared the phantom; 'reused': finished by an earlier invocation and read back). "
+    f"Sum over the {sum(len(s) for s in per_run.values())} runs: {total / 60:.1f} min.",
+    "",
+    "| run | seed | mean foreground Dice | wall time (s) | reused |",
+    "|---|---|---|---|---|",
+  ]
   for name, seeds in per_run.items():
     for seed, r in seeds.items():
-      lines.append(f"| {name} | {seed} | {r['results']['test']['mean_foreground']['dice']:.4f} | {r['seconds']:.0f} | "
-                   f"{'yes' if r['reused'] else 'no'} |")
+      lines.append(
+        f"| {name} | {seed} | {r['results']['test']['mean_foreground']['dice']:.4f} | {r['seconds']:.0f} | "
+        f"{'yes' if r['reused'] else 'no'} |"
+      )
   if figures:
-    lines += ["", "Figures: " + ", ".join(f"`{f}`" for f in figures) + " (error bars: 95% t interval of the mean "
-              "over seeds; none with one seed)."]
+    lines += [
+      "",
+      "Figures: " + ", ".join(f"`{f}`" for f in figures) + " (error bars: 95% t interval of the mean "
+      "over seeds; none with one seed).",
+    ]
   return "\n".join(lines)
 
 
@@ -337,8 +418,20 @@ def _seeds(n: int) -> str:
 def _intensity_text(config: dict) -> str:
   """Which of the intensity augmentations the config leaves on."""
   augment = config["data"]["augment"]
-  on = [k[:-len("_prob")] for k in ("noise_prob", "blur_prob", "brightness_prob", "contrast_prob", "lowres_prob",
-                                    "gamma_prob", "inverted_gamma_prob", "elastic_prob") if augment[k] > 0]
+  on = [
+    k[: -len("_prob")]
+    for k in (
+      "noise_prob",
+      "blur_prob",
+      "brightness_prob",
+      "contrast_prob",
+      "lowres_prob",
+      "gamma_prob",
+      "inverted_gamma_prob",
+      "elastic_prob",
+    )
+    if augment[k] > 0
+  ]
   return f"also {', '.join(on)}" if on else "no intensity or elastic transforms"
 
 
@@ -353,6 +446,7 @@ def _errorbar(ax, xs, row_stats, **kwargs):
 def save_figures(args, summary: dict) -> list[str]:
   """`<output>_data_size.png` and `<output>_factors.png` (those whose factors ran); returns their names."""
   from jaxseg import visualize  # pylint: disable=g-import-not-at-top
+
   plt = visualize._pyplot()  # pylint: disable=protected-access
   written = []
   if "data_size" in summary:
@@ -362,8 +456,14 @@ def save_figures(args, summary: dict) -> list[str]:
     names = list(rows[0]["dice"])
     for i, c in enumerate(names):
       shift = 2 ** (0.04 * (i - (len(names) - 1) / 2))  # Side by side, so that the bars do not hide each other.
-      _errorbar(ax, [x * shift for x in xs], [r["dice"][c] for r in rows], label=c.replace("_", " "),
-                linewidth=2.5 if c == "mean_foreground" else 1.0, color="black" if c == "mean_foreground" else None)
+      _errorbar(
+        ax,
+        [x * shift for x in xs],
+        [r["dice"][c] for r in rows],
+        label=c.replace("_", " "),
+        linewidth=2.5 if c == "mean_foreground" else 1.0,
+        color="black" if c == "mean_foreground" else None,
+      )
     ax.set_xscale("log", base=2)
     ax.set_xticks(xs, [str(x) for x in xs])
     ax.minorticks_off()
@@ -382,8 +482,7 @@ def save_figures(args, summary: dict) -> list[str]:
       if factor == "learning_rate":
         rows = sorted(rows, key=lambda r: r["level"])
       labels = [LEVEL_TEXT[factor](r["level"], args.train_cases) + (" *" if r["baseline"] else "") for r in rows]
-      _errorbar(ax, range(len(rows)), [r["dice"]["mean_foreground"] for r in rows], linestyle="none",
-                color="black")
+      _errorbar(ax, range(len(rows)), [r["dice"]["mean_foreground"] for r in rows], linestyle="none", color="black")
       ax.set_xticks(range(len(rows)), labels)
       ax.set_xlim(-0.5, len(rows) - 0.5)
       ax.set_title(FACTOR_TITLE[factor], fontsize=9)
@@ -407,8 +506,10 @@ def report(args, start: float, per_run: dict, seeds_done: int) -> None:
   try:
     done = {name: {s: r for s, r in seeds.items() if s < seeds_done} for name, seeds in per_run.items()}
     classes = classes_of(done["baseline"][0]["results"]["test"])
-    dice = {name: {seed: {c: r["results"]["test"][c]["dice"] for c in classes} for seed, r in seeds.items()}
-            for name, seeds in done.items()}
+    dice = {
+      name: {seed: {c: r["results"]["test"][c]["dice"] for c in classes} for seed, r in seeds.items()}
+      for name, seeds in done.items()
+    }
     summary = summarise(args, dice)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     figures = save_figures(args, summary)
@@ -416,14 +517,32 @@ def report(args, start: float, per_run: dict, seeds_done: int) -> None:
     meta["seeds_requested"] = requested
     text = markdown(meta, args, summary, done, figures)
     if seeds_done < requested:
-      text = text.replace("\n", f"\n\n**Partial: {seeds_done} of {requested} seeds finished so far** (rerunning "
-                          "the command resumes the rest).\n", 1)
-    _study.write_report(args.output, text, {
-        **meta, "dataset": DATASET, "config": CONFIG, "protocol": protocol(args), "train_cases": args.train_cases,
-        "factors": args.factors, "levels": levels(args), "summary": summary, "reading": reading(summary, seeds_done),
+      text = text.replace(
+        "\n",
+        f"\n\n**Partial: {seeds_done} of {requested} seeds finished so far** (rerunning "
+        "the command resumes the rest).\n",
+        1,
+      )
+    _study.write_report(
+      args.output,
+      text,
+      {
+        **meta,
+        "dataset": DATASET,
+        "config": CONFIG,
+        "protocol": protocol(args),
+        "train_cases": args.train_cases,
+        "factors": args.factors,
+        "levels": levels(args),
+        "summary": summary,
+        "reading": reading(summary, seeds_done),
         "figures": figures,
-        "runs": {name: {seed: {k: v for k, v in r.items() if k not in ("config_hash", "config")}
-                        for seed, r in seeds.items()} for name, seeds in done.items()}})
+        "runs": {
+          name: {seed: {k: v for k, v in r.items() if k not in ("config_hash", "config")} for seed, r in seeds.items()}
+          for name, seeds in done.items()
+        },
+      },
+    )
   finally:
     args.seeds = requested
 
@@ -433,6 +552,7 @@ def use_compilation_cache(directory: pathlib.Path) -> None:
   run's prediction function; the train step of the baseline, subset and augmentation runs), so the second
   compilation of each is a read (the executable is the same)."""
   import jax  # pylint: disable=g-import-not-at-top
+
   jax.config.update("jax_compilation_cache_dir", str(directory))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
@@ -441,13 +561,17 @@ def main(argv=None):
   args = parse_args(argv)
   start = time.time()
   # Every config is built and validated before anything is trained.
-  configs = {(name, seed): run_config(factor, level, seed, args)
-             for name, (factor, level) in runs_of(args).items() for seed in range(args.seeds)}
+  configs = {
+    (name, seed): run_config(factor, level, seed, args)
+    for name, (factor, level) in runs_of(args).items()
+    for seed in range(args.seeds)
+  }
   use_compilation_cache(args.workdir / "jax_cache")
   per_run = {}
   if args.report_only:
-    finished = lambda seed: all((args.workdir / f"{name}_seed{seed}" / _study.RUN_RECORD).exists()
-                                for name in runs_of(args))
+    finished = lambda seed: all(
+      (args.workdir / f"{name}_seed{seed}" / _study.RUN_RECORD).exists() for name in runs_of(args)
+    )
     seeds_done = next((s for s in range(args.seeds) if not finished(s)), args.seeds)
     if not seeds_done:
       raise SystemExit(f"{args.prog}: --report_only: no seed has finished all its runs in {args.workdir}")
@@ -463,8 +587,11 @@ def main(argv=None):
       run = _study.run_training(configs[name, seed], args.workdir / f"{name}_seed{seed}")
       run["config"] = configs[name, seed].to_dict()
       per_run.setdefault(name, {})[seed] = run
-      print(f"{name} seed {seed}: test mean foreground Dice {run['results']['test']['mean_foreground']['dice']:.4f} "
-            f"({'reused' if run['reused'] else 'trained'} {run['seconds']:.0f} s)", flush=True)
+      print(
+        f"{name} seed {seed}: test mean foreground Dice {run['results']['test']['mean_foreground']['dice']:.4f} "
+        f"({'reused' if run['reused'] else 'trained'} {run['seconds']:.0f} s)",
+        flush=True,
+      )
     report(args, start, per_run, seed + 1)  # After every seed: a killed study leaves the seeds it finished.
   print(args.output.with_suffix(".md").read_text())
 

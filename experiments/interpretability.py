@@ -71,17 +71,49 @@ VARIANTS = ("trained", "randomised", "shuffled")
 REGIONS = ("all", "reference", "predicted")
 # Training budget per protocol (equal for every model; None keeps the config file's value).
 PROTOCOLS = {
-    "quick": dict(num_cases=8, patch_size=(64, 64), num_steps=4, batch_size=2, features=4, depth=2,
-                  smoothgrad_samples=2, ig_steps=2, classes="liver", max_cases=0),
-    "cpu": dict(num_cases=0, patch_size=(96, 96), num_steps=150, batch_size=8, features=None, depth=None,
-                smoothgrad_samples=8, ig_steps=16, classes="", max_cases=3),
-    "gpu": dict(num_cases=0, patch_size=(128, 128), num_steps=600, batch_size=8, features=None, depth=None,
-                smoothgrad_samples=50, ig_steps=64, classes="", max_cases=0),
+  "quick": dict(
+    num_cases=8,
+    patch_size=(64, 64),
+    num_steps=4,
+    batch_size=2,
+    features=4,
+    depth=2,
+    smoothgrad_samples=2,
+    ig_steps=2,
+    classes="liver",
+    max_cases=0,
+  ),
+  "cpu": dict(
+    num_cases=0,
+    patch_size=(96, 96),
+    num_steps=150,
+    batch_size=8,
+    features=None,
+    depth=None,
+    smoothgrad_samples=8,
+    ig_steps=16,
+    classes="",
+    max_cases=3,
+  ),
+  "gpu": dict(
+    num_cases=0,
+    patch_size=(128, 128),
+    num_steps=600,
+    batch_size=8,
+    features=None,
+    depth=None,
+    smoothgrad_samples=50,
+    ig_steps=64,
+    classes="",
+    max_cases=0,
+  ),
 }
 SHUFFLE_SEED = 0
-REGION_TEXT = {"all": "every pixel of the slice (`--region=all`)",
-               "reference": "the class's reference structure (`--region=reference`)",
-               "predicted": "the pixels each model assigns to the class (`--region=predicted`)"}
+REGION_TEXT = {
+  "all": "every pixel of the slice (`--region=all`)",
+  "reference": "the class's reference structure (`--region=reference`)",
+  "predicted": "the pixels each model assigns to the class (`--region=predicted`)",
+}
 SHUFFLED_MARKER = ".jaxseg_shuffled_labels_complete"
 
 
@@ -90,8 +122,13 @@ def parse_args(argv=None):
   p.add_argument("--models", default=",".join(MODEL_CONFIGS), help="comma-separated: " + ", ".join(MODEL_CONFIGS))
   p.add_argument("--dataset", default="ct_phantom", help="one of " + ", ".join(DATASETS))
   p.add_argument("--classes", default=None, help="comma-separated foreground classes (default: all; quick: liver)")
-  p.add_argument("--region", default="all", choices=REGIONS, help="pixels whose class logits make the class "
-                 "score: all (default), reference (the class's reference structure), predicted (by each model)")
+  p.add_argument(
+    "--region",
+    default="all",
+    choices=REGIONS,
+    help="pixels whose class logits make the class "
+    "score: all (default), reference (the class's reference structure), predicted (by each model)",
+  )
   p.add_argument("--margin", type=int, default=2, help="dilation of the reference for localisation [voxels]")
   p.add_argument("--figure_cases", type=int, default=2, help="test cases shown in <output>.png")
   args = _study.parse(p, argv)
@@ -99,6 +136,7 @@ def parse_args(argv=None):
   _study.refuse_unknown(args.prog, "model", args.models, MODEL_CONFIGS)
   _study.refuse_unknown(args.prog, "dataset", [args.dataset], DATASETS)
   from jaxseg.data import phantoms  # pylint: disable=g-import-not-at-top
+
   foreground = [n for n, v in phantoms.PHANTOMS[args.dataset].labels.items() if v != 0]
   protocol = PROTOCOLS["quick" if args.quick else args.scale]
   args.classes = _study.split_names(protocol["classes"] if args.classes is None else args.classes) or foreground
@@ -126,8 +164,9 @@ def run_config(model: str, seed: int, args, shuffled_root: pathlib.Path | None =
   return _study.checked(config, args.prog)
 
 
-def shuffled_label_dataset(source_root: pathlib.Path, target: pathlib.Path, seed: int = SHUFFLE_SEED
-                           ) -> tuple[pathlib.Path, dict[str, str]]:
+def shuffled_label_dataset(
+  source_root: pathlib.Path, target: pathlib.Path, seed: int = SHUFFLE_SEED
+) -> tuple[pathlib.Path, dict[str, str]]:
   """A copy of the raw dataset at `source_root` whose training-split labels are a derangement of each other.
 
   Case i of splits.json's "train" gets the label volume of case pi(i) != i, stored with case i's own affine
@@ -158,8 +197,10 @@ def shuffled_label_dataset(source_root: pathlib.Path, target: pathlib.Path, seed
     image = nib.Nifti1Image(theirs, own.affine, own.header)
     nib.save(image, tmp / "labelsTr" / f"{case}.nii.gz")
   meta["name"] = f"{meta['name']}_shuffled_labels"
-  meta["description"] = ("COPY with the training split's labels shuffled across cases (jaxseg "
-                         f"experiments/interpretability.py, seed {seed}) of: {meta['description']}")
+  meta["description"] = (
+    "COPY with the training split's labels shuffled across cases (jaxseg "
+    f"experiments/interpretability.py, seed {seed}) of: {meta['description']}"
+  )
   (tmp / "dataset.json").write_text(json.dumps(meta, indent=2))
   (tmp / SHUFFLED_MARKER).write_text(json.dumps({"seed": seed, "source": str(source_root), "label_of": label_of}))
   shutil.rmtree(target, ignore_errors=True)
@@ -175,6 +216,7 @@ def restore(config, workdir):
 
 def all_maps(model_name, model, variables, images, class_index, region, args) -> dict[str, np.ndarray]:
   from jaxseg import interpret  # pylint: disable=g-import-not-at-top
+
   p = protocol(args)
   methods = GRADIENT_METHODS + (("attention",) if model_name == "attention_unet" else ())
   out = {}
@@ -184,8 +226,9 @@ def all_maps(model_name, model, variables, images, class_index, region, args) ->
       options = dict(num_samples=p["smoothgrad_samples"])
     elif method == "integrated_gradients":
       options = dict(steps=p["ig_steps"])
-    out[method] = np.asarray(interpret.compute(method, model, variables, images, class_index, region=region,
-                                               rng=jax.random.key(0), **options))[0]
+    out[method] = np.asarray(
+      interpret.compute(method, model, variables, images, class_index, region=region, rng=jax.random.key(0), **options)
+    )[0]
   return out
 
 
@@ -193,9 +236,11 @@ def interpret_seed(model_name: str, seed: int, args, shuffled_root) -> tuple[lis
   """Scores of every (test case, class, method) of one model and seed; the figure's maps of the first cases."""
   from jaxseg import interpret, visualize  # pylint: disable=g-import-not-at-top
   from jaxseg.data import pipeline  # pylint: disable=g-import-not-at-top
+
   exp, trained, _ = restore(run_config(model_name, seed, args), args.workdir / f"{model_name}_seed{seed}")
-  _, shuffled, _ = restore(run_config(model_name, seed, args, shuffled_root),
-                           args.workdir / f"{model_name}_shuffled_seed{seed}")
+  _, shuffled, _ = restore(
+    run_config(model_name, seed, args, shuffled_root), args.workdir / f"{model_name}_shuffled_seed{seed}"
+  )
   source = pipeline.CaseSource(exp.prepared, "test", 8)
   labels = exp.prepared.labels
   randomised = None
@@ -215,43 +260,63 @@ def interpret_seed(model_name: str, seed: int, args, shuffled_root) -> tuple[lis
       region = jnp.asarray(reference[None]) if args.region == "reference" else args.region
       if randomised is None:
         randomised = interpret.randomized_variables(exp.model, trained, images, seed + 1000)
-      maps = {variant: all_maps(model_name, exp.model, variables, images, value, region, args)
-              for variant, variables in (("trained", trained), ("randomised", randomised), ("shuffled", shuffled))}
+      maps = {
+        variant: all_maps(model_name, exp.model, variables, images, value, region, args)
+        for variant, variables in (("trained", trained), ("randomised", randomised), ("shuffled", shuffled))
+      }
       dilated = ndimage.binary_dilation(reference, iterations=args.margin) if args.margin else reference
       for method in maps["trained"]:
-        row = {"model": model_name, "seed": seed, "case": case_id, "class": class_name, "slice": int(z),
-               "method": method, "reference_pixels": int(reference.sum()),
-               "uniform_localisation": float(dilated.mean())}
+        row = {
+          "model": model_name,
+          "seed": seed,
+          "case": case_id,
+          "class": class_name,
+          "slice": int(z),
+          "method": method,
+          "reference_pixels": int(reference.sum()),
+          "uniform_localisation": float(dilated.mean()),
+        }
         for variant in VARIANTS:
           row[f"localisation_{variant}"] = interpret.localisation_score(maps[variant][method], reference, args.margin)
         for variant in ("randomised", "shuffled"):
-          row[f"rank_correlation_{variant}"] = interpret.rank_correlation(np.abs(maps["trained"][method]),
-                                                                          np.abs(maps[variant][method]))
+          row[f"rank_correlation_{variant}"] = interpret.rank_correlation(
+            np.abs(maps["trained"][method]), np.abs(maps[variant][method])
+          )
         rows.append(row)
-      if (seed == 0 and class_name == args.classes[0] and len(figure) < args.figure_cases
-          and case_id not in figure):
-        figure[case_id] = {"class": class_name, "slice": int(z), "image": np.asarray(case.image[z][..., 0]),
-                           "reference": np.asarray(case.label[z]), "maps": maps}
+      if seed == 0 and class_name == args.classes[0] and len(figure) < args.figure_cases and case_id not in figure:
+        figure[case_id] = {
+          "class": class_name,
+          "slice": int(z),
+          "image": np.asarray(case.image[z][..., 0]),
+          "reference": np.asarray(case.label[z]),
+          "maps": maps,
+        }
   spacing = [float(s) for s in source[0].spacing] if len(source) else []
   return rows, {"figure": figure, "spacing": spacing}
 
 
 def summarise(rows: list[dict]) -> dict:
   """Per model and method: mean ± std over every (seed, case, class) of each score."""
-  keys = ["uniform_localisation"] + [f"localisation_{v}" for v in VARIANTS] + [
-      f"rank_correlation_{v}" for v in ("randomised", "shuffled")]
+  keys = (
+    ["uniform_localisation"]
+    + [f"localisation_{v}" for v in VARIANTS]
+    + [f"rank_correlation_{v}" for v in ("randomised", "shuffled")]
+  )
   out = {}
   for model in dict.fromkeys(r["model"] for r in rows):
     for method in dict.fromkeys(r["method"] for r in rows if r["model"] == model):
       picked = [r for r in rows if r["model"] == model and r["method"] == method]
-      out.setdefault(model, {})[method] = {"n": len(picked), **{k: _study.mean_std([r[k] for r in picked])
-                                                               for k in keys}}
+      out.setdefault(model, {})[method] = {
+        "n": len(picked),
+        **{k: _study.mean_std([r[k] for r in picked]) for k in keys},
+      }
   return out
 
 
 def save_figure(path: pathlib.Path, figures: dict[str, dict]) -> None:
   """Rows: (case, model, variant); columns: image with reference, then every map of that model."""
   from jaxseg import visualize  # pylint: disable=g-import-not-at-top
+
   plt = visualize._pyplot()  # pylint: disable=protected-access
   rows = [(case, model, variant) for model, per_case in figures.items() for case in per_case for variant in VARIANTS]
   columns = 1 + max(len(per_case[c]["maps"]["trained"]) for per_case in figures.values() for c in per_case)
@@ -279,45 +344,65 @@ def markdown(meta, args, runs, summary, spacing, label_of) -> str:
   lines = ["# Interpretability maps on the CT phantom: localisation and sanity checks", ""]
   lines += _study.metadata_lines(meta)
   lines += [
-      f"- Models: {', '.join(args.models)} (`configs/{MODEL_CONFIGS[args.models[0]]}.py`...), each trained "
-      f"{p['num_steps']} steps of {p['patch_size'][0]} x {p['patch_size'][1]} patches, batch {p['batch_size']}, "
-      f"seeds {', '.join(map(str, range(args.seeds)))}; final checkpoint, no post-processing.",
-      f"- Shuffled-label models: the same runs on a copy of `{args.dataset}` whose {len(label_of)} training cases "
-      "have each other's label volumes (a random derangement, seed "
-      f"{SHUFFLE_SEED}); validation and test labels untouched. Labels are then independent of the image.",
-      f"- Maps: class score = sum of the class's logits over {REGION_TEXT[args.region]}, on the slice of each test "
-      f"case with the most voxels of the class ({cases}); "
-      f"classes {', '.join(args.classes)}; SmoothGrad "
-      f"{p['smoothgrad_samples']} samples (noise 0.15 of the range), integrated gradients {p['ig_steps']} steps "
-      "from a zero image, Grad-CAM at the last feature map before the head, attention = the full-resolution gate.",
-      f"- Localisation: share of the map's positive mass inside the reference dilated by {args.margin} pixels "
-      f"(grid spacing {' x '.join(f'{s:.2f}' for s in spacing)} mm, z first); 'uniform' is what a constant map "
-      "scores. Rank correlation: Spearman over the slice's pixels of |map|, trained model against the randomised "
-      "(fresh initial weights) and the shuffled-label model; it should be low.", "",
-      "## Test Dice of the models explained", "",
-      "| model | labels | seed | mean foreground Dice | " + " | ".join(f"Dice {c}" for c in _classes(runs)) + " |",
-      "|---|---|---|---|" + "---|" * len(_classes(runs))]
+    f"- Models: {', '.join(args.models)} (`configs/{MODEL_CONFIGS[args.models[0]]}.py`...), each trained "
+    f"{p['num_steps']} steps of {p['patch_size'][0]} x {p['patch_size'][1]} patches, batch {p['batch_size']}, "
+    f"seeds {', '.join(map(str, range(args.seeds)))}; final checkpoint, no post-processing.",
+    f"- Shuffled-label models: the same runs on a copy of `{args.dataset}` whose {len(label_of)} training cases "
+    "have each other's label volumes (a random derangement, seed "
+    f"{SHUFFLE_SEED}); validation and test labels untouched. Labels are then independent of the image.",
+    f"- Maps: class score = sum of the class's logits over {REGION_TEXT[args.region]}, on the slice of each test "
+    f"case with the most voxels of the class ({cases}); "
+    f"classes {', '.join(args.classes)}; SmoothGrad "
+    f"{p['smoothgrad_samples']} samples (noise 0.15 of the range), integrated gradients {p['ig_steps']} steps "
+    "from a zero image, Grad-CAM at the last feature map before the head, attention = the full-resolution gate.",
+    f"- Localisation: share of the map's positive mass inside the reference dilated by {args.margin} pixels "
+    f"(grid spacing {' x '.join(f'{s:.2f}' for s in spacing)} mm, z first); 'uniform' is what a constant map "
+    "scores. Rank correlation: Spearman over the slice's pixels of |map|, trained model against the randomised "
+    "(fresh initial weights) and the shuffled-label model; it should be low.",
+    "",
+    "## Test Dice of the models explained",
+    "",
+    "| model | labels | seed | mean foreground Dice | " + " | ".join(f"Dice {c}" for c in _classes(runs)) + " |",
+    "|---|---|---|---|" + "---|" * len(_classes(runs)),
+  ]
   for r in runs:
     test = r["results"]["test"]
-    lines.append(f"| {r['model']} | {r['labels']} | {r['seed']} | {test['mean_foreground']['dice']:.4f} | "
-                 + " | ".join(f"{test[c]['dice']:.4f}" for c in _classes(runs)) + " |")
-  lines += ["", "## Maps", "",
-            "Mean ± std over every (seed, test case, class) pair (n of them); `n/a`: no map had positive mass "
-            "or a map was constant.", ""]
+    lines.append(
+      f"| {r['model']} | {r['labels']} | {r['seed']} | {test['mean_foreground']['dice']:.4f} | "
+      + " | ".join(f"{test[c]['dice']:.4f}" for c in _classes(runs))
+      + " |"
+    )
+  lines += [
+    "",
+    "## Maps",
+    "",
+    "Mean ± std over every (seed, test case, class) pair (n of them); `n/a`: no map had positive mass "
+    "or a map was constant.",
+    "",
+  ]
   for model, per_method in summary.items():
-    lines += [f"### {model}", "",
-              "| method | n | localisation trained | randomised | shuffled labels | uniform map | "
-              "rank corr. vs randomised | rank corr. vs shuffled |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+      f"### {model}",
+      "",
+      "| method | n | localisation trained | randomised | shuffled labels | uniform map | "
+      "rank corr. vs randomised | rank corr. vs shuffled |",
+      "|---|---|---|---|---|---|---|---|",
+    ]
     for method, s in per_method.items():
       k = s["n"]
-      lines.append(f"| {method} | {k} | {_study.fmt(s['localisation_trained'], k, 3)} | "
-                   f"{_study.fmt(s['localisation_randomised'], k, 3)} | {_study.fmt(s['localisation_shuffled'], k, 3)} | "
-                   f"{_study.fmt(s['uniform_localisation'], k, 3)} | {_study.fmt(s['rank_correlation_randomised'], k, 3)} | "
-                   f"{_study.fmt(s['rank_correlation_shuffled'], k, 3)} |")
+      lines.append(
+        f"| {method} | {k} | {_study.fmt(s['localisation_trained'], k, 3)} | "
+        f"{_study.fmt(s['localisation_randomised'], k, 3)} | {_study.fmt(s['localisation_shuffled'], k, 3)} | "
+        f"{_study.fmt(s['uniform_localisation'], k, 3)} | {_study.fmt(s['rank_correlation_randomised'], k, 3)} | "
+        f"{_study.fmt(s['rank_correlation_shuffled'], k, 3)} |"
+      )
     lines.append("")
   lines += ["## Reading (generated from the numbers above)", ""] + reading(summary)
-  lines += ["", f"Figure: `{args.output.name}.png` (rows: case, model, trained / randomised / shuffled labels; "
-            "integrated gradients shown as |IG|)."]
+  lines += [
+    "",
+    f"Figure: `{args.output.name}.png` (rows: case, model, trained / randomised / shuffled labels; "
+    "integrated gradients shown as |IG|).",
+  ]
   return "\n".join(lines)
 
 
@@ -330,13 +415,24 @@ def reading(summary) -> list[str]:
   """One generated line per model: methods ordered by their rank correlation with the randomised model."""
   lines = []
   for model, per_method in summary.items():
-    ranked = sorted(((s["rank_correlation_randomised"][0], m) for m, s in per_method.items()
-                     if s["rank_correlation_randomised"][0] is not None), reverse=True)
-    better = [m for m, s in per_method.items() if s["localisation_trained"][0] is not None
-              and s["localisation_trained"][0] > s["uniform_localisation"][0]]
-    lines.append(f"- {model}: rank correlation with the randomised model, highest (least sensitive to the weights) "
-                 f"first: {', '.join(f'{m} {c:+.3f}' for c, m in ranked) or 'none'}. Methods whose trained-model "
-                 f"maps localise better than a uniform map: {', '.join(better) or 'none'}.")
+    ranked = sorted(
+      (
+        (s["rank_correlation_randomised"][0], m)
+        for m, s in per_method.items()
+        if s["rank_correlation_randomised"][0] is not None
+      ),
+      reverse=True,
+    )
+    better = [
+      m
+      for m, s in per_method.items()
+      if s["localisation_trained"][0] is not None and s["localisation_trained"][0] > s["uniform_localisation"][0]
+    ]
+    lines.append(
+      f"- {model}: rank correlation with the randomised model, highest (least sensitive to the weights) "
+      f"first: {', '.join(f'{m} {c:+.3f}' for c, m in ranked) or 'none'}. Methods whose trained-model "
+      f"maps localise better than a uniform map: {', '.join(better) or 'none'}."
+    )
   return lines
 
 
@@ -344,6 +440,7 @@ def main(argv=None):
   args = parse_args(argv)
   start = time.time()
   from jaxseg.data import phantoms  # pylint: disable=g-import-not-at-top
+
   # Every config is built and validated before anything is trained.
   for model in args.models:
     for seed in range(args.seeds):
@@ -357,9 +454,12 @@ def main(argv=None):
         suffix = "_shuffled" if root else ""
         run = _study.run_training(run_config(model, seed, args, root), args.workdir / f"{model}{suffix}_seed{seed}")
         runs.append({"model": model, "labels": labels, "seed": seed, **run})
-        print(f"{model} {labels} labels seed {seed}: test mean foreground Dice "
-              f"{run['results']['test']['mean_foreground']['dice']:.4f} ({'reused' if run['reused'] else 'trained'} "
-              f"{run['seconds']:.0f} s)", flush=True)
+        print(
+          f"{model} {labels} labels seed {seed}: test mean foreground Dice "
+          f"{run['results']['test']['mean_foreground']['dice']:.4f} ({'reused' if run['reused'] else 'trained'} "
+          f"{run['seconds']:.0f} s)",
+          flush=True,
+        )
   rows, figures, spacing = [], {}, []
   for model in args.models:
     for seed in range(args.seeds):
@@ -374,13 +474,25 @@ def main(argv=None):
   if figures:
     save_figure(args.output.with_suffix(".png"), figures)
   meta = _study.metadata(args, start)
-  _study.write_report(args.output, markdown(meta, args, runs, summary, spacing, label_of), {
-      **meta, "models": args.models, "dataset": args.dataset, "classes": args.classes, "region": args.region,
+  _study.write_report(
+    args.output,
+    markdown(meta, args, runs, summary, spacing, label_of),
+    {
+      **meta,
+      "models": args.models,
+      "dataset": args.dataset,
+      "classes": args.classes,
+      "region": args.region,
       "margin_voxels": args.margin,
-      "protocol": protocol(args), "spacing_mm": spacing, "shuffled_labels": {"seed": SHUFFLE_SEED,
-                                                                             "label_of": label_of},
+      "protocol": protocol(args),
+      "spacing_mm": spacing,
+      "shuffled_labels": {"seed": SHUFFLE_SEED, "label_of": label_of},
       "runs": [{k: v for k, v in r.items() if k != "config_hash"} for r in runs],
-      "summary": summary, "reading": reading(summary), "maps": rows})
+      "summary": summary,
+      "reading": reading(summary),
+      "maps": rows,
+    },
+  )
   print(args.output.with_suffix(".md").read_text())
 
 

@@ -44,10 +44,16 @@ def main(workdir: str) -> None:
     shutil.rmtree(work / f"results_{how}", ignore_errors=True)
     shutil.move(work / "results", work / f"results_{how}")
   for split in ("validation", "test"):
-    a, b = (json.loads((work / f"results_{h}" / split / "summary.json").read_text()) for h in ("labels", "probabilities"))
-    print(f"\n{split}: {a['num_cases']} cases, checkpoint step {a['step']}; evaluation {seconds['labels']:.0f} s "
-          f"(labels) / {seconds['probabilities']:.0f} s (probabilities), both splits")
-    print("| class | Dice labels | Dice probabilities | HD95 labels | HD95 probabilities | ASSD labels | ASSD probabilities |")
+    a, b = (
+      json.loads((work / f"results_{h}" / split / "summary.json").read_text()) for h in ("labels", "probabilities")
+    )
+    print(
+      f"\n{split}: {a['num_cases']} cases, checkpoint step {a['step']}; evaluation {seconds['labels']:.0f} s "
+      f"(labels) / {seconds['probabilities']:.0f} s (probabilities), both splits"
+    )
+    print(
+      "| class | Dice labels | Dice probabilities | HD95 labels | HD95 probabilities | ASSD labels | ASSD probabilities |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name in [k for k in a if isinstance(a[k], dict) and "dice" in a[k]]:
       cells = [a[name][m] if h == 0 else b[name][m] for m in ("dice", "hd95", "assd") for h in (0, 1)]

@@ -35,15 +35,16 @@ import sys
 import time
 
 PATHS = {
-    "host": [],
-    "device": ["--config.data.device_augment=True"],
-    "cache": ["--config.data.device_augment=True", "--config.data.device_cache=True"],
+  "host": [],
+  "device": ["--config.data.device_augment=True"],
+  "cache": ["--config.data.device_augment=True", "--config.data.device_cache=True"],
 }
 
 
 def validation_history(workdir: pathlib.Path, start: float) -> dict[str, list[tuple[int, float, float]]]:
   """{tag: [(step, value, seconds since `start`)]} of every `validation/dice_*` scalar of the run."""
   from jaxseg import writers  # pylint: disable=g-import-not-at-top
+
   history: dict[str, list[tuple[int, float, float]]] = {}
   for path in sorted(workdir.glob("events.out.tfevents.*")):
     for event in writers.read_events(path):
@@ -52,7 +53,8 @@ def validation_history(workdir: pathlib.Path, start: float) -> dict[str, list[tu
       for value in event.summary.value:
         if value.tag.startswith("validation/dice_"):
           history.setdefault(value.tag, []).append(
-              (int(event.step), float(value.simple_value), float(event.wall_time) - start))
+            (int(event.step), float(value.simple_value), float(event.wall_time) - start)
+          )
   return {tag: sorted(rows) for tag, rows in history.items()}
 
 
@@ -63,8 +65,9 @@ def first_at(rows: list[tuple[int, float, float]], threshold: float):
 
 def without_classes(history: dict[str, list[tuple[int, float, float]]], excluded: list[str]):
   """Rows of the mean validation Dice over the foreground classes not in `excluded`."""
-  tags = [t for t in history if t != "validation/dice_foreground"
-          and t.removeprefix("validation/dice_") not in excluded]
+  tags = [
+    t for t in history if t != "validation/dice_foreground" and t.removeprefix("validation/dice_") not in excluded
+  ]
   if not tags:
     return []
   steps = sorted({step for t in tags for step, _, _ in history[t]})
@@ -83,8 +86,16 @@ def launch(args, root: pathlib.Path) -> dict:
     workdir = root / name
     if workdir.exists():
       raise SystemExit(f"{workdir} exists: remove it (a rerun would resume instead of timing from scratch)")
-    command = [sys.executable, "-m", "jaxseg.main", f"--config={args.config}", f"--workdir={workdir}",
-               f"--config.train.eval_every_steps={args.eval_every}", *PATHS[name], *args.override]
+    command = [
+      sys.executable,
+      "-m",
+      "jaxseg.main",
+      f"--config={args.config}",
+      f"--workdir={workdir}",
+      f"--config.train.eval_every_steps={args.eval_every}",
+      *PATHS[name],
+      *args.override,
+    ]
     root.mkdir(parents=True, exist_ok=True)
     log = open(root / f"{name}.log", "w")  # pylint: disable=consider-using-with
     start = time.time()
@@ -103,9 +114,16 @@ def launch(args, root: pathlib.Path) -> dict:
       run["stopped_at_budget"] = True
     run.setdefault("end", time.time())
     run["log"].close()
-  return {name: {"command": run["command"], "start": run["start"], "end": run["end"],
-                 "exit_code": run["process"].returncode, "stopped_at_budget": run.get("stopped_at_budget", False)}
-          for name, run in runs.items()}
+  return {
+    name: {
+      "command": run["command"],
+      "start": run["start"],
+      "end": run["end"],
+      "exit_code": run["process"].returncode,
+      "stopped_at_budget": run.get("stopped_at_budget", False),
+    }
+    for name, run in runs.items()
+  }
 
 
 def previous_runs(report_path: pathlib.Path, root: pathlib.Path) -> tuple[dict, dict]:
@@ -117,8 +135,13 @@ def previous_runs(report_path: pathlib.Path, root: pathlib.Path) -> tuple[dict, 
     if start is None:  # Reports before start_unix: event wall time minus its recorded offset.
       history = validation_history(root / name, 0.0)["validation/dice_foreground"]
       start = history[0][2] - row["validation_dice"][0][2]
-    runs[name] = {"command": row["command"], "start": start, "end": start + row["wall_s"],
-                  "exit_code": row["exit_code"], "stopped_at_budget": row.get("stopped_at_budget", False)}
+    runs[name] = {
+      "command": row["command"],
+      "start": start,
+      "end": start + row["wall_s"],
+      "exit_code": row["exit_code"],
+      "stopped_at_budget": row.get("stopped_at_budget", False),
+    }
   return runs, old
 
 
@@ -127,20 +150,29 @@ def main():
   parser.add_argument("--config", default="configs/unet_ct.py")
   parser.add_argument("--paths", default="host,device")
   parser.add_argument("--threshold", type=float, default=0.90)
-  parser.add_argument("--exclude_classes", default="tumour",
-                      help="also time the mean Dice of the foreground classes without these (comma-separated)")
+  parser.add_argument(
+    "--exclude_classes",
+    default="tumour",
+    help="also time the mean Dice of the foreground classes without these (comma-separated)",
+  )
   parser.add_argument("--eval_every", type=int, default=50)
   parser.add_argument("--workdir_root", default="/tmp/jaxseg_time_to_accuracy")
   parser.add_argument("--sequential", action="store_true", help="run the paths one after the other")
   parser.add_argument("--override", action="append", default=[], help="extra --config.KEY=VALUE flags")
   parser.add_argument("--output", default="experiments/results/time_to_accuracy")
-  parser.add_argument("--budget_s", type=float, default=0.0,
-                      help="stop every run after this many seconds and report what was reached (0: no limit)")
-  parser.add_argument("--report_only", default="",
-                      help="rewrite the report from the runs of this earlier report JSON (no training)")
+  parser.add_argument(
+    "--budget_s",
+    type=float,
+    default=0.0,
+    help="stop every run after this many seconds and report what was reached (0: no limit)",
+  )
+  parser.add_argument(
+    "--report_only", default="", help="rewrite the report from the runs of this earlier report JSON (no training)"
+  )
   args = parser.parse_args()
 
   import jax  # pylint: disable=g-import-not-at-top
+
   root = pathlib.Path(args.workdir_root)
   if args.report_only:
     runs, old = previous_runs(pathlib.Path(args.report_only), root)
@@ -151,12 +183,20 @@ def main():
     load_after = os.getloadavg()
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes")
   excluded = [c for c in args.exclude_classes.split(",") if c]
-  report = {"config": args.config, "threshold": args.threshold, "eval_every_steps": args.eval_every,
-            "date": date,
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.python_version()}",
-            "jax": jax.__version__, "backend": jax.default_backend(),
-            "concurrent": not args.sequential, "load_average_before": load_before, "load_average_after": load_after,
-            "excluded_classes": excluded, "paths": {}}
+  report = {
+    "config": args.config,
+    "threshold": args.threshold,
+    "eval_every_steps": args.eval_every,
+    "date": date,
+    "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.python_version()}",
+    "jax": jax.__version__,
+    "backend": jax.default_backend(),
+    "concurrent": not args.sequential,
+    "load_average_before": load_before,
+    "load_average_after": load_after,
+    "excluded_classes": excluded,
+    "paths": {},
+  }
   for name, run in runs.items():
     workdir = root / name
     history = validation_history(workdir, run["start"])
@@ -166,43 +206,58 @@ def main():
     summary_path = workdir / "results" / "test" / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     report["paths"][name] = {
-        **run, "start_unix": run["start"], "wall_s": round(run["end"] - run["start"], 1),
-        "seconds_to_threshold": None if hit is None else round(hit[0], 1),
-        "step_at_threshold": None if hit is None else hit[1],
-        "seconds_to_threshold_without_excluded": None if hit_partial is None else round(hit_partial[0], 1),
-        "step_at_threshold_without_excluded": None if hit_partial is None else hit_partial[1],
-        "validation_dice": [(step, round(dice, 4), round(secs, 1)) for step, dice, secs in foreground],
-        "validation_dice_without_excluded": [(step, round(dice, 4), round(secs, 1)) for step, dice, secs in partial],
-        "validation_dice_per_class": {t.removeprefix("validation/dice_"): [(s, round(v, 4)) for s, v, _ in rows]
-                                      for t, rows in history.items() if t != "validation/dice_foreground"},
-        "test_dice_mean_foreground": None if summary is None else summary["mean_foreground"]["dice"],
-        "test_dice": None if summary is None else {k: v["dice"] for k, v in summary.items()
-                                                    if isinstance(v, dict) and "dice" in v and k != "mean_foreground"},
-        "test_step": None if summary is None else summary["step"],
+      **run,
+      "start_unix": run["start"],
+      "wall_s": round(run["end"] - run["start"], 1),
+      "seconds_to_threshold": None if hit is None else round(hit[0], 1),
+      "step_at_threshold": None if hit is None else hit[1],
+      "seconds_to_threshold_without_excluded": None if hit_partial is None else round(hit_partial[0], 1),
+      "step_at_threshold_without_excluded": None if hit_partial is None else hit_partial[1],
+      "validation_dice": [(step, round(dice, 4), round(secs, 1)) for step, dice, secs in foreground],
+      "validation_dice_without_excluded": [(step, round(dice, 4), round(secs, 1)) for step, dice, secs in partial],
+      "validation_dice_per_class": {
+        t.removeprefix("validation/dice_"): [(s, round(v, 4)) for s, v, _ in rows]
+        for t, rows in history.items()
+        if t != "validation/dice_foreground"
+      },
+      "test_dice_mean_foreground": None if summary is None else summary["mean_foreground"]["dice"],
+      "test_dice": None
+      if summary is None
+      else {k: v["dice"] for k, v in summary.items() if isinstance(v, dict) and "dice" in v and k != "mean_foreground"},
+      "test_step": None if summary is None else summary["step"],
     }
     del report["paths"][name]["start"], report["paths"][name]["end"]
   out = pathlib.Path(args.output)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
   without = "+".join(excluded)
-  lines = [f"# Time to validation Dice >= {args.threshold} ({args.config})", "",
-           f"{report['date']}, {report['machine']}, jax {report['jax']} ({report['backend']}); runs "
-           f"{'concurrent' if report['concurrent'] else 'sequential'}; load average (1/5/15 min) before "
-           f"{tuple(round(x, 1) for x in load_before)}, after {tuple(round(x, 1) for x in load_after)}; validation "
-           f"every {args.eval_every} steps (seconds from the start of the command, evaluation time included).", "",
-           f"| path | s to foreground Dice >= {args.threshold} (step) | s to Dice without {without} >= "
-           f"{args.threshold} (step) | total s | test Dice, mean foreground (best checkpoint step) |",
-           "|---|---|---|---|---|"]
+  lines = [
+    f"# Time to validation Dice >= {args.threshold} ({args.config})",
+    "",
+    f"{report['date']}, {report['machine']}, jax {report['jax']} ({report['backend']}); runs "
+    f"{'concurrent' if report['concurrent'] else 'sequential'}; load average (1/5/15 min) before "
+    f"{tuple(round(x, 1) for x in load_before)}, after {tuple(round(x, 1) for x in load_after)}; validation "
+    f"every {args.eval_every} steps (seconds from the start of the command, evaluation time included).",
+    "",
+    f"| path | s to foreground Dice >= {args.threshold} (step) | s to Dice without {without} >= "
+    f"{args.threshold} (step) | total s | test Dice, mean foreground (best checkpoint step) |",
+    "|---|---|---|---|---|",
+  ]
 
   def reached(secs, step):
     return "not reached" if secs is None else f"{secs:.0f} (step {step})"
 
   for name, row in report["paths"].items():
-    test = "n/a" if row["test_dice_mean_foreground"] is None else \
-        f"{row['test_dice_mean_foreground']:.4f} (step {row['test_step']})"
-    lines.append(f"| {name} | {reached(row['seconds_to_threshold'], row['step_at_threshold'])} | "
-                 f"{reached(row['seconds_to_threshold_without_excluded'], row['step_at_threshold_without_excluded'])}"
-                 f" | {row['wall_s']:.0f}{' (stopped at budget)' if row['stopped_at_budget'] else ''} | {test} |")
+    test = (
+      "n/a"
+      if row["test_dice_mean_foreground"] is None
+      else f"{row['test_dice_mean_foreground']:.4f} (step {row['test_step']})"
+    )
+    lines.append(
+      f"| {name} | {reached(row['seconds_to_threshold'], row['step_at_threshold'])} | "
+      f"{reached(row['seconds_to_threshold_without_excluded'], row['step_at_threshold_without_excluded'])}"
+      f" | {row['wall_s']:.0f}{' (stopped at budget)' if row['stopped_at_budget'] else ''} | {test} |"
+    )
   lines += ["", "Validation foreground Dice (step, Dice, seconds since start):", ""]
   lines += [f"- {name}: {row['validation_dice']}" for name, row in report["paths"].items()]
   lines += ["", "Test Dice per class:", ""]

@@ -30,8 +30,9 @@ from jaxseg.errors import CheckpointError, WorkdirError
 
 
 def _manager(directory: paths.Path, keep: int, read_only: bool) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
-                                         enable_async_checkpointing=False)
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=keep, create=not read_only, read_only=read_only, enable_async_checkpointing=False
+  )
   return ocp.CheckpointManager(directory, options=options)
 
 
@@ -74,8 +75,12 @@ class Checkpoints:
     self._check_writable()
     if not dice > self.best_dice() or step in self._best.all_steps():
       return False
-    self._best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                  meta=ocp.args.JsonSave({"dice": float(dice), "step": step})))
+    self._best.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({"dice": float(dice), "step": step})
+      ),
+    )
     return True
 
   def _check_writable(self) -> None:
@@ -83,8 +88,7 @@ class Checkpoints:
     if self.read_only:
       raise ValueError(f"{self.directory}: opened read_only, cannot save")
 
-  def restore(self, abstract_state: Any, which: str | int = "latest", *, mismatch_hint: str = ""
-              ) -> tuple[Any, int]:
+  def restore(self, abstract_state: Any, which: str | int = "latest", *, mismatch_hint: str = "") -> tuple[Any, int]:
     """Restores `which` ('latest', 'best' or a step number) onto `abstract_state`'s shardings.
 
     Args:
@@ -112,8 +116,7 @@ class Checkpoints:
       handler.close()
     problem = tree_difference(_shapes(stored), _shapes(abstract_state))
     if problem:
-      raise CheckpointError(f"checkpoint {path} does not match the config: {problem}"
-                            + (f"; {hint}" if hint else ""))
+      raise CheckpointError(f"checkpoint {path} does not match the config: {problem}" + (f"; {hint}" if hint else ""))
 
   def _resolve(self, which: str | int) -> tuple[ocp.CheckpointManager, int]:
     if which == "best":
@@ -133,8 +136,10 @@ class Checkpoints:
     for manager in (self._latest, self._best):
       if step in manager.all_steps():
         return manager, step
-    raise CheckpointError(f"no checkpoint for step {step} in {self.directory} "
-                          f"(have {sorted(set(self._latest.all_steps()) | set(self._best.all_steps()))})")
+    raise CheckpointError(
+      f"no checkpoint for step {step} in {self.directory} "
+      f"(have {sorted(set(self._latest.all_steps()) | set(self._best.all_steps()))})"
+    )
 
   def _restore(self, manager: ocp.CheckpointManager, step: int, items: dict[str, Any]) -> Any:
     path = manager.directory / str(step)
@@ -150,17 +155,21 @@ class Checkpoints:
 
 def _corrupt(path: paths.Path, error: Exception) -> CheckpointError:
   message = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
-  return CheckpointError(f"checkpoint {path} is corrupt or unreadable ({message}); move it away "
-                         "to resume from an older one, or use a new --workdir")
+  return CheckpointError(
+    f"checkpoint {path} is corrupt or unreadable ({message}); move it away "
+    "to resume from an older one, or use a new --workdir"
+  )
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   """'params/down0/conv0/kernel' -> shape, for every array leaf of a pytree (or orbax metadata tree)."""
+
   def name(key) -> str:
     for attr in ("key", "name", "idx"):
       if hasattr(key, attr):
         return str(getattr(key, attr))
     return str(key)
+
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
   return {"/".join(name(k) for k in path): tuple(getattr(leaf, "shape", ()) or ()) for path, leaf in leaves}
 
@@ -171,8 +180,10 @@ def tree_difference(stored: dict[str, tuple[int, ...]], expected: dict[str, tupl
   Model arrays (params, batch_stats) are named before optimiser state, so the message points
   at the layer that differs.
   """
+
   def order(names):
     return sorted(names, key=lambda n: (0 if n.startswith("params") else 1 if n.startswith("batch_stats") else 2, n))
+
   shape_diff = [n for n in order(stored.keys() & expected.keys()) if stored[n] != expected[n]]
   missing = order(expected.keys() - stored.keys())
   extra = order(stored.keys() - expected.keys())
@@ -182,8 +193,7 @@ def tree_difference(stored: dict[str, tuple[int, ...]], expected: dict[str, tupl
     more = f" (and {len(shape_diff) - 1} more arrays)" if len(shape_diff) > 1 else ""
     parts.append(f"{n} has shape {stored[n]} in the checkpoint but {expected[n]} for this config{more}")
   if missing:
-    parts.append(f"{len(missing)} arrays of this config's state are not in the checkpoint "
-                 f"(e.g. {missing[0]})")
+    parts.append(f"{len(missing)} arrays of this config's state are not in the checkpoint (e.g. {missing[0]})")
   if extra:
     parts.append(f"{len(extra)} arrays of the checkpoint are not in this config's state (e.g. {extra[0]})")
   return "; ".join(parts)

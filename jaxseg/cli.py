@@ -21,10 +21,12 @@ from typing import Callable, Sequence
 
 from jaxseg.errors import JaxsegError
 
-VERBOSITY_HELP = ("What the console shows: -1 warnings and errors only; 0 (default) jaxseg's own lines (the "
-                  "plan, progress, validation, results) and libraries' warnings; 1 libraries' INFO lines too; "
-                  "2 DEBUG too. Everything at INFO (DEBUG at 2) is always written to "
-                  "<workdir>/logs/<mode>-<date>-<time>.log.")
+VERBOSITY_HELP = (
+  "What the console shows: -1 warnings and errors only; 0 (default) jaxseg's own lines (the "
+  "plan, progress, validation, results) and libraries' warnings; 1 libraries' INFO lines too; "
+  "2 DEBUG too. Everything at INFO (DEBUG at 2) is always written to "
+  "<workdir>/logs/<mode>-<date>-<time>.log."
+)
 INTERRUPTED_STATUS = 130  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C.
 
 _OVERRIDE = re.compile(r"^--?config\.([A-Za-z0-9_.]+)(=|$)")
@@ -46,6 +48,7 @@ def _config_file(argv: Sequence[str]) -> str | None:
 
 def _known_keys() -> list[str]:
   from jaxseg import config as config_lib  # pylint: disable=g-import-not-at-top
+
   keys = []
 
   def walk(tree, prefix):
@@ -53,6 +56,7 @@ def _known_keys() -> list[str]:
       keys.append(prefix + key)
       if isinstance(value, dict):
         walk(value, f"{prefix}{key}.")
+
   walk(config_lib.base_config().to_dict(), "")
   return keys
 
@@ -87,6 +91,7 @@ def keep_command_line_keys(config, argv: Sequence[str]) -> None:
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing with one-line errors for bad config files and keys."""
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   config_file = _config_file(argv)
   if config_file is None:
     if any(arg.lstrip("-") in ("help", "helpshort", "helpfull", "?") for arg in argv[1:]):
@@ -108,6 +113,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 def print_usage() -> None:
   """The usage `--help` prints (the main module's docstring and its flags), on stdout."""
   from absl import app  # pylint: disable=g-import-not-at-top
+
   app.usage(shorthelp=True, writeto_stdout=True)
 
 
@@ -123,6 +129,7 @@ def parse_and_run(app_run: Callable, main: Callable) -> None:
 
 def _interrupted() -> type:
   from jaxseg import console  # pylint: disable=g-import-not-at-top
+
   return console.Interrupted
 
 
@@ -152,15 +159,23 @@ def run(config, config_arg: str, workdir: str | None, mode: str) -> int:
   import logging as logging_lib  # pylint: disable=g-import-not-at-top
   from absl import logging  # pylint: disable=g-import-not-at-top
   from jaxseg import console, parallel  # pylint: disable=g-import-not-at-top
+
   parallel.configure_determinism(config.deterministic)  # XLA flags: before JAX starts its backend.
   launch = parallel.initialize_distributed()
   workdir = pathlib.Path(workdir) if workdir else default_workdir(config_arg)
   import jax  # pylint: disable=g-import-not-at-top
+
   process = jax.process_index() if launch is not None else None  # Each process its own log file.
   # Only train and plan create a workdir; the others read a trained one (or several: an ensemble's list).
   log_file = console.open_log_file(workdir, mode, process, create=mode in ("train", "plan"))
-  logging.info("jaxseg %s: config %s, workdir %s (pid %d)%s", mode, config_arg, workdir, os.getpid(),
-               f"; full log in {log_file}" if log_file else "")
+  logging.info(
+    "jaxseg %s: config %s, workdir %s (pid %d)%s",
+    mode,
+    config_arg,
+    workdir,
+    os.getpid(),
+    f"; full log in {log_file}" if log_file else "",
+  )
   logging.info("Command line: %s", " ".join(sys.argv), extra=console.FILE_ONLY)
   try:
     _dispatch(config, workdir, mode)
@@ -168,8 +183,9 @@ def run(config, config_arg: str, workdir: str | None, mode: str) -> int:
     console.to_log_file(logging_lib.ERROR, f"jaxseg: error: {e}")
     raise
   except KeyboardInterrupt as e:
-    console.to_log_file(logging_lib.WARNING, f"jaxseg: {e}" if isinstance(e, console.Interrupted)
-                        else "jaxseg: interrupted")
+    console.to_log_file(
+      logging_lib.WARNING, f"jaxseg: {e}" if isinstance(e, console.Interrupted) else "jaxseg: interrupted"
+    )
     raise
   except Exception:
     console.to_log_file(logging_lib.ERROR, "jaxseg: unexpected error", exc_info=sys.exc_info())
@@ -182,9 +198,11 @@ def run(config, config_arg: str, workdir: str | None, mode: str) -> int:
 def _dispatch(config, workdir: pathlib.Path, mode: str) -> None:
   if mode == "plan":
     from jaxseg import experiment  # pylint: disable=g-import-not-at-top
+
     print(experiment.plan_workdir(config, workdir))
     return
   from jaxseg import evaluate, predict, train  # pylint: disable=g-import-not-at-top
+
   if mode == "train":
     train.train_and_evaluate(config, workdir)
   elif mode == "evaluate":
@@ -193,4 +211,5 @@ def _dispatch(config, workdir: pathlib.Path, mode: str) -> None:
     predict.predict_workdir(config, workdir)
   elif mode == "interpret":
     from jaxseg import interpret_mode  # pylint: disable=g-import-not-at-top
+
     interpret_mode.interpret_workdir(config, workdir)

@@ -121,8 +121,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.task = ""
   config.data.data_dir = ""
   config.data.num_cases = 0
-  config.data.fold = ""                          # '' | '0'..'4' | 'all' (5-fold cross-validation).
-  config.data.max_train_cases = 0               # 0 = all; k = a nested seeded subset of the training split.
+  config.data.fold = ""  # '' | '0'..'4' | 'all' (5-fold cross-validation).
+  config.data.max_train_cases = 0  # 0 = all; k = a nested seeded subset of the training split.
   config.data.prepare_workers = 0
   config.data.patch_size = (128, 128)
   config.data.foreground_fraction = 1 / 3
@@ -139,20 +139,20 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.augment.rotate_prob = 0.2
   config.data.augment.rotate_max_deg = config_dict.placeholder(float)  # None: 180 (2D), 30 (3D).
   config.data.augment.scale_prob = 0.2
-  config.data.augment.scale_range = (0.7, 1.4)                # Zoom factor, > 1 magnifies.
+  config.data.augment.scale_range = (0.7, 1.4)  # Zoom factor, > 1 magnifies.
   config.data.augment.elastic_prob = 0.0
-  config.data.augment.elastic_alpha = (0.0, 900.0)            # Displacement scale [voxels].
-  config.data.augment.elastic_sigma = (9.0, 13.0)             # Smoothing [voxels].
+  config.data.augment.elastic_alpha = (0.0, 900.0)  # Displacement scale [voxels].
+  config.data.augment.elastic_sigma = (9.0, 13.0)  # Smoothing [voxels].
   config.data.augment.noise_prob = 0.1
   config.data.augment.noise_std = (0.0, 0.1)
   config.data.augment.blur_prob = 0.2
-  config.data.augment.blur_sigma = (0.5, 1.0)                 # [voxels].
+  config.data.augment.blur_sigma = (0.5, 1.0)  # [voxels].
   config.data.augment.brightness_prob = 0.15
   config.data.augment.brightness_range = (0.75, 1.25)
   config.data.augment.contrast_prob = 0.15
   config.data.augment.contrast_range = (0.75, 1.25)
   config.data.augment.lowres_prob = 0.25
-  config.data.augment.lowres_range = (0.5, 1.0)               # Downsampling factor.
+  config.data.augment.lowres_range = (0.5, 1.0)  # Downsampling factor.
   config.data.augment.inverted_gamma_prob = 0.1
   config.data.augment.gamma_prob = 0.3
   config.data.augment.gamma_range = (0.7, 1.5)
@@ -173,9 +173,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.loss = "dice_ce"
   config.train.freeze_backbone = False
   config.train.backbone_lr_multiplier = 1.0
-  config.train.init_from = ""                  # A trained workdir to initialise from (transfer learning).
-  config.train.init_from_checkpoint = "best"   # best | latest | a step number.
-  config.train.init_from_exclude = ()          # Glob patterns of array names kept new ('params/head*').
+  config.train.init_from = ""  # A trained workdir to initialise from (transfer learning).
+  config.train.init_from_checkpoint = "best"  # best | latest | a step number.
+  config.train.init_from_exclude = ()  # Glob patterns of array names kept new ('params/head*').
   config.train.log_every_steps = 50
   config.train.eval_every_steps = 250
   config.train.checkpoint_every_steps = 250
@@ -184,56 +184,56 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1
-  config.mesh.fsdp = 1                         # Devices each large state array is split over (FSDP).
-  config.mesh.fsdp_min_size = 2**16            # Arrays with fewer elements stay replicated.
+  config.mesh.fsdp = 1  # Devices each large state array is split over (FSDP).
+  config.mesh.fsdp_min_size = 2**16  # Arrays with fewer elements stay replicated.
 
   config.eval = ml_collections.ConfigDict()
   config.eval.splits = ("validation", "test")  # Reports under results/<split>/.
-  config.eval.batch_size = 16                  # Sliding windows per forward pass.
-  config.eval.step_fraction = 0.5              # Step between windows / window size.
-  config.eval.mirror_axes = ()                 # Spatial axes mirrored for test-time augmentation.
-  config.eval.placement = "auto"               # Sliding-window sums: auto (device on GPU/TPU if they fit) | device | host.
-  config.eval.num_figures = 4                  # Best and worst cases shown in figures/.
-  config.eval.checkpoint = "best"              # best | latest | a step number.
-  config.eval.tolerances_mm = ()               # Surface Dice tolerance [mm]: () = 1 mm, one value, or one per class.
-  config.eval.postprocess = True               # Decide largest-component post-processing on validation.
-  config.eval.resample = "probabilities"       # To the original grid: probabilities (nnU-Net) | labels.
+  config.eval.batch_size = 16  # Sliding windows per forward pass.
+  config.eval.step_fraction = 0.5  # Step between windows / window size.
+  config.eval.mirror_axes = ()  # Spatial axes mirrored for test-time augmentation.
+  config.eval.placement = "auto"  # Sliding-window sums: auto (device on GPU/TPU if they fit) | device | host.
+  config.eval.num_figures = 4  # Best and worst cases shown in figures/.
+  config.eval.checkpoint = "best"  # best | latest | a step number.
+  config.eval.tolerances_mm = ()  # Surface Dice tolerance [mm]: () = 1 mm, one value, or one per class.
+  config.eval.postprocess = True  # Decide largest-component post-processing on validation.
+  config.eval.resample = "probabilities"  # To the original grid: probabilities (nnU-Net) | labels.
 
   config.predict = ml_collections.ConfigDict()
-  config.predict.input = ""                    # A NIfTI file or a directory of them.
-  config.predict.output = ""                   # Directory for <case>.nii.gz label maps.
-  config.predict.checkpoint = "best"           # best | latest | a step number.
-  config.predict.save_probabilities = False    # Also write <case>_probabilities.nii.gz [X, Y, Z, K].
+  config.predict.input = ""  # A NIfTI file or a directory of them.
+  config.predict.output = ""  # Directory for <case>.nii.gz label maps.
+  config.predict.checkpoint = "best"  # best | latest | a step number.
+  config.predict.save_probabilities = False  # Also write <case>_probabilities.nii.gz [X, Y, Z, K].
 
   config.interpret = ml_collections.ConfigDict()  # --mode=interpret (jaxseg/interpret_mode.py).
   config.interpret.split = "test"
-  config.interpret.cases = ()                  # Case ids ('a,b' on the command line); () = the first num_cases.
+  config.interpret.cases = ()  # Case ids ('a,b' on the command line); () = the first num_cases.
   config.interpret.num_cases = 2
-  config.interpret.classes = ()                # Class names; () = every foreground class.
+  config.interpret.classes = ()  # Class names; () = every foreground class.
   config.interpret.methods = ("saliency", "smoothgrad", "integrated_gradients", "grad_cam")  # + attention.
-  config.interpret.region = "predicted"        # Class score over: predicted | reference | all voxels.
-  config.interpret.layer = ""                  # Grad-CAM layer (module path); '' = the last before the head.
-  config.interpret.checkpoint = "best"         # best | latest | a step number.
+  config.interpret.region = "predicted"  # Class score over: predicted | reference | all voxels.
+  config.interpret.layer = ""  # Grad-CAM layer (module path); '' = the last before the head.
+  config.interpret.checkpoint = "best"  # best | latest | a step number.
   config.interpret.smoothgrad_samples = 16
-  config.interpret.smoothgrad_noise = 0.15     # Noise std / (max - min) of the image.
-  config.interpret.ig_steps = 32               # Riemann steps of integrated gradients.
-  config.interpret.margin_voxels = 2           # Dilation of the reference for the localisation score.
+  config.interpret.smoothgrad_noise = 0.15  # Noise std / (max - min) of the image.
+  config.interpret.ig_steps = 32  # Riemann steps of integrated gradients.
+  config.interpret.margin_voxels = 2  # Dilation of the reference for the localisation score.
 
   config.plan = ml_collections.ConfigDict()
   config.plan.enabled = False
   config.plan.time_budget_min = 15.0
   config.plan.memory_gb = 0.0
-  config.plan.fixed = ()                       # Keys the plan keeps (the CLI adds its overrides).
+  config.plan.fixed = ()  # Keys the plan keeps (the CLI adds its overrides).
 
   config.adversarial = ml_collections.ConfigDict()
   config.adversarial.enabled = False
-  config.adversarial.weight = 0.01            # lambda of the segmenter's adversarial term.
-  config.adversarial.warmup_steps = 100       # steps trained without the adversarial term.
-  config.adversarial.disc_every_steps = 1     # the discriminator is updated every k steps.
+  config.adversarial.weight = 0.01  # lambda of the segmenter's adversarial term.
+  config.adversarial.warmup_steps = 100  # steps trained without the adversarial term.
+  config.adversarial.disc_every_steps = 1  # the discriminator is updated every k steps.
   config.adversarial.learning_rate = 1e-4
   config.adversarial.beta1 = 0.5
-  config.adversarial.label_smoothing = 0.1    # real targets are 1 - smoothing.
-  config.adversarial.input = "product"        # product (Luc et al. 2016) | concat.
+  config.adversarial.label_smoothing = 0.1  # real targets are 1 - smoothing.
+  config.adversarial.input = "product"  # product (Luc et al. 2016) | concat.
   config.adversarial.spectral_norm = False
   config.adversarial.features = 32
   config.adversarial.num_layers = 3
@@ -242,8 +242,9 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
-def smoke_run(config: ml_collections.ConfigDict, *, num_steps: int, batch_size: int,
-              num_cases: int | None = None) -> None:
+def smoke_run(
+  config: ml_collections.ConfigDict, *, num_steps: int, batch_size: int, num_cases: int | None = None
+) -> None:
   """Turns `config` into a `:quick` smoke run of every stage (tiny data, few steps, frequent actions).
 
   `num_cases` None keeps `config.data.num_cases` (a dataset on disk, not a phantom, has its own size).
@@ -257,16 +258,30 @@ def smoke_run(config: ml_collections.ConfigDict, *, num_steps: int, batch_size: 
   config.train.checkpoint_every_steps = 10
 
 
-def phantom_schedule(config: ml_collections.ConfigDict, *, num_steps: int = 600, batch_size: int = 8,
-                     learning_rate: float = 2e-3, warmup_steps: int = 30, log_every_steps: int = 25,
-                     eval_every_steps: int = 200, checkpoint_every_steps: int = 200) -> None:
+def phantom_schedule(
+  config: ml_collections.ConfigDict,
+  *,
+  num_steps: int = 600,
+  batch_size: int = 8,
+  learning_rate: float = 2e-3,
+  warmup_steps: int = 30,
+  log_every_steps: int = 25,
+  eval_every_steps: int = 200,
+  checkpoint_every_steps: int = 200,
+) -> None:
   """Sets the training schedule the phantom configs share (minutes on a CPU); a config passes what differs.
 
   Batch size is global [cases]; the learning rate is the peak after `warmup_steps` of linear warm-up.
   """
-  config.train.update(num_steps=num_steps, batch_size=batch_size, learning_rate=learning_rate,
-                      warmup_steps=warmup_steps, log_every_steps=log_every_steps,
-                      eval_every_steps=eval_every_steps, checkpoint_every_steps=checkpoint_every_steps)
+  config.train.update(
+    num_steps=num_steps,
+    batch_size=batch_size,
+    learning_rate=learning_rate,
+    warmup_steps=warmup_steps,
+    log_every_steps=log_every_steps,
+    eval_every_steps=eval_every_steps,
+    checkpoint_every_steps=checkpoint_every_steps,
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,12 +290,14 @@ class OneOf:
 
   `variant=OneOf("8s", ("32s", "16s", "8s"))` accepts `:variant=16s` and `:16s`.
   """
+
   default: str
   options: tuple[str, ...]
 
 
-def parse_arg(arg: str | None, config_file: str | os.PathLike, *, aliases: Mapping[str, str] | None = None,
-              **spec: Any) -> ml_collections.ConfigDict:
+def parse_arg(
+  arg: str | None, config_file: str | os.PathLike, *, aliases: Mapping[str, str] | None = None, **spec: Any
+) -> ml_collections.ConfigDict:
   """Parses the `ARG` of `--config=configs/NAME.py:ARG`: the one grammar of every config file.
 
   Like big_vision's `parse_arg`. `ARG` is a comma-separated list of items:
@@ -414,14 +431,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
   Raises:
     ConfigError: naming the key and what is wrong.
   """
+
   def fail(key: str, message: str):
     raise ConfigError(f"config.{key}: {message}")
 
   if config.data.name not in DATASETS:
     fail("data.name", f"unknown dataset {config.data.name!r}; choose one of {', '.join(DATASETS)}")
   if config.data.name == "msd" and not config.data.root:
-    fail("data.root", "is empty; set it to an MSD / nnU-Net raw dataset directory "
-         "(--config.data.root=/data/Task09_Spleen)")
+    fail(
+      "data.root", "is empty; set it to an MSD / nnU-Net raw dataset directory (--config.data.root=/data/Task09_Spleen)"
+    )
   if config.data.task and config.data.name != "msd":
     fail("data.task", f"{config.data.task!r} needs data.name 'msd', got {config.data.name!r}")
   if str(config.data.fold) not in FOLDS:
@@ -435,12 +454,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
   ndim = models.spatial_dims(config.model.name)
   patch = tuple(config.data.patch_size)
   if len(patch) != ndim or any(int(p) < 1 for p in patch):
-    fail("data.patch_size", f"{patch} must be {ndim} positive sizes for the {ndim}D model "
-         f"{config.model.name!r}")
+    fail("data.patch_size", f"{patch} must be {ndim} positive sizes for the {ndim}D model {config.model.name!r}")
   models.check_patch_size(config.model, patch)  # model.pool_factors / kernel_sizes vs depth, axes and patch.
   _validate_data(config.data, ndim, fail)
-  for key in ("num_steps", "batch_size", "log_every_steps", "eval_every_steps",
-              "checkpoint_every_steps", "keep_checkpoints"):
+  for key in (
+    "num_steps",
+    "batch_size",
+    "log_every_steps",
+    "eval_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+  ):
     if config.train[key] < 1:
       fail(f"train.{key}", f"must be >= 1, got {config.train[key]}")
   if config.train.optimizer not in OPTIMIZERS:
@@ -501,8 +525,11 @@ def validate_adversarial(config: ml_collections.ConfigDict) -> None:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
   check(isinstance(adv.enabled, bool), "enabled", "must be True or False")
-  check(adv.input in discriminator.INPUT_FORMS, "input",
-        f"unknown input form; choose one of {', '.join(discriminator.INPUT_FORMS)}")
+  check(
+    adv.input in discriminator.INPUT_FORMS,
+    "input",
+    f"unknown input form; choose one of {', '.join(discriminator.INPUT_FORMS)}",
+  )
   check(isinstance(adv.spectral_norm, bool), "spectral_norm", "must be True or False")
   for key in ("features", "num_layers", "disc_every_steps"):
     check(is_int(adv[key]) and adv[key] >= 1, key, "must be an integer >= 1")
@@ -513,9 +540,11 @@ def validate_adversarial(config: ml_collections.ConfigDict) -> None:
   check(is_number(adv.label_smoothing) and 0 <= adv.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
   smallest = 2**adv.num_layers
   if adv.enabled and min(config.data.patch_size) < smallest:
-    raise ConfigError(f"config.data.patch_size={tuple(config.data.patch_size)} is smaller than the "
-                      f"{smallest} voxels the discriminator's {adv.num_layers} stride-2 layers need per axis; "
-                      "lower config.adversarial.num_layers or enlarge the patch")
+    raise ConfigError(
+      f"config.data.patch_size={tuple(config.data.patch_size)} is smaller than the "
+      f"{smallest} voxels the discriminator's {adv.num_layers} stride-2 layers need per axis; "
+      "lower config.adversarial.num_layers or enlarge the patch"
+    )
 
 
 def split_names(values) -> tuple[str, ...]:
@@ -526,22 +555,30 @@ def split_names(values) -> tuple[str, ...]:
 def _validate_init_from(config: ml_collections.ConfigDict, fail) -> None:
   """`train.init_from*` and the backbone keys (transfer learning)."""
   from jaxseg.models import pretrained  # pylint: disable=g-import-not-at-top
+
   train = config.train
   if train.init_from and config.model.pretrained:
-    fail("train.init_from", f"{train.init_from!r} and model.pretrained={config.model.pretrained!r} both set "
-         "the initial weights; set one of them")
+    fail(
+      "train.init_from",
+      f"{train.init_from!r} and model.pretrained={config.model.pretrained!r} both set "
+      "the initial weights; set one of them",
+    )
   which = str(train.init_from_checkpoint)
   if which not in ("best", "latest") and not which.isdigit():
     fail("train.init_from_checkpoint", f"{which!r} is not 'best', 'latest' or a step number")
   if config.model.name not in pretrained.BACKBONE_MODELS:
     for key, unset in (("freeze_backbone", False), ("backbone_lr_multiplier", 1.0)):
       if train[key] != unset:
-        fail(f"train.{key}", f"{train[key]!r} has no effect: model {config.model.name!r} has no backbone "
-             f"module (only {', '.join(pretrained.BACKBONE_MODELS)} have one)")
+        fail(
+          f"train.{key}",
+          f"{train[key]!r} has no effect: model {config.model.name!r} has no backbone "
+          f"module (only {', '.join(pretrained.BACKBONE_MODELS)} have one)",
+        )
 
 
 def _validate_interpret(settings: ml_collections.ConfigDict, fail) -> None:
   from jaxseg.interpret import METHODS  # pylint: disable=g-import-not-at-top
+
   methods = split_names(settings.methods)
   if settings.split not in ("train", "validation", "test"):
     fail("interpret.split", f"unknown split {settings.split!r}; choose from train, validation, test")
@@ -563,6 +600,7 @@ def _validate_data(data: ml_collections.ConfigDict, ndim: int, fail) -> None:
   """Checks `config.data` for a model of `ndim` spatial axes."""
   if data.task:
     from jaxseg.data.builders import msd  # pylint: disable=g-import-not-at-top  (imports TFDS)
+
     if data.task not in msd.TASKS:
       fail("data.task", f"unknown task {data.task!r}; choose one of {', '.join(msd.TASKS)}")
   if not 0.0 <= data.foreground_fraction <= 1.0:

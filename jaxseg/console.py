@@ -54,8 +54,9 @@ class Interrupted(KeyboardInterrupt):
 
 def is_own(record: logging.LogRecord) -> bool:
   """True for a record logged from a file of the jaxseg package (through absl) or by a `jaxseg.*` logger."""
-  return record.name == "jaxseg" or record.name.startswith("jaxseg.") or (
-      record.pathname or "").startswith(_PACKAGE_DIR)
+  return (
+    record.name == "jaxseg" or record.name.startswith("jaxseg.") or (record.pathname or "").startswith(_PACKAGE_DIR)
+  )
 
 
 def origin(record: logging.LogRecord) -> str:
@@ -85,8 +86,9 @@ class ConsoleFilter(logging.Filter):
       return record.levelno >= (logging.DEBUG if self.verbosity >= 2 else logging.INFO)
     if record.levelno >= logging.WARNING:
       return record.levelno >= _CONSOLE_MINIMUM.get(origin(record), logging.WARNING)
-    return (self.verbosity == 0 and record.levelno >= logging.INFO and is_own(record)
-            and getattr(record, "console", True))
+    return (
+      self.verbosity == 0 and record.levelno >= logging.INFO and is_own(record) and getattr(record, "console", True)
+    )
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -135,6 +137,7 @@ def configure(verbosity: int = 0) -> None:
   if verbosity < 1 and not _isatty(sys.stderr):
     try:
       from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top
+
       tqdm_utils.disable_progress_bar()
     except ImportError:
       pass
@@ -153,8 +156,9 @@ def log_file_name(mode: str, process: int | None = None, now: float | None = Non
   return f"{mode}-{stamp}" + (f"-p{process}" if process is not None else "") + ".log"
 
 
-def open_log_file(workdir: str | os.PathLike, mode: str, process: int | None = None, *, create: bool = True
-                  ) -> str | None:
+def open_log_file(
+  workdir: str | os.PathLike, mode: str, process: int | None = None, *, create: bool = True
+) -> str | None:
   """Starts logging everything at INFO (DEBUG at verbosity >= 2) to `<workdir>/logs/<name>`; returns its path.
 
   Returns None, and logs nothing, when the file cannot be created there (or, with `create` False, when
@@ -163,6 +167,7 @@ def open_log_file(workdir: str | os.PathLike, mode: str, process: int | None = N
   """
   global _log_file, _upload_to
   from jaxseg import paths  # pylint: disable=g-import-not-at-top
+
   close_log_file()
   name = log_file_name(mode, process)
   try:

@@ -55,6 +55,7 @@ COMMAND_LINE_SECTIONS = ("eval", "predict")
 @dataclasses.dataclass(frozen=True)
 class Members:
   """Trained workdirs to combine: `workdirs` and whether they came from a folds directory (`folds_dir`)."""
+
   workdirs: tuple[pathlib.Path, ...]
   folds_dir: pathlib.Path | None
 
@@ -133,6 +134,7 @@ def _flat(config: ml_collections.ConfigDict) -> dict[str, Any]:
         walk(value, f"{prefix}{key}.")
       else:
         flat[prefix + key] = value
+
   walk(json.loads(config_lib.to_json(config)), "")
   return flat
 
@@ -151,12 +153,16 @@ def check_same_config(members: Members, configs: Sequence[ml_collections.ConfigD
     diffs = [k for k in sorted(set(first) | set(other)) if k not in FOLD_KEYS and first.get(k) != other.get(k)]
     if diffs:
       shown = ", ".join(f"{k}={other.get(k)!r} (not {first.get(k)!r})" for k in diffs[:4])
-      raise ConfigError(f"{workdir}: trained with another config than {members.workdirs[0]}: {shown}"
-                        f"{' ...' if len(diffs) > 4 else ''}; a folds directory must hold the folds of one config")
+      raise ConfigError(
+        f"{workdir}: trained with another config than {members.workdirs[0]}: {shown}"
+        f"{' ...' if len(diffs) > 4 else ''}; a folds directory must hold the folds of one config"
+      )
   folds = [str(c.data.fold) for c in configs]
   if len(set(folds)) != len(folds):
-    raise ConfigError(f"{members.folds_dir}: several workdirs were trained on the same fold "
-                      f"({', '.join(f'{w.name}: {f!r}' for w, f in zip(members.workdirs, folds))})")
+    raise ConfigError(
+      f"{members.folds_dir}: several workdirs were trained on the same fold "
+      f"({', '.join(f'{w.name}: {f!r}' for w, f in zip(members.workdirs, folds))})"
+    )
 
 
 def check_compatible(members: Members, prepared: Sequence[Any]) -> None:
@@ -168,46 +174,70 @@ def check_compatible(members: Members, prepared: Sequence[Any]) -> None:
   first = prepared[0]
   for workdir, p in zip(members.workdirs[1:], prepared[1:]):
     if p.labels != first.labels:
-      raise DataError(f"{workdir}: trained on labels {p.labels} but {members.workdirs[0]} on {first.labels}; "
-                      "an ensemble needs models of one label set")
+      raise DataError(
+        f"{workdir}: trained on labels {p.labels} but {members.workdirs[0]} on {first.labels}; "
+        "an ensemble needs models of one label set"
+      )
     if str(p.builder.data_dir) != str(first.builder.data_dir):
-      raise DataError(f"{workdir}: trained on the prepared dataset {p.builder.data_dir} but "
-                      f"{members.workdirs[0]} on {first.builder.data_dir}; an ensemble averages probabilities of "
-                      "one preprocessing")
+      raise DataError(
+        f"{workdir}: trained on the prepared dataset {p.builder.data_dir} but "
+        f"{members.workdirs[0]} on {first.builder.data_dir}; an ensemble averages probabilities of "
+        "one preprocessing"
+      )
 
 
 def average(probabilities: Sequence[Callable[[np.ndarray], np.ndarray]]) -> Callable[[np.ndarray], np.ndarray]:
   """`image -> mean over members of their softmax probabilities [..., K]`."""
+
   def predict(image: np.ndarray) -> np.ndarray:
     total = None
     for fn in probabilities:
       p = fn(image)
       total = p.astype(np.float32) if total is None else total + p
     return total / len(probabilities)
+
   return predict
 
 
-def cross_validation_summary(summaries: Sequence[dict[str, Any]], class_names: Sequence[str],
-                             workdirs: Sequence[pathlib.Path], folds: Sequence[str]) -> dict[str, Any]:
+def cross_validation_summary(
+  summaries: Sequence[dict[str, Any]],
+  class_names: Sequence[str],
+  workdirs: Sequence[pathlib.Path],
+  folds: Sequence[str],
+) -> dict[str, Any]:
   """Mean and std over folds of each fold's validation means (per class and metric, and mean_foreground)."""
   from jaxseg import metrics  # pylint: disable=g-import-not-at-top
-  out: dict[str, Any] = {"num_folds": len(summaries),
-                         "folds": [{"workdir": str(w), "fold": f, "step": s["step"], "num_cases": s["num_cases"]}
-                                   for w, f, s in zip(workdirs, folds, summaries)]}
+
+  out: dict[str, Any] = {
+    "num_folds": len(summaries),
+    "folds": [
+      {"workdir": str(w), "fold": f, "step": s["step"], "num_cases": s["num_cases"]}
+      for w, f, s in zip(workdirs, folds, summaries)
+    ],
+  }
   for name in (*class_names, "mean_foreground"):
     out[name] = {}
     for metric in metrics.METRIC_NAMES:
       values = [s[name][metric] for s in summaries if s.get(name, {}).get(metric) is not None]
-      out[name][metric] = {"mean": float(np.mean(values)) if values else None,
-                           "std": float(np.std(values)) if values else None, "folds": len(values)}
+      out[name][metric] = {
+        "mean": float(np.mean(values)) if values else None,
+        "std": float(np.std(values)) if values else None,
+        "folds": len(values),
+      }
   return out
 
 
 def cv_markdown(summary: dict[str, Any], class_names: Sequence[str]) -> str:
   from jaxseg import metrics  # pylint: disable=g-import-not-at-top
-  lines = [f"# Cross-validation: {summary['num_folds']} folds", "",
-           "Mean ± std over folds of each fold's mean over its own validation cases (original geometry).", "",
-           "| class | " + " | ".join(metrics.METRIC_NAMES) + " |", "|---" * (len(metrics.METRIC_NAMES) + 1) + "|"]
+
+  lines = [
+    f"# Cross-validation: {summary['num_folds']} folds",
+    "",
+    "Mean ± std over folds of each fold's mean over its own validation cases (original geometry).",
+    "",
+    "| class | " + " | ".join(metrics.METRIC_NAMES) + " |",
+    "|---" * (len(metrics.METRIC_NAMES) + 1) + "|",
+  ]
   for name in (*class_names, "mean_foreground"):
     cells = []
     for m in metrics.METRIC_NAMES:
@@ -221,15 +251,21 @@ def cv_markdown(summary: dict[str, Any], class_names: Sequence[str]) -> str:
 
 def write_json_and_markdown(directory: pathlib.Path, name: str, content: dict[str, Any], markdown: str) -> None:
   from jaxseg import paths  # pylint: disable=g-import-not-at-top
+
   try:
     directory.mkdir(parents=True, exist_ok=True)
-    for path, text in ((directory / f"{name}.json", json.dumps(content, indent=2, allow_nan=False)),
-                       (directory / f"{name}.md", markdown)):
+    for path, text in (
+      (directory / f"{name}.json", json.dumps(content, indent=2, allow_nan=False)),
+      (directory / f"{name}.md", markdown),
+    ):
       paths.write_text_atomic(path, text)  # Local (tmp + rename) or gs://.
   except OSError as e:
     raise WorkdirError(f"cannot write {name} to {directory}: {e.strerror or e}") from e
 
 
 def log_members(members: Members, steps: Sequence[int]) -> None:
-  logging.info("Ensemble of %d models: %s", len(members.workdirs),
-               ", ".join(f"{w} (step {s})" for w, s in zip(members.workdirs, steps)))
+  logging.info(
+    "Ensemble of %d models: %s",
+    len(members.workdirs),
+    ", ".join(f"{w} (step {s})" for w, s in zip(members.workdirs, steps)),
+  )

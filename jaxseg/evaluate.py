@@ -73,9 +73,9 @@ METRIC_UNITS = {"hd95": "mm", "assd": "mm", "volume_difference": "mL; cm^2 in 2D
 PredictFn = Callable[[np.ndarray], np.ndarray]
 
 
-
-def validation_dice(predict: PredictFn, source: pipeline.CaseSource, config: ml_collections.ConfigDict,
-                    num_classes: int) -> tuple[float, dict[str, np.ndarray], np.ndarray | None]:
+def validation_dice(
+  predict: PredictFn, source: pipeline.CaseSource, config: ml_collections.ConfigDict, num_classes: int
+) -> tuple[float, dict[str, np.ndarray], np.ndarray | None]:
   """Mean foreground Dice over a split from summed confusion counts (preprocessed space).
 
   Returns (mean foreground Dice, per-class scores, an overlay row of the first
@@ -105,8 +105,10 @@ def surface_tolerances(config: ml_collections.ConfigDict, foreground: Mapping[st
   """
   values = [float(v) for v in config.eval.tolerances_mm]
   if len(values) > 1 and len(values) != len(foreground):
-    raise ConfigError(f"config.eval.tolerances_mm has {len(values)} values; give one, or one per foreground "
-                      f"class ({len(foreground)}: {', '.join(foreground)})")
+    raise ConfigError(
+      f"config.eval.tolerances_mm has {len(values)} values; give one, or one per foreground "
+      f"class ({len(foreground)}: {', '.join(foreground)})"
+    )
   if len(values) == 1:
     values = values * len(foreground)
   return dict(zip(foreground, values))
@@ -125,16 +127,18 @@ class RawCases:
 
   def load(self, case_id: str) -> nifti.LoadedCase:
     if case_id not in self._cases:
-      raise DataError(f"case {case_id!r} of the prepared dataset is not in the raw dataset {self.root}; "
-                      "prepare the dataset again")
+      raise DataError(
+        f"case {case_id!r} of the prepared dataset is not in the raw dataset {self.root}; prepare the dataset again"
+      )
     return nifti.load_case(self._cases[case_id], self.dataset)
 
 
 @dataclasses.dataclass
 class CaseView:
   """Axial slices (radiological view, raw resolution) for the report figures."""
-  image: np.ndarray       # [H, W] float, first channel.
-  reference: np.ndarray   # [H, W] labels.
+
+  image: np.ndarray  # [H, W] float, first channel.
+  reference: np.ndarray  # [H, W] labels.
   prediction: np.ndarray  # [H, W] labels as scored.
   largest: np.ndarray | None  # [H, W] labels with every class kept to its largest component.
 
@@ -148,6 +152,7 @@ class CaseView:
 class CaseResult:
   """Scores of one case: `scores` of the prediction as scored, `largest` (when compared) of the classes
   whose largest-component post-processing changes something."""
+
   case_id: str
   scores: dict[str, dict[str, float]]
   largest: dict[str, dict[str, float]]
@@ -157,8 +162,7 @@ class CaseResult:
     return {name: self.largest.get(name, s) if name in chosen else s for name, s in self.scores.items()}
 
 
-def _canonical_slices(volumes_xyz: Sequence[np.ndarray], affine: np.ndarray, reference_index: int
-                      ) -> list[np.ndarray]:
+def _canonical_slices(volumes_xyz: Sequence[np.ndarray], affine: np.ndarray, reference_index: int) -> list[np.ndarray]:
   """The axial slice with most reference foreground of each `[X, Y, Z]` volume, in radiological view."""
   ornt = nib.orientations.io_orientation(affine)
   canonical = [np.swapaxes(nib.orientations.apply_orientation(v, ornt), 0, 2) for v in volumes_xyz]
@@ -173,11 +177,17 @@ class Evaluator:
   (an ensemble's average); `extra_summary` is merged into every summary.json.
   """
 
-  def __init__(self, exp: experiment.Experiment, predict: PredictFn | None, step: int,
-               probabilities: Callable[[np.ndarray], np.ndarray] | None = None,
-               extra_summary: Mapping[str, Any] | None = None):
+  def __init__(
+    self,
+    exp: experiment.Experiment,
+    predict: PredictFn | None,
+    step: int,
+    probabilities: Callable[[np.ndarray], np.ndarray] | None = None,
+    extra_summary: Mapping[str, Any] | None = None,
+  ):
     self.probabilities = probabilities or (
-        lambda image: inference.predict_probabilities(self.predict, image, self.config, self.num_classes))
+      lambda image: inference.predict_probabilities(self.predict, image, self.config, self.num_classes)
+    )
     self.extra_summary = dict(extra_summary or {})
     self.config = exp.config
     self.workdir = exp.workdir
@@ -188,12 +198,12 @@ class Evaluator:
     self.predict = predict
     self.step = step
 
-  def score_case(self, case: sampling.Case, choice: postprocess.Postprocessing, compare_largest: bool,
-                 with_view: bool) -> CaseResult:
+  def score_case(
+    self, case: sampling.Case, choice: postprocess.Postprocessing, compare_largest: bool, with_view: bool
+  ) -> CaseResult:
     """Predicts one preprocessed case and scores it against its raw label file."""
     probabilities = self.probabilities(case.image)
-    prediction, _ = inference.to_original_labels(probabilities, case.meta, self.num_classes,
-                                                  self.config.eval.resample)
+    prediction, _ = inference.to_original_labels(probabilities, case.meta, self.num_classes, self.config.eval.resample)
     del probabilities
     prediction = choice.apply(prediction, self.labels)
     loaded = self.raw.load(case.case_id)
@@ -209,22 +219,32 @@ class Evaluator:
     if self.raw.dataset.ndim == 2:  # [X, Y, 1] -> [X, Y].
       prediction, reference, spacing = prediction[..., 0], reference[..., 0], spacing[:2]
       largest = None if largest is None else largest[..., 0]
-    scores = metrics.case_metrics(prediction, reference, spacing=spacing, labels=self.labels,
-                                  tolerances_mm=self.tolerances)
+    scores = metrics.case_metrics(
+      prediction, reference, spacing=spacing, labels=self.labels, tolerances_mm=self.tolerances
+    )
     largest_scores = {}
     if largest is not None:
       changed = {int(v) for v in np.unique(prediction[largest != prediction])}
       classes = {n: v for n, v in self.labels.items() if v in changed}
       if classes:
-        largest_scores = metrics.case_metrics(largest, reference, spacing=spacing, labels=classes,
-                                              tolerances_mm={n: self.tolerances[n] for n in classes
-                                                             if n in self.tolerances})
-    logging.info("%s: %s", case.case_id, ", ".join(f"{n} dice {scores[n]['dice']:.3f}" for n in self.labels),
-                 extra=console.FILE_ONLY)
+        largest_scores = metrics.case_metrics(
+          largest,
+          reference,
+          spacing=spacing,
+          labels=classes,
+          tolerances_mm={n: self.tolerances[n] for n in classes if n in self.tolerances},
+        )
+    logging.info(
+      "%s: %s",
+      case.case_id,
+      ", ".join(f"{n} dice {scores[n]['dice']:.3f}" for n in self.labels),
+      extra=console.FILE_ONLY,
+    )
     return CaseResult(case.case_id, scores, largest_scores, view)
 
-  def score_split(self, source: pipeline.CaseSource, choice: postprocess.Postprocessing,
-                  compare_largest: bool = False) -> list[CaseResult]:
+  def score_split(
+    self, source: pipeline.CaseSource, choice: postprocess.Postprocessing, compare_largest: bool = False
+  ) -> list[CaseResult]:
     """Scores every case of a split; with several processes each scores its share and all get every result.
 
     With `compare_largest` (deciding post-processing) every case keeps its figure slices until the
@@ -241,28 +261,37 @@ class Evaluator:
             result.view = None
     return parallel.gather_split(results)  # Case order, on every process.
 
-  def report(self, split: str, results: Sequence[CaseResult], choice: postprocess.Postprocessing
-             ) -> dict[str, Any]:
+  def report(self, split: str, results: Sequence[CaseResult], choice: postprocess.Postprocessing) -> dict[str, Any]:
     """Writes `results/<split>/` (process 0) and returns the summary."""
     chosen = choice.largest_component
-    rows = [{"case_id": r.case_id, "class": name, **scores}
-            for r in results for name, scores in r.final_scores(chosen).items()]
+    rows = [
+      {"case_id": r.case_id, "class": name, **scores}
+      for r in results
+      for name, scores in r.final_scores(chosen).items()
+    ]
     summary = summarize(rows, list(self.labels), self.step, chosen) | self.extra_summary
     if jax.process_index() == 0:
       write_reports(self.workdir / "results" / split, rows, list(self.labels), split, summary)
       self._write_figures(self.workdir / "results" / split / "figures", split, results, choice)
     dice = summary["mean_foreground"]["dice"]
-    logging.info("%s (step %d): mean foreground Dice %s over %d cases; report in %s", split, self.step,
-                 "n/a" if dice is None else f"{dice:.4f}", summary["num_cases"],
-                 self.workdir / "results" / split / "summary.md")
+    logging.info(
+      "%s (step %d): mean foreground Dice %s over %d cases; report in %s",
+      split,
+      self.step,
+      "n/a" if dice is None else f"{dice:.4f}",
+      summary["num_cases"],
+      self.workdir / "results" / split / "summary.md",
+    )
     return summary
 
-  def _write_figures(self, directory: pathlib.Path, split: str, results: Sequence[CaseResult],
-                     choice: postprocess.Postprocessing) -> None:
+  def _write_figures(
+    self, directory: pathlib.Path, split: str, results: Sequence[CaseResult], choice: postprocess.Postprocessing
+  ) -> None:
     chosen = choice.largest_component
     values = {m: {n: [r.final_scores(chosen)[n][m] for r in results] for n in self.labels} for m in METRIC_NAMES}
-    visualize.save_boxplots(directory / "boxplots.png", values, METRIC_UNITS,
-                            f"{split}: {len(results)} cases, checkpoint step {self.step}")
+    visualize.save_boxplots(
+      directory / "boxplots.png", values, METRIC_UNITS, f"{split}: {len(results)} cases, checkpoint step {self.step}"
+    )
     k = self.config.eval.num_figures
     if k == 0 or not results:
       return
@@ -272,10 +301,14 @@ class Evaluator:
       rows = []
       for r in cases:
         scores = r.final_scores(chosen)
-        caption = f"{r.case_id}: mean foreground Dice {_mean_dice(scores):.3f} (" + ", ".join(
-            f"{n} {s['dice']:.2f}" for n, s in scores.items()) + ")"
-        rows.append((caption, visualize.comparison_row(r.view.image, r.view.reference,
-                                                       r.view.final_prediction(chosen_values))))
+        caption = (
+          f"{r.case_id}: mean foreground Dice {_mean_dice(scores):.3f} ("
+          + ", ".join(f"{n} {s['dice']:.2f}" for n, s in scores.items())
+          + ")"
+        )
+        rows.append(
+          (caption, visualize.comparison_row(r.view.image, r.view.reference, r.view.final_prediction(chosen_values)))
+        )
       visualize.save_case_montage(directory / f"{name}_cases.png", rows, f"{split}: {name} cases")
 
 
@@ -289,8 +322,9 @@ def _best_and_worst(results: Sequence[CaseResult], chosen: Sequence[str], k: int
   return ranked if len(ranked) <= 2 * k else ranked[:k] + ranked[-k:]
 
 
-def summarize(rows: Sequence[dict[str, Any]], class_names: Sequence[str], step: int,
-              postprocessed: Sequence[str] = ()) -> dict[str, Any]:
+def summarize(
+  rows: Sequence[dict[str, Any]], class_names: Sequence[str], step: int, postprocessed: Sequence[str] = ()
+) -> dict[str, Any]:
   """summary.json content from per-(case, class) rows (NaN values are left out and counted)."""
   summary: dict[str, Any] = {}
   std, skipped = {}, {}
@@ -325,11 +359,17 @@ def _nanstd(values: Sequence[float | None]) -> float | None:
 def summary_markdown(summary: Mapping[str, Any], class_names: Sequence[str], split: str) -> str:
   """summary.md: mean ± std per class and metric, with the NaN values left out."""
   post = summary["postprocessing"]["largest_component"]
-  lines = [f"# {split}: {summary['num_cases']} cases, checkpoint step {summary['step']}", "",
-           "Scored in the original image geometry. Mean ± std over cases; distances in mm, volume difference "
-           "in mL (cm^2 for 2D images). NaN values (a distance to an empty surface) are left out and counted.",
-           "", "Post-processing (largest connected component): " + (", ".join(post) if post else "none") + ".", "",
-           "| class | " + " | ".join(METRIC_NAMES) + " |", "|---" * (len(METRIC_NAMES) + 1) + "|"]
+  lines = [
+    f"# {split}: {summary['num_cases']} cases, checkpoint step {summary['step']}",
+    "",
+    "Scored in the original image geometry. Mean ± std over cases; distances in mm, volume difference "
+    "in mL (cm^2 for 2D images). NaN values (a distance to an empty surface) are left out and counted.",
+    "",
+    "Post-processing (largest connected component): " + (", ".join(post) if post else "none") + ".",
+    "",
+    "| class | " + " | ".join(METRIC_NAMES) + " |",
+    "|---" * (len(METRIC_NAMES) + 1) + "|",
+  ]
   for name in class_names:
     cells = []
     for m in METRIC_NAMES:
@@ -338,8 +378,9 @@ def summary_markdown(summary: Mapping[str, Any], class_names: Sequence[str], spl
       cells.append(cell + (f" ({nan} NaN)" if nan else ""))
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   means = summary["mean_foreground"]
-  lines.append("| mean_foreground | " + " | ".join("n/a" if means[m] is None else f"{means[m]:.4f}"
-                                                  for m in METRIC_NAMES) + " |")
+  lines.append(
+    "| mean_foreground | " + " | ".join("n/a" if means[m] is None else f"{means[m]:.4f}" for m in METRIC_NAMES) + " |"
+  )
   return "\n".join(lines) + "\n"
 
 
@@ -347,8 +388,13 @@ def _write_text(path: pathlib.Path, text: str) -> None:
   paths.write_text_atomic(path, text)  # Local (tmp + rename) or gs://.
 
 
-def write_reports(out_dir: pathlib.Path, rows: Sequence[dict[str, Any]], class_names: Sequence[str], split: str,
-                  summary: Mapping[str, Any]) -> None:
+def write_reports(
+  out_dir: pathlib.Path,
+  rows: Sequence[dict[str, Any]],
+  class_names: Sequence[str],
+  split: str,
+  summary: Mapping[str, Any],
+) -> None:
   """Writes summary.json, cases.csv and summary.md (and creates figures/)."""
   try:
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
@@ -363,8 +409,9 @@ def write_reports(out_dir: pathlib.Path, rows: Sequence[dict[str, Any]], class_n
     raise WorkdirError(f"cannot write results to {out_dir}: {e.strerror or e}") from e
 
 
-def evaluate_checkpoint(exp: experiment.Experiment, checkpoints: checkpointing.Checkpoints, which: str | int
-                        ) -> dict[str, Any]:
+def evaluate_checkpoint(
+  exp: experiment.Experiment, checkpoints: checkpointing.Checkpoints, which: str | int
+) -> dict[str, Any]:
   """Decides post-processing on validation, then evaluates checkpoint `which` on `config.eval.splits`.
 
   Returns {split: summary} as written to `results/<split>/summary.json`.
@@ -385,11 +432,16 @@ def evaluate_predictor(exp: experiment.Experiment, predict: PredictFn, step: int
   validation = pipeline.CaseSource(exp.prepared, "validation", config.data.cache_cases)
   if config.eval.postprocess and len(validation):
     scored = evaluator.score_split(validation, choice, compare_largest=True)
-    choice = postprocess.decide({n: [r.scores[n]["dice"] for r in scored] for n in evaluator.labels},
-                                {n: [r.final_scores([n])[n]["dice"] for r in scored] for n in evaluator.labels},
-                                step)
-    logging.info("Post-processing chosen on %d validation cases: largest component for %s", len(scored),
-                 ", ".join(choice.largest_component) or "no class")
+    choice = postprocess.decide(
+      {n: [r.scores[n]["dice"] for r in scored] for n in evaluator.labels},
+      {n: [r.final_scores([n])[n]["dice"] for r in scored] for n in evaluator.labels},
+      step,
+    )
+    logging.info(
+      "Post-processing chosen on %d validation cases: largest component for %s",
+      len(scored),
+      ", ".join(choice.largest_component) or "no class",
+    )
     if "validation" in config.eval.splits:
       results["validation"] = evaluator.report("validation", scored, choice)
   if jax.process_index() == 0:
@@ -398,8 +450,13 @@ def evaluate_predictor(exp: experiment.Experiment, predict: PredictFn, step: int
   return {**results, **report_splits(evaluator, exp.prepared, splits, choice, config.data.cache_cases)}
 
 
-def report_splits(evaluator: Evaluator, prepared: pipeline.PreparedDataset, splits: Sequence[str],
-                  choice: postprocess.Postprocessing, cache_cases: int) -> dict[str, Any]:
+def report_splits(
+  evaluator: Evaluator,
+  prepared: pipeline.PreparedDataset,
+  splits: Sequence[str],
+  choice: postprocess.Postprocessing,
+  cache_cases: int,
+) -> dict[str, Any]:
   """Scores and reports each split with cases ({split: summary}); empty splits are logged and skipped."""
   results = {}
   for split in splits:
@@ -451,11 +508,16 @@ def evaluate_ensemble(config: ml_collections.ConfigDict, members: ensemble.Membe
       summaries.append(json.loads(path.read_text()))
     cv = ensemble.cross_validation_summary(summaries, list(exps[0].prepared.foreground), members.workdirs, folds)
     if jax.process_index() == 0:
-      ensemble.write_json_and_markdown(out_dir, "cv_summary", cv,
-                                       ensemble.cv_markdown(cv, list(exps[0].prepared.foreground)))
-    logging.info("Cross-validation over %d folds: mean foreground Dice %s +- %s (%s)", len(folds),
-                 cv["mean_foreground"]["dice"]["mean"], cv["mean_foreground"]["dice"]["std"],
-                 out_dir / ensemble.CV_SUMMARY)
+      ensemble.write_json_and_markdown(
+        out_dir, "cv_summary", cv, ensemble.cv_markdown(cv, list(exps[0].prepared.foreground))
+      )
+    logging.info(
+      "Cross-validation over %d folds: mean foreground Dice %s +- %s (%s)",
+      len(folds),
+      cv["mean_foreground"]["dice"]["mean"],
+      cv["mean_foreground"]["dice"]["std"],
+      out_dir / ensemble.CV_SUMMARY,
+    )
     results["cross_validation"] = cv
   functions, steps = experiment.restore_members(exps, "eval")
   ensemble.log_members(members, steps)
@@ -465,9 +527,15 @@ def evaluate_ensemble(config: ml_collections.ConfigDict, members: ensemble.Membe
   ens_config = ml_collections.ConfigDict(base.config.to_dict())
   ens_config.eval.postprocess = False
   ens_exp = dataclasses.replace(base, config=ens_config, workdir=out_dir)
-  evaluator = Evaluator(ens_exp, None, min(steps), probabilities=ensemble.average(functions),
-                        extra_summary={"ensemble": [{"workdir": str(w), "step": s, "fold": f}
-                                                    for w, s, f in zip(members.workdirs, steps, folds)]})
+  evaluator = Evaluator(
+    ens_exp,
+    None,
+    min(steps),
+    probabilities=ensemble.average(functions),
+    extra_summary={
+      "ensemble": [{"workdir": str(w), "step": s, "fold": f} for w, s, f in zip(members.workdirs, steps, folds)]
+    },
+  )
   choice = postprocess.Postprocessing(step=min(steps))
   results.update(report_splits(evaluator, base.prepared, splits, choice, config.data.cache_cases))
   return results
@@ -475,4 +543,5 @@ def evaluate_ensemble(config: ml_collections.ConfigDict, members: ensemble.Membe
 
 def ensemble_folds() -> tuple[str, ...]:
   from jaxseg.data import folds  # pylint: disable=g-import-not-at-top
+
   return folds.FOLDS[:-1]

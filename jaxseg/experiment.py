@@ -44,6 +44,7 @@ from jaxseg.models import discriminator as discriminator_lib
 @dataclasses.dataclass
 class Experiment:
   """Everything built from a config before the first step."""
+
   config: ml_collections.ConfigDict
   workdir: pathlib.Path
   prepared: pipeline.PreparedDataset
@@ -63,8 +64,9 @@ class Experiment:
 
   def create_state(self) -> state_lib.TrainState:
     """A fresh train state from `config.seed` (`state.create_train_state`; pure: jit or eval_shape it)."""
-    return state_lib.create_train_state(self.config, self.model, self.tx, self.input_shape, self.discriminator,
-                                        self.disc_tx)
+    return state_lib.create_train_state(
+      self.config, self.model, self.tx, self.input_shape, self.discriminator, self.disc_tx
+    )
 
   def init_state(self) -> state_lib.TrainState:
     """A fresh, replicated train state."""
@@ -80,23 +82,30 @@ class Experiment:
   def abstract_state(self) -> Any:
     """Shapes, dtypes and shardings of the train state, without allocating it."""
     shapes = jax.eval_shape(self.create_state)
-    return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes,
-                        parallel.state_shardings(shapes, self.mesh, self.config.mesh))
+    return jax.tree.map(
+      lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+      shapes,
+      parallel.state_shardings(shapes, self.mesh, self.config.mesh),
+    )
 
   def predictor(self, state: state_lib.TrainState) -> inference.DevicePredictor:
     """`predict(images [N, *window, C]) -> logits [N, *window, K]` with `state`'s weights on this process's
     devices; the sliding window runs on the device when `config.eval.placement` chooses it
     (`inference.DevicePredictor`). Each process evaluates its own cases, so the mesh is the local one."""
     params, batch_stats = parallel.host_copy((state.params, state.batch_stats))  # Gathers fsdp-split arrays.
-    return inference.DevicePredictor(self.forward, (params, batch_stats), placement=self.config.eval.placement,
-                                     mesh=parallel.local_mesh())
+    return inference.DevicePredictor(
+      self.forward, (params, batch_stats), placement=self.config.eval.placement, mesh=parallel.local_mesh()
+    )
 
 
 def create_discriminator(adversarial_config: ml_collections.ConfigDict) -> discriminator_lib.PatchDiscriminator:
   """The patch discriminator described by `config.adversarial`."""
   return discriminator_lib.PatchDiscriminator(
-      features=adversarial_config.features, num_layers=adversarial_config.num_layers,
-      input_form=adversarial_config.input, spectral_norm=adversarial_config.spectral_norm)
+    features=adversarial_config.features,
+    num_layers=adversarial_config.num_layers,
+    input_form=adversarial_config.input,
+    spectral_norm=adversarial_config.spectral_norm,
+  )
 
 
 def ensure_workdir(workdir: str | pathlib.Path) -> paths.Path:
@@ -104,17 +113,18 @@ def ensure_workdir(workdir: str | pathlib.Path) -> paths.Path:
   return paths.ensure_dir(workdir, "workdir")
 
 
-def resolve_config(config: ml_collections.ConfigDict, prepared: pipeline.PreparedDataset
-                   ) -> ml_collections.ConfigDict:
+def resolve_config(config: ml_collections.ConfigDict, prepared: pipeline.PreparedDataset) -> ml_collections.ConfigDict:
   """A copy of `config` with values that come from the dataset filled in."""
   config = ml_collections.ConfigDict(config.to_dict())  # Deep copy, same keys.
   config.lock()
   if config.model.num_classes == 0:
     config.model.num_classes = prepared.num_classes
   elif config.model.num_classes != prepared.num_classes:
-    raise ConfigError(f"config.model.num_classes={config.model.num_classes} but dataset {prepared.name!r} has "
-                      f"{prepared.num_classes} classes ({', '.join(prepared.labels)}); set it to 0 to follow "
-                      "the dataset")
+    raise ConfigError(
+      f"config.model.num_classes={config.model.num_classes} but dataset {prepared.name!r} has "
+      f"{prepared.num_classes} classes ({', '.join(prepared.labels)}); set it to 0 to follow "
+      "the dataset"
+    )
   return config
 
 
@@ -149,8 +159,11 @@ def trained_config_hint(exp: Experiment) -> str:
   except (OSError, ValueError):
     return "was it trained with another config.model or dataset?"
   current = json.loads(config_lib.to_json(exp.config))
-  diffs = [f"model.{key}={trained['model'][key]!r} (this config: {current['model'].get(key)!r})"
-           for key in sorted(trained.get("model", {})) if trained["model"][key] != current["model"].get(key)]
+  diffs = [
+    f"model.{key}={trained['model'][key]!r} (this config: {current['model'].get(key)!r})"
+    for key in sorted(trained.get("model", {}))
+    if trained["model"][key] != current["model"].get(key)
+  ]
   if trained.get("data", {}).get("name") != current["data"]["name"]:
     diffs.append(f"data.name={trained['data'].get('name')!r} (this config: {current['data']['name']!r})")
   if not diffs:
@@ -158,8 +171,9 @@ def trained_config_hint(exp: Experiment) -> str:
   return f"it was trained with {', '.join(diffs)} according to {path}"
 
 
-def restore_state(exp: Experiment, checkpoints: checkpointing.Checkpoints, which: str | int
-                  ) -> tuple[state_lib.TrainState, int]:
+def restore_state(
+  exp: Experiment, checkpoints: checkpointing.Checkpoints, which: str | int
+) -> tuple[state_lib.TrainState, int]:
   """(state, step) of checkpoint `which` ('latest', 'best' or a step) on `exp`'s state shardings.
 
   Raises:
@@ -169,8 +183,9 @@ def restore_state(exp: Experiment, checkpoints: checkpointing.Checkpoints, which
   return checkpoints.restore(exp.abstract_state(), which, mismatch_hint=trained_config_hint(exp))
 
 
-def restore_members(exps: Sequence[Experiment], which: str
-                    ) -> tuple[list[Callable[[np.ndarray], np.ndarray]], list[int]]:
+def restore_members(
+  exps: Sequence[Experiment], which: str
+) -> tuple[list[Callable[[np.ndarray], np.ndarray]], list[int]]:
   """Each member's `image -> softmax [Z, Y, X, K]` (its own window settings) and checkpoint step."""
   functions, steps = [], []
   for exp in exps:
@@ -180,8 +195,11 @@ def restore_members(exps: Sequence[Experiment], which: str
     finally:
       checkpoints.close()
     predict = exp.predictor(state)
-    functions.append(lambda image, predict=predict, config=exp.config: inference.predict_probabilities(
-        predict, image, config, config.model.num_classes))
+    functions.append(
+      lambda image, predict=predict, config=exp.config: inference.predict_probabilities(
+        predict, image, config, config.model.num_classes
+      )
+    )
     steps.append(int(step))
   return functions, steps
 
@@ -206,14 +224,21 @@ PLAN_FILE = "plan.json"
 def dataset_summary(config: ml_collections.ConfigDict, prepared: pipeline.PreparedDataset) -> plan_lib.DatasetSummary:
   """What planning needs from the prepared dataset's fingerprint (`plan.summarize_dataset`)."""
   from jaxseg.data import preprocess  # pylint: disable=g-import-not-at-top
+
   fingerprint = preprocess.Fingerprint.from_dict(prepared.builder.info.metadata["fingerprint"])
-  return plan_lib.summarize_dataset(fingerprint, prepared.plan.target_spacing, num_classes=prepared.num_classes,
-                                    ndim=prepared.ndim, validation_cases=len(prepared.splits.get("validation", [])),
-                                    test_cases=len(prepared.splits.get("test", [])))
+  return plan_lib.summarize_dataset(
+    fingerprint,
+    prepared.plan.target_spacing,
+    num_classes=prepared.num_classes,
+    ndim=prepared.ndim,
+    validation_cases=len(prepared.splits.get("validation", [])),
+    test_cases=len(prepared.splits.get("test", [])),
+  )
 
 
-def measure_step_time(config: ml_collections.ConfigDict, num_channels: int, candidate: plan_lib.Candidate,
-                      steps_timed: int = 2) -> tuple[float, float]:
+def measure_step_time(
+  config: ml_collections.ConfigDict, num_channels: int, candidate: plan_lib.Candidate, steps_timed: int = 2
+) -> tuple[float, float]:
   """(Seconds per jitted training step of `candidate` on one local device after compiling, seconds that
   compiling and the first step took).
 
@@ -227,13 +252,19 @@ def measure_step_time(config: ml_collections.ConfigDict, num_channels: int, cand
   batch_size, patch = candidate.network.batch_size, tuple(candidate.network.patch_size)
   with cfg.unlocked():
     cfg.adversarial.enabled = False
-  train_step = jax.jit(steps.make_train_step(model, tx, optimizer.learning_rate_schedule(cfg.train),
-                                             cfg.train.loss, models.output_weights(cfg.model)), donate_argnums=0)
+  train_step = jax.jit(
+    steps.make_train_step(
+      model, tx, optimizer.learning_rate_schedule(cfg.train), cfg.train.loss, models.output_weights(cfg.model)
+    ),
+    donate_argnums=0,
+  )
   with jax.threefry_partitionable(False):
     state = jax.jit(functools.partial(state_lib.create_train_state, cfg, model, tx, (1, *patch, num_channels)))()
   rng = np.random.default_rng(0)
-  batch = {"image": rng.standard_normal((batch_size, *patch, num_channels)).astype(np.float32),
-           "label": rng.integers(0, cfg.model.num_classes, (batch_size, *patch)).astype(np.int32)}
+  batch = {
+    "image": rng.standard_normal((batch_size, *patch, num_channels)).astype(np.float32),
+    "label": rng.integers(0, cfg.model.num_classes, (batch_size, *patch)).astype(np.int32),
+  }
   compile_start = time.perf_counter()
   state, metrics = train_step(state, batch)  # Compiles.
   jax.block_until_ready(metrics)
@@ -242,17 +273,26 @@ def measure_step_time(config: ml_collections.ConfigDict, num_channels: int, cand
     state, metrics = train_step(state, batch)
   jax.block_until_ready(metrics)
   seconds = (time.perf_counter() - start) / steps_timed
-  logging.info("Plan: measured %s: %.3f s/step (compiling and the first step took %.1f s)", candidate.describe(),
-               seconds, start - compile_start)
+  logging.info(
+    "Plan: measured %s: %.3f s/step (compiling and the first step took %.1f s)",
+    candidate.describe(),
+    seconds,
+    start - compile_start,
+  )
   return seconds, start - compile_start
 
 
-def _plan_inputs(config: ml_collections.ConfigDict, summary: plan_lib.DatasetSummary,
-                 devices: plan_lib.Devices) -> dict[str, Any]:
+def _plan_inputs(
+  config: ml_collections.ConfigDict, summary: plan_lib.DatasetSummary, devices: plan_lib.Devices
+) -> dict[str, Any]:
   """What a stored plan must have been made from to be reused."""
-  return {"dataset": summary.to_dict(), "devices": devices.to_dict(), "model": config.model.name,
-          "time_budget_min": config.plan.time_budget_min if devices.kind == "cpu" else None,
-          "mirror_axes": [int(a) for a in config.eval.mirror_axes]}
+  return {
+    "dataset": summary.to_dict(),
+    "devices": devices.to_dict(),
+    "model": config.model.name,
+    "time_budget_min": config.plan.time_budget_min if devices.kind == "cpu" else None,
+    "mirror_axes": [int(a) for a in config.eval.mirror_axes],
+  }
 
 
 def make_plan(config: ml_collections.ConfigDict, prepared: pipeline.PreparedDataset) -> dict[str, Any]:
@@ -260,14 +300,21 @@ def make_plan(config: ml_collections.ConfigDict, prepared: pipeline.PreparedData
   summary = dataset_summary(config, prepared)
   devices = plan_lib.detect_devices(config.plan.memory_gb)
   measure = functools.partial(measure_step_time, config, prepared.num_channels)
-  plan = plan_lib.make_plan(summary, devices, config.model.name, time_budget_min=config.plan.time_budget_min,
-                            measure=measure, step_fraction=config.eval.step_fraction)
+  plan = plan_lib.make_plan(
+    summary,
+    devices,
+    config.model.name,
+    time_budget_min=config.plan.time_budget_min,
+    measure=measure,
+    step_fraction=config.eval.step_fraction,
+  )
   plan["inputs"] = _plan_inputs(config, summary, devices)
   return plan
 
 
-def load_or_make_plan(config: ml_collections.ConfigDict, workdir: pathlib.Path, prepared: pipeline.PreparedDataset,
-                      *, replan: bool = False) -> dict[str, Any]:
+def load_or_make_plan(
+  config: ml_collections.ConfigDict, workdir: pathlib.Path, prepared: pipeline.PreparedDataset, *, replan: bool = False
+) -> dict[str, Any]:
   """`<workdir>/plan.json`'s plan when it was made from the same dataset, devices and model; else a new one."""
   path = workdir / PLAN_FILE
   if path.exists() and not replan:
@@ -291,8 +338,9 @@ def write_plan(workdir: pathlib.Path, plan: dict[str, Any], record: dict[str, An
   paths.write_text_atomic(workdir / PLAN_FILE, json.dumps({**plan, "keys": record}, indent=2, sort_keys=True))
 
 
-def planned_config(config: ml_collections.ConfigDict, workdir: pathlib.Path, prepared: pipeline.PreparedDataset,
-                   *, replan: bool = False) -> ml_collections.ConfigDict:
+def planned_config(
+  config: ml_collections.ConfigDict, workdir: pathlib.Path, prepared: pipeline.PreparedDataset, *, replan: bool = False
+) -> ml_collections.ConfigDict:
   """`config` with the plan applied (keys in `config.plan.fixed` keep their value); writes plan.json.
 
   With several processes, process 0 plans (a CPU plan measures step times, which differ between hosts)
@@ -300,6 +348,7 @@ def planned_config(config: ml_collections.ConfigDict, workdir: pathlib.Path, pre
   """
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     if jax.process_index() == 0:
       plan = load_or_make_plan(config, workdir, prepared, replan=replan)
       write_plan(workdir, plan, plan_lib.apply_plan(config, plan, tuple(config.plan.fixed))[1])
@@ -308,8 +357,10 @@ def planned_config(config: ml_collections.ConfigDict, workdir: pathlib.Path, pre
       try:
         plan = json.loads((workdir / PLAN_FILE).read_text())
       except (OSError, ValueError) as e:
-        raise WorkdirError(f"{workdir / PLAN_FILE}: process {jax.process_index()} cannot read process 0's plan "
-                           f"({e}); the workdir must be on a file system every process sees") from e
+        raise WorkdirError(
+          f"{workdir / PLAN_FILE}: process {jax.process_index()} cannot read process 0's plan "
+          f"({e}); the workdir must be on a file system every process sees"
+        ) from e
   else:
     plan = load_or_make_plan(config, workdir, prepared, replan=replan)
   config, record = plan_lib.apply_plan(config, plan, tuple(config.plan.fixed))

@@ -98,6 +98,7 @@ class DevicePredictor:
   Calling it, `predictor(images)`, returns numpy logits, so it also serves
   as a plain `predict_fn` (the host path).
   """
+
   apply: Callable[..., jax.Array]
   variables: tuple[Any, ...]
   placement: str = "auto"
@@ -105,11 +106,9 @@ class DevicePredictor:
 
   def __post_init__(self):
     if not isinstance(self.variables, tuple):
-      raise TypeError("DevicePredictor.variables must be a tuple of apply's "
-                      "leading arguments")
+      raise TypeError("DevicePredictor.variables must be a tuple of apply's leading arguments")
     if self.placement not in PLACEMENTS:
-      raise ConfigError(f"config.eval.placement={self.placement!r} is not "
-                        f"one of {', '.join(PLACEMENTS)}")
+      raise ConfigError(f"config.eval.placement={self.placement!r} is not one of {', '.join(PLACEMENTS)}")
 
   def __call__(self, images) -> np.ndarray:
     return np.asarray(_jitted_apply(self.apply)(*self.variables, images))
@@ -120,9 +119,9 @@ def _jitted_apply(apply):
   return jax.jit(apply)
 
 
-def device_bytes_needed(spatial: Sequence[int], channels: int,
-                        num_classes: int, window: Sequence[int],
-                        batch_size: int) -> int:
+def device_bytes_needed(
+  spatial: Sequence[int], channels: int, num_classes: int, window: Sequence[int], batch_size: int
+) -> int:
   """Device bytes of the device path's own arrays (not the model's).
 
   The image as float32, the probability and weight sums ((K + 1) x 4 bytes
@@ -131,8 +130,7 @@ def device_bytes_needed(spatial: Sequence[int], channels: int,
   """
   voxels = int(np.prod(spatial))
   window_voxels = int(np.prod(window)) * batch_size
-  return 4 * (voxels * (channels + 2 * num_classes + 1) +
-              4 * window_voxels * (channels + num_classes))
+  return 4 * (voxels * (channels + 2 * num_classes + 1) + 4 * window_voxels * (channels + num_classes))
 
 
 def device_free_bytes(device: jax.Device | None = None) -> int | None:
@@ -175,24 +173,23 @@ def window_starts(size: int, window: int, step_fraction: float) -> list[int]:
   return [int(np.round(step * i)) for i in range(num_steps)]
 
 
-def num_forward_calls(spatial: Sequence[int], window: Sequence[int],
-                      step_fraction: float, batch_size: int,
-                      num_mirror_axes: int = 0) -> int:
+def num_forward_calls(
+  spatial: Sequence[int], window: Sequence[int], step_fraction: float, batch_size: int, num_mirror_axes: int = 0
+) -> int:
   """Model calls of one sliding_window_predict (batches x mirror flips).
 
   `spatial` is the image's spatial shape; a 2D window on a 3D volume counts
   every slice.
   """
   spatial, window = tuple(spatial), tuple(window)
-  counts = [len(window_starts(max(s, w), w, step_fraction))
-            for s, w in zip(spatial[len(spatial) - len(window):], window)]
-  windows = int(np.prod(counts)) * int(np.prod(
-      spatial[:len(spatial) - len(window)]))
+  counts = [
+    len(window_starts(max(s, w), w, step_fraction)) for s, w in zip(spatial[len(spatial) - len(window) :], window)
+  ]
+  windows = int(np.prod(counts)) * int(np.prod(spatial[: len(spatial) - len(window)]))
   return -(-windows // batch_size) * 2**num_mirror_axes
 
 
-def gaussian_importance_map(window: Sequence[int],
-                            sigma_scale: float = 1.0 / 8) -> np.ndarray:
+def gaussian_importance_map(window: Sequence[int], sigma_scale: float = 1.0 / 8) -> np.ndarray:
   """Gaussian weights of one window, [*window] float32 with peak 1."""
   weights = np.ones((), np.float64)
   for axis, size in enumerate(window):
@@ -202,7 +199,7 @@ def gaussian_importance_map(window: Sequence[int],
   return np.maximum(weights, GAUSSIAN_FLOOR).astype(np.float32)
 
 
-@functools.partial(jax.jit, static_argnames='flip_axes')
+@functools.partial(jax.jit, static_argnames="flip_axes")
 def _weighted_softmax(logits, weights, flip_axes):
   """softmax(logits [N, *window, K]), flipped back, times weights [*window]."""
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
@@ -211,45 +208,41 @@ def _weighted_softmax(logits, weights, flip_axes):
   return probs * weights[None, ..., None]
 
 
-def _check_args(image, window, num_classes, step_fraction, sigma_scale,
-                batch_size, mirror_axes):
+def _check_args(image, window, num_classes, step_fraction, sigma_scale, batch_size, mirror_axes):
   if image.ndim not in (3, 4):
-    raise DataError(f'image must be [H, W, C] or [D, H, W, C], got shape '
-                    f'{image.shape}')
+    raise DataError(f"image must be [H, W, C] or [D, H, W, C], got shape {image.shape}")
   finite = np.isfinite(image)
   if not finite.all():
-    raise DataError(f'image has {finite.size - np.count_nonzero(finite)} NaN '
-                    f'or infinite voxels (first at index '
-                    f'{tuple(int(i) for i in np.argwhere(~finite)[0])})')
+    raise DataError(
+      f"image has {finite.size - np.count_nonzero(finite)} NaN "
+      f"or infinite voxels (first at index "
+      f"{tuple(int(i) for i in np.argwhere(~finite)[0])})"
+    )
   spatial = image.ndim - 1
   if len(window) not in (2, 3) or len(window) > spatial:
-    raise ConfigError(f'window {tuple(window)} does not fit an image with '
-                      f'{spatial} spatial axes')
+    raise ConfigError(f"window {tuple(window)} does not fit an image with {spatial} spatial axes")
   if min(window) < 1 or num_classes < 1 or batch_size < 1:
-    raise ConfigError(f'window {tuple(window)}, num_classes {num_classes} and '
-                      f'batch_size {batch_size} must be positive')
+    raise ConfigError(f"window {tuple(window)}, num_classes {num_classes} and batch_size {batch_size} must be positive")
   if not 0 < step_fraction <= 1:
-    raise ConfigError(f'step_fraction must be in (0, 1], got {step_fraction}')
+    raise ConfigError(f"step_fraction must be in (0, 1], got {step_fraction}")
   if not sigma_scale > 0:
-    raise ConfigError(f'sigma_scale must be > 0, got {sigma_scale}')
-  if (len(set(mirror_axes)) != len(mirror_axes) or
-      any(a not in range(len(window)) for a in mirror_axes)):
-    raise ConfigError(f'mirror_axes {tuple(mirror_axes)} must be distinct '
-                      f'window axes in 0..{len(window) - 1}')
+    raise ConfigError(f"sigma_scale must be > 0, got {sigma_scale}")
+  if len(set(mirror_axes)) != len(mirror_axes) or any(a not in range(len(window)) for a in mirror_axes):
+    raise ConfigError(f"mirror_axes {tuple(mirror_axes)} must be distinct window axes in 0..{len(window) - 1}")
 
 
 def sliding_window_predict(
-    predict_fn: PredictFn,
-    image: np.ndarray,
-    *,
-    window: Sequence[int],
-    num_classes: int,
-    step_fraction: float = 0.5,
-    sigma_scale: float = 1.0 / 8,
-    batch_size: int = 2,
-    mirror_axes: Sequence[int] = (),
-    pad_value: float = 0.0,
-    dtype=np.float32,
+  predict_fn: PredictFn,
+  image: np.ndarray,
+  *,
+  window: Sequence[int],
+  num_classes: int,
+  step_fraction: float = 0.5,
+  sigma_scale: float = 1.0 / 8,
+  batch_size: int = 2,
+  mirror_axes: Sequence[int] = (),
+  pad_value: float = 0.0,
+  dtype=np.float32,
 ) -> np.ndarray:
   """Softmax probabilities of a whole image from a windowed model.
 
@@ -282,32 +275,27 @@ def sliding_window_predict(
   image = np.asarray(image)
   window = tuple(int(w) for w in window)
   mirror_axes = tuple(int(a) for a in mirror_axes)
-  _check_args(image, window, num_classes, step_fraction, sigma_scale,
-              batch_size, mirror_axes)
+  _check_args(image, window, num_classes, step_fraction, sigma_scale, batch_size, mirror_axes)
   spatial = image.shape[:-1]
   by_slice = len(window) < len(spatial)
   full_window = (1,) + window if by_slice else window
 
-  pads = [(max(w - s, 0) // 2, max(w - s, 0) - max(w - s, 0) // 2)
-          for s, w in zip(spatial, full_window)]
+  pads = [(max(w - s, 0) // 2, max(w - s, 0) - max(w - s, 0) // 2) for s, w in zip(spatial, full_window)]
   if any(sum(p) for p in pads):
     image = np.pad(image, pads + [(0, 0)], constant_values=pad_value)
   grid = image.shape[:-1]
-  starts = [window_starts(s, w, step_fraction)
-            for s, w in zip(grid, full_window)]
+  starts = [window_starts(s, w, step_fraction) for s, w in zip(grid, full_window)]
   if by_slice:
     starts[0] = list(range(grid[0]))
   coords = list(itertools.product(*starts))
 
   importance = gaussian_importance_map(window, sigma_scale)
-  flips = [combo for r in range(len(mirror_axes) + 1)
-           for combo in itertools.combinations(mirror_axes, r)]
+  flips = [combo for r in range(len(mirror_axes) + 1) for combo in itertools.combinations(mirror_axes, r)]
   crop = tuple(slice(lo, lo + s) for (lo, _), s in zip(pads, spatial))
-  if _use_device(predict_fn, grid, image.shape[-1], num_classes, window,
-                 batch_size):
-    return _device_predict(predict_fn, image, coords, full_window, window,
-                           num_classes, batch_size, importance, tuple(flips),
-                           crop, dtype)
+  if _use_device(predict_fn, grid, image.shape[-1], num_classes, window, batch_size):
+    return _device_predict(
+      predict_fn, image, coords, full_window, window, num_classes, batch_size, importance, tuple(flips), crop, dtype
+    )
   device_weights = jnp.asarray(importance / len(flips))
   prob_sum = np.zeros(grid + (num_classes,), np.float32)
   weight_sum = np.zeros(grid, np.float32)
@@ -320,8 +308,7 @@ def sliding_window_predict(
       batch_axes = tuple(a + 1 for a in axes)
       logits = predict_fn(np.flip(batch, batch_axes) if axes else batch)
       if tuple(logits.shape) != expected:
-        raise ConfigError(f'predict_fn returned logits of shape '
-                          f'{tuple(logits.shape)}, expected {expected}')
+        raise ConfigError(f"predict_fn returned logits of shape {tuple(logits.shape)}, expected {expected}")
       probs = _weighted_softmax(logits, device_weights, batch_axes)
       total = probs if total is None else total + probs
     return total
@@ -335,7 +322,7 @@ def sliding_window_predict(
 
   pending = None
   for first in range(0, len(coords), batch_size):
-    batch_coords = coords[first:first + batch_size]
+    batch_coords = coords[first : first + batch_size]
     batch = np.zeros((batch_size,) + window + image.shape[-1:], dtype)
     for i, start in enumerate(batch_coords):
       region = tuple(slice(s, s + w) for s, w in zip(start, full_window))
@@ -352,9 +339,9 @@ def sliding_window_predict(
   return prob_sum[crop]
 
 
-def predict_probabilities(predict: PredictFn, image: np.ndarray,
-                          config: ml_collections.ConfigDict,
-                          num_classes: int) -> np.ndarray:
+def predict_probabilities(
+  predict: PredictFn, image: np.ndarray, config: ml_collections.ConfigDict, num_classes: int
+) -> np.ndarray:
   """Softmax `[Z, Y, X, K]` of a preprocessed image `[Z, Y, X, C]`.
 
   `sliding_window_predict` with the window `config.data.patch_size` and the
@@ -362,10 +349,13 @@ def predict_probabilities(predict: PredictFn, image: np.ndarray,
   2D data; a 2D window on a volume with Z > 1 predicts slice by slice.
   """
   window = tuple(config.data.patch_size)
-  settings = dict(window=window, num_classes=num_classes,
-                  step_fraction=config.eval.step_fraction,
-                  batch_size=config.eval.batch_size,
-                  mirror_axes=tuple(config.eval.mirror_axes))
+  settings = dict(
+    window=window,
+    num_classes=num_classes,
+    step_fraction=config.eval.step_fraction,
+    batch_size=config.eval.batch_size,
+    mirror_axes=tuple(config.eval.mirror_axes),
+  )
   if len(window) == 3 or image.shape[0] > 1:
     return sliding_window_predict(predict, image, **settings)
   return sliding_window_predict(predict, image[0], **settings)[None]
@@ -377,8 +367,7 @@ def label_dtype(num_classes: int) -> type:
 
 
 def to_original_labels(
-    probabilities: np.ndarray, meta: Mapping[str, Any], num_classes: int,
-    resample: str, keep_probabilities: bool = False
+  probabilities: np.ndarray, meta: Mapping[str, Any], num_classes: int, resample: str, keep_probabilities: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None]:
   """Labels `[X, Y, Z]` on the raw file's grid from softmax `[Z, Y, X, K]`.
 
@@ -393,20 +382,16 @@ def to_original_labels(
     probabilities `[X, Y, Z, K]` when `keep_probabilities`, else None).
   """
   dtype = label_dtype(num_classes)
-  if resample == 'labels':
-    labels = preprocess.restore_to_original(
-        probabilities.argmax(-1).astype(dtype), meta, is_label=True)
-    restored = (preprocess.restore_to_original(
-        probabilities, meta, is_label=False) if keep_probabilities else None)
+  if resample == "labels":
+    labels = preprocess.restore_to_original(probabilities.argmax(-1).astype(dtype), meta, is_label=True)
+    restored = preprocess.restore_to_original(probabilities, meta, is_label=False) if keep_probabilities else None
     return labels, restored
-  restored = preprocess.restore_to_original(probabilities, meta,
-                                            is_label=False)
+  restored = preprocess.restore_to_original(probabilities, meta, is_label=False)
   labels = restored.argmax(-1).astype(dtype)
   return labels, (restored if keep_probabilities else None)
 
 
-def _use_device(predict_fn, grid, channels, num_classes, window,
-                batch_size) -> bool:
+def _use_device(predict_fn, grid, channels, num_classes, window, batch_size) -> bool:
   """Whether sliding_window_predict takes the device path (module doc)."""
   if not isinstance(predict_fn, DevicePredictor):
     return False
@@ -417,20 +402,18 @@ def _use_device(predict_fn, grid, channels, num_classes, window,
     # ratios of the two paths are within noise (README, Performance).
     return False
   free = device_free_bytes()
-  needed = device_bytes_needed(grid, channels, num_classes, window,
-                               batch_size)
+  needed = device_bytes_needed(grid, channels, num_classes, window, batch_size)
   return free is not None and needed <= free // 2
 
 
-def _device_predict(predictor, image, coords, full_window, window,
-                    num_classes, batch_size, importance, flips, crop, dtype):
+def _device_predict(
+  predictor, image, coords, full_window, window, num_classes, batch_size, importance, flips, crop, dtype
+):
   """The device path of sliding_window_predict: see the module docstring."""
   mesh = predictor.mesh
-  if mesh is not None and (parallel.data_parallel_size(mesh) == 1 or
-                           batch_size % parallel.data_parallel_size(mesh)):
+  if mesh is not None and (parallel.data_parallel_size(mesh) == 1 or batch_size % parallel.data_parallel_size(mesh)):
     mesh = None
-  replicated = (jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-                if mesh is None else parallel.replicated(mesh))
+  replicated = jax.sharding.SingleDeviceSharding(jax.local_devices()[0]) if mesh is None else parallel.replicated(mesh)
   batches = parallel.batch_sharding(mesh) if mesh is not None else replicated
   # Host (numpy) variables would otherwise be copied to the device per batch.
   variables = jax.device_put(predictor.variables, replicated)
@@ -438,28 +421,24 @@ def _device_predict(predictor, image, coords, full_window, window,
   weights = jax.device_put(importance / len(flips), replicated)
   window_weight = jax.device_put(importance.reshape(full_window), replicated)
   grid = image.shape[:-1]
-  prob_sum = jax.device_put(np.zeros(grid + (num_classes,), np.float32),
-                            replicated)
+  prob_sum = jax.device_put(np.zeros(grid + (num_classes,), np.float32), replicated)
   weight_sum = jax.device_put(np.zeros(grid, np.float32), replicated)
   cut = _cut_program(full_window, window, batches)
   forward = _forward_program(predictor.apply, flips)
   expected = (batch_size,) + window + (num_classes,)
   checked = False
   for first in range(0, len(coords), batch_size):
-    batch_coords = coords[first:first + batch_size]
+    batch_coords = coords[first : first + batch_size]
     valid = np.zeros(batch_size, np.float32)
-    valid[:len(batch_coords)] = 1
+    valid[: len(batch_coords)] = 1
     # Padding windows repeat the first start; their weight is 0.
-    starts = np.asarray(batch_coords + [batch_coords[0]] *
-                        (batch_size - len(batch_coords)), np.int32)
+    starts = np.asarray(batch_coords + [batch_coords[0]] * (batch_size - len(batch_coords)), np.int32)
     probs = forward(variables, cut(device_image, starts), weights)
     if not checked:
       if tuple(probs.shape) != expected:
-        raise ConfigError(f'predict_fn returned logits of shape '
-                          f'{tuple(probs.shape)}, expected {expected}')
+        raise ConfigError(f"predict_fn returned logits of shape {tuple(probs.shape)}, expected {expected}")
       checked = True
-    prob_sum, weight_sum = _accumulate(prob_sum, weight_sum, probs, starts,
-                                       valid, window_weight)
+    prob_sum, weight_sum = _accumulate(prob_sum, weight_sum, probs, starts, valid, window_weight)
   bounds = tuple((c.start, c.stop) for c in crop)
   return np.asarray(_normalize(prob_sum, weight_sum, bounds))
 
@@ -470,10 +449,11 @@ def _cut_program(full_window, window, sharding):
 
   def cut(image, starts):
     def one(start):
-      return jax.lax.dynamic_slice(
-          image, (*start, 0), full_window + image.shape[-1:])
+      return jax.lax.dynamic_slice(image, (*start, 0), full_window + image.shape[-1:])
+
     windows = jax.vmap(one)(starts)
     return windows.reshape((starts.shape[0],) + window + image.shape[-1:])
+
   return jax.jit(cut, out_shardings=sharding)
 
 
@@ -485,11 +465,11 @@ def _forward_program(apply, flips):
     total = None
     for axes in flips:
       batch_axes = tuple(a + 1 for a in axes)
-      logits = apply(*variables, jnp.flip(windows, batch_axes)
-                     if axes else windows)
+      logits = apply(*variables, jnp.flip(windows, batch_axes) if axes else windows)
       probs = _weighted_softmax(logits, weights, batch_axes)
       total = probs if total is None else total + probs
     return total
+
   return jax.jit(forward)
 
 
@@ -501,17 +481,13 @@ def _accumulate(prob_sum, weight_sum, probs, starts, valid, window_weight):
     start = tuple(starts[i])
     region = full_window + prob_sum.shape[-1:]
     current = jax.lax.dynamic_slice(prob_sum, (*start, 0), region)
-    prob_sum = jax.lax.dynamic_update_slice(
-        prob_sum, current + valid[i] * probs[i].reshape(region),
-        (*start, 0))
+    prob_sum = jax.lax.dynamic_update_slice(prob_sum, current + valid[i] * probs[i].reshape(region), (*start, 0))
     current = jax.lax.dynamic_slice(weight_sum, start, full_window)
-    weight_sum = jax.lax.dynamic_update_slice(
-        weight_sum, current + valid[i] * window_weight, start)
+    weight_sum = jax.lax.dynamic_update_slice(weight_sum, current + valid[i] * window_weight, start)
   return prob_sum, weight_sum
 
 
 @functools.partial(jax.jit, static_argnames="bounds")
 def _normalize(prob_sum, weight_sum, bounds):
   """prob_sum / weight_sum, cropped to `bounds` ((start, stop) per axis)."""
-  return (prob_sum / weight_sum[..., None])[
-      tuple(slice(lo, hi) for lo, hi in bounds)]
+  return (prob_sum / weight_sum[..., None])[tuple(slice(lo, hi) for lo, hi in bounds)]

@@ -87,8 +87,10 @@ def _logits_shape(model, variables, images) -> tuple[int, ...]:
 def _checked_region(model, shape, class_index, region) -> tuple[str, Array | None]:
   """Checks class and region against the logits' `shape` -> (static kind, mask or None)."""
   if not 0 <= class_index < shape[-1]:
-    raise ConfigError(f"interpret class index {class_index} is outside 0..{shape[-1] - 1} "
-                      f"({type(model).__name__} has {shape[-1]} classes)")
+    raise ConfigError(
+      f"interpret class index {class_index} is outside 0..{shape[-1] - 1} "
+      f"({type(model).__name__} has {shape[-1]} classes)"
+    )
   if isinstance(region, str):
     if region not in ("predicted", "all"):
       raise ConfigError(f"interpret region {region!r} is not one of 'predicted', 'all' or a mask array")
@@ -126,8 +128,9 @@ def _saliency(model, variables, images, mask, *, class_index, kind):
   return jnp.max(jnp.abs(_input_gradient(model, variables, images, class_index, mask)), axis=-1)
 
 
-def saliency(model: nn.Module, variables: Variables, images: Array, class_index: int,
-             region: str | Array = "predicted") -> Array:
+def saliency(
+  model: nn.Module, variables: Variables, images: Array, class_index: int, region: str | Array = "predicted"
+) -> Array:
   """max over channels of |dS/dx| -> `[B, *S]` float32."""
   kind, mask = _checked_region(model, _logits_shape(model, variables, images), class_index, region)
   return _saliency(model, variables, images, mask, class_index=jnp.int32(class_index), kind=kind)
@@ -147,15 +150,32 @@ def _smoothgrad(model, variables, images, mask, rng, noise_level, *, class_index
   return jnp.max(jnp.abs(total / num_samples), axis=-1)
 
 
-def smoothgrad(model: nn.Module, variables: Variables, images: Array, class_index: int,
-               region: str | Array = "predicted", *, rng: Array, num_samples: int = 16,
-               noise_level: float = 0.15) -> Array:
+def smoothgrad(
+  model: nn.Module,
+  variables: Variables,
+  images: Array,
+  class_index: int,
+  region: str | Array = "predicted",
+  *,
+  rng: Array,
+  num_samples: int = 16,
+  noise_level: float = 0.15,
+) -> Array:
   """max over channels of |mean over noisy copies of dS/dx| -> `[B, *S]` float32."""
   if num_samples < 1 or not noise_level >= 0:
     raise ConfigError(f"smoothgrad needs num_samples >= 1 and noise_level >= 0, got {num_samples}, {noise_level}")
   kind, mask = _checked_region(model, _logits_shape(model, variables, images), class_index, region)
-  return _smoothgrad(model, variables, images, mask, rng, noise_level, class_index=jnp.int32(class_index),
-                     kind=kind, num_samples=num_samples)
+  return _smoothgrad(
+    model,
+    variables,
+    images,
+    mask,
+    rng,
+    noise_level,
+    class_index=jnp.int32(class_index),
+    kind=kind,
+    num_samples=num_samples,
+  )
 
 
 @_jit("steps")
@@ -171,23 +191,30 @@ def _integrated_gradients(model, variables, images, mask, baseline, *, class_ind
   return jnp.sum((images - baseline) * total / steps, axis=-1)
 
 
-def integrated_gradients(model: nn.Module, variables: Variables, images: Array, class_index: int,
-                         region: str | Array = "predicted", *, baseline: Array | None = None,
-                         steps: int = 32) -> Array:
+def integrated_gradients(
+  model: nn.Module,
+  variables: Variables,
+  images: Array,
+  class_index: int,
+  region: str | Array = "predicted",
+  *,
+  baseline: Array | None = None,
+  steps: int = 32,
+) -> Array:
   """Integrated gradients summed over channels -> `[B, *S]` float32 (signed)."""
   if steps < 1:
     raise ConfigError(f"integrated_gradients needs steps >= 1, got {steps}")
   baseline = jnp.zeros_like(images) if baseline is None else jnp.broadcast_to(baseline, images.shape)
   kind, mask = _checked_region(model, _logits_shape(model, variables, images), class_index, region)
-  return _integrated_gradients(model, variables, images, mask, baseline, class_index=jnp.int32(class_index),
-                               kind=kind, steps=steps)
+  return _integrated_gradients(
+    model, variables, images, mask, baseline, class_index=jnp.int32(class_index), kind=kind, steps=steps
+  )
 
 
 def _feature_maps(model: nn.Module, variables: Variables, images: Array) -> tuple[dict[str, Array], Array]:
   """Every submodule output that is a feature map `[B, *s, C]` of the input's rank, by module path, and the
   logits."""
-  logits, state = model.apply(variables, images, train=False, capture_intermediates=True,
-                              mutable=["intermediates"])
+  logits, state = model.apply(variables, images, train=False, capture_intermediates=True, mutable=["intermediates"])
   maps = {}
   for path, value in traverse_util.flatten_dict(state["intermediates"]).items():
     if path[-1] != "__call__" or len(path) < 2:
@@ -245,17 +272,33 @@ def _grad_cam(model, variables, images, mask, *, class_index, kind, layer, activ
   return jax.image.resize(cam, images.shape[:-1], method="linear")
 
 
-def grad_cam(model: nn.Module, variables: Variables, images: Array, class_index: int,
-             region: str | Array = "predicted", *, layer: str | None = None) -> Array:
+def grad_cam(
+  model: nn.Module,
+  variables: Variables,
+  images: Array,
+  class_index: int,
+  region: str | Array = "predicted",
+  *,
+  layer: str | None = None,
+) -> Array:
   """Grad-CAM for segmentation at `layer` -> `[B, *S]` float32, >= 0."""
   shapes, logits_shape = _feature_shapes(model, variables, images)
   layer = _default_layer(model, shapes, logits_shape) if layer is None else layer
   if layer not in shapes:
-    raise ConfigError(f"interpret layer {layer!r} is not a feature map of {type(model).__name__}; "
-                      f"layers: {', '.join(shapes)}")
+    raise ConfigError(
+      f"interpret layer {layer!r} is not a feature map of {type(model).__name__}; layers: {', '.join(shapes)}"
+    )
   kind, mask = _checked_region(model, logits_shape, class_index, region)
-  return _grad_cam(model, variables, images, mask, class_index=jnp.int32(class_index), kind=kind, layer=layer,
-                   activation_shape=tuple(shapes[layer].shape))
+  return _grad_cam(
+    model,
+    variables,
+    images,
+    mask,
+    class_index=jnp.int32(class_index),
+    kind=kind,
+    layer=layer,
+    activation_shape=tuple(shapes[layer].shape),
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -275,15 +318,25 @@ def attention_maps(model: nn.Module, variables: Variables, images: Array) -> lis
   return gates
 
 
-def compute(method: str, model: nn.Module, variables: Variables, images: Array, class_index: int, *,
-            region: str | Array = "predicted", rng: Array | None = None, layer: str | None = None,
-            **options) -> Array:
+def compute(
+  method: str,
+  model: nn.Module,
+  variables: Variables,
+  images: Array,
+  class_index: int,
+  *,
+  region: str | Array = "predicted",
+  rng: Array | None = None,
+  layer: str | None = None,
+  **options,
+) -> Array:
   """One map by method name (one of METHODS; `attention` returns the full-resolution gate)."""
   if method == "saliency":
     return saliency(model, variables, images, class_index, region)
   if method == "smoothgrad":
-    return smoothgrad(model, variables, images, class_index, region,
-                      rng=jax.random.key(0) if rng is None else rng, **options)
+    return smoothgrad(
+      model, variables, images, class_index, region, rng=jax.random.key(0) if rng is None else rng, **options
+    )
   if method == "integrated_gradients":
     return integrated_gradients(model, variables, images, class_index, region, **options)
   if method == "grad_cam":
@@ -299,8 +352,7 @@ def compute(method: str, model: nn.Module, variables: Variables, images: Array, 
 def randomized_variables(model: nn.Module, variables: Variables, images: Array, seed: int) -> Variables:
   """Variables of the same architecture with fresh random parameters (Adebayo et al.'s full randomisation);
   batch statistics are kept so that only the learned weights change."""
-  fresh = model.init({"params": jax.random.key(seed), "dropout": jax.random.key(seed + 1)}, images[:1],
-                     train=False)
+  fresh = model.init({"params": jax.random.key(seed), "dropout": jax.random.key(seed + 1)}, images[:1], train=False)
   return {**variables, "params": fresh["params"]}
 
 

@@ -56,8 +56,10 @@ def _class_input(case: sampling.Case, value: int, patch_size, ndim: int):
 def _methods(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   methods = config_lib.split_names(config.interpret.methods)
   if "attention" in methods and config.model.name != "attention_unet":
-    raise ConfigError(f"config.interpret.methods has 'attention' but model.name={config.model.name!r} has no "
-                      "attention gates (use attention_unet)")
+    raise ConfigError(
+      f"config.interpret.methods has 'attention' but model.name={config.model.name!r} has no "
+      "attention gates (use attention_unet)"
+    )
   return methods
 
 
@@ -69,8 +71,19 @@ def _maps(config, model, variables, images, class_index, region, rng) -> dict[st
       options = dict(num_samples=config.interpret.smoothgrad_samples, noise_level=config.interpret.smoothgrad_noise)
     elif method == "integrated_gradients":
       options = dict(steps=config.interpret.ig_steps)
-    out[method] = np.asarray(interpret.compute(method, model, variables, images, class_index, region=region,
-                                               rng=rng, layer=config.interpret.layer or None, **options))[0]
+    out[method] = np.asarray(
+      interpret.compute(
+        method,
+        model,
+        variables,
+        images,
+        class_index,
+        region=region,
+        rng=rng,
+        layer=config.interpret.layer or None,
+        **options,
+      )
+    )[0]
   return out
 
 
@@ -84,8 +97,14 @@ def _view(array: np.ndarray, z: int | None) -> np.ndarray:
   return picture[::-1, ::-1]  # Radiological view (see visualize.axial_view).
 
 
-def save_figure(path: paths.Path, image: np.ndarray, reference: np.ndarray, prediction: np.ndarray,
-                maps: dict[str, np.ndarray], title: str) -> None:
+def save_figure(
+  path: paths.Path,
+  image: np.ndarray,
+  reference: np.ndarray,
+  prediction: np.ndarray,
+  maps: dict[str, np.ndarray],
+  title: str,
+) -> None:
   """One row: image, reference, prediction, then each map as a heat map over the image (2D arrays)."""
   plt = visualize._pyplot()  # pylint: disable=protected-access
   panels = 3 + len(maps)
@@ -129,19 +148,24 @@ def interpret_workdir(config: ml_collections.ConfigDict, workdir: str | pathlib.
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   source = pipeline.CaseSource(exp.prepared, settings.split, config.data.cache_cases)
   if len(source) == 0:
-    raise ConfigError(f"config.interpret.split={settings.split!r}: the dataset {exp.prepared.name!r} has no "
-                      f"cases in that split")
-  wanted = list(config_lib.split_names(settings.cases)) or source.case_ids[:settings.num_cases]
+    raise ConfigError(
+      f"config.interpret.split={settings.split!r}: the dataset {exp.prepared.name!r} has no cases in that split"
+    )
+  wanted = list(config_lib.split_names(settings.cases)) or source.case_ids[: settings.num_cases]
   unknown = [c for c in wanted if c not in source.case_ids]
   if unknown:
-    raise ConfigError(f"config.interpret.cases: {', '.join(unknown)} not in split {settings.split!r} "
-                      f"(cases: {', '.join(source.case_ids[:10])}{'...' if len(source.case_ids) > 10 else ''})")
+    raise ConfigError(
+      f"config.interpret.cases: {', '.join(unknown)} not in split {settings.split!r} "
+      f"(cases: {', '.join(source.case_ids[:10])}{'...' if len(source.case_ids) > 10 else ''})"
+    )
   foreground = {n: v for n, v in exp.prepared.labels.items() if v != 0}
   classes = list(config_lib.split_names(settings.classes)) or list(foreground)
   bad = [c for c in classes if c not in foreground]
   if bad:
-    raise ConfigError(f"config.interpret.classes: {', '.join(bad)} not a foreground class of "
-                      f"{exp.prepared.name!r} ({', '.join(foreground)})")
+    raise ConfigError(
+      f"config.interpret.classes: {', '.join(bad)} not a foreground class of "
+      f"{exp.prepared.name!r} ({', '.join(foreground)})"
+    )
   ndim = models.spatial_dims(config.model.name)
   out_dir = exp.workdir / "interpret" / settings.split
   if jax.process_index() == 0:
@@ -166,25 +190,48 @@ def interpret_workdir(config: ml_collections.ConfigDict, workdir: str | pathlib.
       random_maps = _maps(config, exp.model, random_variables, images, value, region, rng)
       prediction = np.asarray(jnp.argmax(exp.forward(state.params, state.batch_stats, images), -1))[0]
       predicted_voxels = int(np.sum(prediction == value))
-      scores.setdefault(case_id, {})[name] = {"predicted_voxels": predicted_voxels, "maps": {
-          method: {"localisation": _finite_or_none(interpret.localisation_score(
-                       maps[method], reference == value, settings.margin_voxels)),
-                   "randomized_rank_correlation": _finite_or_none(interpret.rank_correlation(
-                       maps[method], random_maps[method]))}
-          for method in methods}}
+      scores.setdefault(case_id, {})[name] = {
+        "predicted_voxels": predicted_voxels,
+        "maps": {
+          method: {
+            "localisation": _finite_or_none(
+              interpret.localisation_score(maps[method], reference == value, settings.margin_voxels)
+            ),
+            "randomized_rank_correlation": _finite_or_none(
+              interpret.rank_correlation(maps[method], random_maps[method])
+            ),
+          }
+          for method in methods
+        },
+      }
       note = ""
       if settings.region == "predicted" and not predicted_voxels:
         note = f"; the model predicts no {name} here, so every map is zero (try interpret.region=reference)"
         logging.warning("interpret: %s: the model predicts no %s in the shown input; maps are zero", case_id, name)
       if jax.process_index() == 0:
-        save_figure(out_dir / f"{case_id}_{name}.png", _view(image[..., 0], z), _view(reference, z),
-                    _view(prediction, z), {m: _view(v, z) for m, v in maps.items()},
-                    f"{case_id}, class {name} (step {step}): maps of the class score over the "
-                    f"{settings.region} {name}{note}")
-      logging.info("interpret: %s %s: localisation %s", case_id, name,
-                   ", ".join(f"{m} {s['localisation']}" for m, s in scores[case_id][name]["maps"].items()))
-  result = {"step": step, "split": settings.split, "methods": list(methods), "region": settings.region,
-            "margin_voxels": settings.margin_voxels, "layer": settings.layer or "default", "cases": scores}
+        save_figure(
+          out_dir / f"{case_id}_{name}.png",
+          _view(image[..., 0], z),
+          _view(reference, z),
+          _view(prediction, z),
+          {m: _view(v, z) for m, v in maps.items()},
+          f"{case_id}, class {name} (step {step}): maps of the class score over the {settings.region} {name}{note}",
+        )
+      logging.info(
+        "interpret: %s %s: localisation %s",
+        case_id,
+        name,
+        ", ".join(f"{m} {s['localisation']}" for m, s in scores[case_id][name]["maps"].items()),
+      )
+  result = {
+    "step": step,
+    "split": settings.split,
+    "methods": list(methods),
+    "region": settings.region,
+    "margin_voxels": settings.margin_voxels,
+    "layer": settings.layer or "default",
+    "cases": scores,
+  }
   if jax.process_index() == 0:
     paths.write_text_atomic(out_dir / "scores.json", json.dumps(result, indent=2))
     logging.info("interpret: figures and scores in %s", out_dir)

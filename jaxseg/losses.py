@@ -56,10 +56,10 @@ def focal_loss(logits: jax.Array, labels: jax.Array, *, gamma: float = 2.0) -> j
 
 
 LOSSES: dict[str, LossFn] = {
-    "dice_ce": dice_ce,
-    "ce": cross_entropy,
-    "dice": soft_dice_loss,
-    "focal": focal_loss,
+  "dice_ce": dice_ce,
+  "ce": cross_entropy,
+  "dice": soft_dice_loss,
+  "focal": focal_loss,
 }
 
 
@@ -86,8 +86,9 @@ def resize_labels_nearest(labels: jax.Array, spatial_shape: Sequence[int]) -> ja
   return labels
 
 
-def multi_output_loss(loss_fn: LossFn, outputs: jax.Array | Sequence[jax.Array], labels: jax.Array,
-                      weights: Sequence[float]) -> jax.Array:
+def multi_output_loss(
+  loss_fn: LossFn, outputs: jax.Array | Sequence[jax.Array], labels: jax.Array, weights: Sequence[float]
+) -> jax.Array:
   """Weighted sum of `loss_fn` over a model's outputs.
 
   Args:
@@ -115,16 +116,14 @@ def sigmoid_cross_entropy(logits: jax.Array, target: float | jax.Array) -> jax.A
   return optax.sigmoid_binary_cross_entropy(logits, jnp.broadcast_to(target, logits.shape)).mean()
 
 
-def discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array, *,
-                       label_smoothing: float = 0.0) -> jax.Array:
+def discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array, *, label_smoothing: float = 0.0) -> jax.Array:
   """Discriminator's binary cross-entropy, the mean of its real and fake halves.
 
   0.5 * (BCE(real_logits, 1 - label_smoothing) + BCE(fake_logits, 0)): real
   inputs (ground truth) have target 1 - label_smoothing (one-sided label
   smoothing, Salimans et al. 2016), fake inputs (the segmenter's softmax) 0.
   """
-  return 0.5 * (sigmoid_cross_entropy(real_logits, 1.0 - label_smoothing)
-                + sigmoid_cross_entropy(fake_logits, 0.0))
+  return 0.5 * (sigmoid_cross_entropy(real_logits, 1.0 - label_smoothing) + sigmoid_cross_entropy(fake_logits, 0.0))
 
 
 def generator_adversarial_loss(fake_logits: jax.Array) -> jax.Array:

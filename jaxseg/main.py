@@ -43,11 +43,15 @@ from jaxseg import cli, console  # pylint: disable=g-import-not-at-top
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file: configs/NAME.py[:ARG].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: runs/<config file stem>).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "plan", "interpret"],
-                          "train (then evaluate), evaluate a trained workdir, predict "
-                          "--config.predict.input into --config.predict.output, or plan (print the plan "
-                          "of jaxseg.plan and write <workdir>/plan.json), or interpret (saliency / Grad-CAM / attention "
-                          "figures and scores of a trained workdir under <workdir>/interpret/).")
+_MODE = flags.DEFINE_enum(
+  "mode",
+  "train",
+  ["train", "evaluate", "predict", "plan", "interpret"],
+  "train (then evaluate), evaluate a trained workdir, predict "
+  "--config.predict.input into --config.predict.output, or plan (print the plan "
+  "of jaxseg.plan and write <workdir>/plan.json), or interpret (saliency / Grad-CAM / attention "
+  "figures and scores of a trained workdir under <workdir>/interpret/).",
+)
 flags.FLAGS["verbosity"].help = cli.VERBOSITY_HELP  # absl's -v, in jaxseg's terms (`jaxseg.console`).
 flags.FLAGS.set_default("verbosity", 0)  # What absl sets when the flag is not given; --help shows it.
 flags.declare_key_flag("verbosity")  # Listed by --help with the flags above.
@@ -59,8 +63,7 @@ def main(argv):
   console.configure(flags.FLAGS.verbosity)
   cli.hide_gpus_from_tensorflow()
   cli.keep_command_line_keys(_CONFIG.value, sys.argv)  # A plan never overrides --config.KEY=VALUE.
-  return cli.run(_CONFIG.value, config_flags.get_config_filename(flags.FLAGS["config"]), _WORKDIR.value,
-                 _MODE.value)
+  return cli.run(_CONFIG.value, config_flags.get_config_filename(flags.FLAGS["config"]), _WORKDIR.value, _MODE.value)
 
 
 if __name__ == "__main__":

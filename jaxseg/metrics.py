@@ -80,8 +80,7 @@ from scipy import ndimage
 from jaxseg.errors import ConfigError
 from jaxseg.errors import DataError
 
-METRIC_NAMES = ('dice', 'iou', 'sensitivity', 'specificity', 'precision',
-                'hd95', 'assd', 'nsd', 'volume_difference')
+METRIC_NAMES = ("dice", "iou", "sensitivity", "specificity", "precision", "hd95", "assd", "nsd", "volume_difference")
 DEFAULT_TOLERANCE_MM = 1.0
 HAUSDORFF_PERCENT = 95.0
 
@@ -109,14 +108,12 @@ def _face_segments(corners, inside, separate_inside):
     separate_inside: on a face whose foreground corners are diagonal, cut off
       the foreground corners (True) or the background corners (False).
   """
-  mid = [tuple((np.add(corners[i], corners[(i + 1) % 4]) / 2).tolist())
-         for i in range(4)]
+  mid = [tuple((np.add(corners[i], corners[(i + 1) % 4]) / 2).tolist()) for i in range(4)]
   crossing = [i for i in range(4) if inside[i] != inside[(i + 1) % 4]]
   if len(crossing) == 2:
     return [(mid[crossing[0]], mid[crossing[1]])]
   if len(crossing) == 4:
-    return [(mid[i - 1], mid[i]) for i in range(4)
-            if inside[i] == separate_inside]
+    return [(mid[i - 1], mid[i]) for i in range(4) if inside[i] == separate_inside]
   return []
 
 
@@ -130,10 +127,8 @@ def _fan_triangles(loop):
   fans = []
   for k in range(len(loop)):
     order = loop[k:] + loop[:k]
-    fans.append([(order[0], order[i], order[i + 1])
-                 for i in range(1, len(order) - 1)])
-  areas = [sum(np.linalg.norm(np.cross(np.subtract(b, a), np.subtract(c, a)))
-               for a, b, c in fan) for fan in fans]
+    fans.append([(order[0], order[i], order[i + 1]) for i in range(1, len(order) - 1)])
+  areas = [sum(np.linalg.norm(np.cross(np.subtract(b, a), np.subtract(c, a))) for a, b, c in fan) for fan in fans]
   return fans[int(np.argmax(areas))]
 
 
@@ -186,23 +181,21 @@ def _unit_surface_elements(ndim: int) -> np.ndarray:
           face.append(tuple(corner))
         faces.append(face)
   elements = []
-  for code in range(2**(2**ndim)):
+  for code in range(2 ** (2**ndim)):
     is_in = {o: bool(code & int(weights[o])) for o in offsets}
     # Faces with diagonal foreground corners cut off the corners of the
     # minority label of the cell (foreground on a tie), as the classic
     # marching-cubes table does; a code and its complement get one surface.
     separate_inside = sum(is_in.values()) <= len(offsets) // 2
-    segments = [s for face in faces for s in _face_segments(
-        face, [is_in[c] for c in face], separate_inside)]
+    segments = [s for face in faces for s in _face_segments(face, [is_in[c] for c in face], separate_inside)]
     if ndim == 2:
       elements.append(segments)
     else:
-      elements.append([t for loop in _chain(segments)
-                       for t in _fan_triangles(loop)])
+      elements.append([t for loop in _chain(segments) for t in _fan_triangles(loop)])
   table = np.zeros((len(elements), max(map(len, elements)), ndim, ndim))
   for code, elems in enumerate(elements):
     if elems:
-      table[code, :len(elems)] = elems
+      table[code, : len(elems)] = elems
   return table
 
 
@@ -221,9 +214,9 @@ def surfel_sizes(spacing: Sequence[float]) -> np.ndarray:
   if len(scale) == 2:
     sizes = np.linalg.norm(verts[..., 1, :] - verts[..., 0, :], axis=-1)
   else:
-    sizes = 0.5 * np.linalg.norm(np.cross(verts[..., 1, :] - verts[..., 0, :],
-                                          verts[..., 2, :] - verts[..., 0, :]),
-                                 axis=-1)
+    sizes = 0.5 * np.linalg.norm(
+      np.cross(verts[..., 1, :] - verts[..., 0, :], verts[..., 2, :] - verts[..., 0, :]), axis=-1
+    )
   return sizes.sum(axis=-1)
 
 
@@ -238,6 +231,7 @@ class SurfaceDistances(NamedTuple):
   Distances are in mm (inf when the other mask is empty); sizes in mm (2D) or
   mm^2 (3D). Arrays are 1D, one entry per surfel, sorted by distance.
   """
+
   pred_to_ref: np.ndarray
   pred_sizes: np.ndarray
   ref_to_pred: np.ndarray
@@ -276,13 +270,13 @@ def _surfels(mask: np.ndarray):
   for offset in itertools.product((0, 1), repeat=mask.ndim):
     window = tuple(slice(o, o + n) for o, n in zip(offset, grid))
     codes += padded[window] * np.uint8(weights[offset])
-  full = 2**(2**mask.ndim) - 1
+  full = 2 ** (2**mask.ndim) - 1
   border = (codes != 0) & (codes != full)
   return border, codes
 
 
 def _sorted(distances, sizes):
-  order = np.argsort(distances, kind='stable')
+  order = np.argsort(distances, kind="stable")
   return distances[order], sizes[order]
 
 
@@ -297,15 +291,12 @@ def _surface_distances_in_box(prediction, reference, spacing):
       return np.full(border.shape, np.inf)
     return ndimage.distance_transform_edt(~border, sampling=spacing)
 
-  pred_to_ref, pred_sizes = _sorted(distance_to(ref_border)[pred_border],
-                                    sizes[pred_codes[pred_border]])
-  ref_to_pred, ref_sizes = _sorted(distance_to(pred_border)[ref_border],
-                                   sizes[ref_codes[ref_border]])
+  pred_to_ref, pred_sizes = _sorted(distance_to(ref_border)[pred_border], sizes[pred_codes[pred_border]])
+  ref_to_pred, ref_sizes = _sorted(distance_to(pred_border)[ref_border], sizes[ref_codes[ref_border]])
   return SurfaceDistances(pred_to_ref, pred_sizes, ref_to_pred, ref_sizes)
 
 
-def surface_distances(prediction: np.ndarray, reference: np.ndarray,
-                      spacing: Sequence[float]) -> SurfaceDistances:
+def surface_distances(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float]) -> SurfaceDistances:
   """Surfels of two bool masks and their distances to the other surface.
 
   Args:
@@ -323,8 +314,7 @@ def surface_distances(prediction: np.ndarray, reference: np.ndarray,
   prediction = np.asarray(prediction, bool)
   reference = np.asarray(reference, bool)
   if prediction.shape != reference.shape or prediction.ndim not in (2, 3):
-    raise DataError(f'masks must be 2D or 3D of one shape, got '
-                    f'{prediction.shape} and {reference.shape}')
+    raise DataError(f"masks must be 2D or 3D of one shape, got {prediction.shape} and {reference.shape}")
   spacing = _check_spacing(spacing, prediction.ndim)
   box = _bounding_box(prediction | reference)
   if box is None:
@@ -346,8 +336,7 @@ def _directed_percentile(distances, sizes, percent):
   return float(distances[min(index, len(distances) - 1)])
 
 
-def robust_hausdorff(sd: SurfaceDistances,
-                     percent: float = HAUSDORFF_PERCENT) -> float:
+def robust_hausdorff(sd: SurfaceDistances, percent: float = HAUSDORFF_PERCENT) -> float:
   """Max of the two directed size-weighted `percent` percentiles, in mm.
 
   0 when both masks are empty, NaN when exactly one is.
@@ -356,8 +345,10 @@ def robust_hausdorff(sd: SurfaceDistances,
     return 0.0
   if _one_empty(sd):
     return math.nan
-  return max(_directed_percentile(sd.pred_to_ref, sd.pred_sizes, percent),
-             _directed_percentile(sd.ref_to_pred, sd.ref_sizes, percent))
+  return max(
+    _directed_percentile(sd.pred_to_ref, sd.pred_sizes, percent),
+    _directed_percentile(sd.ref_to_pred, sd.ref_sizes, percent),
+  )
 
 
 def average_symmetric_surface_distance(sd: SurfaceDistances) -> float:
@@ -369,8 +360,7 @@ def average_symmetric_surface_distance(sd: SurfaceDistances) -> float:
     return 0.0
   if _one_empty(sd):
     return math.nan
-  total = (np.sum(sd.pred_to_ref * sd.pred_sizes) +
-           np.sum(sd.ref_to_pred * sd.ref_sizes))
+  total = np.sum(sd.pred_to_ref * sd.pred_sizes) + np.sum(sd.ref_to_pred * sd.ref_sizes)
   return float(total / (np.sum(sd.pred_sizes) + np.sum(sd.ref_sizes)))
 
 
@@ -381,8 +371,7 @@ def surface_dice(sd: SurfaceDistances, tolerance_mm: float) -> float:
   """
   if _both_empty(sd):
     return 1.0
-  within = (np.sum(sd.pred_sizes[sd.pred_to_ref <= tolerance_mm]) +
-            np.sum(sd.ref_sizes[sd.ref_to_pred <= tolerance_mm]))
+  within = np.sum(sd.pred_sizes[sd.pred_to_ref <= tolerance_mm]) + np.sum(sd.ref_sizes[sd.ref_to_pred <= tolerance_mm])
   return float(within / (np.sum(sd.pred_sizes) + np.sum(sd.ref_sizes)))
 
 
@@ -398,19 +387,16 @@ def _ratio(numerator: float, denominator: float) -> float:
 def _label_array(name: str, array) -> np.ndarray:
   array = np.asarray(array)
   if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
-    raise DataError(f'{name} must be an integer label array, got dtype '
-                    f'{array.dtype}')
+    raise DataError(f"{name} must be an integer label array, got dtype {array.dtype}")
   if array.ndim not in (2, 3):
-    raise DataError(f'{name} must be 2D or 3D, got shape {array.shape}')
+    raise DataError(f"{name} must be 2D or 3D, got shape {array.shape}")
   return array
 
 
 def _check_spacing(spacing, ndim: int) -> tuple[float, ...]:
   spacing = tuple(float(s) for s in np.ravel(spacing))
-  if len(spacing) != ndim or not all(s > 0 and math.isfinite(s)
-                                     for s in spacing):
-    raise DataError(f'spacing must hold {ndim} positive voxel sizes in mm, got '
-                    f'{spacing}')
+  if len(spacing) != ndim or not all(s > 0 and math.isfinite(s) for s in spacing):
+    raise DataError(f"spacing must hold {ndim} positive voxel sizes in mm, got {spacing}")
   return spacing
 
 
@@ -418,13 +404,12 @@ def _check_classes(labels: Mapping[str, int]) -> dict[str, int]:
   classes = {}
   for name, value in labels.items():
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-      raise ConfigError(f'labels[{name!r}] must be an integer label value, got '
-                        f'{value!r}')
-    if name == 'background' and value == 0:
+      raise ConfigError(f"labels[{name!r}] must be an integer label value, got {value!r}")
+    if name == "background" and value == 0:
       continue
     classes[name] = int(value)
   if not classes:
-    raise ConfigError(f'labels names no foreground class: {dict(labels)}')
+    raise ConfigError(f"labels names no foreground class: {dict(labels)}")
   return classes
 
 
@@ -432,10 +417,9 @@ def _check_tolerances(tolerances_mm, classes) -> dict[str, float]:
   tolerances = {name: DEFAULT_TOLERANCE_MM for name in classes}
   for name, value in (tolerances_mm or {}).items():
     if name not in classes:
-      raise ConfigError(f'tolerances_mm names {name!r}, which is not a '
-                        f'foreground class of labels {sorted(classes)}')
+      raise ConfigError(f"tolerances_mm names {name!r}, which is not a foreground class of labels {sorted(classes)}")
     if not value > 0:
-      raise ConfigError(f'tolerances_mm[{name!r}] must be > 0 mm, got {value}')
+      raise ConfigError(f"tolerances_mm[{name!r}] must be > 0 mm, got {value}")
     tolerances[name] = float(value)
   return tolerances
 
@@ -454,25 +438,25 @@ def _class_metrics(prediction, reference, spacing, tolerance_mm, voxel_volume):
     sd = _surface_distances_in_box(pred, ref, spacing)
   tn = prediction.size - tp - fp - fn
   return {
-      'dice': _ratio(2 * tp, 2 * tp + fp + fn),
-      'iou': _ratio(tp, tp + fp + fn),
-      'sensitivity': _ratio(tp, tp + fn),
-      'specificity': _ratio(tn, tn + fp),
-      'precision': _ratio(tp, tp + fp),
-      'hd95': robust_hausdorff(sd, HAUSDORFF_PERCENT),
-      'assd': average_symmetric_surface_distance(sd),
-      'nsd': surface_dice(sd, tolerance_mm),
-      'volume_difference': (fp - fn) * voxel_volume,
+    "dice": _ratio(2 * tp, 2 * tp + fp + fn),
+    "iou": _ratio(tp, tp + fp + fn),
+    "sensitivity": _ratio(tp, tp + fn),
+    "specificity": _ratio(tn, tn + fp),
+    "precision": _ratio(tp, tp + fp),
+    "hd95": robust_hausdorff(sd, HAUSDORFF_PERCENT),
+    "assd": average_symmetric_surface_distance(sd),
+    "nsd": surface_dice(sd, tolerance_mm),
+    "volume_difference": (fp - fn) * voxel_volume,
   }
 
 
 def case_metrics(
-    prediction: np.ndarray,
-    reference: np.ndarray,
-    *,
-    spacing: Sequence[float],
-    labels: Mapping[str, int],
-    tolerances_mm: Mapping[str, float] | None = None,
+  prediction: np.ndarray,
+  reference: np.ndarray,
+  *,
+  spacing: Sequence[float],
+  labels: Mapping[str, int],
+  tolerances_mm: Mapping[str, float] | None = None,
 ) -> dict[str, dict[str, float]]:
   """Metrics of one case, per foreground class (see the module docstring).
 
@@ -493,19 +477,17 @@ def case_metrics(
       spacing.
     ConfigError: bad labels or tolerances_mm.
   """
-  prediction = _label_array('prediction', prediction)
-  reference = _label_array('reference', reference)
+  prediction = _label_array("prediction", prediction)
+  reference = _label_array("reference", reference)
   if prediction.shape != reference.shape:
-    raise DataError(f'prediction shape {prediction.shape} differs from '
-                    f'reference shape {reference.shape}')
+    raise DataError(f"prediction shape {prediction.shape} differs from reference shape {reference.shape}")
   spacing = _check_spacing(spacing, prediction.ndim)
   classes = _check_classes(labels)
   tolerances = _check_tolerances(tolerances_mm, classes)
   voxel_volume = math.prod(spacing) / 10.0**prediction.ndim  # cm^ndim.
   return {
-      name: _class_metrics(prediction == value, reference == value, spacing,
-                           tolerances[name], voxel_volume)
-      for name, value in classes.items()
+    name: _class_metrics(prediction == value, reference == value, spacing, tolerances[name], voxel_volume)
+    for name, value in classes.items()
   }
 
 
@@ -524,8 +506,7 @@ def _counts_by_comparison(predictions, labels, valid, num_classes):
   pred_count = jnp.sum(pred_k, axis=axes, dtype=jnp.int32)
   ref_count = jnp.sum(ref_k, axis=axes, dtype=jnp.int32)
   total = jnp.sum(valid, dtype=jnp.int32)
-  return jnp.stack([tp, pred_count - tp, ref_count - tp,
-                    total - pred_count - ref_count + tp], axis=-1)
+  return jnp.stack([tp, pred_count - tp, ref_count - tp, total - pred_count - ref_count + tp], axis=-1)
 
 
 def _counts_by_bincount(predictions, labels, valid, num_classes):
@@ -544,14 +525,13 @@ def _counts_by_bincount(predictions, labels, valid, num_classes):
   pred_count = histogram(predictions, valid)
   ref_count = histogram(labels, valid)
   total = jnp.sum(valid, dtype=jnp.int32)
-  return jnp.stack([tp, pred_count - tp, ref_count - tp,
-                    total - pred_count - ref_count + tp], axis=-1)
+  return jnp.stack([tp, pred_count - tp, ref_count - tp, total - pred_count - ref_count + tp], axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames='num_classes')
-def confusion_counts(predictions: jax.Array, labels: jax.Array,
-                     num_classes: int,
-                     mask: jax.Array | None = None) -> jax.Array:
+@functools.partial(jax.jit, static_argnames="num_classes")
+def confusion_counts(
+  predictions: jax.Array, labels: jax.Array, num_classes: int, mask: jax.Array | None = None
+) -> jax.Array:
   """Per-class (TP, FP, FN, TN) voxel counts; jitted.
 
   Args:
@@ -574,8 +554,7 @@ def confusion_counts(predictions: jax.Array, labels: jax.Array,
     extra = labels.ndim - mask.ndim
     valid = jnp.reshape(mask.astype(bool), mask.shape + (1,) * extra)
     valid = jnp.broadcast_to(valid, labels.shape)
-  count = (_counts_by_bincount if jax.default_backend() == 'cpu' else
-           _counts_by_comparison)
+  count = _counts_by_bincount if jax.default_backend() == "cpu" else _counts_by_comparison
   return count(predictions, labels, valid, num_classes).astype(jnp.float32)
 
 
@@ -594,9 +573,9 @@ def scores_from_counts(counts: jax.Array) -> dict[str, jax.Array]:
     return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 1.0)
 
   return {
-      'dice': ratio(2 * tp, 2 * tp + fp + fn),
-      'iou': ratio(tp, tp + fp + fn),
-      'sensitivity': ratio(tp, tp + fn),
-      'specificity': ratio(tn, tn + fp),
-      'precision': ratio(tp, tp + fp),
+    "dice": ratio(2 * tp, 2 * tp + fp + fn),
+    "iou": ratio(tp, tp + fp + fn),
+    "sensitivity": ratio(tp, tp + fn),
+    "specificity": ratio(tn, tn + fp),
+    "precision": ratio(tp, tp + fp),
   }

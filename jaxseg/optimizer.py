@@ -29,9 +29,12 @@ def learning_rate_schedule(train_config: ml_collections.ConfigDict) -> optax.Sch
   peak = train_config.learning_rate
   warmup = min(train_config.warmup_steps, max(train_config.num_steps - 1, 0))
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0 if warmup else peak, peak_value=peak, warmup_steps=warmup,
-      decay_steps=max(train_config.num_steps, warmup + 1),
-      end_value=peak * train_config.end_learning_rate_factor)
+    init_value=0.0 if warmup else peak,
+    peak_value=peak,
+    warmup_steps=warmup,
+    decay_steps=max(train_config.num_steps, warmup + 1),
+    end_value=peak * train_config.end_learning_rate_factor,
+  )
 
 
 def decay_mask(params: Any) -> Any:
@@ -46,19 +49,22 @@ def decay_mask(params: Any) -> Any:
   Every flax Conv, Dense and ConvTranspose names its weight `kernel`; norms
   hold `scale` and `bias`.
   """
+
   def is_kernel(path, _) -> bool:
     last = path[-1] if path else None
     return getattr(last, "key", getattr(last, "name", None)) == "kernel"
+
   return jax.tree_util.tree_map_with_path(is_kernel, params)
 
 
-def _base_optimizer(train_config: ml_collections.ConfigDict, schedule: optax.Schedule
-                    ) -> optax.GradientTransformation:
+def _base_optimizer(train_config: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
   """AdamW (`optimizer='adamw'`) or SGD with Nesterov momentum, weight decay masked by `decay_mask`."""
   if train_config.optimizer == "adamw":
     return optax.adamw(schedule, weight_decay=train_config.weight_decay, mask=decay_mask)
-  return optax.chain(optax.add_decayed_weights(train_config.weight_decay, mask=decay_mask),
-                     optax.sgd(schedule, momentum=train_config.momentum, nesterov=True))
+  return optax.chain(
+    optax.add_decayed_weights(train_config.weight_decay, mask=decay_mask),
+    optax.sgd(schedule, momentum=train_config.momentum, nesterov=True),
+  )
 
 
 def create_optimizer(train_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -80,9 +86,13 @@ def create_optimizer(train_config: ml_collections.ConfigDict) -> optax.GradientT
   if backbone is None:
     tx = head
   else:
+
     def labels(params):
-      return {key: jax.tree.map(lambda _, k=key: "backbone" if k == "backbone" else "head", value)
-              for key, value in params.items()}
+      return {
+        key: jax.tree.map(lambda _, k=key: "backbone" if k == "backbone" else "head", value)
+        for key, value in params.items()
+      }
+
     tx = optax.multi_transform({"head": head, "backbone": backbone}, labels)
   return optax.chain(optax.clip_by_global_norm(train_config.grad_clip_norm), tx)
 

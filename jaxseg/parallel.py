@@ -80,6 +80,7 @@ class Launch:
     timeout_s: start-up time limit [s].
     source: the environment variable(s) the coordinator came from (for messages).
   """
+
   method: str
   coordinator: str | None
   num_processes: int | None
@@ -140,24 +141,28 @@ def detect_launch(env: Mapping[str, str] | None = None) -> Launch | None:
       coordinator = f"{jobset}-{env['REPLICATED_JOB_NAME']}-0-0.{jobset}:{port or DEFAULT_K8S_PORT}"
       coordinator_var = "JOBSET_NAME/REPLICATED_JOB_NAME"
     if coordinator is None:
-      raise DistributedError("Kubernetes indexed job (JOB_COMPLETION_INDEX is set) without a coordinator: "
-                             "set JAXSEG_COORDINATOR=<pod 0 host>:<port> (launch/k8s/jobset.yaml does)")
+      raise DistributedError(
+        "Kubernetes indexed job (JOB_COMPLETION_INDEX is set) without a coordinator: "
+        "set JAXSEG_COORDINATOR=<pod 0 host>:<port> (launch/k8s/jobset.yaml does)"
+      )
   if coordinator or method == "kubernetes":
     if num is None:
-      raise DistributedError(f"{coordinator_var} is set but JAXSEG_NUM_PROCESSES is not: "
-                             "set it to the number of processes")
+      raise DistributedError(
+        f"{coordinator_var} is set but JAXSEG_NUM_PROCESSES is not: set it to the number of processes"
+      )
     if pid is None:
-      raise DistributedError(f"{coordinator_var} is set but JAXSEG_PROCESS_ID is not: "
-                             "set it to this process's index 0 .. N-1")
+      raise DistributedError(
+        f"{coordinator_var} is set but JAXSEG_PROCESS_ID is not: set it to this process's index 0 .. N-1"
+      )
     if num < 1 or not 0 <= pid < num:
-      raise DistributedError(f"{pid_var}={pid} is not a process index 0 .. {num - 1} "
-                             f"({num_var}={num})")
+      raise DistributedError(f"{pid_var}={pid} is not a process index 0 .. {num - 1} ({num_var}={num})")
     if num == 1:
       return None
     return Launch(method, coordinator, num, pid, timeout, coordinator_var)
   if num is not None or pid is not None:
-    raise DistributedError(f"{num_var or pid_var} is set but JAXSEG_COORDINATOR is not: set it to "
-                           "host:port of process 0")
+    raise DistributedError(
+      f"{num_var or pid_var} is set but JAXSEG_COORDINATOR is not: set it to host:port of process 0"
+    )
 
   slurm_vars = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
   if all(v in env for v in slurm_vars) and int(env["SLURM_NTASKS"]) > 1:  # Inside `srun` (JAX's SLURM rule).
@@ -175,7 +180,7 @@ def slurm_coordinator(env: Mapping[str, str]) -> str:
   cut = next((i for i, ch in enumerate(nodes) if ch in ",["), len(nodes))
   if cut == len(nodes) or nodes[cut] == ",":
     return f"{nodes[:cut]}:{port}"
-  first = nodes[cut + 1:]
+  first = nodes[cut + 1 :]
   end = next((i for i, ch in enumerate(first) if ch in ",-]"), len(first))
   return f"{nodes[:cut]}{first[:end]}:{port}"
 
@@ -193,9 +198,10 @@ def _wait_for_coordinator(launch: Launch, deadline: float) -> None:
       last = e.strerror or type(e).__name__
     if time.time() >= deadline:
       raise DistributedError(
-          f"process {launch.process_id if launch.process_id is not None else '?'} cannot reach the coordinator "
-          f"{launch.coordinator} (from {launch.source}) within {launch.timeout_s} s ({last}); is process 0 "
-          "running and is the address reachable from this host?")
+        f"process {launch.process_id if launch.process_id is not None else '?'} cannot reach the coordinator "
+        f"{launch.coordinator} (from {launch.source}) within {launch.timeout_s} s ({last}); is process 0 "
+        "running and is the address reachable from this host?"
+      )
     time.sleep(0.25)
 
 
@@ -224,14 +230,17 @@ def configure_determinism(enabled: bool, env: dict[str, str] | None = None) -> b
   if not missing:
     return True
   from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+
   if not xla_bridge.backends_are_initialized():
     env["XLA_FLAGS"] = " ".join([*flags, *missing])
     logging.info("config.deterministic: XLA_FLAGS=%s", env["XLA_FLAGS"])
     return True
   if any(d.platform == "gpu" for d in jax.devices()):
-    raise ConfigError("config.deterministic=True, but this process started its GPU backend without "
-                      f"XLA_FLAGS={' '.join(DETERMINISTIC_XLA_FLAGS)} (XLA reads its flags once): set it in the "
-                      "environment before the first JAX call, or run through `python -m jaxseg.main`")
+    raise ConfigError(
+      "config.deterministic=True, but this process started its GPU backend without "
+      f"XLA_FLAGS={' '.join(DETERMINISTIC_XLA_FLAGS)} (XLA reads its flags once): set it in the "
+      "environment before the first JAX call, or run through `python -m jaxseg.main`"
+    )
   return False  # CPU / TPU: deterministic without the flags.
 
 
@@ -255,27 +264,41 @@ def initialize_distributed(env: Mapping[str, str] | None = None) -> Launch | Non
   where = launch.coordinator or "(found by JAX)"
 
   def give_up():  # JAX would abort with a C++ stack trace (or wait) instead: one line, bounded time.
-    sys.stderr.write(f"jaxseg: error: the {launch.method} launch did not start within {launch.timeout_s} s: "
-                     f"not every one of the {launch.num_processes or 'expected'} processes reached the "
-                     f"coordinator {where} (JAXSEG_INIT_TIMEOUT)\n")
+    sys.stderr.write(
+      f"jaxseg: error: the {launch.method} launch did not start within {launch.timeout_s} s: "
+      f"not every one of the {launch.num_processes or 'expected'} processes reached the "
+      f"coordinator {where} (JAXSEG_INIT_TIMEOUT)\n"
+    )
     sys.stderr.flush()
     os._exit(1)  # pylint: disable=protected-access
+
   watchdog = threading.Timer(remaining, give_up)
   watchdog.daemon = True
   watchdog.start()
   try:
-    jax.distributed.initialize(coordinator_address=launch.coordinator, num_processes=launch.num_processes,
-                               process_id=launch.process_id, initialization_timeout=remaining + 60)
+    jax.distributed.initialize(
+      coordinator_address=launch.coordinator,
+      num_processes=launch.num_processes,
+      process_id=launch.process_id,
+      initialization_timeout=remaining + 60,
+    )
   finally:
     watchdog.cancel()
-  logging.info("jax.distributed (%s): process %d of %d, %d local / %d global devices", launch.method,
-               jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
+  logging.info(
+    "jax.distributed (%s): process %d of %d, %d local / %d global devices",
+    launch.method,
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
   return launch
 
 
 def config_hash(config: ml_collections.ConfigDict) -> str:
   """sha256 of the config's JSON (sorted keys): equal configs, equal hashes."""
   from jaxseg import config as config_lib  # pylint: disable=g-import-not-at-top  (config imports models)
+
   return hashlib.sha256(config_lib.to_json(config).encode()).hexdigest()
 
 
@@ -286,13 +309,14 @@ def check_same_config(config: ml_collections.ConfigDict) -> None:
   every = gather_objects(config_hash(config), timeout_s=DEFAULT_INIT_TIMEOUT_S)
   differ = [p for p, digest in enumerate(every) if digest != every[0]]
   if differ:
-    raise DistributedError(f"processes were started with different configs: process {differ[0]} has config "
-                           f"hash {every[differ[0]][:12]}, process 0 has {every[0][:12]}; start every process "
-                           "with the same --config and overrides")
+    raise DistributedError(
+      f"processes were started with different configs: process {differ[0]} has config "
+      f"hash {every[differ[0]][:12]}, process 0 has {every[0][:12]}; start every process "
+      "with the same --config and overrides"
+    )
 
 
-def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1
-               ) -> tuple[int, int]:
+def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> tuple[int, int]:
   """(data, fsdp) from `config.mesh` for `num_devices` global devices.
 
   Raises:
@@ -310,12 +334,16 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int, num_pro
   elif data < 1:
     raise ConfigError(f"config.mesh.data must be -1 (all devices) or >= 1, got {data}")
   if data * fsdp > num_devices:
-    raise ConfigError(f"config.mesh.data={mesh_config.data} x config.mesh.fsdp={fsdp} asks for {data * fsdp} "
-                      f"devices but only {num_devices} are visible")
+    raise ConfigError(
+      f"config.mesh.data={mesh_config.data} x config.mesh.fsdp={fsdp} asks for {data * fsdp} "
+      f"devices but only {num_devices} are visible"
+    )
   if data * fsdp != num_devices and num_processes > 1:
-    raise ConfigError(f"config.mesh.data={mesh_config.data} x config.mesh.fsdp={fsdp} = {data * fsdp} devices "
-                      f"does not match the {num_devices} devices of this {num_processes}-process run; use "
-                      "config.mesh.data=-1")
+    raise ConfigError(
+      f"config.mesh.data={mesh_config.data} x config.mesh.fsdp={fsdp} = {data * fsdp} devices "
+      f"does not match the {num_devices} devices of this {num_processes}-process run; use "
+      "config.mesh.data=-1"
+    )
   return data, fsdp
 
 
@@ -327,7 +355,7 @@ def create_mesh(mesh_config: ml_collections.ConfigDict) -> Mesh:
   """
   devices = jax.devices()
   data, fsdp = mesh_shape(mesh_config, len(devices), jax.process_count())
-  subset = devices[:data * fsdp] if data * fsdp < len(devices) else None
+  subset = devices[: data * fsdp] if data * fsdp < len(devices) else None
   return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=(AxisType.Auto, AxisType.Auto), devices=subset)
 
 
@@ -398,9 +426,11 @@ def check_batch_size(global_batch_size: int, mesh: Mesh, key: str = "train.batch
   """Returns the per-process batch size; the global one must split over the data-parallel devices."""
   devices = data_parallel_size(mesh)
   if global_batch_size % devices or global_batch_size % jax.process_count():
-    raise ConfigError(f"config.{key}={global_batch_size} is not divisible by the {devices} data-parallel devices "
-                      f"of the mesh (data={mesh.shape[DATA_AXIS]} x fsdp={mesh.shape.get(FSDP_AXIS, 1)}) "
-                      f"over {jax.process_count()} process(es)")
+    raise ConfigError(
+      f"config.{key}={global_batch_size} is not divisible by the {devices} data-parallel devices "
+      f"of the mesh (data={mesh.shape[DATA_AXIS]} x fsdp={mesh.shape.get(FSDP_AXIS, 1)}) "
+      f"over {jax.process_count()} process(es)"
+    )
   return global_batch_size // jax.process_count()
 
 
@@ -416,11 +446,14 @@ def host_copy(tree: Any) -> Any:
   Arrays split across processes are all-gathered; local or replicated ones are fetched directly.
   Every process must call it (it is a collective when some array spans processes).
   """
+
   def fetch(x):
     if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
       return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(jax.device_get(x))
+
   return jax.tree.map(fetch, tree)
 
 
@@ -439,9 +472,11 @@ _barrier_calls = iter(range(1 << 62))
 
 def _client():
   from jax._src import distributed  # pylint: disable=g-import-not-at-top
+
   if distributed.global_state.client is None:
-    raise DistributedError("several JAX processes but no jax.distributed client; call "
-                           "parallel.initialize_distributed() first")
+    raise DistributedError(
+      "several JAX processes but no jax.distributed client; call parallel.initialize_distributed() first"
+    )
   return distributed.global_state.client
 
 
@@ -477,7 +512,7 @@ def gather_objects(obj: Any, timeout_s: float = GATHER_TIMEOUT_S) -> list[Any]:
   client, call = _client(), next(_gather_calls)
   data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
   prefix = f"jaxseg/gather/{call}"
-  chunks = [data[i:i + _CHUNK_BYTES] for i in range(0, len(data), _CHUNK_BYTES)] or [b""]
+  chunks = [data[i : i + _CHUNK_BYTES] for i in range(0, len(data), _CHUNK_BYTES)] or [b""]
   for i, chunk in enumerate(chunks):
     client.key_value_set_bytes(f"{prefix}/{jax.process_index()}/{i}", chunk)
   client.key_value_set(f"{prefix}/{jax.process_index()}/count", str(len(chunks)))
@@ -485,8 +520,9 @@ def gather_objects(obj: Any, timeout_s: float = GATHER_TIMEOUT_S) -> list[Any]:
   every = []
   for p in range(jax.process_count()):
     count = int(client.blocking_key_value_get(f"{prefix}/{p}/count", timeout_ms))
-    every.append(pickle.loads(b"".join(client.blocking_key_value_get_bytes(f"{prefix}/{p}/{i}", timeout_ms)
-                                       for i in range(count))))
+    every.append(
+      pickle.loads(b"".join(client.blocking_key_value_get_bytes(f"{prefix}/{p}/{i}", timeout_ms) for i in range(count)))
+    )
   client.wait_at_barrier(f"{prefix}/read", timeout_ms)
   for i in range(len(chunks)):
     client.key_value_delete(f"{prefix}/{jax.process_index()}/{i}")

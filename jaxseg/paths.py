@@ -66,8 +66,10 @@ def resolve(path: str | os.PathLike, what: str = "path") -> Path:
   if scheme == "file":
     return pathlib.Path("/" + match.group("rest").lstrip("/"))
   if scheme not in REMOTE_SCHEMES:
-    raise WorkdirError(f"{what} {text}: jaxseg cannot read or write {scheme}:// paths; use a local path or "
-                       + " / ".join(f"{s}://bucket/..." for s in REMOTE_SCHEMES))
+    raise WorkdirError(
+      f"{what} {text}: jaxseg cannot read or write {scheme}:// paths; use a local path or "
+      + " / ".join(f"{s}://bucket/..." for s in REMOTE_SCHEMES)
+    )
   rest = match.group("rest")
   if not rest.split("/", 1)[0]:
     raise WorkdirError(f"{what} {text}: no bucket name after {scheme}://")

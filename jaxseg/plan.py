@@ -94,28 +94,40 @@ REFERENCE_BATCH = {2: 12, 3: 2}
 MIN_BATCH = 2
 BASE_FEATURES = 32
 MAX_FEATURES = {2: 512, 3: 320}
-MIN_EDGE = 4                      # Smallest feature map edge at the bottleneck [voxels].
+MIN_EDGE = 4  # Smallest feature map edge at the bottleneck [voxels].
 INITIAL_PATCH_VOXELS = {2: 2048**2, 3: 256**3}
-MAX_DATASET_COVERED = 0.05        # A batch covers at most 5 % of the dataset's voxels.
+MAX_DATASET_COVERED = 0.05  # A batch covers at most 5 % of the dataset's voxels.
 ANISOTROPY_THRESHOLD = 3.0
-NNUNET_STEPS = 1000 * 250         # nnU-Net: 1000 epochs of 250 iterations.
+NNUNET_STEPS = 1000 * 250  # nnU-Net: 1000 epochs of 250 iterations.
 EVALUATIONS_PER_RUN = 20
 # CPU planning.
-MIN_CPU_STEPS = 500               # Fewer steps than this rarely train a useful model.
-MIN_FEASIBLE_STEPS = 20           # Below this the budget cannot train anything: an error.
-MAX_MEASUREMENTS = 2              # Each compiles a train step: tens of seconds idle, minutes on a loaded CPU.
-PROBE_FLOPS = 50e9                # The first measured CPU candidate costs at most this per step.
-CPU_EVALUATIONS = 4               # Periodic validation passes during a CPU run (best checkpoint).
-MAX_CPU_EVAL_FRACTION = 0.15      # Share of the budget periodic validation may take.
-FORWARD_FRACTION = 1 / 3          # Forward pass / (forward + backward) of one sample.
-WINDOW_OVERHEAD_S = 1e-3         # Host work per sliding window (cutting, dispatch, accumulation) [s].
-COMPILE_FACTOR = 2.0              # The run compiles a train step and a predict function: ~2 measured compiles.
-FINAL_EVAL_OVERHEAD = 1.5         # Final evaluation: prediction time x this (metrics, resampling, figures).
+MIN_CPU_STEPS = 500  # Fewer steps than this rarely train a useful model.
+MIN_FEASIBLE_STEPS = 20  # Below this the budget cannot train anything: an error.
+MAX_MEASUREMENTS = 2  # Each compiles a train step: tens of seconds idle, minutes on a loaded CPU.
+PROBE_FLOPS = 50e9  # The first measured CPU candidate costs at most this per step.
+CPU_EVALUATIONS = 4  # Periodic validation passes during a CPU run (best checkpoint).
+MAX_CPU_EVAL_FRACTION = 0.15  # Share of the budget periodic validation may take.
+FORWARD_FRACTION = 1 / 3  # Forward pass / (forward + backward) of one sample.
+WINDOW_OVERHEAD_S = 1e-3  # Host work per sliding window (cutting, dispatch, accumulation) [s].
+COMPILE_FACTOR = 2.0  # The run compiles a train step and a predict function: ~2 measured compiles.
+FINAL_EVAL_OVERHEAD = 1.5  # Final evaluation: prediction time x this (metrics, resampling, figures).
 
 # Config keys a plan sets.
-PLANNED_KEYS = ("data.patch_size", "train.batch_size", "model.depth", "model.features", "model.max_features",
-                "model.pool_factors", "model.kernel_sizes", "train.num_steps", "train.warmup_steps", "train.log_every_steps", "train.eval_every_steps",
-                "train.checkpoint_every_steps", "eval.mirror_axes")
+PLANNED_KEYS = (
+  "data.patch_size",
+  "train.batch_size",
+  "model.depth",
+  "model.features",
+  "model.max_features",
+  "model.pool_factors",
+  "model.kernel_sizes",
+  "train.num_steps",
+  "train.warmup_steps",
+  "train.log_every_steps",
+  "train.eval_every_steps",
+  "train.checkpoint_every_steps",
+  "eval.mirror_axes",
+)
 # Models whose depth / features the plan sets (the others get patch, batch and schedule only).
 UNET_MODELS = ("unet", "unet3d", "attention_unet")
 
@@ -134,6 +146,7 @@ class DatasetSummary:
     ndim: 2 or 3, dimensionality of the raw images.
     validation_cases, test_cases: sizes of those splits (they set the evaluation cost on a CPU).
   """
+
   median_shape: tuple[int, int, int]
   spacing: tuple[float, float, float]
   num_cases: int
@@ -157,6 +170,7 @@ class DatasetSummary:
 @dataclasses.dataclass(frozen=True)
 class Devices:
   """The accelerators a run will use: kind ('cpu', 'gpu' or 'tpu'), count, memory per device [GB]."""
+
   kind: str
   count: int
   memory_gb: float
@@ -178,6 +192,7 @@ class Network:
     features: channels per stage.
     batch_size: samples per device.
   """
+
   patch_size: tuple[int, ...]
   pool_per_axis: tuple[int, ...]
   strides: tuple[tuple[int, ...], ...]
@@ -204,22 +219,37 @@ def _lists(value):
 # Dataset and devices.
 
 
-def summarize_dataset(fingerprint, target_spacing: Sequence[float], *, num_classes: int, ndim: int,
-                      validation_cases: int = 0, test_cases: int = 0) -> DatasetSummary:
+def summarize_dataset(
+  fingerprint,
+  target_spacing: Sequence[float],
+  *,
+  num_classes: int,
+  ndim: int,
+  validation_cases: int = 0,
+  test_cases: int = 0,
+) -> DatasetSummary:
   """A `DatasetSummary` from a `preprocess.Fingerprint` and the plan's target spacing.
 
   The median shape is that of the cases cropped to the non-zero region and resampled as preprocessing
   resamples them (`preprocess.resampled_shape`).
   """
   from jaxseg.data import preprocess  # pylint: disable=g-import-not-at-top
+
   cropped = fingerprint.cropped_shapes or fingerprint.shapes
-  shapes = [preprocess.resampled_shape(shape, spacing, target_spacing)
-            for shape, spacing in zip(cropped, fingerprint.spacings)]
+  shapes = [
+    preprocess.resampled_shape(shape, spacing, target_spacing) for shape, spacing in zip(cropped, fingerprint.spacings)
+  ]
   median = tuple(int(round(v)) for v in np.median(np.asarray(shapes, np.float64), axis=0))
-  return DatasetSummary(median_shape=median, spacing=tuple(float(s) for s in target_spacing),
-                        num_cases=len(fingerprint.shapes), num_channels=len(fingerprint.intensity),
-                        num_classes=int(num_classes), ndim=int(ndim), validation_cases=int(validation_cases),
-                        test_cases=int(test_cases))
+  return DatasetSummary(
+    median_shape=median,
+    spacing=tuple(float(s) for s in target_spacing),
+    num_cases=len(fingerprint.shapes),
+    num_channels=len(fingerprint.intensity),
+    num_classes=int(num_classes),
+    ndim=int(ndim),
+    validation_cases=int(validation_cases),
+    test_cases=int(test_cases),
+  )
 
 
 def host_memory_gb() -> float:
@@ -237,6 +267,7 @@ def detect_devices(memory_gb: float = 0.0) -> Devices:
     memory_gb: > 0 overrides the memory per device (`config.plan.memory_gb`).
   """
   import jax  # pylint: disable=g-import-not-at-top
+
   devices = jax.devices()
   first = devices[0]
   kind = first.platform if first.platform in ("cpu", "gpu", "tpu") else "gpu"
@@ -254,16 +285,20 @@ def detect_devices(memory_gb: float = 0.0) -> Devices:
     else:
       memory, source = REFERENCE_GB, "unknown, assumed nnU-Net's reference"
   name = getattr(first, "device_kind", kind)
-  return Devices(kind=kind, count=len(devices), memory_gb=float(memory),
-                 description=f"{len(devices)} x {name}, {memory:.1f} GB each ({source})")
+  return Devices(
+    kind=kind,
+    count=len(devices),
+    memory_gb=float(memory),
+    description=f"{len(devices)} x {name}, {memory:.1f} GB each ({source})",
+  )
 
 
 # nnU-Net's topology and memory rules.
 
 
-def pool_and_conv(spacing: Sequence[float], patch_size: Sequence[int], min_edge: int = MIN_EDGE
-                  ) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...],
-                             tuple[int, ...], tuple[int, ...]]:
+def pool_and_conv(
+  spacing: Sequence[float], patch_size: Sequence[int], min_edge: int = MIN_EDGE
+) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...], tuple[int, ...], tuple[int, ...]]:
   """Pooling and kernels per stage for a patch (module doc, rule 2).
 
   Returns:
@@ -316,8 +351,13 @@ def _stage_sizes(patch_size: Sequence[int], strides: Sequence[Sequence[int]]) ->
   return sizes
 
 
-def feature_map_size(patch_size: Sequence[int], strides: Sequence[Sequence[int]], features: Sequence[int],
-                     num_classes: int, convs_per_stage: int = 2) -> int:
+def feature_map_size(
+  patch_size: Sequence[int],
+  strides: Sequence[Sequence[int]],
+  features: Sequence[int],
+  num_classes: int,
+  convs_per_stage: int = 2,
+) -> int:
   """Elements of every feature map a U-Net training step keeps, per sample (nnU-Net's VRAM proxy).
 
   Encoder: `convs_per_stage` convolution outputs per stage. Decoder (every stage but the lowest): the
@@ -333,9 +373,14 @@ def feature_map_size(patch_size: Sequence[int], strides: Sequence[Sequence[int]]
   return int(total)
 
 
-def train_flops(patch_size: Sequence[int], strides: Sequence[Sequence[int]],
-                kernel_sizes: Sequence[Sequence[int]], features: Sequence[int], in_channels: int,
-                num_classes: int) -> float:
+def train_flops(
+  patch_size: Sequence[int],
+  strides: Sequence[Sequence[int]],
+  kernel_sizes: Sequence[Sequence[int]],
+  features: Sequence[int],
+  in_channels: int,
+  num_classes: int,
+) -> float:
   """Multiply-adds x 2 x 3 (forward and backward) of one U-Net training sample, convolutions only."""
   sizes = _stage_sizes(patch_size, strides)
   forward, channels = 0.0, in_channels
@@ -345,9 +390,9 @@ def train_flops(patch_size: Sequence[int], strides: Sequence[Sequence[int]],
     channels = width
   for s in range(len(sizes) - 2, -1, -1):
     voxels, k, width = math.prod(sizes[s]), math.prod(kernel_sizes[s]), features[s]
-    forward += voxels * features[s + 1] * width                    # Transposed convolution (kernel = stride).
-    forward += voxels * k * (2 * width * width + width * width)    # Two convolutions on [skip, up].
-    forward += voxels * width * num_classes                        # Segmentation head.
+    forward += voxels * features[s + 1] * width  # Transposed convolution (kernel = stride).
+    forward += voxels * k * (2 * width * width + width * width)  # Two convolutions on [skip, up].
+    forward += voxels * width * num_classes  # Segmentation head.
   return 2.0 * 3.0 * forward
 
 
@@ -373,8 +418,9 @@ def shrink_axis(patch: Sequence[int], median_shape: Sequence[int], divisible: Se
   return None
 
 
-def configure(summary: DatasetSummary, dim: int, memory_gb: float, base_features: int = BASE_FEATURES
-              ) -> tuple[Network, dict[str, Any]]:
+def configure(
+  summary: DatasetSummary, dim: int, memory_gb: float, base_features: int = BASE_FEATURES
+) -> tuple[Network, dict[str, Any]]:
   """nnU-Net's configuration of `dim` (2: in-plane slices, 3: full resolution) for one device.
 
   Returns:
@@ -394,12 +440,13 @@ def configure(summary: DatasetSummary, dim: int, memory_gb: float, base_features
     axis = shrink_axis(network.patch_size, median, divisible)
     if axis is None:
       raise ConfigError(
-          f"plan: even the smallest patch {'x'.join(map(str, network.patch_size))} ({dim}D U-Net, "
-          f"{network.features[0]} features, batch {MIN_BATCH}) needs an estimated "
-          f"{estimated_gb(estimate, dim):.2f} GB per device but the device has {memory_gb:.2f} GB "
-          "(nnU-Net's estimate: 8 GB per "
-          f"{REFERENCE_FEATURE_MAP[dim]:.3g} feature-map elements at batch {REFERENCE_BATCH[dim]}); use a device "
-          "with more memory, set config.plan.memory_gb, or disable planning (config.plan.enabled=False)")
+        f"plan: even the smallest patch {'x'.join(map(str, network.patch_size))} ({dim}D U-Net, "
+        f"{network.features[0]} features, batch {MIN_BATCH}) needs an estimated "
+        f"{estimated_gb(estimate, dim):.2f} GB per device but the device has {memory_gb:.2f} GB "
+        "(nnU-Net's estimate: 8 GB per "
+        f"{REFERENCE_FEATURE_MAP[dim]:.3g} feature-map elements at batch {REFERENCE_BATCH[dim]}); use a device "
+        "with more memory, set config.plan.memory_gb, or disable planning (config.plan.enabled=False)"
+      )
     patch = list(network.patch_size)
     # nnU-Net shrinks by the divisibility of the smaller patch's own topology.
     smaller = list(patch)
@@ -412,8 +459,11 @@ def configure(summary: DatasetSummary, dim: int, memory_gb: float, base_features
   cover = int(round(dataset_voxels * MAX_DATASET_COVERED / np.prod(network.patch_size, dtype=np.float64)))
   batch = max(min(batch, cover), MIN_BATCH)
   network = dataclasses.replace(network, batch_size=batch)
-  details = {"feature_map_elements": estimate, "memory_budget_gb": memory_gb,
-             "estimated_gb": round(estimated_gb(estimate, dim, batch), 3)}
+  details = {
+    "feature_map_elements": estimate,
+    "memory_budget_gb": memory_gb,
+    "estimated_gb": round(estimated_gb(estimate, dim, batch), 3),
+  }
   return network, details
 
 
@@ -422,9 +472,13 @@ def configure(summary: DatasetSummary, dim: int, memory_gb: float, base_features
 
 def _schedule(num_steps: int, evaluations: int) -> dict[str, int]:
   every = max(1, num_steps // max(1, evaluations))
-  return {"train.num_steps": int(num_steps), "train.eval_every_steps": every,
-          "train.checkpoint_every_steps": every, "train.log_every_steps": max(1, min(100, num_steps // 50)),
-          "train.warmup_steps": max(1, min(250, num_steps // 20))}
+  return {
+    "train.num_steps": int(num_steps),
+    "train.eval_every_steps": every,
+    "train.checkpoint_every_steps": every,
+    "train.log_every_steps": max(1, min(100, num_steps // 50)),
+    "train.warmup_steps": max(1, min(250, num_steps // 20)),
+  }
 
 
 def _tuples(value):
@@ -438,17 +492,24 @@ def network_values(network: Network, model_name: str, dim: int, num_devices: int
   `model.pool_factors` is the network's strides without stage 0 (one tuple per downsampling) and
   `model.kernel_sizes` its kernel per stage: the U-Nets pool and convolve exactly as planned.
   """
-  values = {"data.patch_size": tuple(int(p) for p in network.patch_size),
-            "train.batch_size": int(network.batch_size * num_devices)}
+  values = {
+    "data.patch_size": tuple(int(p) for p in network.patch_size),
+    "train.batch_size": int(network.batch_size * num_devices),
+  }
   if model_name in UNET_MODELS:
-    values |= {"model.depth": network.depth, "model.features": network.features[0],
-               "model.max_features": MAX_FEATURES[dim], "model.pool_factors": _tuples(network.strides[1:]),
-               "model.kernel_sizes": _tuples(network.kernel_sizes)}
+    values |= {
+      "model.depth": network.depth,
+      "model.features": network.features[0],
+      "model.max_features": MAX_FEATURES[dim],
+      "model.pool_factors": _tuples(network.strides[1:]),
+      "model.kernel_sizes": _tuples(network.kernel_sizes),
+    }
   return values
 
 
 def model_dims(model_name: str) -> int:
   from jaxseg import models  # pylint: disable=g-import-not-at-top
+
   return models.spatial_dims(model_name)
 
 
@@ -466,30 +527,42 @@ def plan_accelerator(summary: DatasetSummary, devices: Devices, model_name: str)
     raise ConfigError(f"config.model.name: {model_name!r} is a 3D model but the dataset is 2D; choose a 2D model")
   num_steps = max(1, NNUNET_STEPS // devices.count)
   values = network_values(details[dim], model_name, dim, devices.count) | _schedule(num_steps, EVALUATIONS_PER_RUN)
-  return {"configurations": configurations, "applied_configuration": "3d_fullres" if dim == 3 else "2d",
-          "values": values,
-          "reason": f"nnU-Net's rules for {devices.description or devices.kind}: {num_steps} steps "
-                    f"(1000 epochs x 250 iterations / {devices.count} device(s))"}
+  return {
+    "configurations": configurations,
+    "applied_configuration": "3d_fullres" if dim == 3 else "2d",
+    "values": values,
+    "reason": f"nnU-Net's rules for {devices.description or devices.kind}: {num_steps} steps "
+    f"(1000 epochs x 250 iterations / {devices.count} device(s))",
+  }
 
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
   """A network a CPU plan may train, and its cost."""
+
   network: Network
   dim: int
-  flops: float          # Per training step (the whole batch).
+  flops: float  # Per training step (the whole batch).
 
   def describe(self) -> str:
-    return (f"{self.dim}D U-Net patch {'x'.join(map(str, self.network.patch_size))}, batch "
-            f"{self.network.batch_size}, {self.network.features[0]} features, depth {self.network.depth}")
+    return (
+      f"{self.dim}D U-Net patch {'x'.join(map(str, self.network.patch_size))}, batch "
+      f"{self.network.batch_size}, {self.network.features[0]} features, depth {self.network.depth}"
+    )
 
 
 def _candidate(summary: DatasetSummary, dim: int, patch: Sequence[int], batch: int, base: int) -> Candidate:
   spacing = summary.spacing if dim == 3 else summary.spacing[1:]
   network, _, _ = _network(spacing, patch, summary.num_classes, dim, base)
   network = dataclasses.replace(network, batch_size=batch)
-  flops = batch * train_flops(network.patch_size, network.strides, network.kernel_sizes, network.features,
-                              summary.num_channels, summary.num_classes)
+  flops = batch * train_flops(
+    network.patch_size,
+    network.strides,
+    network.kernel_sizes,
+    network.features,
+    summary.num_channels,
+    summary.num_classes,
+  )
   return Candidate(network, dim, flops)
 
 
@@ -536,8 +609,15 @@ def windows_per_case(summary: DatasetSummary, patch: Sequence[int], step_fractio
   return count
 
 
-def plan_cpu(summary: DatasetSummary, devices: Devices, model_name: str, budget_s: float,
-             measure: Callable[[Candidate], float], *, step_fraction: float = 0.5) -> dict[str, Any]:
+def plan_cpu(
+  summary: DatasetSummary,
+  devices: Devices,
+  model_name: str,
+  budget_s: float,
+  measure: Callable[[Candidate], float],
+  *,
+  step_fraction: float = 0.5,
+) -> dict[str, Any]:
   """A run that finishes in `budget_s` seconds on this CPU (module doc).
 
   Args:
@@ -579,20 +659,24 @@ def plan_cpu(summary: DatasetSummary, devices: Devices, model_name: str, budget_
     while evaluations > 1 and evaluations * validation_s > MAX_CPU_EVAL_FRACTION * budget_s:
       evaluations -= 1
     train_s = budget_s - spent[0] - compile_s - final_s - evaluations * validation_s
-    return (int(train_s // step_s) if train_s > 0 else 0, evaluations, evaluations * validation_s,
-            final_s + compile_s)
+    return (int(train_s // step_s) if train_s > 0 else 0, evaluations, evaluations * validation_s, final_s + compile_s)
 
   def measure_at(i: int) -> float:
     # CPU "devices" (--xla_force_host_platform_device_count) share the host's cores: a step of the global
     # batch (per-device batch x count) takes about count times the one-device measurement.
     start = time.perf_counter()
     result = measure(ladder[i])
-    seconds, compile_s = (result if isinstance(result, tuple) else (result, 0.0))
+    seconds, compile_s = result if isinstance(result, tuple) else (result, 0.0)
     seconds = float(seconds) * devices.count
     spent[0] += time.perf_counter() - start
     compile_times[i] = float(compile_s)
-    measured.append({"candidate": ladder[i].describe(), "seconds_per_step": round(seconds, 4),
-                     "gflops_per_step": round(ladder[i].flops / 1e9, 3)})
+    measured.append(
+      {
+        "candidate": ladder[i].describe(),
+        "seconds_per_step": round(seconds, 4),
+        "gflops_per_step": round(ladder[i].flops / 1e9, 3),
+      }
+    )
     times[i] = seconds
     return seconds
 
@@ -609,9 +693,17 @@ def plan_cpu(summary: DatasetSummary, devices: Devices, model_name: str, budget_
   while True:
     fitting = [i for i in range(len(ladder)) if costs(i)[0] >= MIN_CPU_STEPS]
     # None fits: the most training data (steps x batch x patch voxels); evaluation favours large patches.
-    i = fitting[0] if fitting else max(range(len(ladder)), key=lambda k: (
-        costs(k)[0] * ladder[k].network.batch_size * math.prod(ladder[k].network.patch_size),
-        -ladder[k].flops))
+    i = (
+      fitting[0]
+      if fitting
+      else max(
+        range(len(ladder)),
+        key=lambda k: (
+          costs(k)[0] * ladder[k].network.batch_size * math.prod(ladder[k].network.patch_size),
+          -ladder[k].flops,
+        ),
+      )
+    )
     if i in times or len(measured) >= MAX_MEASUREMENTS:
       choice = i
       break
@@ -622,36 +714,57 @@ def plan_cpu(summary: DatasetSummary, devices: Devices, model_name: str, budget_
     cheapest = ladder[-1]
     steps, _, eval_s, final_s = costs(len(ladder) - 1)
     raise ConfigError(
-        f"plan: no network trains {MIN_FEASIBLE_STEPS} steps in the budget on this CPU: the cheapest "
-        f"({cheapest.describe()}) takes about {predicted(len(ladder) - 1):.3f} s per step, and "
-        f"config.plan.time_budget_min={budget_s / 60:g} leaves {steps} training steps after "
-        f"{eval_s + final_s:.0f} s of evaluation ({summary.validation_cases} validation and {summary.test_cases} "
-        "test cases); raise config.plan.time_budget_min or disable planning (config.plan.enabled=False)")
+      f"plan: no network trains {MIN_FEASIBLE_STEPS} steps in the budget on this CPU: the cheapest "
+      f"({cheapest.describe()}) takes about {predicted(len(ladder) - 1):.3f} s per step, and "
+      f"config.plan.time_budget_min={budget_s / 60:g} leaves {steps} training steps after "
+      f"{eval_s + final_s:.0f} s of evaluation ({summary.validation_cases} validation and {summary.test_cases} "
+      "test cases); raise config.plan.time_budget_min or disable planning (config.plan.enabled=False)"
+    )
   values = network_values(candidate.network, model_name, dim, devices.count) | _schedule(steps, max(1, evaluations))
   values["eval.mirror_axes"] = ()  # 2**axes forward passes per window: training time is worth more on a CPU.
   train_min = steps * step_s / 60
   how = "measured" if choice in times else "predicted from the measurements by FLOPs:"
-  reason = (f"CPU plan for a {budget_s / 60:g}-minute budget (config.plan.time_budget_min): {candidate.describe()}, "
-            f"{how} {step_s:.3f} s/step -> {steps} steps ({train_min:.1f} min) + {evaluations} validation "
-            f"passes, the final evaluation and compiling (about {(eval_s + final_s) / 60:.1f} min) + "
-            f"{len(measured)} step-time measurements ({spent[0] / 60:.1f} min)")
-  return {"configurations": {("3d_fullres" if dim == 3 else "2d") + "_nnunet_8gb": start.to_dict() | info,
-                             "cpu": candidate.network.to_dict() | {"seconds_per_step": round(step_s, 4)}},
-          "applied_configuration": "cpu", "values": values, "measurements": measured, "reason": reason}
+  reason = (
+    f"CPU plan for a {budget_s / 60:g}-minute budget (config.plan.time_budget_min): {candidate.describe()}, "
+    f"{how} {step_s:.3f} s/step -> {steps} steps ({train_min:.1f} min) + {evaluations} validation "
+    f"passes, the final evaluation and compiling (about {(eval_s + final_s) / 60:.1f} min) + "
+    f"{len(measured)} step-time measurements ({spent[0] / 60:.1f} min)"
+  )
+  return {
+    "configurations": {
+      ("3d_fullres" if dim == 3 else "2d") + "_nnunet_8gb": start.to_dict() | info,
+      "cpu": candidate.network.to_dict() | {"seconds_per_step": round(step_s, 4)},
+    },
+    "applied_configuration": "cpu",
+    "values": values,
+    "measurements": measured,
+    "reason": reason,
+  }
 
 
-def make_plan(summary: DatasetSummary, devices: Devices, model_name: str, *, time_budget_min: float = 15.0,
-              measure: Callable[[Candidate], float] | None = None, step_fraction: float = 0.5) -> dict[str, Any]:
+def make_plan(
+  summary: DatasetSummary,
+  devices: Devices,
+  model_name: str,
+  *,
+  time_budget_min: float = 15.0,
+  measure: Callable[[Candidate], float] | None = None,
+  step_fraction: float = 0.5,
+) -> dict[str, Any]:
   """The plan (JSON-serialisable): `values` maps config keys to planned values; `reason` is one line."""
   if devices.kind == "cpu":
     if measure is None:
       raise ValueError("a CPU plan needs a step-time measurement")
-    body = plan_cpu(summary, devices, model_name, time_budget_min * 60.0, measure,
-                    step_fraction=step_fraction)
+    body = plan_cpu(summary, devices, model_name, time_budget_min * 60.0, measure, step_fraction=step_fraction)
   else:
     body = plan_accelerator(summary, devices, model_name)
-  return {"dataset": summary.to_dict(), "devices": devices.to_dict(), "model": model_name,
-          "time_budget_min": time_budget_min if devices.kind == "cpu" else None, **body}
+  return {
+    "dataset": summary.to_dict(),
+    "devices": devices.to_dict(),
+    "model": model_name,
+    "time_budget_min": time_budget_min if devices.kind == "cpu" else None,
+    **body,
+  }
 
 
 def _get(config, key: str):
@@ -692,6 +805,7 @@ def apply_plan(config, plan: Mapping[str, Any], fixed: Sequence[str] = ()):
     ConfigError: the overrides and the planned topology do not fit together (names the keys and numbers).
   """
   import ml_collections  # pylint: disable=g-import-not-at-top
+
   out = ml_collections.ConfigDict(config.to_dict())
   out.lock()
   fixed = set(fixed)
@@ -705,19 +819,25 @@ def apply_plan(config, plan: Mapping[str, Any], fixed: Sequence[str] = ()):
       depth, levels = out.model.depth, _LEVEL_KEYS[key](out.model.depth)
       if levels > len(value):
         raise ConfigError(
-            f"config.model.depth={depth} (command line) is deeper than the plan's {len(value)} levels of "
-            f"config.{key} (patch {tuple(_get(out, 'data.patch_size'))}); use config.model.depth <= "
-            f"{len(value) - levels + depth} or also set config.model.pool_factors and config.model.kernel_sizes "
-            "(() = 2 and 3 on every axis)")
+          f"config.model.depth={depth} (command line) is deeper than the plan's {len(value)} levels of "
+          f"config.{key} (patch {tuple(_get(out, 'data.patch_size'))}); use config.model.depth <= "
+          f"{len(value) - levels + depth} or also set config.model.pool_factors and config.model.kernel_sizes "
+          "(() = 2 and 3 on every axis)"
+        )
       value = value[:levels]
-      record[key] = {"planned": planned, "used": _json(value), "overridden": False,
-                     "adjusted": f"first {levels} levels, for config.model.depth={depth} (override)"}
+      record[key] = {
+        "planned": planned,
+        "used": _json(value),
+        "overridden": False,
+        "adjusted": f"first {levels} levels, for config.model.depth={depth} (override)",
+      }
       _set(out, key, _tuples(value))
       continue
     _set(out, key, _tuples(value) if key in _LEVEL_KEYS else (tuple(value) if isinstance(value, list) else value))
     record[key] = {"planned": planned, "used": planned, "overridden": False}
   if any(key in plan["values"] for key in _LEVEL_KEYS):
     from jaxseg import models  # pylint: disable=g-import-not-at-top
+
     models.check_patch_size(out.model, out.data.patch_size)
   return out, record
 
@@ -725,19 +845,24 @@ def apply_plan(config, plan: Mapping[str, Any], fixed: Sequence[str] = ()):
 def format_plan(plan: Mapping[str, Any], record: Mapping[str, Any] | None = None) -> str:
   """A human-readable rendering of a plan for `--mode=plan`."""
   d = plan["dataset"]
-  lines = [f"Dataset: {d['num_cases']} training cases, {d['num_channels']} channel(s), {d['num_classes']} classes, "
-           f"{d['ndim']}D; median shape {tuple(d['median_shape'])} voxels at spacing "
-           f"{tuple(round(s, 4) for s in d['spacing'])} mm (anisotropy {d['anisotropy']:.2f})",
-           f"Devices: {plan['devices']['description'] or plan['devices']['kind']}",
-           f"Model: {plan['model']} (configuration {plan['applied_configuration']})"]
+  lines = [
+    f"Dataset: {d['num_cases']} training cases, {d['num_channels']} channel(s), {d['num_classes']} classes, "
+    f"{d['ndim']}D; median shape {tuple(d['median_shape'])} voxels at spacing "
+    f"{tuple(round(s, 4) for s in d['spacing'])} mm (anisotropy {d['anisotropy']:.2f})",
+    f"Devices: {plan['devices']['description'] or plan['devices']['kind']}",
+    f"Model: {plan['model']} (configuration {plan['applied_configuration']})",
+  ]
   for name, conf in plan["configurations"].items():
     strides = ", ".join("x".join(map(str, s)) for s in conf["strides"][1:])
-    lines.append(f"  {name}: patch {tuple(conf['patch_size'])}, batch/device {conf['batch_size']}, "
-                 f"pooling per axis {tuple(conf['pool_per_axis'])} (per stage {strides}), "
-                 f"features {tuple(conf['features'])}")
+    lines.append(
+      f"  {name}: patch {tuple(conf['patch_size'])}, batch/device {conf['batch_size']}, "
+      f"pooling per axis {tuple(conf['pool_per_axis'])} (per stage {strides}), "
+      f"features {tuple(conf['features'])}"
+    )
   lines.append(plan["reason"])
-  record = record or {k: {"planned": _json(v), "used": _json(v), "overridden": False}
-                      for k, v in plan["values"].items()}
+  record = record or {
+    k: {"planned": _json(v), "used": _json(v), "overridden": False} for k, v in plan["values"].items()
+  }
   for key, r in record.items():
     note = f"   (override; planned {r['planned']})" if r["overridden"] else ""
     if r.get("adjusted"):

@@ -40,8 +40,9 @@ FILENAME = "postprocessing.json"
 def largest_component(mask: np.ndarray) -> np.ndarray:
   """The largest connected component of a bool mask `[H, W]` or `[D, H, W]` (full connectivity)."""
   mask = np.asarray(mask, bool)
-  hits = [np.flatnonzero(np.any(mask, axis=tuple(a for a in range(mask.ndim) if a != axis)))
-          for axis in range(mask.ndim)]
+  hits = [
+    np.flatnonzero(np.any(mask, axis=tuple(a for a in range(mask.ndim) if a != axis))) for axis in range(mask.ndim)
+  ]
   if hits[0].size == 0:
     return mask.copy()
   box = tuple(slice(int(h[0]), int(h[-1]) + 1) for h in hits)
@@ -78,6 +79,7 @@ class Postprocessing:
     validation_dice: class name -> {'as_predicted': mean Dice,
       'largest_component': mean Dice with the post-processing}.
   """
+
   largest_component: tuple[str, ...] = ()
   step: int | None = None
   num_cases: int = 0
@@ -91,8 +93,10 @@ class Postprocessing:
     """
     missing = [name for name in self.largest_component if name not in labels]
     if missing:
-      raise DataError(f"{FILENAME} names classes {missing} that the dataset does not have "
-                      f"({', '.join(labels)}); delete it and rerun --mode=evaluate")
+      raise DataError(
+        f"{FILENAME} names classes {missing} that the dataset does not have "
+        f"({', '.join(labels)}); delete it and rerun --mode=evaluate"
+      )
     return [labels[name] for name in self.largest_component]
 
   def apply(self, prediction: np.ndarray, labels: Mapping[str, int]) -> np.ndarray:
@@ -101,8 +105,9 @@ class Postprocessing:
     return keep_largest_components(prediction, values) if values else np.array(prediction)
 
 
-def decide(dice_as_predicted: Mapping[str, Sequence[float]], dice_largest: Mapping[str, Sequence[float]],
-           step: int) -> Postprocessing:
+def decide(
+  dice_as_predicted: Mapping[str, Sequence[float]], dice_largest: Mapping[str, Sequence[float]], step: int
+) -> Postprocessing:
   """Chooses the classes whose mean validation Dice improves with the largest component only.
 
   Args:
@@ -126,9 +131,16 @@ def decide(dice_as_predicted: Mapping[str, Sequence[float]], dice_largest: Mappi
 def save(workdir: str | pathlib.Path, choice: Postprocessing) -> pathlib.Path:
   """Writes `<workdir>/postprocessing.json` atomically and returns its path."""
   path = paths.resolve(workdir, "workdir") / FILENAME
-  text = json.dumps({"largest_component": list(choice.largest_component), "step": choice.step,
-                     "num_cases": choice.num_cases, "validation_dice": choice.validation_dice,
-                     "connectivity": "full"}, indent=2)
+  text = json.dumps(
+    {
+      "largest_component": list(choice.largest_component),
+      "step": choice.step,
+      "num_cases": choice.num_cases,
+      "validation_dice": choice.validation_dice,
+      "connectivity": "full",
+    },
+    indent=2,
+  )
   try:
     paths.write_text_atomic(path, text + "\n")
   except OSError as e:
@@ -151,8 +163,11 @@ def load(workdir: str | pathlib.Path) -> Postprocessing | None:
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
       raise TypeError("largest_component must be a list of class names")
     step = data.get("step")
-    return Postprocessing(tuple(names), None if step is None else int(step), int(data.get("num_cases", 0)),
-                          dict(data.get("validation_dice", {})))
+    return Postprocessing(
+      tuple(names),
+      None if step is None else int(step),
+      int(data.get("num_cases", 0)),
+      dict(data.get("validation_dice", {})),
+    )
   except (OSError, ValueError, KeyError, TypeError) as e:
-    raise DataError(f"{path} is not a valid post-processing file ({e}); delete it and rerun "
-                    "--mode=evaluate") from e
+    raise DataError(f"{path} is not a valid post-processing file ({e}); delete it and rerun --mode=evaluate") from e

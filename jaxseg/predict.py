@@ -59,6 +59,7 @@ _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 @dataclasses.dataclass(frozen=True)
 class InputCase:
   """One case to predict: its id, its files and their layout ('msd' or 'nnunetv2')."""
+
   case_id: str
   paths: tuple[pathlib.Path, ...]
   layout: str
@@ -68,18 +69,19 @@ def _split_name(path: pathlib.Path) -> tuple[str, str] | None:
   """(stem, ending) of a NIfTI file name, or None for other files."""
   for ending in nifti.NIFTI_ENDINGS:
     if path.name.endswith(ending) and len(path.name) > len(ending):
-      return path.name[:-len(ending)], ending
+      return path.name[: -len(ending)], ending
   return None
 
 
-def _channel_files(case_id: str, found: dict[int, pathlib.Path], channel_names: tuple[str, ...]
-                   ) -> InputCase:
+def _channel_files(case_id: str, found: dict[int, pathlib.Path], channel_names: tuple[str, ...]) -> InputCase:
   expected = set(range(len(channel_names)))
   if set(found) != expected:
     have = ", ".join(f"_{c:04d}" for c in sorted(found))
-    raise DataError(f"{found[min(found)].parent}: case {case_id!r} has channel files {have} but the model takes "
-                    f"{len(channel_names)} channel(s) ({', '.join(channel_names)}): _0000 .. "
-                    f"_{len(channel_names) - 1:04d}")
+    raise DataError(
+      f"{found[min(found)].parent}: case {case_id!r} has channel files {have} but the model takes "
+      f"{len(channel_names)} channel(s) ({', '.join(channel_names)}): _0000 .. "
+      f"_{len(channel_names) - 1:04d}"
+    )
   return InputCase(case_id, tuple(found[c] for c in sorted(found)), "nnunetv2")
 
 
@@ -118,8 +120,9 @@ def find_cases(input_path: pathlib.Path, channel_names: tuple[str, ...]) -> list
   seen: dict[str, InputCase] = {}
   for case in cases:
     if case.case_id in seen:
-      raise DataError(f"config.predict.input: {case.paths[0]} and {seen[case.case_id].paths[0]} are both case "
-                      f"{case.case_id!r}")
+      raise DataError(
+        f"config.predict.input: {case.paths[0]} and {seen[case.case_id].paths[0]} are both case {case.case_id!r}"
+      )
     seen[case.case_id] = case
   return sorted(cases, key=lambda c: c.case_id)
 
@@ -140,12 +143,15 @@ def check_header(path: pathlib.Path, layout: str, channel_names: tuple[str, ...]
   wanted = len(channel_names) if layout == "msd" else 1
   if channels != wanted:
     what = "the model takes" if layout == "msd" else "an nnU-Net channel file holds"
-    raise DataError(f"{path}: image has {channels} channel(s) (shape {shape}) but {what} {wanted}"
-                    + (f" ({', '.join(channel_names)})" if layout == "msd" else ""))
+    raise DataError(
+      f"{path}: image has {channels} channel(s) (shape {shape}) but {what} {wanted}"
+      + (f" ({', '.join(channel_names)})" if layout == "msd" else "")
+    )
   is_2d = len(shape) == 2 or shape[2] == 1
   if is_2d != (ndim == 2):
-    raise DataError(f"{path}: image is {2 if is_2d else 3}D (shape {shape}) but the model was trained on "
-                    f"{ndim}D images")
+    raise DataError(
+      f"{path}: image is {2 if is_2d else 3}D (shape {shape}) but the model was trained on {ndim}D images"
+    )
   return shape[:3] if len(shape) >= 3 else shape
 
 
@@ -169,25 +175,41 @@ def _paths(config: ml_collections.ConfigDict) -> tuple[pathlib.Path, pathlib.Pat
   for key in ("input", "output"):
     if not config.predict[key]:
       raise ConfigError(f"config.predict.{key} is empty; set --config.predict.{key}=PATH")
-  return (pathlib.Path(config.predict.input).expanduser(),
-          paths.resolve(config.predict.output, "config.predict.output"))  # May be gs://.
+  return (
+    pathlib.Path(config.predict.input).expanduser(),
+    paths.resolve(config.predict.output, "config.predict.output"),
+  )  # May be gs://.
 
 
 def _load_postprocessing(workdir: pathlib.Path, step: int) -> postprocess.Postprocessing:
   choice = postprocess.load(workdir)
   if choice is None:
-    logging.warning("No %s in %s: predicting without post-processing (run --mode=evaluate to choose it).",
-                    postprocess.FILENAME, workdir)
+    logging.warning(
+      "No %s in %s: predicting without post-processing (run --mode=evaluate to choose it).",
+      postprocess.FILENAME,
+      workdir,
+    )
     return postprocess.Postprocessing()
   if choice.step != step:
-    logging.warning("%s was chosen for checkpoint step %s but step %d predicts; applying it anyway.",
-                    postprocess.FILENAME, choice.step, step)
+    logging.warning(
+      "%s was chosen for checkpoint step %s but step %d predicts; applying it anyway.",
+      postprocess.FILENAME,
+      choice.step,
+      step,
+    )
   return choice
 
 
-def predict_case(predict: inference.PredictFn | None, loaded: nifti.LoadedCase, prepared: pipeline.PreparedDataset,
-                 config: ml_collections.ConfigDict, choice: postprocess.Postprocessing, *,
-                 with_probabilities: bool, probabilities_fn=None) -> tuple[np.ndarray, np.ndarray | None]:
+def predict_case(
+  predict: inference.PredictFn | None,
+  loaded: nifti.LoadedCase,
+  prepared: pipeline.PreparedDataset,
+  config: ml_collections.ConfigDict,
+  choice: postprocess.Postprocessing,
+  *,
+  with_probabilities: bool,
+  probabilities_fn=None,
+) -> tuple[np.ndarray, np.ndarray | None]:
   """Labels `[X, Y, Z]` (and float32 probabilities `[X, Y, Z, K]`) of a loaded case on its own grid.
 
   `probabilities_fn(image [Z, Y, X, C]) -> [Z, Y, X, K]` (an ensemble's) replaces `predict`'s sliding window.
@@ -197,8 +219,9 @@ def predict_case(predict: inference.PredictFn | None, loaded: nifti.LoadedCase, 
     probabilities = probabilities_fn(case.image)
   else:
     probabilities = inference.predict_probabilities(predict, case.image, config, prepared.num_classes)
-  labels, restored = inference.to_original_labels(probabilities, case.meta, prepared.num_classes,
-                                                  config.eval.resample, keep_probabilities=with_probabilities)
+  labels, restored = inference.to_original_labels(
+    probabilities, case.meta, prepared.num_classes, config.eval.resample, keep_probabilities=with_probabilities
+  )
   return choice.apply(labels, prepared.labels), restored
 
 
@@ -232,8 +255,9 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
     shapes[case.case_id] = file_shapes[0]
     for name in (f"{case.case_id}.nii.gz", f"{case.case_id}_probabilities.nii.gz"):
       if (output / name).resolve() in inputs:
-        raise ConfigError(f"config.predict.output: writing {output / name} would overwrite an input; choose "
-                          "another directory")
+        raise ConfigError(
+          f"config.predict.output: writing {output / name} would overwrite an input; choose another directory"
+        )
   functions, steps = experiment.restore_members(exps, "predict")
   if members is None:
     step = steps[0]
@@ -244,21 +268,43 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
     step = min(steps)
     choice = postprocess.Postprocessing()
     probabilities_fn = ensemble.average(functions)
-  raw = {layout: nifti.RawDataset(root=input_path, name=prepared.name, description="", format=layout,
-                                  channel_names=prepared.channel_names, labels=prepared.labels, ndim=ndim,
-                                  training=(), test=(), splits=None) for layout in ("msd", "nnunetv2")}
+  raw = {
+    layout: nifti.RawDataset(
+      root=input_path,
+      name=prepared.name,
+      description="",
+      format=layout,
+      channel_names=prepared.channel_names,
+      labels=prepared.labels,
+      ndim=ndim,
+      training=(),
+      test=(),
+      splits=None,
+    )
+    for layout in ("msd", "nnunetv2")
+  }
   written = []
   for case in parallel.split_for_process(cases):  # With several processes each predicts and writes every n-th case.
     loaded = nifti.load_case(nifti.RawCase(case.case_id, case.paths, None), raw[case.layout])
-    labels, probabilities = predict_case(None, loaded, prepared, exp.config, choice,
-                                         with_probabilities=config.predict.save_probabilities,
-                                         probabilities_fn=probabilities_fn)
+    labels, probabilities = predict_case(
+      None,
+      loaded,
+      prepared,
+      exp.config,
+      choice,
+      with_probabilities=config.predict.save_probabilities,
+      probabilities_fn=probabilities_fn,
+    )
     shape = shapes[case.case_id]
     path = output / f"{case.case_id}.nii.gz"
     paths.write_via_local(path, lambda p: nifti.save_nifti(p, labels.reshape(shape), loaded.affine))
     if probabilities is not None:
-      paths.write_via_local(output / f"{case.case_id}_probabilities.nii.gz", lambda p: nifti.save_nifti(
-          p, probabilities.reshape(shape + (1,) * (3 - len(shape)) + probabilities.shape[-1:]), loaded.affine))
+      paths.write_via_local(
+        output / f"{case.case_id}_probabilities.nii.gz",
+        lambda p: nifti.save_nifti(
+          p, probabilities.reshape(shape + (1,) * (3 - len(shape)) + probabilities.shape[-1:]), loaded.affine
+        ),
+      )
     logging.info("%s -> %s (checkpoint step %d)", ", ".join(str(p) for p in case.paths), path, step)
     written.append(path)
   return parallel.gather_split(written)  # Every case's output, in input order, on every process.

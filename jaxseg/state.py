@@ -32,6 +32,7 @@ from jaxseg.errors import ConfigError
 # fold_in index of the discriminator's initialisation key (independent of the segmenter's keys).
 _DISCRIMINATOR_STREAM = 1
 
+
 class AdversaryState(flax.struct.PyTreeNode):
   """The discriminator of adversarial training and its optimiser's state (one optional part of `TrainState`).
 
@@ -40,6 +41,7 @@ class AdversaryState(flax.struct.PyTreeNode):
     batch_stats: its `batch_stats` (spectral-norm power-iteration state; empty dict without spectral norm).
     opt_state: optax state of the discriminator's optimiser.
   """
+
   params: Any
   batch_stats: Any
   opt_state: Any
@@ -64,6 +66,7 @@ class TrainState:
   grouped: every checkpoint written since, with or without a discriminator,
   restores unchanged.
   """
+
   step: jax.Array
   params: Any
   batch_stats: Any
@@ -84,32 +87,41 @@ def _flatten_with_keys(state: TrainState) -> tuple[list[tuple[jax.tree_util.GetA
   adversary = state.adversary
   parts = (None,) * 3 if adversary is None else (adversary.params, adversary.batch_stats, adversary.opt_state)
   values = tuple(getattr(state, name) for name in _FIELDS) + parts
-  return [(jax.tree_util.GetAttrKey(name), value)
-          for name, value in zip(_FIELDS + _ADVERSARY_CHILDREN, values)], None
+  return [(jax.tree_util.GetAttrKey(name), value) for name, value in zip(_FIELDS + _ADVERSARY_CHILDREN, values)], None
 
 
 def _unflatten(_: None, children: Sequence[Any]) -> TrainState:
   *fields, params, batch_stats, opt_state = children
-  adversary = None if params is None and batch_stats is None and opt_state is None else AdversaryState(
-      params=params, batch_stats=batch_stats, opt_state=opt_state)
+  adversary = (
+    None
+    if params is None and batch_stats is None and opt_state is None
+    else AdversaryState(params=params, batch_stats=batch_stats, opt_state=opt_state)
+  )
   return TrainState(*fields, adversary=adversary)
 
 
 jax.tree_util.register_pytree_with_keys(
-    TrainState, _flatten_with_keys, _unflatten,
-    flatten_func=lambda state: ([value for _, value in _flatten_with_keys(state)[0]], None))
+  TrainState,
+  _flatten_with_keys,
+  _unflatten,
+  flatten_func=lambda state: ([value for _, value in _flatten_with_keys(state)[0]], None),
+)
 
 
 def init_variables(model: nn.Module, rng: jax.Array, input_shape: tuple[int, ...]) -> dict:
   """Initialises the model's variables for inputs of `input_shape` ([B, *spatial, C])."""
   params_rng, dropout_rng = jax.random.split(rng)
-  return model.init({"params": params_rng, "dropout": dropout_rng},
-                    jnp.zeros(input_shape, jnp.float32), train=False)
+  return model.init({"params": params_rng, "dropout": dropout_rng}, jnp.zeros(input_shape, jnp.float32), train=False)
 
 
-def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, tx: optax.GradientTransformation,
-                       input_shape: tuple[int, ...], discriminator: nn.Module | None = None,
-                       disc_tx: optax.GradientTransformation | None = None) -> TrainState:
+def create_train_state(
+  config: ml_collections.ConfigDict,
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  input_shape: tuple[int, ...],
+  discriminator: nn.Module | None = None,
+  disc_tx: optax.GradientTransformation | None = None,
+) -> TrainState:
   """A fresh state from `config.seed` (pure: jit it with out_shardings to place it).
 
   Args:
@@ -129,28 +141,36 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, tx: 
   init_rng, state_rng = jax.random.split(seed_key)
   variables = init_variables(model, init_rng, input_shape)
   params = variables["params"]
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                     batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-                     rng=jax.random.key_data(state_rng))
+  state = TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=variables.get("batch_stats", {}),
+    opt_state=tx.init(params),
+    rng=jax.random.key_data(state_rng),
+  )
   if not config.adversarial.enabled:
     return state
   if discriminator is None or disc_tx is None:
-    raise ValueError("config.adversarial.enabled: create_train_state needs the discriminator and its optimiser "
-                     "(Experiment.discriminator and Experiment.disc_tx)")
+    raise ValueError(
+      "config.adversarial.enabled: create_train_state needs the discriminator and its optimiser "
+      "(Experiment.discriminator and Experiment.disc_tx)"
+    )
   label_shape = (*input_shape[:-1], config.model.num_classes)
   disc_variables = discriminator.init(
-      jax.random.fold_in(seed_key, _DISCRIMINATOR_STREAM), jnp.zeros(input_shape, jnp.float32),
-      jnp.zeros(label_shape, jnp.float32))
+    jax.random.fold_in(seed_key, _DISCRIMINATOR_STREAM),
+    jnp.zeros(input_shape, jnp.float32),
+    jnp.zeros(label_shape, jnp.float32),
+  )
   disc_params = disc_variables["params"]
-  adversary = AdversaryState(params=disc_params, batch_stats=disc_variables.get("batch_stats", {}),
-                             opt_state=disc_tx.init(disc_params))
+  adversary = AdversaryState(
+    params=disc_params, batch_stats=disc_variables.get("batch_stats", {}), opt_state=disc_tx.init(disc_params)
+  )
   return state.replace(adversary=adversary)
 
 
 def array_names(variables: dict) -> dict[str, tuple[int, ...]]:
   """'params/down0/conv0/kernel' -> shape for every array of a `{'params': ..., 'batch_stats': ...}` tree."""
-  return {"/".join(path): tuple(np.shape(value))
-          for path, value in flax.traverse_util.flatten_dict(variables).items()}
+  return {"/".join(path): tuple(np.shape(value)) for path, value in flax.traverse_util.flatten_dict(variables).items()}
 
 
 def transfer_matching(target: dict, source: dict, exclude: Sequence[str] = ()) -> tuple[dict, list[str], list[str]]:
@@ -172,8 +192,11 @@ def transfer_matching(target: dict, source: dict, exclude: Sequence[str] = ()) -
   for path, value in flax.traverse_util.flatten_dict(target).items():
     name = "/".join(path)
     other = flat_source.get(name)
-    if (other is not None and np.shape(other) == np.shape(value)
-        and not any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude)):
+    if (
+      other is not None
+      and np.shape(other) == np.shape(value)
+      and not any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude)
+    ):
       out[path] = np.asarray(other, dtype=np.asarray(value).dtype)
       copied.append(name)
     else:
@@ -196,8 +219,9 @@ def describe_kept(kept: Sequence[str], target: dict, source: dict, exclude: Sequ
   return reasons
 
 
-def init_from_variables(state: TrainState, source: dict, tx: optax.GradientTransformation, origin: str,
-                        exclude: Sequence[str] = ()) -> tuple[TrainState, dict[str, Any]]:
+def init_from_variables(
+  state: TrainState, source: dict, tx: optax.GradientTransformation, origin: str, exclude: Sequence[str] = ()
+) -> tuple[TrainState, dict[str, Any]]:
   """The state with the segmenter's matching arrays copied from `source` (host side, before training).
 
   `source` is `{'params': ..., 'batch_stats': ...}` of another model; arrays are matched by name and shape
@@ -214,21 +238,27 @@ def init_from_variables(state: TrainState, source: dict, tx: optax.GradientTrans
   variables, copied, kept = transfer_matching(target, source, exclude)
   if not copied:
     theirs, ours = sorted(array_names(source)), sorted(array_names(target))
-    raise ConfigError(f"{origin}: no array of the source matches this model by name and shape (source has "
-                      f"{len(theirs)} arrays, e.g. {theirs[0] if theirs else 'none'}; this model "
-                      f"{len(ours)}, e.g. {ours[0] if ours else 'none'}); is it another architecture?")
+    raise ConfigError(
+      f"{origin}: no array of the source matches this model by name and shape (source has "
+      f"{len(theirs)} arrays, e.g. {theirs[0] if theirs else 'none'}; this model "
+      f"{len(ours)}, e.g. {ours[0] if ours else 'none'}); is it another architecture?"
+    )
   params = variables["params"]
   state = state.replace(params=params, batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
-  return state, {"copied": copied, "kept": describe_kept(kept, target, source, exclude),
-                 "num_copied": len(copied), "num_kept": len(kept)}
+  return state, {
+    "copied": copied,
+    "kept": describe_kept(kept, target, source, exclude),
+    "num_copied": len(copied),
+    "num_kept": len(kept),
+  }
 
 
-def load_pretrained(state: TrainState, model_config: ml_collections.ConfigDict,
-                    tx: optax.GradientTransformation) -> TrainState:
+def load_pretrained(
+  state: TrainState, model_config: ml_collections.ConfigDict, tx: optax.GradientTransformation
+) -> TrainState:
   """Replaces the backbone with `model.pretrained` weights (host side, before training)."""
   from jaxseg.models import pretrained  # Imported lazily: only transfer learning needs it.
-  variables = pretrained.load_pretrained(
-      {"params": state.params, "batch_stats": state.batch_stats}, model_config)
+
+  variables = pretrained.load_pretrained({"params": state.params, "batch_stats": state.batch_stats}, model_config)
   params = variables["params"]
-  return state.replace(params=params, batch_stats=variables.get("batch_stats", {}),
-                       opt_state=tx.init(params))
+  return state.replace(params=params, batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))

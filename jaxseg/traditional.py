@@ -67,11 +67,11 @@ from scipy import ndimage
 from jaxseg.errors import ConfigError, DataError
 
 METHODS = ("threshold_components", "otsu", "watershed", "random_walker", "chan_vese")
-MARKER_EROSION = 2        # Voxels by which thresholded regions shrink to become markers / seeds.
-CONTOUR_ITERATIONS = 20   # Morphological Chan-Vese iterations.
-CONTOUR_MARGIN = 4        # Voxels around the thresholded mask that a contour may grow into.
+MARKER_EROSION = 2  # Voxels by which thresholded regions shrink to become markers / seeds.
+CONTOUR_ITERATIONS = 20  # Morphological Chan-Vese iterations.
+CONTOUR_MARGIN = 4  # Voxels around the thresholded mask that a contour may grow into.
 HISTOGRAM_SMOOTHING = 1.0  # Gaussian sigma (bins) of the class histograms.
-OTSU_BINS = 64            # Histogram bins of multi-Otsu (exhaustive search over bins^(K-1)).
+OTSU_BINS = 64  # Histogram bins of multi-Otsu (exhaustive search over bins^(K-1)).
 
 
 def _skimage():
@@ -79,8 +79,9 @@ def _skimage():
     import skimage.filters  # pylint: disable=g-import-not-at-top
     import skimage.segmentation  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError("jaxseg.traditional needs scikit-image: pip install 'jaxseg[studies]' "
-                      "(or scikit-image>=0.22)") from e
+    raise ImportError(
+      "jaxseg.traditional needs scikit-image: pip install 'jaxseg[studies]' (or scikit-image>=0.22)"
+    ) from e
   return skimage
 
 
@@ -101,6 +102,7 @@ class Fitted:
     otsu_classes: `[K]` class of each multi-Otsu bin rank.
     num_cases: training cases fitted on.
   """
+
   num_classes: int
   edges: tuple[np.ndarray, ...]
   likelihood: np.ndarray
@@ -114,13 +116,17 @@ class Fitted:
 
   def summary(self) -> dict[str, Any]:
     """The learned values a report can show (JSON types)."""
-    return {"num_cases": self.num_cases, "bins_per_channel": int(self.edges[0].size - 1),
-            "intensity_range": [[float(e[0]), float(e[-1])] for e in self.edges],
-            "priors": [round(float(p), 5) for p in self.priors],
-            "decision_weights": [round(float(w), 5) for w in self.weights],
-            "min_component_voxels": [int(v) for v in self.min_voxels],
-            "max_components_per_case": [int(v) for v in self.max_components],
-            "otsu_channel": int(self.otsu_channel), "otsu_bin_classes": [int(v) for v in self.otsu_classes]}
+    return {
+      "num_cases": self.num_cases,
+      "bins_per_channel": int(self.edges[0].size - 1),
+      "intensity_range": [[float(e[0]), float(e[-1])] for e in self.edges],
+      "priors": [round(float(p), 5) for p in self.priors],
+      "decision_weights": [round(float(w), 5) for w in self.weights],
+      "min_component_voxels": [int(v) for v in self.min_voxels],
+      "max_components_per_case": [int(v) for v in self.max_components],
+      "otsu_channel": int(self.otsu_channel),
+      "otsu_bin_classes": [int(v) for v in self.otsu_classes],
+    }
 
 
 def _check_case(image: np.ndarray, label: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -138,8 +144,7 @@ def _check_case(image: np.ndarray, label: np.ndarray | None = None) -> tuple[np.
 
 def _bin_index(image: np.ndarray, edges: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
   """Per channel, the histogram bin `[*S]` of every voxel (values outside the range go to the end bins)."""
-  return tuple(np.clip(np.searchsorted(e, image[..., c], side="right") - 1, 0, e.size - 2)
-               for c, e in enumerate(edges))
+  return tuple(np.clip(np.searchsorted(e, image[..., c], side="right") - 1, 0, e.size - 2) for c, e in enumerate(edges))
 
 
 def _count(index: tuple[np.ndarray, ...], shape: tuple[int, ...]) -> np.ndarray:
@@ -183,9 +188,10 @@ def fit(cases: Iterable[tuple[np.ndarray, np.ndarray]], num_classes: int, *, bin
   priors = counts.reshape(num_classes, -1).sum(1)
   priors = priors / priors.sum()
   smoothed = ndimage.gaussian_filter(counts, sigma=(0,) + (HISTOGRAM_SMOOTHING,) * num_channels, mode="nearest")
-  smoothed += 1e-3 * smoothed.reshape(num_classes, -1).sum(1).reshape((-1,) + (1,) * num_channels) / bins ** num_channels
+  smoothed += 1e-3 * smoothed.reshape(num_classes, -1).sum(1).reshape((-1,) + (1,) * num_channels) / bins**num_channels
   likelihood = smoothed / np.maximum(smoothed.reshape(num_classes, -1).sum(1), 1e-12).reshape(
-      (-1,) + (1,) * num_channels)
+    (-1,) + (1,) * num_channels
+  )
   min_voxels = np.zeros(num_classes, np.int64)
   max_components = np.zeros(num_classes, np.int64)
   for value in range(1, num_classes):
@@ -196,8 +202,18 @@ def fit(cases: Iterable[tuple[np.ndarray, np.ndarray]], num_classes: int, *, bin
         min_voxels[value] = smallest if min_voxels[value] == 0 else min(min_voxels[value], smallest)
       max_components[value] = max(max_components[value], sizes.size)
   weights = _fit_weights(counts.reshape(num_classes, -1), likelihood.reshape(num_classes, -1), priors)
-  partial = Fitted(num_classes, edges, likelihood, priors, weights, min_voxels, max_components, 0,
-                   np.zeros(num_classes, np.int64), len(cases))
+  partial = Fitted(
+    num_classes,
+    edges,
+    likelihood,
+    priors,
+    weights,
+    min_voxels,
+    max_components,
+    0,
+    np.zeros(num_classes, np.int64),
+    len(cases),
+  )
   channel, bin_classes = _fit_otsu(cases, num_classes)
   return dataclasses.replace(partial, otsu_channel=channel, otsu_classes=bin_classes)
 
@@ -287,7 +303,7 @@ def _keep_plausible_components(labels: np.ndarray, fitted: Fitted) -> np.ndarray
       continue
     components, sizes = _components(mask)
     order = np.argsort(-sizes, kind="stable")
-    keep = order[:max(int(fitted.max_components[value]), 0)]
+    keep = order[: max(int(fitted.max_components[value]), 0)]
     keep = keep[sizes[keep] >= max(1, fitted.min_voxels[value] // 2)]
     out[mask & ~np.isin(components, keep + 1)] = 0
   return out
@@ -318,8 +334,9 @@ def _chan_vese(prob: np.ndarray, start: np.ndarray) -> np.ndarray:
       continue
     hits = [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax))) for ax in range(mask.ndim)]
     box = tuple(slice(max(0, int(h[0]) - CONTOUR_MARGIN), int(h[-1]) + 1 + CONTOUR_MARGIN) for h in hits)
-    region = skimage.segmentation.morphological_chan_vese(prob[box + (value,)], CONTOUR_ITERATIONS,
-                                                          init_level_set=mask[box], smoothing=1)
+    region = skimage.segmentation.morphological_chan_vese(
+      prob[box + (value,)], CONTOUR_ITERATIONS, init_level_set=mask[box], smoothing=1
+    )
     claimed[box + (value,)] = region.astype(bool)
   scores = np.where(claimed, prob, -1.0)
   scores[..., 0] = 0.0

@@ -75,13 +75,15 @@ class MetricsBuffer:
         if name in values and not np.isfinite(values[name]):
           last = self._checkpoints.latest_step()
           kept = f"the last good checkpoint (step {last}) is kept" if last is not None else "no checkpoint was saved"
-          raise TrainingError(f"{name} became {values[name]} at step {step}; training stopped and {kept} "
-                              f"in {self._checkpoints.directory}")
+          raise TrainingError(
+            f"{name} became {values[name]} at step {step}; training stopped and {kept} in {self._checkpoints.directory}"
+          )
     counts = sum(values["counts"] for _, values in pending)
     dice = np.asarray(metrics.scores_from_counts(counts)["dice"])
     now = time.time()
-    summary = {name: float(np.mean([values[name] for _, values in pending]))
-               for name in pending[0][1] if name != "counts"}
+    summary = {
+      name: float(np.mean([values[name] for _, values in pending])) for name in pending[0][1] if name != "counts"
+    }
     summary["dice_foreground"] = float(np.mean(dice[1:])) if len(dice) > 1 else float(dice[0])
     summary["images_per_sec"] = self._images / max(now - self._last_time, 1e-9)
     self._last_time, self._images = now, 0
@@ -96,14 +98,24 @@ def make_step(exp: experiment.Experiment, batch_fn: steps.BatchFn | None = None)
     return steps.make_train_step(exp.model, exp.tx, exp.schedule, config.train.loss, weights, batch_fn)
   adv = config.adversarial
   return steps.make_adversarial_train_step(
-      exp.model, exp.tx, exp.schedule, config.train.loss, weights, exp.discriminator, exp.disc_tx,
-      adversarial_weight=adv.weight,
-      warmup_steps=adv.warmup_steps, disc_every_steps=adv.disc_every_steps, label_smoothing=adv.label_smoothing,
-      batch_fn=batch_fn)
+    exp.model,
+    exp.tx,
+    exp.schedule,
+    config.train.loss,
+    weights,
+    exp.discriminator,
+    exp.disc_tx,
+    adversarial_weight=adv.weight,
+    warmup_steps=adv.warmup_steps,
+    disc_every_steps=adv.disc_every_steps,
+    label_smoothing=adv.label_smoothing,
+    batch_fn=batch_fn,
+  )
 
 
-def train_inputs(exp: experiment.Experiment, train_source: pipeline.CaseSource, start_step: int, local_batch: int
-                 ) -> tuple[steps.BatchFn | None, Any, Iterator[Any]]:
+def train_inputs(
+  exp: experiment.Experiment, train_source: pipeline.CaseSource, start_step: int, local_batch: int
+) -> tuple[steps.BatchFn | None, Any, Iterator[Any]]:
   """(batch_fn, input sharding, iterator of the step's second argument) for the configured input path.
 
   Host path: augmented host batches. `config.data.device_augment`: host crops,
@@ -129,6 +141,7 @@ class _Progress:
   raises KeyboardInterrupt at the next step boundary, so a checkpoint is never left half-written (orbax's
   writer threads would print tracebacks); a second Ctrl-C interrupts at once.
   """
+
   checkpoints: checkpointing.Checkpoints | None = None
   step: int | None = None  # The last step trained; None before the loop.
   evaluating: bool = False  # Training finished; the final evaluation runs.
@@ -160,8 +173,10 @@ class _Progress:
   def interrupted(self) -> str:
     resume = self.checkpoints.latest_step() if self.checkpoints is not None else None
     if self.evaluating:
-      return (f"interrupted during the final evaluation (training finished at step {self.step}); rerun the "
-              "same command to evaluate again")
+      return (
+        f"interrupted during the final evaluation (training finished at step {self.step}); rerun the "
+        "same command to evaluate again"
+      )
     where = f"at step {self.step}" if self.step is not None else "before training started"
     return f"interrupted {where}; rerun the same command to resume from step {resume or 0}"
 
@@ -186,8 +201,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     progress.restore_ctrl_c()
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progress: _Progress
-                        ) -> dict[str, Any]:
+def _train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progress: _Progress
+) -> dict[str, Any]:
   exp = experiment.setup(config, workdir)
   config = exp.config
   checkpoints = checkpointing.Checkpoints(exp.workdir, keep=config.train.keep_checkpoints)
@@ -199,8 +215,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathli
   elif config.train.init_from:  # Only a fresh run: a resumed one has its own weights (above).
     state = jax.device_put(init_from_workdir(exp, parallel.host_copy(state)), exp.state_shardings())
   elif config.model.pretrained:
-    state = jax.device_put(state_lib.load_pretrained(parallel.host_copy(state), config.model, exp.tx),
-                           exp.state_shardings())
+    state = jax.device_put(
+      state_lib.load_pretrained(parallel.host_copy(state), config.model, exp.tx), exp.state_shardings()
+    )
   experiment.write_config(exp)
   start_step = int(state.step)
 
@@ -208,30 +225,38 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathli
   if start_step == 0:
     writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
   num_steps = config.train.num_steps
-  report = writers.ReportProgress(num_train_steps=num_steps, writer=writer,
-                                  every_steps=config.train.log_every_steps)
+  report = writers.ReportProgress(num_train_steps=num_steps, writer=writer, every_steps=config.train.log_every_steps)
   profile = None
   if config.train.profile_steps and jax.process_index() == 0:
     warmup = max(1, min(10, num_steps - start_step - config.train.profile_steps))  # Past compilation.
-    profile = writers.Profile(logdir=exp.workdir, num_profile_steps=config.train.profile_steps,
-                              first_step=start_step + warmup)
+    profile = writers.Profile(
+      logdir=exp.workdir, num_profile_steps=config.train.profile_steps, first_step=start_step + warmup
+    )
 
   train_source = pipeline.CaseSource(exp.prepared, "train", config.data.cache_cases)
   val_source = pipeline.CaseSource(exp.prepared, "validation", config.data.cache_cases)
   local_batch = parallel.check_batch_size(config.train.batch_size, exp.mesh)
   batch_fn, input_sharding, batches = train_inputs(exp, train_source, start_step, local_batch)
   train_step = jax.jit(
-      make_step(exp, batch_fn),
-      in_shardings=(exp.state_shardings(), input_sharding),
-      out_shardings=(exp.state_shardings(), None), donate_argnums=0)
+    make_step(exp, batch_fn),
+    in_shardings=(exp.state_shardings(), input_sharding),
+    out_shardings=(exp.state_shardings(), None),
+    donate_argnums=0,
+  )
   if jax.process_count() > 1:  # Compile, then meet: a peer's gloo set-up waits only 30 s for a slow compile.
     first = next(batches)
     batches = itertools.chain([first], batches)
     train_step = parallel.compile_together(train_step, state, first)
   buffer = MetricsBuffer(checkpoints)
 
-  logging.info("Training %s on %s from step %d to %d on %d devices", config.model.name, exp.prepared.name,
-               start_step, num_steps, exp.mesh.devices.size)
+  logging.info(
+    "Training %s on %s from step %d to %d on %d devices",
+    config.model.name,
+    exp.prepared.name,
+    start_step,
+    num_steps,
+    exp.mesh.devices.size,
+  )
   progress.step = start_step
   progress.defer_ctrl_c()
   for step in range(start_step + 1, num_steps + 1):
@@ -251,17 +276,26 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathli
       profile(step)
     progress.check()  # Ctrl-C: stop before a validation.
     if eval_now:
-      dice, scores, picture = evaluate.validation_dice(exp.predictor(state), val_source, config,
-                                                       exp.prepared.num_classes)
+      dice, scores, picture = evaluate.validation_dice(
+        exp.predictor(state), val_source, config, exp.prepared.num_classes
+      )
       names = list(exp.prepared.labels)
-      writer.write_scalars(step, {"validation/dice_foreground": dice,
-                                  **{f"validation/dice_{names[k]}": float(scores["dice"][k])
-                                     for k in range(1, len(names))}})
+      writer.write_scalars(
+        step,
+        {
+          "validation/dice_foreground": dice,
+          **{f"validation/dice_{names[k]}": float(scores["dice"][k]) for k in range(1, len(names))},
+        },
+      )
       writer.write_images(step, {"validation/image_reference_prediction": picture[None]})
       best = checkpoints.save_best(step, state, dice)
-      logging.info("Step %d: validation Dice %.4f (%s)%s", step, dice,
-                   ", ".join(f"{names[k]} {float(scores['dice'][k]):.3f}" for k in range(1, len(names))),
-                   ", new best" if best else "")
+      logging.info(
+        "Step %d: validation Dice %.4f (%s)%s",
+        step,
+        dice,
+        ", ".join(f"{names[k]} {float(scores['dice'][k]):.3f}" for k in range(1, len(names))),
+        ", new best" if best else "",
+      )
     if save_now:
       checkpoints.save(step, state)
     progress.check()  # Ctrl-C: stop here, with every checkpoint written.
@@ -289,6 +323,7 @@ def source_variables(config: ml_collections.ConfigDict, source: pathlib.Path) ->
     CheckpointError: it has no config.json or no such checkpoint, or the checkpoint is unreadable.
   """
   from jaxseg import ensemble  # pylint: disable=g-import-not-at-top  (evaluation restores members the same way)
+
   key = f"config.train.init_from={source}"
   if not source.is_dir():
     raise ConfigError(f"{key}: not a directory; give the workdir of a trained jaxseg run")
@@ -322,15 +357,29 @@ def init_from_workdir(exp: experiment.Experiment, state: state_lib.TrainState) -
     raise ConfigError(f"config.train.init_from={source} is this run's own workdir; rerunning there resumes it")
   variables, step = source_variables(config, source)
   exclude = config_lib.split_names(config.train.init_from_exclude)
-  state, record = state_lib.init_from_variables(state, variables, exp.tx, f"config.train.init_from={source}",
-                                                exclude)
-  logging.info("Initialised from %s (checkpoint step %d): copied %d arrays, kept the new initialisation of %d%s",
-               source, step, record["num_copied"], record["num_kept"],
-               f": {'; '.join(record['kept'])}" if record["kept"] else "")
+  state, record = state_lib.init_from_variables(state, variables, exp.tx, f"config.train.init_from={source}", exclude)
+  logging.info(
+    "Initialised from %s (checkpoint step %d): copied %d arrays, kept the new initialisation of %d%s",
+    source,
+    step,
+    record["num_copied"],
+    record["num_kept"],
+    f": {'; '.join(record['kept'])}" if record["kept"] else "",
+  )
   if jax.process_index() == 0:
-    paths.write_text_atomic(exp.workdir / INIT_FROM_RECORD, json.dumps(
-        {"workdir": str(source.resolve()), "checkpoint": str(config.train.init_from_checkpoint), "step": step,
-         "exclude": list(exclude), **record}, indent=2))
+    paths.write_text_atomic(
+      exp.workdir / INIT_FROM_RECORD,
+      json.dumps(
+        {
+          "workdir": str(source.resolve()),
+          "checkpoint": str(config.train.init_from_checkpoint),
+          "step": step,
+          "exclude": list(exclude),
+          **record,
+        },
+        indent=2,
+      ),
+    )
   return state
 
 

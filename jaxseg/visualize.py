@@ -9,10 +9,21 @@ from typing import Mapping, Sequence
 import numpy as np
 
 # Distinct colours for labels 1..N (label 0, background, is left transparent).
-PALETTE = np.array([
-    [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212],
-], np.float32)
+PALETTE = np.array(
+  [
+    [230, 25, 75],
+    [60, 180, 75],
+    [255, 225, 25],
+    [0, 130, 200],
+    [245, 130, 48],
+    [145, 30, 180],
+    [70, 240, 240],
+    [240, 50, 230],
+    [210, 245, 60],
+    [250, 190, 212],
+  ],
+  np.float32,
+)
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
@@ -53,8 +64,10 @@ def axial_view(volume_zyx: np.ndarray, z: int) -> np.ndarray:
 
 def _pyplot():
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+
   return pyplot
 
 
@@ -72,8 +85,9 @@ def save_case_montage(path: str | pathlib.Path, rows: Sequence[tuple[str, np.nda
   plt.close(fig)
 
 
-def save_boxplots(path: str | pathlib.Path, values: Mapping[str, Mapping[str, Sequence[float]]],
-                  units: Mapping[str, str], title: str) -> None:
+def save_boxplots(
+  path: str | pathlib.Path, values: Mapping[str, Mapping[str, Sequence[float]]], units: Mapping[str, str], title: str
+) -> None:
   """Per-class box plots, one panel per metric, as a PNG.
 
   Args:
@@ -99,10 +113,9 @@ def save_boxplots(path: str | pathlib.Path, values: Mapping[str, Mapping[str, Se
     ax.set_xticks(range(1, len(names) + 1), names, fontsize=8, rotation=30)
     ax.set_title(metric + (f" [{units[metric]}]" if units.get(metric) else ""), fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-  for ax in axes.ravel()[len(metrics):]:
+  for ax in axes.ravel()[len(metrics) :]:
     ax.axis("off")
   fig.suptitle(title, fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
-

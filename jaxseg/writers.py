@@ -52,6 +52,7 @@ def _import_tensorboardx():
   """
   if "tensorboardX" in sys.modules or "torch" in sys.modules:
     import tensorboardX  # pylint: disable=g-import-not-at-top
+
     return tensorboardX
   sys.modules["torch"] = None  # `import torch` raises ImportError while this is set.
   try:
@@ -95,6 +96,7 @@ class _BucketEventFiles:
 
 def _register_bucket_writers() -> None:
   from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+
   for scheme in paths.REMOTE_SCHEMES:
     record_writer.register_writer_factory(scheme, _BucketEventFiles())
 
@@ -110,6 +112,7 @@ class Writer:
       _register_bucket_writers()
       self.logdir.mkdir(parents=True, exist_ok=True)
       from tensorboardX import summary  # pylint: disable=g-import-not-at-top
+
       self._file = tbx.FileWriter(os.fspath(self.logdir), max_queue=100, flush_secs=flush_secs)
       self._summary = summary
 
@@ -118,16 +121,14 @@ class Writer:
     if not scalars:
       return
     values = {k: float(np.asarray(v)) for k, v in scalars.items()}
-    logging.info("[%d] %s", step, ", ".join(f"{k}={v:.6g}" for k, v in sorted(values.items())),
-                 extra=console.FILE_ONLY)
+    logging.info("[%d] %s", step, ", ".join(f"{k}={v:.6g}" for k, v in sorted(values.items())), extra=console.FILE_ONLY)
     if self._file is not None:
       for tag, value in values.items():
         self._file.add_summary(self._summary.scalar(tag, value), step)
 
   def write_images(self, step: int, images: Mapping[str, Any]) -> None:
     """Each value `[N, H, W, C]` (C = 1, 3 or 4), uint8 or float in [0, 1]; N > 1 is tiled into one grid image."""
-    logging.info("[%d] Got images: %s.", step, {k: np.shape(v) for k, v in images.items()},
-                 extra=console.FILE_ONLY)
+    logging.info("[%d] Got images: %s.", step, {k: np.shape(v) for k, v in images.items()}, extra=console.FILE_ONLY)
     if self._file is None:
       return
     for tag, batch in images.items():
@@ -183,14 +184,16 @@ def _tile(batch: np.ndarray) -> np.ndarray:
   grid = np.zeros((rows * h, cols * w, c), batch.dtype)
   for i in range(n):
     r, q = divmod(i, cols)
-    grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = batch[i]
+    grid[r * h : (r + 1) * h, q * w : (q + 1) * w] = batch[i]
   return grid
 
 
 # Reading event files back (tests, experiment reports).
 
+
 def _masked_crc(data: bytes) -> int:
   from tensorboardX.record_writer import masked_crc32c  # pylint: disable=g-import-not-at-top
+
   return int(masked_crc32c(data))
 
 
@@ -201,6 +204,7 @@ def read_events(path: str | os.PathLike) -> Iterator[Any]:
   """
   _import_tensorboardx()
   from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+
   with paths.resolve(path).open("rb") as f:
     while True:
       header = f.read(12)
@@ -253,11 +257,17 @@ def read_scalars(logdir: str | os.PathLike) -> dict[str, list[tuple[int, float]]
 
 def read_tags(logdir: str | os.PathLike) -> set[str]:
   """Every summary tag (scalars, images, hparams) in the event files directly in `logdir`."""
-  return {value.tag for path in _event_files(logdir)
-          for event in read_events(path) if event.HasField("summary") for value in event.summary.value}
+  return {
+    value.tag
+    for path in _event_files(logdir)
+    for event in read_events(path)
+    if event.HasField("summary")
+    for value in event.summary.value
+  }
 
 
 # Periodic actions (called once after every training step).
+
 
 def _format_secs(secs: float) -> str:
   secs = max(int(round(secs)), 0)
@@ -296,10 +306,20 @@ class ReportProgress:
     steps_per_sec = (step - previous_step) / max(t - previous_t, 1e-9)
     eta = (self._num_steps - step) / max(steps_per_sec, 1e-9)
     metrics = metrics or {}
-    values = "".join(f"{label} {float(metrics[key]):.4f}, " for key, label in
-                     (("train/loss", "loss"), ("train/dice_foreground", "train Dice")) if key in metrics)
-    logging.info("Step %d/%d (%.1f%%): %s%.2f steps/s, ETA %s", step, self._num_steps,
-                 100 * step / self._num_steps, values, steps_per_sec, _format_secs(eta))
+    values = "".join(
+      f"{label} {float(metrics[key]):.4f}, "
+      for key, label in (("train/loss", "loss"), ("train/dice_foreground", "train Dice"))
+      if key in metrics
+    )
+    logging.info(
+      "Step %d/%d (%.1f%%): %s%.2f steps/s, ETA %s",
+      step,
+      self._num_steps,
+      100 * step / self._num_steps,
+      values,
+      steps_per_sec,
+      _format_secs(eta),
+    )
     if self._writer is not None:
       self._writer.write_scalars(step, {"steps_per_sec": steps_per_sec, "uptime": t - self._t0})
     self._previous = (step, t)

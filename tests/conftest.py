@@ -52,11 +52,13 @@ def _phantom_config(data_dir, **sections):
   `seed=1`, ... (applied after these defaults).
   """
   from jaxseg.config import base_config  # pylint: disable=g-import-not-at-top
+
   config = base_config()
   config.data.update(data_dir=str(data_dir), num_cases=5, num_threads=1)
   config.model.update(features=4, depth=2)
-  config.train.update(num_steps=4, batch_size=2, warmup_steps=1, log_every_steps=2, eval_every_steps=2,
-                      checkpoint_every_steps=2)
+  config.train.update(
+    num_steps=4, batch_size=2, warmup_steps=1, log_every_steps=2, eval_every_steps=2, checkpoint_every_steps=2
+  )
   config.eval.update(splits=("test",), num_figures=0)
   return _configure(config, sections)
 
@@ -67,6 +69,7 @@ def _msd_config(root, data_dir, **sections):
   Keyword arguments as for `phantom_config`; the tests set the patch size: `data=dict(patch_size=(16, 16))`.
   """
   from jaxseg.config import base_config  # pylint: disable=g-import-not-at-top
+
   config = base_config()
   config.data.update(name="msd", root=str(root), data_dir=str(data_dir), prepare_workers=1)
   config.model.update(features=4, depth=2)
@@ -98,12 +101,13 @@ class TinyMsd:
   def write(self, root, depth=5):
     """Writes the dataset (images, labels, dataset.json, splits.json) under `root`; returns `root`."""
     from jaxseg.data import nifti  # pylint: disable=g-import-not-at-top
+
     rng = np.random.default_rng(0)
     entries = []
     for i, case_id in enumerate(self.CASES):
       label = np.zeros((18, 22, depth), np.uint8)
       z = slice(1, 4) if depth > 1 else slice(0, 1)
-      label[4 + i % 3:10 + i % 3, 5 + i % 4:12 + i % 4, z] = 1
+      label[4 + i % 3 : 10 + i % 3, 5 + i % 4 : 12 + i % 4, z] = 1
       label[13:15, 3:5, z] = 2
       label[13:15, 16:19, z] = 2
       image = np.where(label == 1, 80.0, np.where(label == 2, 200.0, -50.0)) + rng.normal(0, 5, label.shape)
@@ -112,11 +116,22 @@ class TinyMsd:
       nifti.save_nifti(root / "imagesTr" / f"{case_id}.nii.gz", image.astype(np.float32), self.AFFINE)
       nifti.save_nifti(root / "labelsTr" / f"{case_id}.nii.gz", label, self.AFFINE)
       entries.append({"image": f"./imagesTr/{case_id}.nii.gz", "label": f"./labelsTr/{case_id}.nii.gz"})
-    (root / "dataset.json").write_text(json.dumps({
-        "name": f"Tiny{depth}", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "organ", "2": "pair"},
-        "tensorImageSize": "3D", "numTraining": len(self.CASES), "training": entries, "test": []}))
-    (root / "splits.json").write_text(json.dumps({"train": self.CASES[:3], "validation": [self.CASES[3]],
-                                                  "test": [self.CASES[4]]}))
+    (root / "dataset.json").write_text(
+      json.dumps(
+        {
+          "name": f"Tiny{depth}",
+          "modality": {"0": "CT"},
+          "labels": {"0": "background", "1": "organ", "2": "pair"},
+          "tensorImageSize": "3D",
+          "numTraining": len(self.CASES),
+          "training": entries,
+          "test": [],
+        }
+      )
+    )
+    (root / "splits.json").write_text(
+      json.dumps({"train": self.CASES[:3], "validation": [self.CASES[3]], "test": [self.CASES[4]]})
+    )
     return root
 
   def config(self, root, data_dir):
@@ -151,6 +166,7 @@ def interrupt_training():
       patch.setattr(pipeline, "train_batches", crashing_batches)
       with pytest.raises(KeyboardInterrupt):
         train.train_and_evaluate(config, workdir)
+
   return interrupt
 
 
@@ -169,6 +185,7 @@ def restore_latest():
     finally:
       checkpoints.close()
     return jax.device_get(state), step
+
   return restore
 
 
@@ -181,7 +198,7 @@ class FakeBucketBackend(backend_lib._OsPathBackend):  # pylint: disable=protecte
   def _local(self, path) -> str:
     text = os.fspath(path)
     assert text.startswith("gs://"), text
-    return str(self.root / text[len("gs://"):])
+    return str(self.root / text[len("gs://") :])
 
   def _url(self, local: str) -> str:
     return "gs://" + os.path.relpath(local, self.root)
@@ -235,6 +252,7 @@ def bucket(tmp_path, monkeypatch):
   """gs:// served from tmp_path/bucket-root; returns that root."""
   from etils.epath import gpath  # pylint: disable=g-import-not-at-top
   from orbax.checkpoint._src.path import gcs_utils  # pylint: disable=g-import-not-at-top
+
   root = tmp_path / "bucket-root"
   root.mkdir()
   monkeypatch.setitem(gpath._PREFIX_TO_BACKEND, "gs", FakeBucketBackend(root))  # pylint: disable=protected-access
@@ -251,5 +269,6 @@ def fast_random_compile():
   init of a dozen kernels take tens of seconds (a few seconds without). It changes which random numbers an
   init draws, not what the tests check. Use with `pytestmark = pytest.mark.usefixtures(...)`."""
   import jax  # pylint: disable=g-import-not-at-top
+
   with jax.threefry_partitionable(False):
     yield

@@ -19,12 +19,13 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0}
 # The models trained for two steps in test_models_train.py: config overrides and input shape. The ResNet-based
 # ones are in test_models_train_resnet.py, which checks that the two tables cover the registry.
 TWO_STEP_MODELS = {
-    "unet": (dict(features=4, depth=2, dropout=0.1), (2, 20, 24, 2)),
-    "unet3d": (dict(features=4, depth=2, norm="instance",
-                    activation="leaky_relu", deep_supervision=True),
-               (2, 12, 10, 9, 1)),
-    "attention_unet": (dict(features=4, depth=2), (2, 17, 16, 1)),
-    "fcn32s": (dict(backbone="vgg16", backbone_width=4), (2, 33, 32, 3)),
+  "unet": (dict(features=4, depth=2, dropout=0.1), (2, 20, 24, 2)),
+  "unet3d": (
+    dict(features=4, depth=2, norm="instance", activation="leaky_relu", deep_supervision=True),
+    (2, 12, 10, 9, 1),
+  ),
+  "attention_unet": (dict(features=4, depth=2), (2, 17, 16, 1)),
+  "fcn32s": (dict(backbone="vgg16", backbone_width=4), (2, 33, 32, 3)),
 }
 
 
@@ -41,8 +42,7 @@ def run_jitted(fn, *args):
 
 def init_variables(model, shape, seed=0):
   x = jnp.zeros(shape, jnp.float32)
-  return run_jitted(lambda key: model.init({"params": key}, x, train=False),
-                    jax.random.key(seed))
+  return run_jitted(lambda key: model.init({"params": key}, x, train=False), jax.random.key(seed))
 
 
 def run_two_steps(name: str, overrides: dict, shape: tuple[int, ...]):
@@ -58,47 +58,39 @@ def run_two_steps(name: str, overrides: dict, shape: tuple[int, ...]):
 
   def loss_fn(params, batch_stats, rng):
     outputs, updates = model.apply(
-        {"params": params, "batch_stats": batch_stats}, x, train=True,
-        mutable=["batch_stats"], rngs={"dropout": rng})
+      {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"], rngs={"dropout": rng}
+    )
     if not isinstance(outputs, list):
       outputs = [outputs]
     assert len(outputs) == len(weights)
     loss = 0.0
     for weight, logits in zip(weights, outputs):
       factor = -(-shape[1] // logits.shape[1])
-      target = labels[(slice(None),) + (slice(None, None, factor),) *
-                      (labels.ndim - 1)]
+      target = labels[(slice(None),) + (slice(None, None, factor),) * (labels.ndim - 1)]
       assert logits.shape == target.shape + (3,)
-      loss += weight * optax.softmax_cross_entropy_with_integer_labels(
-          logits, target).mean()
+      loss += weight * optax.softmax_cross_entropy_with_integer_labels(logits, target).mean()
     return loss, updates.get("batch_stats", {})
 
   def step(params, batch_stats, opt_state, rng):
-    (loss, batch_stats), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(params, batch_stats, rng)
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_stats, rng)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), batch_stats, opt_state,
-            loss, grads)
+    return (optax.apply_updates(params, updates), batch_stats, opt_state, loss, grads)
 
   params = variables["params"]
   batch_stats = variables.get("batch_stats", {})
   opt_state = tx.init(params)
-  compiled_step = jax.jit(step).lower(
-      params, batch_stats, opt_state, jax.random.key(10)).compile(FAST_COMPILE)
+  compiled_step = jax.jit(step).lower(params, batch_stats, opt_state, jax.random.key(10)).compile(FAST_COMPILE)
   losses = []
   for _ in range(2):
-    params, batch_stats, opt_state, loss, grads = compiled_step(
-        params, batch_stats, opt_state, jax.random.key(10))
+    params, batch_stats, opt_state, loss, grads = compiled_step(params, batch_stats, opt_state, jax.random.key(10))
     losses.append(float(loss))
   assert all(np.isfinite(losses))
   assert losses[1] < losses[0]
   # Every parameter gets a gradient (in the second step: FCN's zero-initialised
   # score layers block it in the first), except the head of a zero-weighted
   # output (kernel and bias).
-  no_gradient = [bool(np.all(np.asarray(g) == 0))
-                 for g in jax.tree.leaves(grads)]
+  no_gradient = [bool(np.all(np.asarray(g) == 0)) for g in jax.tree.leaves(grads)]
   assert no_gradient.count(True) <= 2 * weights.count(0.0)
   if "batch_stats" in variables:
-    moved = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != b)),
-                         variables["batch_stats"], batch_stats)
+    moved = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != b)), variables["batch_stats"], batch_stats)
     assert all(jax.tree.leaves(moved))

@@ -44,8 +44,16 @@ def adversarial_config(**overrides):
   config = base_config()
   config.model.num_classes = NUM_CLASSES
   config.data.patch_size = SPATIAL
-  config.adversarial.update(enabled=True, features=4, num_layers=2, weight=0.5, warmup_steps=1,
-                            disc_every_steps=2, spectral_norm=True, label_smoothing=0.1)
+  config.adversarial.update(
+    enabled=True,
+    features=4,
+    num_layers=2,
+    weight=0.5,
+    warmup_steps=1,
+    disc_every_steps=2,
+    spectral_norm=True,
+    label_smoothing=0.1,
+  )
   config.adversarial.update(**overrides)
   return config
 
@@ -56,8 +64,15 @@ def sgd():
 
 def create_state(config, model, tx, disc_tx=None):
   """A state committed to the first device, as restored checkpoints are (so the step compiles once)."""
-  create = functools.partial(state_lib.create_train_state, config, model, tx, INPUT_SHAPE,
-                             experiment.create_discriminator(config.adversarial), disc_tx)
+  create = functools.partial(
+    state_lib.create_train_state,
+    config,
+    model,
+    tx,
+    INPUT_SHAPE,
+    experiment.create_discriminator(config.adversarial),
+    disc_tx,
+  )
   with jax.threefry_partitionable(False):  # As experiment.init_state: compiles several times faster on CPU.
     return jax.device_put(jax.jit(create)(), jax.devices()[0])
 
@@ -80,25 +95,38 @@ def run():
   model, tx, disc_tx = TinySegmenter(), sgd(), sgd()
   schedule = optax.constant_schedule(LEARNING_RATE)
   adv = config.adversarial
-  step = jax.jit(steps.make_adversarial_train_step(
-      model, tx, schedule, "dice_ce", OUTPUT_WEIGHTS, experiment.create_discriminator(adv), disc_tx,
-      adversarial_weight=adv.weight, warmup_steps=adv.warmup_steps, disc_every_steps=adv.disc_every_steps,
-      label_smoothing=adv.label_smoothing))
+  step = jax.jit(
+    steps.make_adversarial_train_step(
+      model,
+      tx,
+      schedule,
+      "dice_ce",
+      OUTPUT_WEIGHTS,
+      experiment.create_discriminator(adv),
+      disc_tx,
+      adversarial_weight=adv.weight,
+      warmup_steps=adv.warmup_steps,
+      disc_every_steps=adv.disc_every_steps,
+      label_smoothing=adv.label_smoothing,
+    )
+  )
   plain_step = jax.jit(steps.make_train_step(model, tx, schedule, "dice_ce", OUTPUT_WEIGHTS))
   rng = np.random.default_rng(0)
-  batch = {"image": jnp.asarray(rng.normal(size=(2, *SPATIAL, CHANNELS)), jnp.float32),
-           "label": jnp.asarray(rng.integers(0, NUM_CLASSES, (2, *SPATIAL)), jnp.int32)}
+  batch = {
+    "image": jnp.asarray(rng.normal(size=(2, *SPATIAL, CHANNELS)), jnp.float32),
+    "label": jnp.asarray(rng.integers(0, NUM_CLASSES, (2, *SPATIAL)), jnp.int32),
+  }
   states, metrics, plain = [create_state(config, model, tx, disc_tx)], [], []
   for _ in range(3):
     plain.append(plain_step(states[-1], batch))
     new_state, step_metrics = step(states[-1], batch)
     states.append(new_state)
     metrics.append(step_metrics)
-  return dict(config=config, model=model, tx=tx, step=step, batch=batch, states=states, metrics=metrics,
-              plain=plain)
+  return dict(config=config, model=model, tx=tx, step=step, batch=batch, states=states, metrics=metrics, plain=plain)
 
 
 # Discriminator.
+
 
 def test_discriminator_input_forms_match_hand_computation():
   rng = np.random.default_rng(0)
@@ -115,15 +143,17 @@ def test_discriminator_input_forms_match_hand_computation():
     discriminator_lib.discriminator_input(image, labels[:, :1], "concat")
 
 
-@pytest.mark.parametrize("spatial,form,spectral_norm,in_channels", [
+@pytest.mark.parametrize(
+  "spatial,form,spectral_norm,in_channels",
+  [
     ((16, 24), "product", False, CHANNELS * NUM_CLASSES),
     ((16, 24), "concat", True, CHANNELS + NUM_CLASSES),
     ((8, 16, 12), "product", True, CHANNELS * NUM_CLASSES),
     ((8, 16, 12), "concat", False, CHANNELS + NUM_CLASSES),
-])
+  ],
+)
 def test_discriminator_output_shapes(spatial, form, spectral_norm, in_channels):
-  disc = discriminator_lib.PatchDiscriminator(features=4, num_layers=2, input_form=form,
-                                              spectral_norm=spectral_norm)
+  disc = discriminator_lib.PatchDiscriminator(features=4, num_layers=2, input_form=form, spectral_norm=spectral_norm)
   image = jax.ShapeDtypeStruct((3, *spatial, CHANNELS), jnp.float32)
   label_map = jax.ShapeDtypeStruct((3, *spatial, NUM_CLASSES), jnp.float32)
   variables = jax.eval_shape(disc.init, jax.random.key(0), image, label_map)
@@ -145,9 +175,11 @@ def test_spectral_norm_estimates_largest_singular_value(run):
   @jax.jit
   def power_iterations(batch_stats):
     def body(_, stats):
-      _, updates = disc.apply({"params": params, "batch_stats": stats}, image, label_map, update_stats=True,
-                              mutable=["batch_stats"])
+      _, updates = disc.apply(
+        {"params": params, "batch_stats": stats}, image, label_map, update_stats=True, mutable=["batch_stats"]
+      )
       return updates["batch_stats"]
+
     return jax.lax.fori_loop(0, 50, body, batch_stats)
 
   batch_stats = power_iterations(run["states"][0].adversary.batch_stats)
@@ -159,30 +191,37 @@ def test_spectral_norm_estimates_largest_singular_value(run):
 
 # Train state and config.
 
+
 def test_discriminator_only_when_enabled_and_segmenter_unchanged(run):
   plain = create_state(adversarial_config(enabled=False), run["model"], run["tx"])
   assert plain.adversary is None
   adv = run["states"][0]
-  assert_trees_equal((plain.step, plain.params, plain.batch_stats, plain.opt_state, plain.rng),
-                     (adv.step, adv.params, adv.batch_stats, adv.opt_state, adv.rng))
+  assert_trees_equal(
+    (plain.step, plain.params, plain.batch_stats, plain.opt_state, plain.rng),
+    (adv.step, adv.params, adv.batch_stats, adv.opt_state, adv.rng),
+  )
   assert adv.adversary.params["conv0"]["kernel"].shape == (4, 4, CHANNELS * NUM_CLASSES, 4)
   assert jax.tree.leaves(adv.adversary.batch_stats) and jax.tree.leaves(adv.adversary.opt_state)
 
 
-@pytest.mark.parametrize("key,value,message", [
+@pytest.mark.parametrize(
+  "key,value,message",
+  [
     ("input", "sum", "config.adversarial.input='sum': unknown input form"),
     ("num_layers", 0, "config.adversarial.num_layers=0: must be an integer >= 1"),
     ("disc_every_steps", 0, "config.adversarial.disc_every_steps=0: must be an integer >= 1"),
     ("label_smoothing", 1.0, "config.adversarial.label_smoothing=1.0: must be in \\[0, 1\\)"),
     ("weight", -0.1, "config.adversarial.weight=-0.1: must be >= 0"),
     ("num_layers", 5, "config.data.patch_size=\\(16, 16\\) is smaller than the 32 voxels"),
-])
+  ],
+)
 def test_bad_adversarial_config_names_the_key(key, value, message):
   with pytest.raises(ConfigError, match=message):
     validate(adversarial_config(**{key: value}))
 
 
 # The adversarial step.
+
 
 def test_step_is_the_hand_computed_update_of_both_networks(run):
   """t=2 (adversarial term on, discriminator updated): both updates follow objectives written out here."""
@@ -193,8 +232,13 @@ def test_step_is_the_hand_computed_update_of_both_networks(run):
   onehot = jax.nn.one_hot(batch["label"], NUM_CLASSES)
 
   def forward(params):
-    outputs, _ = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
-                             mutable=["batch_stats"], rngs={"dropout": rng})
+    outputs, _ = model.apply(
+      {"params": params, "batch_stats": state.batch_stats},
+      batch["image"],
+      train=True,
+      mutable=["batch_stats"],
+      rngs={"dropout": rng},
+    )
     return outputs
 
   def d(params, label_map):
@@ -203,8 +247,10 @@ def test_step_is_the_hand_computed_update_of_both_networks(run):
   def dice_ce(logits, y):
     log_p = jax.nn.log_softmax(logits)
     p = jnp.exp(log_p)
-    dice = [(2 * jnp.sum(p[..., k] * y[..., k]) + 1e-5) / (jnp.sum(p[..., k]) + jnp.sum(y[..., k]) + 1e-5)
-            for k in range(1, NUM_CLASSES)]
+    dice = [
+      (2 * jnp.sum(p[..., k] * y[..., k]) + 1e-5) / (jnp.sum(p[..., k]) + jnp.sum(y[..., k]) + 1e-5)
+      for k in range(1, NUM_CLASSES)
+    ]
     return -jnp.mean(jnp.sum(y * log_p, -1)) + 1 - sum(dice) / len(dice)
 
   def segmenter_objective(params):
@@ -218,18 +264,21 @@ def test_step_is_the_hand_computed_update_of_both_networks(run):
     return 0.5 * (bce(real_logits, 0.9) + bce(fake_logits, 0.0)), (real_logits, fake_logits)
 
   loss, grads = jax.jit(jax.value_and_grad(segmenter_objective))(state.params)
-  (disc_loss, (real_logits, fake_logits)), disc_grads = jax.jit(
-      jax.value_and_grad(disc_objective, has_aux=True))(state.adversary.params)
-  for new, old, opt_state, g in ((new_state.params, state.params, state.opt_state, grads),
-                                 (new_state.adversary.params, state.adversary.params, state.adversary.opt_state,
-                                  disc_grads)):
+  (disc_loss, (real_logits, fake_logits)), disc_grads = jax.jit(jax.value_and_grad(disc_objective, has_aux=True))(
+    state.adversary.params
+  )
+  for new, old, opt_state, g in (
+    (new_state.params, state.params, state.opt_state, grads),
+    (new_state.adversary.params, state.adversary.params, state.adversary.opt_state, disc_grads),
+  ):
     expected = optax.apply_updates(old, sgd().update(g, opt_state, old)[0])
     assert trees_differ(new, old)
     jax.tree.map(lambda n, e: np.testing.assert_allclose(n, e, rtol=1e-4, atol=1e-6), new, expected)
   np.testing.assert_allclose(step_metrics["loss"], loss, rtol=1e-5)
   np.testing.assert_allclose(step_metrics["disc_loss"], disc_loss, rtol=1e-5)
-  np.testing.assert_allclose(step_metrics["loss"],
-                             step_metrics["segmentation_loss"] + 0.5 * step_metrics["adversarial_loss"], rtol=1e-6)
+  np.testing.assert_allclose(
+    step_metrics["loss"], step_metrics["segmentation_loss"] + 0.5 * step_metrics["adversarial_loss"], rtol=1e-6
+  )
   np.testing.assert_allclose(step_metrics["disc_accuracy_real"], np.mean(real_logits > 0), atol=1e-6)
   np.testing.assert_allclose(step_metrics["disc_accuracy_fake"], np.mean(fake_logits < 0), atol=1e-6)
 
@@ -238,8 +287,10 @@ def test_with_lambda_zero_the_segmenter_update_is_the_plain_step_exactly(run):
   """t=0 is in the warm-up (lambda_t = 0, as at every step with `adversarial.weight=0`)."""
   (plain_state, plain_metrics), adv_state, adv_metrics = run["plain"][0], run["states"][1], run["metrics"][0]
   assert float(adv_metrics["adversarial_weight"]) == 0.0
-  assert_trees_equal((adv_state.step, adv_state.params, adv_state.batch_stats, adv_state.opt_state),
-                     (plain_state.step, plain_state.params, plain_state.batch_stats, plain_state.opt_state))
+  assert_trees_equal(
+    (adv_state.step, adv_state.params, adv_state.batch_stats, adv_state.opt_state),
+    (plain_state.step, plain_state.params, plain_state.batch_stats, plain_state.opt_state),
+  )
   for name in ("loss", "grad_norm", "counts"):
     np.testing.assert_array_equal(adv_metrics[name], plain_metrics[name])
   assert trees_differ(run["states"][1].adversary.params, run["states"][0].adversary.params)  # D learnt.
@@ -265,9 +316,17 @@ def test_checkpoint_restores_both_networks_and_training_continues_identically(ru
   checkpoints = checkpointing.Checkpoints(tmp_path)
   checkpoints.save(1, states[1])
   checkpoints.close()
-  abstract = jax.eval_shape(functools.partial(state_lib.create_train_state, run["config"], run["model"],
-                                              run["tx"], INPUT_SHAPE,
-                                              experiment.create_discriminator(run["config"].adversarial), sgd()))
+  abstract = jax.eval_shape(
+    functools.partial(
+      state_lib.create_train_state,
+      run["config"],
+      run["model"],
+      run["tx"],
+      INPUT_SHAPE,
+      experiment.create_discriminator(run["config"].adversarial),
+      sgd(),
+    )
+  )
   checkpoints = checkpointing.Checkpoints(tmp_path, read_only=True)
   restored, step = checkpoints.restore(abstract, "latest")
   checkpoints.close()
@@ -279,13 +338,20 @@ def test_checkpoint_restores_both_networks_and_training_continues_identically(ru
 
 # The switch in train.py, end to end (a tiny U-Net on a tiny phantom).
 
+
 @pytest.fixture
 def tiny_train_config(phantom_config):
   """`tiny_train_config(data_dir)`: the tiny phantom config (64 x 64 patches) with a tiny discriminator."""
+
   def make(data_dir):
-    return phantom_config(data_dir, data={"patch_size": (64, 64)}, train={"eval_every_steps": 4},
-                          eval={"checkpoint": "latest"},
-                          adversarial=dict(enabled=True, warmup_steps=1, weight=0.1, features=4, num_layers=2))
+    return phantom_config(
+      data_dir,
+      data={"patch_size": (64, 64)},
+      train={"eval_every_steps": 4},
+      eval={"checkpoint": "latest"},
+      adversarial=dict(enabled=True, warmup_steps=1, weight=0.1, features=4, num_layers=2),
+    )
+
   return make
 
 
@@ -294,12 +360,19 @@ def scalar_tags(workdir):
 
 
 @pytest.mark.slow  # Three short runs with evaluation: about 80 s of CPU time (6 minutes on 2 loaded cores).
-def test_adversarial_training_logs_and_resumes_both_networks(tmp_path, tiny_train_config, interrupt_training,
-                                                             restore_latest):
+def test_adversarial_training_logs_and_resumes_both_networks(
+  tmp_path, tiny_train_config, interrupt_training, restore_latest
+):
   config = tiny_train_config(tmp_path / "data")
   reference = train.train_and_evaluate(config, tmp_path / "uninterrupted")
-  assert {"train/disc_loss", "train/disc_accuracy_real", "train/disc_accuracy_fake", "train/adversarial_loss",
-          "train/adversarial_weight", "train/segmentation_loss"} <= scalar_tags(tmp_path / "uninterrupted")
+  assert {
+    "train/disc_loss",
+    "train/disc_accuracy_real",
+    "train/disc_accuracy_fake",
+    "train/adversarial_loss",
+    "train/adversarial_weight",
+    "train/segmentation_loss",
+  } <= scalar_tags(tmp_path / "uninterrupted")
   assert json.loads((tmp_path / "uninterrupted" / "config.json").read_text())["adversarial"]["enabled"]
 
   interrupt_training(config, tmp_path / "resumed", after_batches=3)  # Step 3 is computed but never checkpointed.

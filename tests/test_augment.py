@@ -41,13 +41,16 @@ def test_explicit_flip_axes_and_rotation_are_kept():
   assert aug.flip_axes == () and aug.rotate_max_deg == 15.0
 
 
-@pytest.mark.parametrize("key,value,message", [
+@pytest.mark.parametrize(
+  "key,value,message",
+  [
     ("noise_prob", 1.5, "not a probability"),
     ("scale_range", (1.2, 0.8), "low <= high"),
     ("gamma_range", (0.0, 1.5), "positive factors"),
     ("flip_axes", (0, 2), "axis 2 is not a spatial axis of a 2D model"),
     ("rotate_max_deg", -5.0, "must be >= 0"),
-])
+  ],
+)
 def test_bad_augment_values_name_the_key(key, value, message):
   config = base_config()
   config.data.augment[key] = value
@@ -102,8 +105,7 @@ def test_gaussian_blur_blurs_some_channels_with_scipy_sigma():
   for c in range(6):
     if np.array_equal(out[..., c], image[..., c]):
       continue
-    np.testing.assert_allclose(out[..., c], ndimage.gaussian_filter(image[..., c].astype(np.float64), 0.8),
-                               atol=1e-5)
+    np.testing.assert_allclose(out[..., c], ndimage.gaussian_filter(image[..., c].astype(np.float64), 0.8), atol=1e-5)
     blurred += 1
   assert 0 < blurred < 6  # Each channel with probability 0.5.
 
@@ -130,8 +132,9 @@ def test_gamma_by_hand_keeps_mean_and_std():
   expected = (expected - expected.mean()) / expected.std() * x.std() + x.mean()
   np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
   inverted = augment.gamma(image, np.random.default_rng(0), (2.0, 2.0), invert=True)[..., 0].ravel()
-  np.testing.assert_allclose(inverted, -augment.gamma(-image, np.random.default_rng(0), (2.0, 2.0),
-                                                      invert=False)[..., 0].ravel(), rtol=1e-6)
+  np.testing.assert_allclose(
+    inverted, -augment.gamma(-image, np.random.default_rng(0), (2.0, 2.0), invert=False)[..., 0].ravel(), rtol=1e-6
+  )
   assert inverted.mean() == pytest.approx(x.mean(), abs=1e-5)
 
 
@@ -145,8 +148,7 @@ def test_low_resolution_keeps_shape_and_constants_and_removes_detail():
   for c in changed:  # Nearest-neighbour halving of a checkerboard keeps one colour.
     assert out[..., c].std() < 0.1 * image[..., c].std()
   constant = np.full((10, 12, 6, 1), 3.0, np.float32)
-  np.testing.assert_allclose(augment.low_resolution(constant, np.random.default_rng(0), (0.5, 0.5)), 3.0,
-                             atol=1e-5)
+  np.testing.assert_allclose(augment.low_resolution(constant, np.random.default_rng(0), (0.5, 0.5)), 3.0, atol=1e-5)
 
 
 def test_resize_to_the_same_shape_is_identity():

@@ -39,33 +39,32 @@ def test_every_case_builds_a_model():
 def test_flop_count_by_hand():
   x = jnp.zeros((2, 6, 7, 3))
   k = jnp.zeros((3, 3, 3, 5))
-  conv = lambda x, k: jax.lax.conv_general_dilated(
-      x, k, (2, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (2, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
   # Output 2 x 3 x 7 x 5, each a 27-tap dot product.
   assert flops.forward_flops(conv, x, k) == 2 * (2 * 3 * 7 * 5) * 27
   matmul = jax.jit(lambda a, b: jnp.einsum("bij,jk->bik", a, b))
-  assert flops.forward_flops(matmul, jnp.zeros((4, 5, 6)),
-                             jnp.zeros((6, 7))) == 2 * 4 * 5 * 7 * 6
-  scanned = lambda a: jax.lax.scan(lambda c, _: (c @ a, None), a, None,
-                                   length=3)[0]
+  assert flops.forward_flops(matmul, jnp.zeros((4, 5, 6)), jnp.zeros((6, 7))) == 2 * 4 * 5 * 7 * 6
+  scanned = lambda a: jax.lax.scan(lambda c, _: (c @ a, None), a, None, length=3)[0]
   assert flops.forward_flops(scanned, jnp.zeros((4, 4))) == 3 * 2 * 4 * 4 * 4
 
 
 def test_unet_flops_match_a_hand_count():
-  case = cases.Case("t", (("name", "unet"), ("features", 4), ("depth", 1),
-                          ("norm", "none")), (8, 8), 1)
+  case = cases.Case("t", (("name", "unet"), ("features", 4), ("depth", 1), ("norm", "none")), (8, 8), 1)
   cfg = train.model_config(case, "float32").model
   model = models.create_model(cfg)
   x = jnp.zeros((1, 8, 8, 1))
-  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x,
-                                                train=False))
-  got = flops.forward_flops(lambda v, x: model.apply(v, x, train=False),
-                            variables, x)
-  macs = (64 * 9 * 1 * 4 + 64 * 9 * 4 * 4        # down0 at 8x8
-          + 16 * 9 * 4 * 8 + 16 * 9 * 8 * 8      # bottleneck at 4x4
-          + 16 * 8 * 4 * 4                       # 2x2 upsampling: 16 px x 4 taps
-          + 64 * 9 * 8 * 4 + 64 * 9 * 4 * 4      # up0 at 8x8
-          + 64 * 4 * 3)                          # head
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+  got = flops.forward_flops(lambda v, x: model.apply(v, x, train=False), variables, x)
+  macs = (
+    64 * 9 * 1 * 4
+    + 64 * 9 * 4 * 4  # down0 at 8x8
+    + 16 * 9 * 4 * 8
+    + 16 * 9 * 8 * 8  # bottleneck at 4x4
+    + 16 * 8 * 4 * 4  # 2x2 upsampling: 16 px x 4 taps
+    + 64 * 9 * 8 * 4
+    + 64 * 9 * 4 * 4  # up0 at 8x8
+    + 64 * 4 * 3
+  )  # head
   assert got == 2 * macs
 
 
@@ -80,19 +79,17 @@ def test_device_peaks():
 def test_torch_unet_has_jaxseg_parameter_count(name):
   import torch  # pylint: disable=g-import-not-at-top
   from jaxseg.benchmark import torch_models  # pylint: disable=g-import-not-at-top
-  case, = cases.select("quick", [name])
+
+  (case,) = cases.select("quick", [name])
   cfg = train.model_config(case, "float32").model
   model = models.create_model(cfg)
   shape = (1, *case.patch, 1)
-  variables = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros(shape), train=False))
-  jax_count = sum(math.prod(v.shape) for v in jax.tree.leaves(
-      variables["params"]))
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
+  jax_count = sum(math.prod(v.shape) for v in jax.tree.leaves(variables["params"]))
   net = torch_models.UNet(dict(cfg), case.ndim, strided=cfg.name == "unet3d")
   assert sum(p.numel() for p in net.parameters()) == jax_count
   outputs = net(torch.zeros(1, 1, *case.patch))
-  assert [tuple(o.shape[2:]) for o in outputs] == [
-      tuple(s // 2**l for s in case.patch) for l in range(len(outputs))]
+  assert [tuple(o.shape[2:]) for o in outputs] == [tuple(s // 2**l for s in case.patch) for l in range(len(outputs))]
 
 
 def test_out_of_memory_row_and_the_suite_continues(monkeypatch):
@@ -100,15 +97,13 @@ def test_out_of_memory_row_and_the_suite_continues(monkeypatch):
     pass
 
   def fail(*args, **kwargs):
-    raise Exhausted("RESOURCE_EXHAUSTED: Out of memory while trying to "
-                    "allocate 80.00GiB")
+    raise Exhausted("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 80.00GiB")
+
   monkeypatch.setattr(train, "JaxStep", fail)
   monkeypatch.setattr(train, "TorchStep", fail)
-  rows = benchmark.run("quick", ["unet2d-32", "unet3d-16-ds"], ["float32"],
-                       ["train"], log=lambda line: None)
+  rows = benchmark.run("quick", ["unet2d-32", "unet3d-16-ds"], ["float32"], ["train"], log=lambda line: None)
   assert len(rows) == 4
-  assert all(r["status"] in ("out of memory", ) or r["status"].startswith(
-      "skipped") for r in rows)
+  assert all(r["status"] in ("out of memory",) or r["status"].startswith("skipped") for r in rows)
   assert all(r["device"] and r["versions"] and r["date"] for r in rows)
   assert "out of memory" in benchmark.table(rows)
 
@@ -116,12 +111,13 @@ def test_out_of_memory_row_and_the_suite_continues(monkeypatch):
 @pytest.mark.slow
 def test_quick_train_and_inference_rows(tmp_path, capsys):
   path = tmp_path / "rows.json"
-  assert cli.main(["--quick", "--cases=unet2d-32", "--dtypes=float32",
-                   "--sections=train,inference", f"--json={path}"]) == 0
+  assert (
+    cli.main(["--quick", "--cases=unet2d-32", "--dtypes=float32", "--sections=train,inference", f"--json={path}"]) == 0
+  )
   import json  # pylint: disable=g-import-not-at-top
+
   rows = json.loads(path.read_text())
-  jax_row = next(r for r in rows if r["section"] == "train" and
-                 r["framework"] == "jaxseg")
+  jax_row = next(r for r in rows if r["section"] == "train" and r["framework"] == "jaxseg")
   assert jax_row["status"] == "ok" and jax_row["step_ms"] > 0
   assert jax_row["compile_s"] > 0 and jax_row["gflop_per_step"] > 0
   assert jax_row["achieved_tflops"] > 0 and jax_row["peak_share"] is None

@@ -46,9 +46,16 @@ def make_msd(root, num_cases=4, channels=0, modality=None, labels=None, shape=SH
     _write(root / "labelsTr" / f"{prefix}_{i}.nii.gz", np.minimum(label, max(int(v) for v in labels or [2])))
     training.append({"image": f"./imagesTr/{prefix}_{i}.nii.gz", "label": f"./labelsTr/{prefix}_{i}.nii.gz"})
   modality = modality or ({"0": "CT"} if not channels else {str(c): f"MR{c}" for c in range(channels)})
-  meta = {"name": "Toy", "description": "tiny", "tensorImageSize": "4D" if channels else "3D",
-          "modality": modality, "labels": labels or {"0": "background", "1": "organ", "2": "lesion"},
-          "numTraining": num_cases, "training": training, "test": []}
+  meta = {
+    "name": "Toy",
+    "description": "tiny",
+    "tensorImageSize": "4D" if channels else "3D",
+    "modality": modality,
+    "labels": labels or {"0": "background", "1": "organ", "2": "lesion"},
+    "numTraining": num_cases,
+    "training": training,
+    "test": [],
+  }
   (root / "dataset.json").write_text(json.dumps(meta))
   return root
 
@@ -60,8 +67,12 @@ def make_nnunet(root, num_cases=4, channels=2, shape=SHAPE):
     for c in range(channels):
       _write(root / "imagesTr" / f"img_{i:03d}_{c:04d}.nii.gz", image[..., c])
     _write(root / "labelsTr" / f"img_{i:03d}.nii.gz", label)
-  meta = {"channel_names": {str(c): f"ch{c}" for c in range(channels)},
-          "labels": {"background": 0, "organ": 1, "lesion": 2}, "numTraining": num_cases, "file_ending": ".nii.gz"}
+  meta = {
+    "channel_names": {str(c): f"ch{c}" for c in range(channels)},
+    "labels": {"background": 0, "organ": 1, "lesion": 2},
+    "numTraining": num_cases,
+    "file_ending": ".nii.gz",
+  }
   (root / "dataset.json").write_text(json.dumps(meta))
   return root
 
@@ -88,8 +99,9 @@ def assert_nothing_registered(data_dir):
 def test_prepared_records_equal_preprocessing_of_the_raw_cases(tmp_path):
   root = make_msd(tmp_path / "raw", num_cases=5)
   builder = prepare(root, tmp_path / "prepared")
-  assert builder.prepared_dir == (tmp_path / "prepared" / "raw_segmentation" / raw.config_name(builder.raw) /
-                                  str(builder.VERSION))
+  assert builder.prepared_dir == (
+    tmp_path / "prepared" / "raw_segmentation" / raw.config_name(builder.raw) / str(builder.VERSION)
+  )
   reader = tfds.builder_from_directory(str(builder.prepared_dir))
   meta = reader.info.metadata
   assert meta["raw_root"] == str(root.resolve()) and meta["name"] == "Toy" and meta["format"] == "msd"
@@ -180,9 +192,12 @@ def test_older_msd_task_without_its_raw_files_is_refused_naming_the_version(tmp_
   builder = msd.MsdTask(config="Task02_Heart", data_dir=str(tmp_path / "prepared"), num_workers=1)
   old = _fake_prepared_version(builder, "1.1.0")
   (tmp_path / "manual").mkdir()
-  with pytest.raises(DataError, match=rf"manual directory for Task02_Heart: .* \({old} holds this dataset prepared by "
-                                      r"builder version 1.1.0, older than the current 1.2.0 .* and cannot be used; "
-                                      r"the raw files are needed to prepare it again\)"):
+  with pytest.raises(
+    DataError,
+    match=rf"manual directory for Task02_Heart: .* \({old} holds this dataset prepared by "
+    r"builder version 1.1.0, older than the current 1.2.0 .* and cannot be used; "
+    r"the raw files are needed to prepare it again\)",
+  ):
     _prepare_task(tmp_path / "manual", tmp_path / "prepared")
   assert not builder.prepared_dir.exists() and old.exists()
 
@@ -200,33 +215,57 @@ def _gzip_of(path, array):
 
 
 BAD_INPUTS = {
-    "missing label": (lambda r: (r / "labelsTr" / "case_1.nii.gz").unlink(),
-                      "labelsTr/case_1.nii.gz", "missing label file"),
-    "shape mismatch": (lambda r: _write(r / "labelsTr" / "case_1.nii.gz", np.zeros((8, 7, 4), np.uint8)),
-                       "labelsTr/case_1.nii.gz", r"shape \(8, 7, 4\) differs from \(8, 7, 5\)"),
-    "affine mismatch": (lambda r: _write(r / "labelsTr" / "case_1.nii.gz", _case_arrays(1)[1],
-                                         np.diag([1.5, 1.0, 2.5, 1.0])),
-                        "labelsTr/case_1.nii.gz", "affine differs"),
-    "undeclared label": (lambda r: _write(r / "labelsTr" / "case_2.nii.gz", np.full(SHAPE, 7, np.uint8)),
-                         "labelsTr/case_2.nii.gz", r"label values \[7\] are not declared"),
-    "truncated gzip": (lambda r: _truncate(r / "imagesTr" / "case_3.nii.gz"),
-                       "imagesTr/case_3.nii.gz", "cannot read NIfTI file"),
-    "nan voxel": (lambda r: _gzip_of(r / "imagesTr" / "case_2.nii.gz",
-                                     np.where(np.arange(280).reshape(SHAPE) == 9, np.nan, 1.0).astype(np.float32)),
-                  "imagesTr/case_2.nii.gz", "NaN or infinite"),
-    "inf voxel": (lambda r: _write(r / "imagesTr" / "case_0.nii.gz", np.full(SHAPE, np.inf, np.float32)),
-                  "imagesTr/case_0.nii.gz", "NaN or infinite"),
-    "4D image where 3D is declared": (lambda r: _write(r / "imagesTr" / "case_1.nii.gz", np.ones(SHAPE + (2,))),
-                                      "imagesTr/case_1.nii.gz", "is 4D .* tensorImageSize '3D'"),
-    "dataset.json missing": (lambda r: (r / "dataset.json").unlink(), "dataset.json", "file not found"),
-    "dataset.json not JSON": (lambda r: (r / "dataset.json").write_text("{'name': 1"), "dataset.json",
-                              "not valid JSON"),
-    "dataset.json missing key": (lambda r: _edit_json(r, labels=None), "dataset.json",
-                                 "missing required key 'labels'"),
-    "path escaping the root": (lambda r: _edit_json(r, training=[{"image": "../../etc/passwd.nii.gz",
-                                                                  "label": "./labelsTr/case_0.nii.gz"}]),
-                               "dataset.json", "outside the dataset root"),
-    "empty dataset": (lambda r: _edit_json(r, training=[]), "dataset.json", "no training cases"),
+  "missing label": (
+    lambda r: (r / "labelsTr" / "case_1.nii.gz").unlink(),
+    "labelsTr/case_1.nii.gz",
+    "missing label file",
+  ),
+  "shape mismatch": (
+    lambda r: _write(r / "labelsTr" / "case_1.nii.gz", np.zeros((8, 7, 4), np.uint8)),
+    "labelsTr/case_1.nii.gz",
+    r"shape \(8, 7, 4\) differs from \(8, 7, 5\)",
+  ),
+  "affine mismatch": (
+    lambda r: _write(r / "labelsTr" / "case_1.nii.gz", _case_arrays(1)[1], np.diag([1.5, 1.0, 2.5, 1.0])),
+    "labelsTr/case_1.nii.gz",
+    "affine differs",
+  ),
+  "undeclared label": (
+    lambda r: _write(r / "labelsTr" / "case_2.nii.gz", np.full(SHAPE, 7, np.uint8)),
+    "labelsTr/case_2.nii.gz",
+    r"label values \[7\] are not declared",
+  ),
+  "truncated gzip": (
+    lambda r: _truncate(r / "imagesTr" / "case_3.nii.gz"),
+    "imagesTr/case_3.nii.gz",
+    "cannot read NIfTI file",
+  ),
+  "nan voxel": (
+    lambda r: _gzip_of(
+      r / "imagesTr" / "case_2.nii.gz", np.where(np.arange(280).reshape(SHAPE) == 9, np.nan, 1.0).astype(np.float32)
+    ),
+    "imagesTr/case_2.nii.gz",
+    "NaN or infinite",
+  ),
+  "inf voxel": (
+    lambda r: _write(r / "imagesTr" / "case_0.nii.gz", np.full(SHAPE, np.inf, np.float32)),
+    "imagesTr/case_0.nii.gz",
+    "NaN or infinite",
+  ),
+  "4D image where 3D is declared": (
+    lambda r: _write(r / "imagesTr" / "case_1.nii.gz", np.ones(SHAPE + (2,))),
+    "imagesTr/case_1.nii.gz",
+    "is 4D .* tensorImageSize '3D'",
+  ),
+  "dataset.json missing": (lambda r: (r / "dataset.json").unlink(), "dataset.json", "file not found"),
+  "dataset.json not JSON": (lambda r: (r / "dataset.json").write_text("{'name': 1"), "dataset.json", "not valid JSON"),
+  "dataset.json missing key": (lambda r: _edit_json(r, labels=None), "dataset.json", "missing required key 'labels'"),
+  "path escaping the root": (
+    lambda r: _edit_json(r, training=[{"image": "../../etc/passwd.nii.gz", "label": "./labelsTr/case_0.nii.gz"}]),
+    "dataset.json",
+    "outside the dataset root",
+  ),
+  "empty dataset": (lambda r: _edit_json(r, training=[]), "dataset.json", "no training cases"),
 }
 
 
@@ -282,8 +321,14 @@ def test_killed_preparation_is_never_complete_and_a_rerun_redoes_it(tmp_path):
   script = tmp_path / "prepare.py"
   script.write_text(KILLED_PREPARATION)
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-  process = subprocess.Popen([sys.executable, str(script), str(root), str(data_dir)], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True, env=env, start_new_session=True)
+  process = subprocess.Popen(
+    [sys.executable, str(script), str(root), str(data_dir)],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.DEVNULL,
+    text=True,
+    env=env,
+    start_new_session=True,
+  )
   try:
     for line in process.stdout:  # TFDS prints its own lines too.
       if line.strip() == "case written":
@@ -310,8 +355,16 @@ def test_concurrent_preparations_prepare_once(tmp_path):
   script = tmp_path / "prepare.py"
   script.write_text(KILLED_PREPARATION)
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-  processes = [subprocess.Popen([sys.executable, str(script), str(root), str(data_dir)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+  processes = [
+    subprocess.Popen(
+      [sys.executable, str(script), str(root), str(data_dir)],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=env,
+    )
+    for _ in range(2)
+  ]
   outputs = [p.communicate(timeout=240) for p in processes]
   assert all(p.returncode == 0 for p in processes), [err[-2000:] for _, err in outputs]
   written = [out.count("case written") for out, _ in outputs]
@@ -323,9 +376,15 @@ def test_concurrent_preparations_prepare_once(tmp_path):
 
 def make_task(manual_dir, task="Task02_Heart", **kwargs):
   spec = msd.TASKS[task]
-  return make_msd(manual_dir / task, num_cases=spec.num_training, shape=(6, 5, 4),
-                  modality={str(i): m for i, m in enumerate(spec.modality)},
-                  labels={str(v): n for v, n in spec.labels.items()}, prefix="la", **kwargs)
+  return make_msd(
+    manual_dir / task,
+    num_cases=spec.num_training,
+    shape=(6, 5, 4),
+    modality={str(i): m for i, m in enumerate(spec.modality)},
+    labels={str(v): n for v, n in spec.labels.items()},
+    prefix="la",
+    **kwargs,
+  )
 
 
 def _prepare_task(manual_dir, data_dir, task="Task02_Heart"):
@@ -344,15 +403,33 @@ def test_msd_task_builder_prepares_a_task_by_name(tmp_path):
   assert builder.info.homepage == msd.HOMEPAGE and "Decathlon" in builder.info.citation
   # The task directory itself also works as the manual directory; prepared data needs no raw files.
   assert _prepare_task(task_dir, tmp_path / "prepared").prepared_dir == builder.prepared_dir
-  assert sorted(msd.TASKS) == [f"Task{i:02d}_{n}" for i, n in enumerate(
-      ["BrainTumour", "Heart", "Liver", "Hippocampus", "Prostate", "Lung", "Pancreas", "HepaticVessel", "Spleen",
-       "Colon"], start=1)]
+  assert sorted(msd.TASKS) == [
+    f"Task{i:02d}_{n}"
+    for i, n in enumerate(
+      [
+        "BrainTumour",
+        "Heart",
+        "Liver",
+        "Hippocampus",
+        "Prostate",
+        "Lung",
+        "Pancreas",
+        "HepaticVessel",
+        "Spleen",
+        "Colon",
+      ],
+      start=1,
+    )
+  ]
 
 
-@pytest.mark.parametrize("change,message", [
+@pytest.mark.parametrize(
+  "change,message",
+  [
     ({"modality": {"0": "MRI", "1": "T2"}}, r"2 channel\(s\) \['MRI', 'T2'\] but Task02_Heart has 1"),
     ({"labels": {"0": "background", "1": "left atrium", "2": "ventricle"}}, r"label values \[0, 1, 2\]"),
-])
+  ],
+)
 def test_msd_task_must_match_the_published_dataset(tmp_path, change, message):
   task_dir = make_task(tmp_path / "manual")
   _edit_json(task_dir, **change)

@@ -17,12 +17,21 @@ TX = optax.adam(1e-3)
 
 def make_state(step, offset=0.0, kernel_shape=(2, 3)):
   """A TrainState whose arrays all depend on `offset` (so two states differ in every leaf)."""
-  params = {"dense": {"kernel": np.arange(np.prod(kernel_shape), dtype=np.float32).reshape(kernel_shape) + offset,
-                      "bias": np.full(kernel_shape[-1], offset, np.float32)}}
+  params = {
+    "dense": {
+      "kernel": np.arange(np.prod(kernel_shape), dtype=np.float32).reshape(kernel_shape) + offset,
+      "bias": np.full(kernel_shape[-1], offset, np.float32),
+    }
+  }
   batch_stats = {"norm": {"mean": np.full(3, 2 * offset, np.float32)}}
   opt_state = jax.tree.map(lambda x: x + offset, TX.init(params))
-  return state_lib.TrainState(step=np.asarray(step, np.int32), params=params, batch_stats=batch_stats,
-                              opt_state=opt_state, rng=np.asarray([7, int(offset)], np.uint32))
+  return state_lib.TrainState(
+    step=np.asarray(step, np.int32),
+    params=params,
+    batch_stats=batch_stats,
+    opt_state=opt_state,
+    rng=np.asarray([7, int(offset)], np.uint32),
+  )
 
 
 def abstract(state):
@@ -131,18 +140,28 @@ def test_unknown_checkpoint_name_is_refused(checkpoints):
 def test_checkpoint_of_other_shapes_is_refused_before_reading_arrays(checkpoints):
   checkpoints.save(1, make_state(1))
   wider = abstract(make_state(0, kernel_shape=(2, 4)))
-  with pytest.raises(CheckpointError, match=r"^checkpoint .*latest/1 does not match the config: "
-                     r"params/dense/bias has shape \(3,\) in the checkpoint but \(4,\) for this config "
-                     r"\(and 5 more arrays\); a hint$"):
+  with pytest.raises(
+    CheckpointError,
+    match=r"^checkpoint .*latest/1 does not match the config: "
+    r"params/dense/bias has shape \(3,\) in the checkpoint but \(4,\) for this config "
+    r"\(and 5 more arrays\); a hint$",
+  ):
     checkpoints.restore(wider, "latest", mismatch_hint="a hint")
-  larger = abstract(make_state(0).replace(batch_stats={"norm": {"mean": np.zeros(3, np.float32),
-                                                                "var": np.zeros(3, np.float32)}}))
-  with pytest.raises(CheckpointError, match=r"1 arrays of this config's state are not in the checkpoint "
-                     r"\(e.g. batch_stats/norm/var\)$"):
+  larger = abstract(
+    make_state(0).replace(batch_stats={"norm": {"mean": np.zeros(3, np.float32), "var": np.zeros(3, np.float32)}})
+  )
+  with pytest.raises(
+    CheckpointError,
+    match=r"1 arrays of this config's state are not in the checkpoint "
+    r"\(e.g. batch_stats/norm/var\)$",
+  ):
     checkpoints.restore(larger, "latest")
   smaller = abstract(make_state(0).replace(batch_stats={}))
-  with pytest.raises(CheckpointError, match=r"1 arrays of the checkpoint are not in this config's state "
-                     r"\(e.g. batch_stats/norm/mean\)$"):
+  with pytest.raises(
+    CheckpointError,
+    match=r"1 arrays of the checkpoint are not in this config's state "
+    r"\(e.g. batch_stats/norm/mean\)$",
+  ):
     checkpoints.restore(smaller, "latest")
 
 
@@ -155,8 +174,11 @@ def test_corrupt_checkpoint_is_an_error_naming_it_and_is_kept(checkpoints, tmp_p
   for path in files:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
   sizes = {p: p.stat().st_size for p in files}
-  with pytest.raises(CheckpointError, match=rf"^checkpoint {step_dir} is corrupt or unreadable \(.+\); move it "
-                                            r"away to resume from an older one, or use a new --workdir$"):
+  with pytest.raises(
+    CheckpointError,
+    match=rf"^checkpoint {step_dir} is corrupt or unreadable \(.+\); move it "
+    r"away to resume from an older one, or use a new --workdir$",
+  ):
     checkpoints.restore(abstract(make_state(0)), "latest")
   assert {p: p.stat().st_size for p in files} == sizes
   assert_states_equal(checkpoints.restore(abstract(make_state(0)), 1)[0], make_state(1))  # The older one reads.
@@ -164,10 +186,16 @@ def test_corrupt_checkpoint_is_an_error_naming_it_and_is_kept(checkpoints, tmp_p
 
 def test_tree_difference_names_model_arrays_first():
   stored = {"opt/mu/kernel": (2, 3), "params/b/kernel": (3, 3), "params/a/kernel": (2, 3), "params/gone": (1,)}
-  expected = {"opt/mu/kernel": (2, 4), "params/b/kernel": (3, 4), "params/a/kernel": (2, 4),
-              "batch_stats/new": (5,), "params/new": (1,)}
+  expected = {
+    "opt/mu/kernel": (2, 4),
+    "params/b/kernel": (3, 4),
+    "params/a/kernel": (2, 4),
+    "batch_stats/new": (5,),
+    "params/new": (1,),
+  }
   assert checkpointing.tree_difference(stored, expected) == (
-      "params/a/kernel has shape (2, 3) in the checkpoint but (2, 4) for this config (and 2 more arrays); "
-      "2 arrays of this config's state are not in the checkpoint (e.g. params/new); "
-      "1 arrays of the checkpoint are not in this config's state (e.g. params/gone)")
+    "params/a/kernel has shape (2, 3) in the checkpoint but (2, 4) for this config (and 2 more arrays); "
+    "2 arrays of this config's state are not in the checkpoint (e.g. params/new); "
+    "1 arrays of the checkpoint are not in this config's state (e.g. params/gone)"
+  )
   assert checkpointing.tree_difference(stored, stored) == ""

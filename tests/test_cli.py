@@ -11,8 +11,9 @@ ROOT = pathlib.Path(__file__).parent.parent
 
 def run_cli(*args, cwd=ROOT, timeout=240):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "jaxseg.main", *args], cwd=cwd, env=env, capture_output=True,
-                        text=True, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, "-m", "jaxseg.main", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+  )
 
 
 def assert_one_line_error(result, *fragments):
@@ -29,39 +30,59 @@ def test_missing_config_file():
 
 
 def test_misspelt_override_names_the_key_and_a_suggestion():
-  assert_one_line_error(run_cli("--config=configs/unet_ct.py", "--config.train.num_stpes=3"),
-                        "unknown config key config.train.num_stpes", "did you mean config.train.num_steps")
+  assert_one_line_error(
+    run_cli("--config=configs/unet_ct.py", "--config.train.num_stpes=3"),
+    "unknown config key config.train.num_stpes",
+    "did you mean config.train.num_steps",
+  )
 
 
 def test_misspelt_key_in_config_file(tmp_path):
   path = tmp_path / "bad.py"
-  path.write_text("from jaxseg.config import base_config\n\ndef get_config(arg=None):\n"
-                  "  config = base_config()\n  config.train.learnin_rate = 1.0\n  return config\n")
+  path.write_text(
+    "from jaxseg.config import base_config\n\ndef get_config(arg=None):\n"
+    "  config = base_config()\n  config.train.learnin_rate = 1.0\n  return config\n"
+  )
   assert_one_line_error(run_cli(f"--config={path}"), f"config file {path}", "learnin_rate")
 
 
 def test_bad_value_names_the_key(tmp_path):
-  assert_one_line_error(run_cli("--config=configs/unet_ct.py", "--config.model.name=unett",
-                                f"--workdir={tmp_path}"), "config.model.name", "unett")
+  assert_one_line_error(
+    run_cli("--config=configs/unet_ct.py", "--config.model.name=unett", f"--workdir={tmp_path}"),
+    "config.model.name",
+    "unett",
+  )
 
 
 def test_unwritable_workdir(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("")
-  assert_one_line_error(run_cli("--config=configs/unet_ct.py", f"--workdir={blocker}/run"),
-                        f"workdir {blocker}/run cannot be written")
+  assert_one_line_error(
+    run_cli("--config=configs/unet_ct.py", f"--workdir={blocker}/run"), f"workdir {blocker}/run cannot be written"
+  )
 
 
 def test_predict_mode_without_input_names_the_key(tmp_path):
-  assert_one_line_error(run_cli("--config=configs/unet_ct.py", "--mode=predict", f"--workdir={tmp_path}"),
-                        "config.predict.input is empty")
+  assert_one_line_error(
+    run_cli("--config=configs/unet_ct.py", "--mode=predict", f"--workdir={tmp_path}"), "config.predict.input is empty"
+  )
 
 
 def assert_usage(text):
   """The usage a newcomer needs: the modes, the main flags and a command to copy."""
-  for fragment in ("Modes (--mode):", "train ", "evaluate ", "predict ", "plan ", "interpret ", "--workdir=DIR",
-                   "--config.KEY=VALUE", "--verbosity=N", "<workdir>/logs/",
-                   "python -m jaxseg.main --config=configs/unet_ct.py:quick --workdir="):
+  for fragment in (
+    "Modes (--mode):",
+    "train ",
+    "evaluate ",
+    "predict ",
+    "plan ",
+    "interpret ",
+    "--workdir=DIR",
+    "--config.KEY=VALUE",
+    "--verbosity=N",
+    "<workdir>/logs/",
+    "python -m jaxseg.main --config=configs/unet_ct.py:quick --workdir=",
+  ):
     assert fragment in text, fragment
 
 
@@ -83,5 +104,6 @@ def test_flags_without_config_print_the_usage_then_what_is_missing():
   result = run_cli("--workdir=/tmp/nowhere")
   assert result.returncode == 2
   assert_usage(result.stdout)
-  assert result.stderr.strip().splitlines() == ["jaxseg: error: --config is required, e.g. "
-                                                "--config=configs/unet_ct.py:quick"]
+  assert result.stderr.strip().splitlines() == [
+    "jaxseg: error: --config is required, e.g. --config=configs/unet_ct.py:quick"
+  ]

@@ -38,12 +38,14 @@ def test_origin_of_absl_and_standard_records():
   assert console.is_own(record(name="jaxseg.data", pathname="/elsewhere.py"))
 
 
-@pytest.mark.parametrize("verbosity,rec,shown", [
-    (0, record(), True),                                      # jaxseg's own INFO
-    (0, record(**console.FILE_ONLY), False),                  # jaxseg detail (scalars, hyperparameters)
-    (0, record(pathname=ORBAX), False),                       # a library's INFO
-    (0, record(logging.WARNING, pathname=ORBAX), True),       # a library's warning
-    (0, record(logging.WARNING, pathname=TFDS), False),       # TFDS's "custom data configuration"
+@pytest.mark.parametrize(
+  "verbosity,rec,shown",
+  [
+    (0, record(), True),  # jaxseg's own INFO
+    (0, record(**console.FILE_ONLY), False),  # jaxseg detail (scalars, hyperparameters)
+    (0, record(pathname=ORBAX), False),  # a library's INFO
+    (0, record(logging.WARNING, pathname=ORBAX), True),  # a library's warning
+    (0, record(logging.WARNING, pathname=TFDS), False),  # TFDS's "custom data configuration"
     (0, record(logging.ERROR, pathname=TFDS), True),
     (0, record(logging.WARNING, name="matplotlib.font_manager", pathname="/x/font_manager.py"), False),
     (0, record(logging.DEBUG), False),
@@ -54,7 +56,8 @@ def test_origin_of_absl_and_standard_records():
     (1, record(logging.WARNING, pathname=TFDS), True),
     (1, record(logging.DEBUG), False),
     (2, record(logging.DEBUG, pathname=ORBAX), True),
-])
+  ],
+)
 def test_console_filter(verbosity, rec, shown):
   assert console.ConsoleFilter(verbosity).filter(rec) is shown
 
@@ -62,8 +65,9 @@ def test_console_filter(verbosity, rec, shown):
 def test_console_format_names_level_and_library():
   formatter = console.ConsoleFormatter()
   assert re.fullmatch(r"\d\d:\d\d:\d\d message", formatter.format(record()))
-  assert re.fullmatch(r"\d\d:\d\d:\d\d WARNING \[orbax\] message",
-                      formatter.format(record(logging.WARNING, pathname=ORBAX)))
+  assert re.fullmatch(
+    r"\d\d:\d\d:\d\d WARNING \[orbax\] message", formatter.format(record(logging.WARNING, pathname=ORBAX))
+  )
 
 
 def test_log_file_in_the_workdir(tmp_path):
@@ -112,15 +116,22 @@ def test_progress_line_has_loss_dice_rate_and_eta(caplog):
 
 
 def run_main(*args, timeout=240):
-  return subprocess.run([sys.executable, "-m", "jaxseg.main", *map(str, args)], cwd=ROOT, capture_output=True,
-                        text=True, timeout=timeout, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  return subprocess.run(
+    [sys.executable, "-m", "jaxseg.main", *map(str, args)],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
 
 
 def test_quick_run_console_is_short_and_the_log_file_has_the_detail(tmp_path):
   """The one-minute quick run, preparing its data: about 20 console lines (210 before), the rest in the log."""
   workdir = tmp_path / "run"
-  result = run_main("--config=configs/unet_ct.py:quick", f"--workdir={workdir}",
-                    f"--config.data.data_dir={tmp_path / 'data'}")
+  result = run_main(
+    "--config=configs/unet_ct.py:quick", f"--workdir={workdir}", f"--config.data.data_dir={tmp_path / 'data'}"
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   lines = (result.stdout + result.stderr).splitlines()
   assert len(lines) <= 40, "\n".join(lines)
@@ -134,8 +145,15 @@ def test_quick_run_console_is_short_and_the_log_file_has_the_detail(tmp_path):
   assert len(logs) == 1 and f"full log in {logs[0]}" in result.stderr
   text = logs[0].read_text()
   assert len(text.splitlines()) > 100
-  for detail in ("CheckpointManager", "Saving checkpoint at step 20", "[Hyperparameters]", "train/loss=",
-                 "Step 20/20 (100.0%): loss", "test (step 10): mean foreground Dice", "Command line: "):
+  for detail in (
+    "CheckpointManager",
+    "Saving checkpoint at step 20",
+    "[Hyperparameters]",
+    "train/loss=",
+    "Step 20/20 (100.0%): loss",
+    "test (step 10): mean foreground Dice",
+    "Command line: ",
+  ):
     assert detail in text, detail
 
 
@@ -154,11 +172,25 @@ def test_ctrl_c_during_training_is_one_line_and_status_130(tmp_path):
   """Ctrl-C (SIGINT to the process group, as a terminal sends it) once a checkpoint exists."""
   workdir = tmp_path / "run"
   process = subprocess.Popen(
-      [sys.executable, "-m", "jaxseg.main", "--config=configs/unet_ct.py:quick", f"--workdir={workdir}",
-       "--config.train.num_steps=100000", "--config.train.checkpoint_every_steps=5",
-       "--config.train.eval_every_steps=100000", "--config.model.features=4", "--config.model.depth=2"],
-      cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True, start_new_session=True)
+    [
+      sys.executable,
+      "-m",
+      "jaxseg.main",
+      "--config=configs/unet_ct.py:quick",
+      f"--workdir={workdir}",
+      "--config.train.num_steps=100000",
+      "--config.train.checkpoint_every_steps=5",
+      "--config.train.eval_every_steps=100000",
+      "--config.model.features=4",
+      "--config.model.depth=2",
+    ],
+    cwd=ROOT,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    start_new_session=True,
+  )
   try:
     deadline = time.time() + 180
     while not any((workdir / "checkpoints" / "latest").glob("[0-9]*")):
@@ -174,8 +206,7 @@ def test_ctrl_c_during_training_is_one_line_and_status_130(tmp_path):
   assert process.returncode == 130, stderr[-3000:]
   assert "Traceback" not in stderr, stderr[-3000:]
   last = stderr.strip().splitlines()[-1]
-  match = re.fullmatch(r"jaxseg: interrupted at step (\d+); rerun the same command to resume from step (\d+)",
-                       last)
+  match = re.fullmatch(r"jaxseg: interrupted at step (\d+); rerun the same command to resume from step (\d+)", last)
   assert match, stderr[-3000:]
   step, resume = int(match.group(1)), int(match.group(2))
   saved = sorted(int(p.name) for p in (workdir / "checkpoints" / "latest").iterdir() if p.name.isdigit())

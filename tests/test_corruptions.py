@@ -31,8 +31,9 @@ def test_level_zero_is_identity_and_every_level_keeps_shape_and_dtype(shift):
     change = float(np.abs(out.astype(np.float64) - image).mean())
     assert change > previous  # Strictly stronger with every level.
     previous = change
-    np.testing.assert_array_equal(out, corruptions.corrupt(image, SPACING, shift, level, channel_names=names,
-                                                           seed=3))  # Deterministic.
+    np.testing.assert_array_equal(
+      out, corruptions.corrupt(image, SPACING, shift, level, channel_names=names, seed=3)
+    )  # Deterministic.
 
 
 def test_noise_std_in_hu_and_relative_to_the_reference_intensity():
@@ -53,8 +54,9 @@ def test_blur_equals_scipy_gaussian_filter_with_sigma_over_spacing():
   image = _image()
   out = corruptions.corrupt(image, SPACING, "blur", 2, channel_names=("CT",))
   sigma_mm = corruptions.SHIFTS["blur"].levels_ct[2]
-  expected = ndimage.gaussian_filter(image[..., 0].astype(np.float64),
-                                     [sigma_mm / 3.2, sigma_mm / 3.0, sigma_mm / 5.0], mode="nearest")
+  expected = ndimage.gaussian_filter(
+    image[..., 0].astype(np.float64), [sigma_mm / 3.2, sigma_mm / 3.0, sigma_mm / 5.0], mode="nearest"
+  )
   np.testing.assert_allclose(out[..., 0], expected, rtol=0, atol=1e-3)
 
 
@@ -95,7 +97,7 @@ def test_ghosting_equals_shifted_copies_and_keeps_the_mean():
   spectrum = np.fft.fft(img, axis=1)
   off_comb = np.ones(24, bool)
   off_comb[::n] = False
-  energy = (a ** 2) * (np.abs(spectrum[:, off_comb]) ** 2).sum() / 24
+  energy = (a**2) * (np.abs(spectrum[:, off_comb]) ** 2).sum() / 24
   assert ((out - img) ** 2).sum() == pytest.approx(energy, rel=1e-5)
 
 

@@ -47,6 +47,7 @@ def oracle(prepared, blob):
   def predict_probabilities(predict, image, config, num_classes):
     del predict, config
     return np.eye(num_classes, dtype=np.float32)[labels[hashlib.sha1(image.tobytes()).hexdigest()]]
+
   return predict_probabilities
 
 
@@ -107,11 +108,16 @@ def test_without_post_processing_the_blob_counts_with_raw_spacing(dataset, tiny_
 
 def test_summarize_skips_and_counts_nan():
   def row(case, name, dice, hd95):
-    return {"case_id": case, "class": name, **{m: 1.0 for m in evaluate.METRIC_NAMES}, "dice": dice,
-            "hd95": hd95}
-  rows = [row("a", "liver", 0.9, 2.0), row("b", "liver", 0.5, float("nan")), row("c", "liver", 0.7, 4.0),
-          row("a", "tumour", 0.0, float("nan")), row("b", "tumour", 1.0, float("nan")),
-          row("c", "tumour", 0.2, float("nan"))]
+    return {"case_id": case, "class": name, **{m: 1.0 for m in evaluate.METRIC_NAMES}, "dice": dice, "hd95": hd95}
+
+  rows = [
+    row("a", "liver", 0.9, 2.0),
+    row("b", "liver", 0.5, float("nan")),
+    row("c", "liver", 0.7, 4.0),
+    row("a", "tumour", 0.0, float("nan")),
+    row("b", "tumour", 1.0, float("nan")),
+    row("c", "tumour", 0.2, float("nan")),
+  ]
   summary = evaluate.summarize(rows, ["liver", "tumour"], step=3, postprocessed=["liver"])
   assert summary["liver"]["dice"] == pytest.approx(0.7)
   assert summary["std"]["liver"]["dice"] == pytest.approx(np.sqrt(0.08 / 3))

@@ -18,11 +18,26 @@ def _saved(adv):
   runs = []
   for seed, (plain, gain) in enumerate([(0.80, 0.05), (0.70, 0.07), (0.90, 0.06)]):
     for arm, dice in (("plain", plain), ("adversarial", plain + gain)):
-      runs.append({"arm": arm, "seed": seed, "test": {c: {"dice": dice, "hd95": 10.0} for c in classes},
-                   "config": {"train": {"num_steps": 150}, "data": {"patch_size": [64, 64]}}})
+      runs.append(
+        {
+          "arm": arm,
+          "seed": seed,
+          "test": {c: {"dice": dice, "hd95": 10.0} for c in classes},
+          "config": {"train": {"num_steps": 150}, "data": {"patch_size": [64, 64]}},
+        }
+      )
   summary = adv.aggregate(runs, list(classes))
-  return {"summary": summary, "seeds": [0, 1, 2], "runs": runs, "scale": "cpu", "date": "2026-12-01T00:00:00",
-          "machine": "test machine", "cpu_count": 2, "versions": {"jax": "0.0"}, "verdict": adv.verdict(summary)}
+  return {
+    "summary": summary,
+    "seeds": [0, 1, 2],
+    "runs": runs,
+    "scale": "cpu",
+    "date": "2026-12-01T00:00:00",
+    "machine": "test machine",
+    "cpu_count": 2,
+    "versions": {"jax": "0.0"},
+    "verdict": adv.verdict(summary),
+  }
 
 
 def test_update_readme_replaces_only_the_marked_block(tmp_path):
@@ -52,8 +67,9 @@ def test_update_readme_without_markers_names_the_file(tmp_path):
 def test_shipped_readme_block_matches_the_committed_results():
   """The README paragraph is exactly what --readme generates from the committed JSON (nothing typed by hand)."""
   import json
+
   adv = _load_adversarial()
   saved = json.loads((ROOT / "experiments" / "results" / "adversarial.json").read_text())
   text = (ROOT / "README.md").read_text()
-  block = text[text.index(adv.README_BEGIN) + len(adv.README_BEGIN) + 1:text.index(adv.README_END) - 1]
+  block = text[text.index(adv.README_BEGIN) + len(adv.README_BEGIN) + 1 : text.index(adv.README_END) - 1]
   assert block == adv.readme_block(saved, "experiments/results/adversarial.md")

@@ -27,14 +27,24 @@ def write_dataset(root, labels=None):
   entries = []
   for i, case_id in enumerate(CASES):
     label = np.zeros((12, 14, 3), np.uint8)
-    label[3 + i % 3:8 + i % 3, 4:10, 1:3] = 1
+    label[3 + i % 3 : 8 + i % 3, 4:10, 1:3] = 1
     image = np.where(label == 1, 80.0, -50.0) + rng.normal(0, 5, label.shape)
     nifti.save_nifti(root / "imagesTr" / f"{case_id}.nii.gz", image.astype(np.float32), AFFINE)
     nifti.save_nifti(root / "labelsTr" / f"{case_id}.nii.gz", label, AFFINE)
     entries.append({"image": f"./imagesTr/{case_id}.nii.gz", "label": f"./labelsTr/{case_id}.nii.gz"})
-  (root / "dataset.json").write_text(json.dumps({
-      "name": "Folds", "modality": {"0": "CT"}, "labels": labels or {"0": "background", "1": "organ"},
-      "tensorImageSize": "3D", "numTraining": len(CASES), "training": entries, "test": []}))
+  (root / "dataset.json").write_text(
+    json.dumps(
+      {
+        "name": "Folds",
+        "modality": {"0": "CT"},
+        "labels": labels or {"0": "background", "1": "organ"},
+        "tensorImageSize": "3D",
+        "numTraining": len(CASES),
+        "training": entries,
+        "test": [],
+      }
+    )
+  )
   (root / "splits.json").write_text(json.dumps(SPLITS))
   return root
 
@@ -42,8 +52,10 @@ def write_dataset(root, labels=None):
 @pytest.fixture(scope="module")
 def tiny_config(msd_config):
   """`tiny_config(root, data_dir, fold="")`: the tiny MSD config with 8 x 8 patches, no figures."""
+
   def make(root, data_dir, fold=""):
     return msd_config(root, data_dir, data={"patch_size": (8, 8), "fold": fold}, eval={"num_figures": 0})
+
   return make
 
 
@@ -63,7 +75,7 @@ def test_kfold_is_sklearn_kfold_with_nnunet_seed():
   np.random.RandomState(12345).shuffle(order)
   starts = np.cumsum([0, 3, 3, 3, 2, 2])  # 13 = 3 + 3 + 3 + 2 + 2: the first 13 % 5 folds get one more.
   for k, fold in enumerate(result):
-    expected = sorted(ordered[i] for i in order[starts[k]:starts[k + 1]])
+    expected = sorted(ordered[i] for i in order[starts[k] : starts[k + 1]])
     assert fold["val"] == expected
     assert fold["train"] == [c for c in ordered if c not in expected]
   assert sorted(c for f in result for c in f["val"]) == ordered
@@ -106,12 +118,24 @@ def test_fold_outside_0_to_4_is_refused(fold):
 
 
 def test_fold_on_the_command_line_is_a_one_line_error(tmp_path):
-  result = subprocess.run([sys.executable, "-m", "jaxseg.main", "--config=configs/unet_ct.py",
-                           f"--workdir={tmp_path}", "--config.data.fold=7"], capture_output=True, text=True,
-                          cwd=str(pathlib.Path(__file__).parent.parent), timeout=120)
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "jaxseg.main",
+      "--config=configs/unet_ct.py",
+      f"--workdir={tmp_path}",
+      "--config.data.fold=7",
+    ],
+    capture_output=True,
+    text=True,
+    cwd=str(pathlib.Path(__file__).parent.parent),
+    timeout=120,
+  )
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[-1] == (
-      "jaxseg: error: config.data.fold: '7' is not a fold; use '' (the fixed split), 0..4 or 'all'")
+    "jaxseg: error: config.data.fold: '7' is not a fold; use '' (the fixed split), 0..4 or 'all'"
+  )
 
 
 # Training subsets (config.data.max_train_cases).
@@ -154,8 +178,11 @@ def test_more_train_cases_than_the_split_has_is_refused_at_setup(dataset, tiny_c
   config, _ = dataset
   config = tiny_config(config.data.root, config.data.data_dir)
   config.data.max_train_cases = 6
-  with pytest.raises(ConfigError, match=r"config.data.max_train_cases=6 but the training split of dataset .* has "
-                                        r"5 cases; use 0 \(all\) or 1..5"):
+  with pytest.raises(
+    ConfigError,
+    match=r"config.data.max_train_cases=6 but the training split of dataset .* has "
+    r"5 cases; use 0 \(all\) or 1..5",
+  ):
     experiment.setup(config, tmp_path)
   config.data.max_train_cases = 2
   assert len(experiment.setup(config, tmp_path / "ok").prepared.splits["train"]) == 2
@@ -192,11 +219,11 @@ def subset_config(tiny_config, config, k):
   return config
 
 
-def test_training_batches_and_device_cache_of_a_subset_hold_only_its_cases(dataset, tiny_config, tmp_path,
-                                                                              monkeypatch):
+def test_training_batches_and_device_cache_of_a_subset_hold_only_its_cases(dataset, tiny_config, tmp_path, monkeypatch):
   """What train.py feeds the step (`train_inputs`: host batches or the device cache) from a 2-case subset."""
   from jaxseg import parallel
   from jaxseg.data import device_cache
+
   config = subset_config(tiny_config, dataset[0], 2)
   config.train.num_steps = 12  # 48 samples: each of the 5 cases would show up if it could.
   exp = experiment.setup(config, tmp_path)
@@ -213,6 +240,7 @@ def test_training_batches_and_device_cache_of_a_subset_hold_only_its_cases(datas
 def test_training_run_with_max_train_cases_samples_only_those_cases(dataset, tiny_config, tmp_path, monkeypatch):
   """A two-step train_and_evaluate on a 2-case subset: every training sample comes from those 2 cases."""
   from jaxseg import train
+
   config = subset_config(tiny_config, dataset[0], 2)
   config.eval.splits = ()
   sampled = record_train_reads(monkeypatch)
@@ -245,13 +273,18 @@ def oracle_members(prepared, blobs):
       if blob:
         label[0, :2, :2] = 1
       return np.eye(2, dtype=np.float32)[label]
+
     return probabilities
+
   return [member(b) for b in blobs]
 
 
 def fake_validation_summary(workdir, dice, hd95):
-  summary = evaluate.summarize([{"case_id": "x", "class": "organ", **{m: 0.5 for m in evaluate.METRIC_NAMES},
-                                 "dice": dice, "hd95": hd95}], ["organ"], step=9)
+  summary = evaluate.summarize(
+    [{"case_id": "x", "class": "organ", **{m: 0.5 for m in evaluate.METRIC_NAMES}, "dice": dice, "hd95": hd95}],
+    ["organ"],
+    step=9,
+  )
   (workdir / "results" / "validation").mkdir(parents=True)
   (workdir / "results" / "validation" / "summary.json").write_text(json.dumps(summary))
 
@@ -298,8 +331,11 @@ def test_folds_directory_with_mixed_configs_is_refused(dataset, tiny_config, tmp
   trained["model"]["features"] = 8
   (folds_dir / "fold_1" / "config.json").write_text(json.dumps(trained))
   del exp
-  with pytest.raises(ConfigError, match=rf"{folds_dir / 'fold_1'}: trained with another config than "
-                                        rf"{folds_dir / 'fold_0'}: model.features=8 \(not 4\)"):
+  with pytest.raises(
+    ConfigError,
+    match=rf"{folds_dir / 'fold_1'}: trained with another config than "
+    rf"{folds_dir / 'fold_0'}: model.features=8 \(not 4\)",
+  ):
     evaluate.evaluate_workdir(tiny_config(config.data.root, config.data.data_dir), folds_dir)
 
 
@@ -311,10 +347,12 @@ def test_ensemble_of_different_label_sets_is_refused(dataset, tiny_config, tmp_p
   exp = experiment.setup(other, tmp_path / "b")
   experiment.write_config(exp)
   (tmp_path / "b" / "checkpoints").mkdir()
-  with pytest.raises(DataError, match=rf"{tmp_path / 'b'}: trained on labels .*tumour.* but {tmp_path / 'a'} on "
-                                      r".*organ.*; an ensemble needs models of one label set"):
-    evaluate.evaluate_workdir(tiny_config(config.data.root, config.data.data_dir),
-                              f"{tmp_path / 'a'},{tmp_path / 'b'}")
+  with pytest.raises(
+    DataError,
+    match=rf"{tmp_path / 'b'}: trained on labels .*tumour.* but {tmp_path / 'a'} on "
+    r".*organ.*; an ensemble needs models of one label set",
+  ):
+    evaluate.evaluate_workdir(tiny_config(config.data.root, config.data.data_dir), f"{tmp_path / 'a'},{tmp_path / 'b'}")
 
 
 def test_find_members(tmp_path):
@@ -327,6 +365,7 @@ def test_find_members(tmp_path):
   assert listed.workdirs == (tmp_path / "two", tmp_path / "one") and listed.folds_dir is None
   assert listed.output_dir == tmp_path / "ensemble_two+one"
   from jaxseg.errors import CheckpointError
+
   with pytest.raises(CheckpointError, match="nothing: not a trained workdir"):
     ensemble.find_members(f"{tmp_path / 'one'},{tmp_path / 'nothing'}")
 
@@ -339,12 +378,14 @@ def test_predict_with_a_folds_directory_averages_the_members(dataset, tiny_confi
   functions = oracle_members(prepared, [True, False, False])  # The blob loses the vote.
   monkeypatch.setattr(experiment, "restore_members", lambda exps, which: (functions, [5, 6, 7]))
   from jaxseg import predict
+
   cli_config = tiny_config(config.data.root, config.data.data_dir)
   cli_config.predict.input = str(tmp_path / "in" / "case_06.nii.gz")
   cli_config.predict.output = str(tmp_path / "out")
   (tmp_path / "in").mkdir()
   (tmp_path / "in" / "case_06.nii.gz").write_bytes(
-      (pathlib.Path(config.data.root) / "imagesTr" / "case_06.nii.gz").read_bytes())
+    (pathlib.Path(config.data.root) / "imagesTr" / "case_06.nii.gz").read_bytes()
+  )
   (written,) = predict.predict_workdir(cli_config, folds_dir)
   raw = nifti.read_dataset(pathlib.Path(config.data.root))
   reference = nifti.load_case(raw.training[6], raw).label

@@ -33,36 +33,45 @@ def tree(**arrays):
 
 def test_matching_arrays_are_copied_exactly_and_the_rest_kept():
   rng = np.random.default_rng(0)
-  target = tree(params__conv0__kernel=np.zeros((3, 3, 2, 8), np.float32),   # Channels differ: kept.
-                params__conv1__kernel=np.zeros((3, 3, 8, 8), np.float32),   # Copied.
-                params__head0__kernel=np.zeros((1, 1, 8, 5), np.float32),   # Excluded: kept.
-                params__extra__bias=np.ones(4, np.float32),                 # Not in the source: kept.
-                batch_stats__norm0__mean=np.zeros(8, np.float32))           # Copied.
-  source = tree(params__conv0__kernel=rng.normal(size=(3, 3, 1, 8)),
-                params__conv1__kernel=rng.normal(size=(3, 3, 8, 8)),
-                params__head0__kernel=rng.normal(size=(1, 1, 8, 5)),
-                params__only_there__kernel=rng.normal(size=(2,)),
-                batch_stats__norm0__mean=rng.normal(size=8))
+  target = tree(
+    params__conv0__kernel=np.zeros((3, 3, 2, 8), np.float32),  # Channels differ: kept.
+    params__conv1__kernel=np.zeros((3, 3, 8, 8), np.float32),  # Copied.
+    params__head0__kernel=np.zeros((1, 1, 8, 5), np.float32),  # Excluded: kept.
+    params__extra__bias=np.ones(4, np.float32),  # Not in the source: kept.
+    batch_stats__norm0__mean=np.zeros(8, np.float32),
+  )  # Copied.
+  source = tree(
+    params__conv0__kernel=rng.normal(size=(3, 3, 1, 8)),
+    params__conv1__kernel=rng.normal(size=(3, 3, 8, 8)),
+    params__head0__kernel=rng.normal(size=(1, 1, 8, 5)),
+    params__only_there__kernel=rng.normal(size=(2,)),
+    batch_stats__norm0__mean=rng.normal(size=8),
+  )
   new, copied, kept = state_lib.transfer_matching(target, source, exclude=("params/head*",))
   assert copied == ["batch_stats/norm0/mean", "params/conv1/kernel"]
   assert kept == ["params/conv0/kernel", "params/extra/bias", "params/head0/kernel"]
-  np.testing.assert_array_equal(new["params"]["conv1"]["kernel"],
-                                source["params"]["conv1"]["kernel"].astype(np.float32))
+  np.testing.assert_array_equal(
+    new["params"]["conv1"]["kernel"], source["params"]["conv1"]["kernel"].astype(np.float32)
+  )
   assert new["params"]["conv1"]["kernel"].dtype == np.float32  # The target's dtype, not the source's float64.
-  np.testing.assert_array_equal(new["batch_stats"]["norm0"]["mean"], source["batch_stats"]["norm0"]["mean"]
-                                .astype(np.float32))
+  np.testing.assert_array_equal(
+    new["batch_stats"]["norm0"]["mean"], source["batch_stats"]["norm0"]["mean"].astype(np.float32)
+  )
   for name in ("conv0", "head0"):
     np.testing.assert_array_equal(new["params"][name]["kernel"], target["params"][name]["kernel"])
   np.testing.assert_array_equal(new["params"]["extra"]["bias"], np.ones(4))
   assert "only_there" not in new["params"]
   assert state_lib.describe_kept(kept, target, source, ("params/head*",)) == [
-      "params/conv0/kernel (shape (3, 3, 2, 8) here, (3, 3, 1, 8) in the source)",
-      "params/extra/bias (not in the source)", "params/head0/kernel (excluded)"]
+    "params/conv0/kernel (shape (3, 3, 2, 8) here, (3, 3, 1, 8) in the source)",
+    "params/extra/bias (not in the source)",
+    "params/head0/kernel (excluded)",
+  ]
 
 
 def small_state(params, tx):
-  return state_lib.TrainState(step=np.zeros((), np.int32), params=params, batch_stats={}, opt_state=tx.init(params),
-                              rng=np.zeros(2, np.uint32))
+  return state_lib.TrainState(
+    step=np.zeros((), np.int32), params=params, batch_stats={}, opt_state=tx.init(params), rng=np.zeros(2, np.uint32)
+  )
 
 
 def test_state_gets_fresh_optimiser_state_and_nothing_matching_is_refused():
@@ -77,19 +86,29 @@ def test_state_gets_fresh_optimiser_state_and_nothing_matching_is_refused():
   fresh = tx.init(new.params)
   for a, b in zip(jax.tree.leaves(new.opt_state), jax.tree.leaves(fresh)):
     np.testing.assert_array_equal(a, b)
-  with pytest.raises(ConfigError, match=r"^config.train.init_from=/src: no array of the source matches this model "
-                     r"by name and shape \(source has 1 arrays, e.g. params/other/kernel; this model 2"):
-    state_lib.init_from_variables(state, {"params": {"other": {"kernel": np.zeros(1)}}}, tx,
-                                  "config.train.init_from=/src")
+  with pytest.raises(
+    ConfigError,
+    match=r"^config.train.init_from=/src: no array of the source matches this model "
+    r"by name and shape \(source has 1 arrays, e.g. params/other/kernel; this model 2",
+  ):
+    state_lib.init_from_variables(
+      state, {"params": {"other": {"kernel": np.zeros(1)}}}, tx, "config.train.init_from=/src"
+    )
 
 
-@pytest.mark.parametrize("overrides, message", [
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
     ({"train.init_from": "/a", "model.pretrained": "/w.npz"}, r"config.train.init_from: '/a' and model.pretrained"),
     ({"train.init_from_checkpoint": "newest"}, r"config.train.init_from_checkpoint: 'newest' is not 'best'"),
-    ({"train.freeze_backbone": True}, r"config.train.freeze_backbone: True has no effect: model 'unet' has no "
-                                      r"backbone module"),
+    (
+      {"train.freeze_backbone": True},
+      r"config.train.freeze_backbone: True has no effect: model 'unet' has no "
+      r"backbone module",
+    ),
     ({"train.backbone_lr_multiplier": 0.1}, r"config.train.backbone_lr_multiplier: 0.1 has no effect"),
-])
+  ],
+)
 def test_bad_init_settings_are_refused(overrides, message):
   config = base_config()
   for key, value in overrides.items():
@@ -115,9 +134,17 @@ SOURCE_STEP = 3
 @pytest.fixture(scope="module")
 def tiny_config(phantom_config):
   """`tiny_config(data_dir, seed=0, **model)`: 2 steps on 32 x 32 patches, no post-processing."""
+
   def make(data_dir, seed=0, **model):
-    return phantom_config(data_dir, seed=seed, data={"patch_size": (32, 32)}, model=model, train={"num_steps": 2},
-                          eval={"postprocess": False})
+    return phantom_config(
+      data_dir,
+      seed=seed,
+      data={"patch_size": (32, 32)},
+      model=model,
+      train={"num_steps": 2},
+      eval={"postprocess": False},
+    )
+
   return make
 
 
@@ -141,9 +168,12 @@ def source_run(tmp_path_factory, tiny_config):
 
 
 def flat(variables):
-  return {name: np.asarray(v) for name, v in
-          {"/".join(str(getattr(k, "key", k)) for k in path): v
-           for path, v in jax.tree_util.tree_leaves_with_path(variables)}.items()}
+  return {
+    name: np.asarray(v)
+    for name, v in {
+      "/".join(str(getattr(k, "key", k)) for k in path): v for path, v in jax.tree_util.tree_leaves_with_path(variables)
+    }.items()
+  }
 
 
 @pytest.mark.slow  # Generates and prepares a phantom (about a minute on a loaded 2-core machine).
@@ -158,8 +188,10 @@ def test_init_from_copies_the_source_checkpoint_and_keeps_the_rest(source_run, t
   target_exp = experiment.setup(config, root / "target")
   fresh = parallel.host_copy(target_exp.init_state())
   state = train.init_from_workdir(target_exp, fresh)
-  got, init = flat({"params": state.params, "batch_stats": state.batch_stats}), flat(
-      {"params": fresh.params, "batch_stats": fresh.batch_stats})
+  got, init = (
+    flat({"params": state.params, "batch_stats": state.batch_stats}),
+    flat({"params": fresh.params, "batch_stats": fresh.batch_stats}),
+  )
   record = json.loads((root / "target" / train.INIT_FROM_RECORD).read_text())
   assert record["step"] == step == SOURCE_STEP and record["num_copied"] + record["num_kept"] == len(got)
   assert "params/down0/conv0/kernel" in record["copied"]
@@ -199,8 +231,14 @@ def test_init_from_refusals(source_run, tiny_config, tmp_path):
   refused(no_checkpoints, CheckpointError, r"config.train.init_from=.*no_checkpoints: no checkpoint in")
   refused(root / "source", CheckpointError, r"no checkpoint for step 7", train__init_from_checkpoint="7")
   refused(tmp_path / "target", ConfigError, r"is this run's own workdir")
-  refused(root / "source", ConfigError, r"no array of the source matches this model",
-          model__name="fcn32s", model__backbone="resnet18", model__backbone_width=4)
+  refused(
+    root / "source",
+    ConfigError,
+    r"no array of the source matches this model",
+    model__name="fcn32s",
+    model__backbone="resnet18",
+    model__backbone_width=4,
+  )
 
 
 @pytest.mark.slow  # Generates and prepares a phantom (about a minute on a loaded 2-core machine).

@@ -12,6 +12,7 @@ from jaxseg.errors import ConfigError
 
 class LinearSeg(nn.Module):
   """logits = x @ W + b per voxel (a 1x1 convolution): every map has a closed form."""
+
   num_classes: int = 3
 
   @nn.compact
@@ -75,8 +76,10 @@ def test_integrated_gradients_completeness_on_a_unet():
   variables, images = _init(model, (1, 16, 16, 1))
   logits = model.apply(variables, images, train=False)
   mask = interpret.region_mask(logits, 1, "all")
-  gap = float(interpret.class_score(logits, 1, mask)[0]
-              - interpret.class_score(model.apply(variables, jnp.zeros_like(images), train=False), 1, mask)[0])
+  gap = float(
+    interpret.class_score(logits, 1, mask)[0]
+    - interpret.class_score(model.apply(variables, jnp.zeros_like(images), train=False), 1, mask)[0]
+  )
   attribution = interpret.integrated_gradients(model, variables, images, 1, region="all", steps=64)
   assert float(attribution.sum()) == pytest.approx(gap, rel=0.05, abs=1e-3)
 
@@ -85,8 +88,9 @@ def test_smoothgrad_without_noise_is_saliency():
   model = _tiny("unet")
   variables, images = _init(model, (1, 16, 16, 1))
   plain = interpret.saliency(model, variables, images, 0, region="all")
-  smooth = interpret.smoothgrad(model, variables, images, 0, region="all", rng=jax.random.key(1),
-                                num_samples=3, noise_level=0.0)
+  smooth = interpret.smoothgrad(
+    model, variables, images, 0, region="all", rng=jax.random.key(1), num_samples=3, noise_level=0.0
+  )
   np.testing.assert_allclose(smooth, plain, rtol=1e-5, atol=1e-7)
   noisy = interpret.smoothgrad(model, variables, images, 0, region="all", rng=jax.random.key(1), num_samples=3)
   assert noisy.shape == (1, 16, 16) and not np.allclose(noisy, plain)
@@ -108,9 +112,15 @@ def test_grad_cam_at_the_layer_before_a_1x1_head_is_the_relu_of_the_class_logit_
   np.testing.assert_allclose(cam_head, np.maximum(np.asarray(logits[..., 1]), 0), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["unet", "attention_unet",
-                                  pytest.param("fcn8s", marks=pytest.mark.slow),
-                                  pytest.param("deeplabv3plus", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+  "name",
+  [
+    "unet",
+    "attention_unet",
+    pytest.param("fcn8s", marks=pytest.mark.slow),
+    pytest.param("deeplabv3plus", marks=pytest.mark.slow),
+  ],
+)
 def test_every_map_on_the_zoo_2d(name):
   overrides = {}
   if name.startswith(("fcn", "deeplab")):
@@ -118,8 +128,9 @@ def test_every_map_on_the_zoo_2d(name):
   model = _tiny(name, **overrides)
   variables, images = _init(model, (1, 32, 32, 1))
   for method in ("saliency", "integrated_gradients", "grad_cam"):
-    got = interpret.compute(method, model, variables, images, 1, region="all", **(
-        {"steps": 4} if method == "integrated_gradients" else {}))
+    got = interpret.compute(
+      method, model, variables, images, 1, region="all", **({"steps": 4} if method == "integrated_gradients" else {})
+    )
     assert got.shape == (1, 32, 32) and bool(jnp.all(jnp.isfinite(got))), method
   assert len(interpret.layers(model, variables, images)) > 3
 
@@ -157,7 +168,7 @@ def test_bad_inputs_name_what_is_wrong():
 
 def test_sanity_check_helpers():
   a = np.arange(20.0).reshape(4, 5)
-  assert interpret.rank_correlation(a, a ** 3) == pytest.approx(1.0)
+  assert interpret.rank_correlation(a, a**3) == pytest.approx(1.0)
   assert interpret.rank_correlation(a, -a) == pytest.approx(-1.0)
   assert np.isnan(interpret.rank_correlation(a, np.ones_like(a)))
   attribution = np.zeros((5, 5))
@@ -170,5 +181,7 @@ def test_sanity_check_helpers():
   variables, images = _init(model, (1, 16, 16, 1))
   fresh = interpret.randomized_variables(model, variables, images, seed=7)
   assert jax.tree.structure(fresh) == jax.tree.structure(variables)
-  assert not np.allclose(fresh["params"]["head"]["kernel"] if "head" in fresh["params"] else
-                         jax.tree.leaves(fresh["params"])[0], jax.tree.leaves(variables["params"])[0])
+  assert not np.allclose(
+    fresh["params"]["head"]["kernel"] if "head" in fresh["params"] else jax.tree.leaves(fresh["params"])[0],
+    jax.tree.leaves(variables["params"])[0],
+  )

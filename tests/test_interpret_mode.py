@@ -18,13 +18,17 @@ def trained(tmp_path_factory):
   config.data.num_cases = 5
   config.data.num_threads = 1
   config.model.update(features=4, depth=2)
-  config.train.update(num_steps=2, batch_size=2, warmup_steps=1, log_every_steps=2, eval_every_steps=2,
-                      checkpoint_every_steps=2)
+  config.train.update(
+    num_steps=2, batch_size=2, warmup_steps=1, log_every_steps=2, eval_every_steps=2, checkpoint_every_steps=2
+  )
   config.eval.splits = ("test",)
   config.eval.num_figures = 0
   train.train_and_evaluate(config, workdir)
-  config.interpret.update(num_cases=1, classes=("liver,",),  # As '--config.interpret.classes=liver,' gives it. smoothgrad_samples=2, ig_steps=2,
-                          checkpoint="latest")
+  config.interpret.update(
+    num_cases=1,
+    classes=("liver,",),  # As '--config.interpret.classes=liver,' gives it. smoothgrad_samples=2, ig_steps=2,
+    checkpoint="latest",
+  )
   return config, workdir
 
 
@@ -35,7 +39,7 @@ def test_interpret_writes_figures_and_scores(trained):
   saved = json.loads((out / "scores.json").read_text())
   assert saved == result and saved["step"] == 2 and saved["methods"] == list(config.interpret.methods)
   assert saved["layer"] == "default"
-  (case_id, per_class), = saved["cases"].items()
+  ((case_id, per_class),) = saved["cases"].items()
   assert list(per_class) == ["liver"]
   assert per_class["liver"]["predicted_voxels"] >= 0
   for method in config.interpret.methods:

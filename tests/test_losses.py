@@ -33,8 +33,9 @@ def test_soft_dice_is_batch_dice_over_foreground(example):
   p = _softmax(logits.astype(np.float64))
   y = np.eye(3)[labels]
   dice = [(2 * (p[..., k] * y[..., k]).sum() + 1e-5) / (p[..., k].sum() + y[..., k].sum() + 1e-5) for k in (1, 2)]
-  np.testing.assert_allclose(losses.soft_dice_loss(jnp.asarray(logits), jnp.asarray(labels)), 1 - np.mean(dice),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    losses.soft_dice_loss(jnp.asarray(logits), jnp.asarray(labels)), 1 - np.mean(dice), rtol=1e-5
+  )
 
 
 def test_perfect_prediction_has_near_zero_dice_loss():
@@ -46,8 +47,11 @@ def test_perfect_prediction_has_near_zero_dice_loss():
 
 def test_focal_loss_with_gamma_zero_is_cross_entropy(example):
   logits, labels = example
-  np.testing.assert_allclose(losses.focal_loss(jnp.asarray(logits), jnp.asarray(labels), gamma=0.0),
-                             losses.cross_entropy(jnp.asarray(logits), jnp.asarray(labels)), rtol=1e-6)
+  np.testing.assert_allclose(
+    losses.focal_loss(jnp.asarray(logits), jnp.asarray(labels), gamma=0.0),
+    losses.cross_entropy(jnp.asarray(logits), jnp.asarray(labels)),
+    rtol=1e-6,
+  )
 
 
 def test_focal_loss_down_weights_easy_voxels():
@@ -92,14 +96,16 @@ def test_discriminator_loss_matches_hand_computation():
   real = np.array([[2.0, -1.0], [0.5, 3.0]], np.float32)
   fake = np.array([[-2.0, 0.25], [1.0, -0.5]], np.float32)
   expected = 0.5 * (_bce(real.astype(np.float64), 0.9).mean() + _bce(fake.astype(np.float64), 0.0).mean())
-  np.testing.assert_allclose(losses.discriminator_loss(jnp.asarray(real), jnp.asarray(fake), label_smoothing=0.1),
-                             expected, rtol=1e-6)
+  np.testing.assert_allclose(
+    losses.discriminator_loss(jnp.asarray(real), jnp.asarray(fake), label_smoothing=0.1), expected, rtol=1e-6
+  )
 
 
 def test_generator_adversarial_loss_is_non_saturating():
   fake = np.array([-8.0, -1.0, 0.0, 3.0], np.float32)
-  np.testing.assert_allclose(losses.generator_adversarial_loss(jnp.asarray(fake)),
-                             _bce(fake.astype(np.float64), 1.0).mean(), rtol=1e-6)
+  np.testing.assert_allclose(
+    losses.generator_adversarial_loss(jnp.asarray(fake)), _bce(fake.astype(np.float64), 1.0).mean(), rtol=1e-6
+  )
   # Where the discriminator confidently rejects a fake (logit -8), the gradient of -log s(x) stays near
   # -1 per element, while that of the saturating log(1 - s(x)) would vanish (-s(-8) = -3e-4).
   grad = jax.grad(lambda x: losses.generator_adversarial_loss(x) * x.size)(jnp.asarray(fake))

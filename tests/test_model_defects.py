@@ -31,14 +31,14 @@ def _fast_random_compile():
 
 # (1) ASPP image pooling.
 
+
 @pytest.mark.parametrize("norm", ["instance", "none", "group", "layer", "batch"])
 def test_aspp_image_pooling_branch_sees_the_image(norm):
   aspp = ASPP(rates=(1, 2, 3), features=8, norm=norm, norm_groups=4)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(2, 6, 6, 16)) + np.array([0.0, 3.0])[:, None, None, None], jnp.float32)
   variables = aspp.init(jax.random.key(0), x, train=False)
-  _, state = aspp.apply(variables, x, train=False,
-                        capture_intermediates=lambda module, _: module.name == "pooling")
+  _, state = aspp.apply(variables, x, train=False, capture_intermediates=lambda module, _: module.name == "pooling")
   pooled = np.asarray(state["intermediates"]["pooling"]["__call__"][0])
   assert pooled.shape == (2, 1, 1, 8)
   # The two images have different global averages: the branch must say so (before the fix, instance
@@ -57,6 +57,7 @@ def test_aspp_image_pooling_keeps_torchvision_layout_for_batch_norm():
 
 
 # (2) FCN-16s / FCN-8s skips.
+
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
   name, sep, arg = spec.partition(":")
@@ -83,14 +84,21 @@ def test_fcn8s_fuses_strides_32_16_8_whatever_the_output_stride(output_stride):
   cfg.update(name="fcn8s", backbone="resnet18", backbone_width=4, num_classes=3, output_stride=output_stride)
   model = models.create_model(cfg)
   variables = jax.jit(lambda key: model.init({"params": key}, jnp.zeros((1, 64, 96, 1)), train=False))(
-      jax.random.key(0))
+    jax.random.key(0)
+  )
   x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 64, 96, 1)), jnp.float32)
   names = ("classifier", "upscore0", "score_layer3", "upscore1", "score_layer2")
-  logits, state = jax.jit(lambda v, x: model.apply(v, x, train=False,
-                                                   capture_intermediates=lambda m, _: m.name in names))(variables, x)
+  logits, state = jax.jit(
+    lambda v, x: model.apply(v, x, train=False, capture_intermediates=lambda m, _: m.name in names)
+  )(variables, x)
   shapes = {name: state["intermediates"][name]["__call__"][0].shape[1:3] for name in names}
-  assert shapes == {"classifier": (2, 3), "upscore0": (4, 6), "score_layer3": (4, 6), "upscore1": (8, 12),
-                    "score_layer2": (8, 12)}
+  assert shapes == {
+    "classifier": (2, 3),
+    "upscore0": (4, 6),
+    "score_layer3": (4, 6),
+    "upscore1": (8, 12),
+    "score_layer2": (8, 12),
+  }
   assert logits.shape == (1, 64, 96, 3)
 
 
@@ -98,12 +106,16 @@ def test_fcn32s_still_follows_output_stride():
   cfg = models.default_model_config()
   cfg.update(name="fcn32s", backbone="resnet18", backbone_width=4, num_classes=3, output_stride=8)
   model, variables = param_tree(cfg, (1, 64, 64, 1))
-  _, state = jax.eval_shape(lambda v, x: model.apply(v, x, train=False, capture_intermediates=lambda m, _:
-                                                     m.name == "classifier"), variables, jnp.zeros((1, 64, 64, 1)))
+  _, state = jax.eval_shape(
+    lambda v, x: model.apply(v, x, train=False, capture_intermediates=lambda m, _: m.name == "classifier"),
+    variables,
+    jnp.zeros((1, 64, 64, 1)),
+  )
   assert state["intermediates"]["classifier"]["__call__"][0].shape[1:3] == (8, 8)  # Dilated: stride 8.
 
 
 # (4) Weight decay only on kernels.
+
 
 class ConvNormNet(nn.Module):
   @nn.compact
@@ -133,8 +145,16 @@ def test_weight_decay_spares_biases_and_norm_scales(optimizer, overrides):
   zero_grads = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zero_grads, tx.init(params), params)
   flat = {"/".join(k.key for k in path): np.asarray(u) for path, u in jax.tree_util.tree_leaves_with_path(updates)}
-  assert set(flat) == {"conv/kernel", "conv/bias", "norm/scale", "norm/bias", "dense/kernel", "dense/bias",
-                       "up/kernel", "up/bias"}
+  assert set(flat) == {
+    "conv/kernel",
+    "conv/bias",
+    "norm/scale",
+    "norm/bias",
+    "dense/kernel",
+    "dense/bias",
+    "up/kernel",
+    "up/bias",
+  }
   for name, update in flat.items():
     if name.endswith("kernel"):  # With zero gradients the update is the decay alone: -lr * wd * w,
       value = np.asarray(params[name.split("/")[0]]["kernel"])  # times 1 + momentum for Nesterov SGD.
@@ -147,5 +167,12 @@ def test_weight_decay_spares_biases_and_norm_scales(optimizer, overrides):
 def test_decay_mask_marks_only_kernels():
   mask = optimizer_lib.decay_mask(params_for_decay())
   assert {"/".join(k.key for k in path): bool(v) for path, v in jax.tree_util.tree_leaves_with_path(mask)} == {
-      "conv/kernel": True, "conv/bias": False, "norm/scale": False, "norm/bias": False,
-      "dense/kernel": True, "dense/bias": False, "up/kernel": True, "up/bias": False}
+    "conv/kernel": True,
+    "conv/bias": False,
+    "norm/scale": False,
+    "norm/bias": False,
+    "dense/kernel": True,
+    "dense/bias": False,
+    "up/kernel": True,
+    "up/bias": False,
+  }

@@ -23,8 +23,15 @@ import pytest
 REPO = pathlib.Path(__file__).parent.parent
 SCRIPT = REPO / "tests" / "scripts" / "multiprocess_run.py"
 TIMEOUT_S = 300  # Per launch; every child is killed when it runs out.
-_DROP = ("JAXSEG_COORDINATOR", "JAXSEG_NUM_PROCESSES", "JAXSEG_PROCESS_ID", "JAX_COORDINATOR_ADDRESS",
-         "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "XLA_FLAGS")
+_DROP = (
+  "JAXSEG_COORDINATOR",
+  "JAXSEG_NUM_PROCESSES",
+  "JAXSEG_PROCESS_ID",
+  "JAX_COORDINATOR_ADDRESS",
+  "JAX_NUM_PROCESSES",
+  "JAX_PROCESS_ID",
+  "XLA_FLAGS",
+)
 
 
 def free_port() -> int:
@@ -36,17 +43,23 @@ def free_port() -> int:
 def launch(args: list[str], processes: int, log_dir: pathlib.Path, name: str) -> list[subprocess.Popen]:
   """Starts `processes` processes of the script with 4 devices in all (4 // processes each)."""
   base = {k: v for k, v in os.environ.items() if k not in _DROP}
-  base.update(JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", PYTHONUNBUFFERED="1",
-              XLA_FLAGS=f"--xla_force_host_platform_device_count={4 // processes}")
+  base.update(
+    JAX_PLATFORMS="cpu",
+    JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+    PYTHONUNBUFFERED="1",
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={4 // processes}",
+  )
   if processes > 1:
-    base.update(JAXSEG_COORDINATOR=f"127.0.0.1:{free_port()}", JAXSEG_NUM_PROCESSES=str(processes),
-                JAXSEG_INIT_TIMEOUT="120")
+    base.update(
+      JAXSEG_COORDINATOR=f"127.0.0.1:{free_port()}", JAXSEG_NUM_PROCESSES=str(processes), JAXSEG_INIT_TIMEOUT="120"
+    )
   children = []
   for i in range(processes):
     env = dict(base, JAXSEG_PROCESS_ID=str(i)) if processes > 1 else base
     log = open(log_dir / f"{name}.{i}.log", "w")  # pylint: disable=consider-using-with
-    children.append(subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=REPO, env=env, stdout=log,
-                                     stderr=subprocess.STDOUT))
+    children.append(
+      subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    )
   return children
 
 
@@ -94,8 +107,9 @@ def runs(tmp_path_factory):
   data = str(root / "data")
   single, multi = root / "single", root / "multi"
   # 1. One process, 4 devices, 5 steps (prepares the phantom the other runs reuse).
-  wait(launch(["train", str(single), data, "5", str(root / "single.json"), "--dump=3"], 1, root, "single"),
-       root, "single")
+  wait(
+    launch(["train", str(single), data, "5", str(root / "single.json"), "--dump=3"], 1, root, "single"), root, "single"
+  )
   # 2. Two processes, 3 steps, save, then killed while still running.
   children = launch(["train", str(multi), data, "3", str(root / "multi3.json"), "--hang"], 2, root, "multi3")
   wait(children, root, "multi3", until_line="SAVED step 3")
@@ -106,14 +120,44 @@ def runs(tmp_path_factory):
   images.mkdir()
   for name in sorted(p.name for p in (root / "data" / "ct_phantom" / "imagesTr").glob("*.nii.gz"))[:3]:
     (images / name).symlink_to(root / "data" / "ct_phantom" / "imagesTr" / name)
-  wait(launch(["train", str(multi), data, "5", str(root / "multi5.json"), f"--evaluate={root / 'eval2.json'}",
-               f"--predict={images},{root / 'pred2'},{root / 'pred2.json'}"], 2, root, "multi5"), root, "multi5")
+  wait(
+    launch(
+      [
+        "train",
+        str(multi),
+        data,
+        "5",
+        str(root / "multi5.json"),
+        f"--evaluate={root / 'eval2.json'}",
+        f"--predict={images},{root / 'pred2'},{root / 'pred2.json'}",
+      ],
+      2,
+      root,
+      "multi5",
+    ),
+    root,
+    "multi5",
+  )
   # 4. One process evaluates the same checkpoint.
   eval1_dir = root / "eval1_workdir"
   eval1_dir.mkdir()
   (eval1_dir / "checkpoints").symlink_to(multi / "checkpoints")
-  wait(launch(["evaluate", str(eval1_dir), data, str(root / "eval1.json"),
-               f"--predict={images},{root / 'pred1'},{root / 'pred1.json'}"], 1, root, "eval1"), root, "eval1")
+  wait(
+    launch(
+      [
+        "evaluate",
+        str(eval1_dir),
+        data,
+        str(root / "eval1.json"),
+        f"--predict={images},{root / 'pred1'},{root / 'pred1.json'}",
+      ],
+      1,
+      root,
+      "eval1",
+    ),
+    root,
+    "eval1",
+  )
   return root
 
 
@@ -147,6 +191,7 @@ def test_two_processes_evaluate_like_one(runs):
 
 def test_two_processes_predict_like_one(runs):
   import nibabel as nib  # pylint: disable=g-import-not-at-top
+
   two = json.loads((runs / "pred2.json").read_text())
   one = json.loads((runs / "pred1.json").read_text())
   assert (two["processes"], one["processes"]) == (2, 1)

@@ -29,11 +29,14 @@ def test_urls_and_pathlib_mangled_urls_become_epath():
     assert paths.is_remote(given)
 
 
-@pytest.mark.parametrize("url, message", [
+@pytest.mark.parametrize(
+  "url, message",
+  [
     ("s3://bucket/run", "jaxseg cannot read or write s3:// paths; use a local path or gs://bucket/..."),
     ("hdfs://namenode/run", "cannot read or write hdfs:// paths"),
     ("gs:///run", "no bucket name after gs://"),
-])
+  ],
+)
 def test_unsupported_urls_are_refused_in_one_line(url, message):
   with pytest.raises(WorkdirError, match=message) as error:
     paths.resolve(url, "workdir")
@@ -47,8 +50,9 @@ def test_workdir_config_and_reports_land_in_the_bucket(bucket, tmp_path):
   assert not (tmp_path / "gs:").exists()  # The old behaviour: a local folder named gs:.
   paths.write_text_atomic(workdir / "config.json", '{"seed": 0}')
   assert json.loads((bucket / "my-bucket/runs/a/config.json").read_text()) == {"seed": 0}
-  summary = evaluate.summarize([{"case_id": "c1", "class": "liver", **{m: 0.5 for m in evaluate.METRIC_NAMES}}],
-                               ["liver"], 7)
+  summary = evaluate.summarize(
+    [{"case_id": "c1", "class": "liver", **{m: 0.5 for m in evaluate.METRIC_NAMES}}], ["liver"], 7
+  )
   evaluate.write_reports(workdir / "results" / "test", [], ["liver"], "test", summary)
   written = bucket / "my-bucket/runs/a/results/test"
   assert json.loads((written / "summary.json").read_text())["step"] == 7
@@ -82,6 +86,7 @@ def test_prediction_outputs_are_written_to_the_bucket(bucket):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jaxseg import predict  # pylint: disable=g-import-not-at-top
   from jaxseg.data import nifti  # pylint: disable=g-import-not-at-top
+
   config = config_lib.base_config()
   config.predict.input, config.predict.output = "/data/in", "gs://my-bucket/predictions"
   _, output = predict._paths(config)  # pylint: disable=protected-access
@@ -119,10 +124,12 @@ def test_exclusive_lock_serialises_processes(tmp_path):
   import time  # pylint: disable=g-import-not-at-top
 
   lock, log, started = tmp_path / ".prepare.lock", tmp_path / "log.txt", tmp_path / "started"
-  child = ("import pathlib, sys; from jaxseg import paths\n"
-           "pathlib.Path(sys.argv[3]).touch()\n"
-           "with paths.exclusive_lock(pathlib.Path(sys.argv[1])):\n"
-           "  open(sys.argv[2], 'a').write('child\\n')\n")
+  child = (
+    "import pathlib, sys; from jaxseg import paths\n"
+    "pathlib.Path(sys.argv[3]).touch()\n"
+    "with paths.exclusive_lock(pathlib.Path(sys.argv[1])):\n"
+    "  open(sys.argv[2], 'a').write('child\\n')\n"
+  )
   with paths.exclusive_lock(lock):
     process = subprocess.Popen([sys.executable, "-c", child, str(lock), str(log), str(started)])
     deadline = time.monotonic() + 60

@@ -52,8 +52,9 @@ def test_prepared_dataset_describes_the_phantom(ct):
   assert prepared.name == "ct_phantom" and prepared.ndim == 3 and prepared.num_channels == 1
   assert prepared.labels == {"background": 0, "liver": 1, "spleen": 2, "kidney": 3, "tumour": 4}
   assert prepared.num_classes == 5 and "background" not in prepared.foreground
-  assert prepared.builder.info.metadata["raw_root"] == str((pathlib.Path(config.data.data_dir) / "ct_phantom")
-                                                           .resolve())
+  assert prepared.builder.info.metadata["raw_root"] == str(
+    (pathlib.Path(config.data.data_dir) / "ct_phantom").resolve()
+  )
   assert prepared.plan.normalization[0]["scheme"] == "ct"
   assert pipeline.prepare(config).splits == prepared.splits  # Prepared once, then reused.
 
@@ -92,8 +93,7 @@ def test_batches_are_a_pure_function_of_seed_and_step(ct, monkeypatch):
     halves.append(_batches(config, prepared, local_batch_size=3))
   monkeypatch.undo()
   for step, batch in enumerate(reference):
-    np.testing.assert_array_equal(np.concatenate([halves[0][step]["image"], halves[1][step]["image"]]),
-                                  batch["image"])
+    np.testing.assert_array_equal(np.concatenate([halves[0][step]["image"], halves[1][step]["image"]]), batch["image"])
   other_seed = config.copy_and_resolve_references()
   other_seed.seed = 1
   assert not np.array_equal(_batches(other_seed, prepared)[0]["image"], reference[0]["image"])
@@ -159,10 +159,15 @@ def make_raw(root, num_cases, shape, labels=None, channels=1):
     _write(root / "imagesTr" / f"c{i}.nii.gz", image)
     _write(root / "labelsTr" / f"c{i}.nii.gz", label)
     training.append({"image": f"./imagesTr/c{i}.nii.gz", "label": f"./labelsTr/c{i}.nii.gz"})
-  meta = {"name": "Squares", "tensorImageSize": "4D" if channels > 1 else "3D",
-          "modality": {str(c): f"MR{c}" for c in range(channels)},
-          "labels": labels or {"0": "background", "1": "square"}, "numTraining": num_cases,
-          "training": training, "test": []}
+  meta = {
+    "name": "Squares",
+    "tensorImageSize": "4D" if channels > 1 else "3D",
+    "modality": {str(c): f"MR{c}" for c in range(channels)},
+    "labels": labels or {"0": "background", "1": "square"},
+    "numTraining": num_cases,
+    "training": training,
+    "test": [],
+  }
   (root / "dataset.json").write_text(json.dumps(meta))
   return root
 
@@ -211,11 +216,26 @@ def test_one_command_trains_on_a_raw_directory(tmp_path):
   root = make_raw(tmp_path / "Task99_Squares", 4, (24, 24, 6), channels=2)
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAXSEG_DATA_DIR=str(tmp_path / "data"))
   result = subprocess.run(
-      [sys.executable, "-m", "jaxseg.main", "--config=configs/msd.py:unet3d,quick", f"--config.data.root={root}",
-       f"--workdir={tmp_path / 'run'}", "--config.data.patch_size=(4,16,16)", "--config.train.num_steps=2",
-       "--config.train.eval_every_steps=2", "--config.train.checkpoint_every_steps=2", "--config.model.depth=1",
-       "--config.eval.splits=('test',)"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    [
+      sys.executable,
+      "-m",
+      "jaxseg.main",
+      "--config=configs/msd.py:unet3d,quick",
+      f"--config.data.root={root}",
+      f"--workdir={tmp_path / 'run'}",
+      "--config.data.patch_size=(4,16,16)",
+      "--config.train.num_steps=2",
+      "--config.train.eval_every_steps=2",
+      "--config.train.checkpoint_every_steps=2",
+      "--config.model.depth=1",
+      "--config.eval.splits=('test',)",
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.loads((tmp_path / "run" / "results" / "test" / "summary.json").read_text())
   assert summary["num_cases"] == 1 and "square" in summary

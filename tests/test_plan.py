@@ -20,12 +20,15 @@ def summary(shape, spacing, cases=40, channels=1, classes=2, ndim=3, val=4, test
 # Spleen-, prostate-, hippocampus- and BraTS-like fingerprints (approximate median shapes and target spacings
 # of those Decathlon tasks): nnU-Net v2's plans for these datasets have 3d_fullres (64,192,160) b2,
 # (20,320,256) b2, (40,56,40) b9 and (128,128,128) b2, 2d (512,512) b12 and (56,40) b366.
-@pytest.mark.parametrize("shape, spacing, cases, channels, classes, fullres, batch3d, twod, batch2d", [
+@pytest.mark.parametrize(
+  "shape, spacing, cases, channels, classes, fullres, batch3d, twod, batch2d",
+  [
     ((187, 512, 512), (1.6, 0.793, 0.793), 41, 1, 2, (64, 192, 160), 2, (512, 512), 12),
     ((20, 320, 319), (3.6, 0.625, 0.625), 32, 2, 3, (20, 320, 256), 2, (320, 320), 31),
     ((36, 50, 35), (1.0, 1.0, 1.0), 260, 1, 3, (40, 56, 40), 9, (56, 40), 366),
     ((138, 169, 138), (1.0, 1.0, 1.0), 484, 4, 4, (128, 128, 128), 2, (192, 160), 105),
-])
+  ],
+)
 def test_gpu_plans_match_nnunet(shape, spacing, cases, channels, classes, fullres, batch3d, twod, batch2d):
   s = summary(shape, spacing, cases, channels, classes)
   p = plan.make_plan(s, GPU8, "unet3d")
@@ -104,8 +107,11 @@ def test_batch_scales_with_devices_and_steps_shrink():
 
 def test_smallest_patch_that_does_not_fit_names_the_numbers():
   s = summary((187, 512, 512), (1.6, 0.793, 0.793))
-  with pytest.raises(ConfigError, match=r"smallest patch .* needs an estimated [0-9.]+ GB per device but the device "
-                                        r"has 0.00 GB"):
+  with pytest.raises(
+    ConfigError,
+    match=r"smallest patch .* needs an estimated [0-9.]+ GB per device but the device "
+    r"has 0.00 GB",
+  ):
     plan.configure(s, 3, 0.001)
 
 
@@ -115,6 +121,7 @@ def _cpu_stub(seconds_per_gflop):
   def measure(candidate):
     calls.append(candidate)
     return candidate.flops / 1e9 * seconds_per_gflop
+
   return measure, calls
 
 
@@ -153,8 +160,9 @@ def test_cpu_plan_that_cannot_train_says_so():
 def _phantom_summary(shape_xyz, spacing_xyz, cases, classes):
   intensity = [{"mean": 0.0, "std": 1.0, "p00_5": 0.0, "p99_5": 1.0, "min": 0.0, "max": 1.0}]
   shape, spacing = tuple(shape_xyz[::-1]), tuple(spacing_xyz[::-1])
-  fingerprint = preprocess.Fingerprint(spacings=[spacing] * cases, shapes=[shape] * cases, intensity=intensity,
-                                       cropped_shapes=[shape] * cases)
+  fingerprint = preprocess.Fingerprint(
+    spacings=[spacing] * cases, shapes=[shape] * cases, intensity=intensity, cropped_shapes=[shape] * cases
+  )
   return plan.summarize_dataset(fingerprint, spacing, num_classes=classes, ndim=3)
 
 
@@ -162,6 +170,7 @@ def test_phantom_fingerprints_plan_on_a_gpu():
   """The CT and MR phantoms' generators (shape, spacing): nnU-Net's rules give whole-slice 2D patches and
   whole-volume 3D patches, batch 2 (5 % of 20 small volumes is less than two patches)."""
   from jaxseg.data.phantoms import ct, mr
+
   in_plane = 3.22  # The CT phantom's median in-plane spacing (it varies per case around it).
   s = _phantom_summary(ct.SHAPE, (in_plane, in_plane, ct.SLICE_MM), 20, 4)
   assert s.median_shape == (40, 128, 128) and s.anisotropy == pytest.approx(ct.SLICE_MM / in_plane)
@@ -172,14 +181,16 @@ def test_phantom_fingerprints_plan_on_a_gpu():
   assert tuple(p["configurations"]["2d"]["patch_size"]) == (128, 128)
   s = _phantom_summary(mr.SHAPE, mr.SPACING_MM, 20, 4)
   p = plan.make_plan(s, GPU8, "unet")
-  assert p["values"]["data.patch_size"] == (96, 96) and p["configurations"]["3d_fullres"]["patch_size"] == [
-      48, 96, 96]
+  assert p["values"]["data.patch_size"] == (96, 96) and p["configurations"]["3d_fullres"]["patch_size"] == [48, 96, 96]
 
 
 def test_summary_uses_cropped_and_resampled_shapes():
-  fingerprint = preprocess.Fingerprint(spacings=[(2.0, 1.0, 1.0), (2.0, 1.0, 1.0), (4.0, 1.0, 1.0)],
-                                       shapes=[(50, 100, 100)] * 3, intensity=[{}],
-                                       cropped_shapes=[(40, 80, 60), (40, 80, 60), (20, 80, 60)])
+  fingerprint = preprocess.Fingerprint(
+    spacings=[(2.0, 1.0, 1.0), (2.0, 1.0, 1.0), (4.0, 1.0, 1.0)],
+    shapes=[(50, 100, 100)] * 3,
+    intensity=[{}],
+    cropped_shapes=[(40, 80, 60), (40, 80, 60), (20, 80, 60)],
+  )
   s = plan.summarize_dataset(fingerprint, (2.0, 0.5, 0.5), num_classes=2, ndim=3)
   assert s.median_shape == (40, 160, 120) and s.num_cases == 3
 
@@ -191,8 +202,7 @@ def test_override_wins_and_is_recorded():
   s = summary((187, 512, 512), (1.6, 0.793, 0.793))
   p = plan.make_plan(s, GPU8, "unet3d")
   out, record = plan.apply_plan(config, p, fixed=("train.num_steps",))
-  assert out.train.num_steps == 7 and record["train.num_steps"] == {"planned": 250_000, "used": 7,
-                                                                     "overridden": True}
+  assert out.train.num_steps == 7 and record["train.num_steps"] == {"planned": 250_000, "used": 7, "overridden": True}
   assert out.data.patch_size == (64, 192, 160) and record["data.patch_size"]["overridden"] is False
   assert config.data.patch_size == (128, 128)  # The input config is not modified.
   assert "override; planned 250000" in plan.format_plan(p, record)
@@ -207,9 +217,19 @@ def test_non_unet_models_get_patch_batch_and_schedule_only():
 
 def test_command_line_keys_are_kept():
   from jaxseg import cli
+
   config = config_lib.base_config()
-  cli.keep_command_line_keys(config, ["main.py", "--config=configs/msd.py", "--config.train.num_steps=5",
-                                      "--config.plan.time_budget_min=3", "--config.data.patch_size", "(8,8)"])
+  cli.keep_command_line_keys(
+    config,
+    [
+      "main.py",
+      "--config=configs/msd.py",
+      "--config.train.num_steps=5",
+      "--config.plan.time_budget_min=3",
+      "--config.data.patch_size",
+      "(8,8)",
+    ],
+  )
   assert config.plan.fixed == ("train.num_steps", "data.patch_size")
 
 
@@ -219,24 +239,35 @@ def test_command_line_keys_are_kept():
 def _write_tiny_dataset(root):
   import json
   from jaxseg.data import nifti
+
   rng = np.random.default_rng(0)
   entries = []
   for i in range(6):
     label = np.zeros((16, 16, 4), np.uint8)
-    label[4 + i % 3:10 + i % 3, 5:11, 1:3] = 1
+    label[4 + i % 3 : 10 + i % 3, 5:11, 1:3] = 1
     image = np.where(label == 1, 80.0, -50.0) + rng.normal(0, 5, label.shape)
     nifti.save_nifti(root / "imagesTr" / f"c{i}.nii.gz", image.astype(np.float32), np.diag([1.0, 1.0, 2.0, 1.0]))
     nifti.save_nifti(root / "labelsTr" / f"c{i}.nii.gz", label, np.diag([1.0, 1.0, 2.0, 1.0]))
     entries.append({"image": f"./imagesTr/c{i}.nii.gz", "label": f"./labelsTr/c{i}.nii.gz"})
-  (root / "dataset.json").write_text(json.dumps({
-      "name": "PlanToy", "modality": {"0": "MR"}, "labels": {"0": "background", "1": "organ"},
-      "numTraining": 6, "training": entries, "test": []}))
+  (root / "dataset.json").write_text(
+    json.dumps(
+      {
+        "name": "PlanToy",
+        "modality": {"0": "MR"},
+        "labels": {"0": "background", "1": "organ"},
+        "numTraining": 6,
+        "training": entries,
+        "test": [],
+      }
+    )
+  )
   return root
 
 
 def test_setup_plans_writes_plan_json_keeps_overrides_and_reuses_the_plan(tmp_path, monkeypatch):
   import json
   from jaxseg import experiment
+
   root = _write_tiny_dataset(tmp_path / "raw")
   config = config_lib.base_config()
   config.data.update(name="msd", root=str(root), data_dir=str(tmp_path / "data"), prepare_workers=1)
@@ -248,6 +279,7 @@ def test_setup_plans_writes_plan_json_keeps_overrides_and_reuses_the_plan(tmp_pa
   def stub(config, num_channels, candidate, steps_timed=2):
     calls.append(candidate)
     return 0.01
+
   monkeypatch.setattr(experiment, "measure_step_time", stub)
   exp = experiment.setup(config, tmp_path / "run")
   stored = json.loads((tmp_path / "run" / "plan.json").read_text())
@@ -269,6 +301,7 @@ def test_setup_plans_writes_plan_json_keeps_overrides_and_reuses_the_plan(tmp_pa
 @pytest.mark.slow  # Compiles a train step: 65 s on 2 cores at load average 13 (a few seconds idle).
 def test_measure_step_time_runs_the_real_network():
   from jaxseg import experiment
+
   config = config_lib.base_config()
   config.model.num_classes = 2
   s = summary((1, 16, 16), (1.0, 1.0, 1.0), cases=4, ndim=2)
@@ -288,20 +321,26 @@ def test_cpu_devices_share_the_cores():
 
 def test_cpu_plan_sets_time_aside_for_compiling():
   s = summary((187, 512, 512), (1.6, 0.793, 0.793), val=4, test=8)
-  fast = plan.make_plan(s, plan.Devices("cpu", 1, 16.0), "unet", time_budget_min=15,
-                        measure=lambda c: (c.flops / 1e9 * 0.01, 0.0))["values"]
-  slow = plan.make_plan(s, plan.Devices("cpu", 1, 16.0), "unet", time_budget_min=15,
-                        measure=lambda c: (c.flops / 1e9 * 0.01, 120.0))["values"]
+  fast = plan.make_plan(
+    s, plan.Devices("cpu", 1, 16.0), "unet", time_budget_min=15, measure=lambda c: (c.flops / 1e9 * 0.01, 0.0)
+  )["values"]
+  slow = plan.make_plan(
+    s, plan.Devices("cpu", 1, 16.0), "unet", time_budget_min=15, measure=lambda c: (c.flops / 1e9 * 0.01, 120.0)
+  )["values"]
   assert slow["train.num_steps"] < fast["train.num_steps"]
 
 
 def test_setup_refuses_a_device_too_small_for_the_smallest_patch(tmp_path):
   from jaxseg import experiment
+
   root = _write_tiny_dataset(tmp_path / "raw")
   config = config_lib.base_config()
   config.data.update(name="msd", root=str(root), data_dir=str(tmp_path / "data"), prepare_workers=1)
   config.plan.enabled = True
   config.plan.memory_gb = 1e-6
-  with pytest.raises(ConfigError, match=r"plan: even the smallest patch \d+x\d+ .* needs an estimated [0-9.]+ GB "
-                                        r"per device but the device has 0.00 GB"):
+  with pytest.raises(
+    ConfigError,
+    match=r"plan: even the smallest patch \d+x\d+ .* needs an estimated [0-9.]+ GB "
+    r"per device but the device has 0.00 GB",
+  ):
     experiment.setup(config, tmp_path / "run")

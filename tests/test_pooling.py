@@ -44,18 +44,34 @@ def _apply(model, variables, x, **kwargs):
 
 def _block_outputs(model, x):
   """Output shape of every ConvBlock (encoder, bottleneck, decoder) by module name."""
-  _, state = _apply(model, _init(model, x), x, train=False,
-                    capture_intermediates=lambda mdl, _: isinstance(mdl, ConvBlock), mutable=["intermediates"])
-  return {name: value["__call__"][0].shape[1:-1] for name, value in state["intermediates"].items()
-          if isinstance(value, dict) and "__call__" in value}
+  _, state = _apply(
+    model,
+    _init(model, x),
+    x,
+    train=False,
+    capture_intermediates=lambda mdl, _: isinstance(mdl, ConvBlock),
+    mutable=["intermediates"],
+  )
+  return {
+    name: value["__call__"][0].shape[1:-1]
+    for name, value in state["intermediates"].items()
+    if isinstance(value, dict) and "__call__" in value
+  }
 
 
 def test_unet3d_pools_and_upsamples_per_axis():
   model = models.create_model(_model_config(pool_factors=FACTORS, kernel_sizes=KERNELS, deep_supervision=True))
   x = jax.ShapeDtypeStruct((2, *PATCH, 1), jnp.float32)
   blocks = _block_outputs(model, x)
-  assert blocks == {"down0": (8, 32, 32), "down1": (8, 16, 16), "down2": (8, 8, 8), "bottleneck": (4, 4, 4),
-                    "up2": (8, 8, 8), "up1": (8, 16, 16), "up0": (8, 32, 32)}
+  assert blocks == {
+    "down0": (8, 32, 32),
+    "down1": (8, 16, 16),
+    "down2": (8, 8, 8),
+    "bottleneck": (4, 4, 4),
+    "up2": (8, 8, 8),
+    "up1": (8, 16, 16),
+    "up0": (8, 32, 32),
+  }
   variables = _init(model, x)
   shapes = _shapes(variables["params"])
   assert shapes["['upconv0']['kernel']"][:3] == (1, 2, 2) and shapes["['upconv2']['kernel']"][:3] == (2, 2, 2)
@@ -68,13 +84,14 @@ def test_unet3d_pools_and_upsamples_per_axis():
   # Deep supervision targets: the loss subsamples labels per axis exactly as the model downsampled.
   labels = jnp.asarray(np.random.default_rng(1).integers(0, 3, (2, *PATCH)))
   for output, step in zip(outputs, [(1, 1, 1), (1, 2, 2), (1, 4, 4)]):
-    expected = labels[:, ::step[0], ::step[1], ::step[2]]
+    expected = labels[:, :: step[0], :: step[1], :: step[2]]
     np.testing.assert_array_equal(losses.resize_labels_nearest(labels, output.shape[1:-1]), expected)
 
 
 def test_odd_sizes_are_padded_per_axis_and_cropped_back():
-  model = UNet(num_classes=2, features=4, depth=2, ndim=3, pool_factors=((1, 2, 2), (2, 2, 2)),
-                    norm="none", deep_supervision=True)
+  model = UNet(
+    num_classes=2, features=4, depth=2, ndim=3, pool_factors=((1, 2, 2), (2, 2, 2)), norm="none", deep_supervision=True
+  )
   x = jax.ShapeDtypeStruct((1, 5, 13, 11, 1), jnp.float32)
   outputs = _apply(model, _init(model, x), x, train=True)
   # Level 1 is downsampled by (1, 2, 2): ceil(5 / 1), ceil(13 / 2), ceil(11 / 2).
@@ -83,8 +100,7 @@ def test_odd_sizes_are_padded_per_axis_and_cropped_back():
 
 
 def test_attention_unet_gates_follow_the_pooling_factors():
-  model = AttentionUNet(num_classes=2, features=4, depth=3, ndim=3, pool_factors=FACTORS,
-                                       norm="instance")
+  model = AttentionUNet(num_classes=2, features=4, depth=3, ndim=3, pool_factors=FACTORS, norm="instance")
   x = jax.ShapeDtypeStruct((1, *PATCH, 1), jnp.float32)
   variables = _init(model, x)
   logits, state = _apply(model, variables, x, train=False, mutable=["intermediates"])
@@ -101,14 +117,16 @@ def test_attention_unet_gates_follow_the_pooling_factors():
   assert _apply(model2d, _init(model2d, y), y, train=False).shape == (1, 8, 32, 3)
 
 
-@pytest.mark.parametrize("name, shape", [("unet", (1, 32, 32, 2)), ("unet3d", (1, 16, 16, 16, 1)),
-                                         ("attention_unet", (1, 32, 32, 1))])
+@pytest.mark.parametrize(
+  "name, shape", [("unet", (1, 32, 32, 2)), ("unet3d", (1, 16, 16, 16, 1)), ("attention_unet", (1, 32, 32, 1))]
+)
 def test_default_is_the_isotropic_network_of_before(name, shape):
   """() = 2 and 3 on every axis: the parameter tree (old checkpoints) is unchanged."""
   ndim = len(shape) - 2
   default = models.create_model(_model_config(name, deep_supervision=True))
-  explicit = models.create_model(_model_config(name, deep_supervision=True, pool_factors=((2,) * ndim,) * 3,
-                                               kernel_sizes=((3,) * ndim,) * 4))
+  explicit = models.create_model(
+    _model_config(name, deep_supervision=True, pool_factors=((2,) * ndim,) * 3, kernel_sizes=((3,) * ndim,) * 4)
+  )
   x = jax.ShapeDtypeStruct(shape, jnp.float32)
   variables = _init(default, x)
   assert _shapes(variables) == _shapes(_init(explicit, x))
@@ -117,21 +135,25 @@ def test_default_is_the_isotropic_network_of_before(name, shape):
   assert shapes["['upconv1']['kernel']"] == (2,) * ndim + (16, 8)
   assert shapes["['down0']['conv0']['kernel']"] == (3,) * ndim + (shape[-1], 4)
   assert [o.shape for o in _apply(default, variables, x, train=True)] == [
-      o.shape for o in _apply(explicit, variables, x, train=True)]
+    o.shape for o in _apply(explicit, variables, x, train=True)
+  ]
 
 
 def _train_one_step(config):
   """One jitted training step of `config`'s model on random data; returns the model."""
   import functools
   from jaxseg import optimizer as optimizer_lib, state as state_lib, steps
+
   model = models.create_model(config.model)
   tx = optimizer_lib.create_optimizer(config.train)
   schedule = optimizer_lib.learning_rate_schedule(config.train)
   step = jax.jit(steps.make_train_step(model, tx, schedule, config.train.loss, models.output_weights(config.model)))
   patch = tuple(config.data.patch_size)
   rng = np.random.default_rng(0)
-  batch = {"image": rng.standard_normal((2, *patch, 1)).astype(np.float32),
-           "label": rng.integers(0, config.model.num_classes, (2, *patch)).astype(np.int32)}
+  batch = {
+    "image": rng.standard_normal((2, *patch, 1)).astype(np.float32),
+    "label": rng.integers(0, config.model.num_classes, (2, *patch)).astype(np.int32),
+  }
   # The 'rbg' generator: XLA:CPU compiles threefry initialisers of a 3D U-Net ~10x slower (tens of seconds).
   with jax.default_prng_impl("rbg"):
     state = jax.jit(functools.partial(state_lib.create_train_state, config, model, tx, (1, *patch, 1)))()
@@ -152,6 +174,7 @@ def test_deep_supervision_loss_and_gradient_line_up_per_axis():
   def loss(params, batch):
     outputs = model.apply({"params": params}, batch["image"], train=True)
     return losses.multi_output_loss(losses.LOSSES["dice_ce"], outputs, batch["label"], weights)
+
   value, grads = jax.eval_shape(jax.value_and_grad(loss), variables["params"], batch)
   assert value.shape == () and _shapes(grads) == _shapes(variables["params"])
 
@@ -162,9 +185,18 @@ def test_2d_unet_with_anisotropic_pooling_and_deep_supervision_trains_a_step():
   subsampled by (1, 2) and (2, 4)."""
   config = config_lib.base_config()
   config.data.patch_size = (8, 32)
-  config.model.update({"name": "unet", "num_classes": 3, "features": 4, "depth": 2, "norm": "instance",
-                       "deep_supervision": True, "pool_factors": ((1, 2), (2, 2)),
-                       "kernel_sizes": ((1, 3), (3, 3), (3, 3))})
+  config.model.update(
+    {
+      "name": "unet",
+      "num_classes": 3,
+      "features": 4,
+      "depth": 2,
+      "norm": "instance",
+      "deep_supervision": True,
+      "pool_factors": ((1, 2), (2, 2)),
+      "kernel_sizes": ((1, 3), (3, 3), (3, 3)),
+    }
+  )
   config_lib.validate(config)
   model = _train_one_step(config)
   x = jax.ShapeDtypeStruct((2, 8, 32, 1), jnp.float32)
@@ -204,18 +236,33 @@ def _config(**model):
   return config
 
 
-@pytest.mark.parametrize("model, patch, message", [
-    ({"pool_factors": FACTORS[:2]}, PATCH, r"config.model.pool_factors=.* must be 3 tuples \(one per "
-                                            r"downsampling, config.model.depth=3\) of 3 integers"),
+@pytest.mark.parametrize(
+  "model, patch, message",
+  [
+    (
+      {"pool_factors": FACTORS[:2]},
+      PATCH,
+      r"config.model.pool_factors=.* must be 3 tuples \(one per "
+      r"downsampling, config.model.depth=3\) of 3 integers",
+    ),
     ({"pool_factors": ((1, 2), (1, 2), (2, 2))}, PATCH, r"must be 3 tuples .* of 3 integers .* 3D model 'unet3d'"),
-    ({"pool_factors": ((1, 3, 2),) + FACTORS[1:]}, PATCH, r"downsampling 0 has factors \(1, 3, 2\); each axis is "
-                                                          r"pooled by 1 or 2"),
-    ({"pool_factors": FACTORS}, (8, 32, 36), r"config.data.patch_size=\(8, 32, 36\) is not divisible by the "
-                                             r"product of config.model.pool_factors per axis, \(2, 8, 8\) \(axis 2\)"),
+    (
+      {"pool_factors": ((1, 3, 2),) + FACTORS[1:]},
+      PATCH,
+      r"downsampling 0 has factors \(1, 3, 2\); each axis is "
+      r"pooled by 1 or 2",
+    ),
+    (
+      {"pool_factors": FACTORS},
+      (8, 32, 36),
+      r"config.data.patch_size=\(8, 32, 36\) is not divisible by the "
+      r"product of config.model.pool_factors per axis, \(2, 8, 8\) \(axis 2\)",
+    ),
     ({"pool_factors": FACTORS}, (7, 32, 32), r"\(axis 0\)"),
     ({"kernel_sizes": KERNELS[:3]}, PATCH, r"config.model.kernel_sizes=.* must be 4 tuples"),
     ({"kernel_sizes": ((2, 3, 3),) + KERNELS[1:]}, PATCH, r"level 0 has kernel \(2, 3, 3\); sizes must be odd"),
-])
+  ],
+)
 def test_validation_names_the_key_and_the_numbers(model, patch, message):
   config = _config(**model)
   config.data.patch_size = patch
@@ -250,8 +297,11 @@ def test_overridden_depth_keeps_the_plans_first_levels_and_a_deeper_one_is_refus
   assert "first 3 levels, for config.model.depth=3" in record["model.pool_factors"]["adjusted"]
   config_lib.validate(out)
   config.model.depth = 7
-  with pytest.raises(ConfigError, match=r"config.model.depth=7 \(command line\) is deeper than the plan's 6 "
-                                        r"levels of config.model.pool_factors .* use config.model.depth <= 6"):
+  with pytest.raises(
+    ConfigError,
+    match=r"config.model.depth=7 \(command line\) is deeper than the plan's 6 "
+    r"levels of config.model.pool_factors .* use config.model.depth <= 6",
+  ):
     plan.apply_plan(config, p, fixed=("model.depth",))
   # An overridden patch the planned pooling does not divide is refused with the numbers.
   config.model.depth = 4
@@ -263,6 +313,7 @@ def test_overridden_depth_keeps_the_plans_first_levels_and_a_deeper_one_is_refus
 def test_stored_plan_json_lists_become_tuples():
   """plan.json holds lists: a reused plan sets the same tuples as a fresh one."""
   import json
+
   s = plan.DatasetSummary((8, 32, 32), (4.0, 1.0, 1.0), 20, 1, 3, 3, 2, 2)
   p = plan.make_plan(s, plan.Devices("gpu", 1, 8.0), "unet3d")
   config = config_lib.base_config()
@@ -279,8 +330,9 @@ def test_per_axis_layer_helpers():
   assert padded.shape == (1, 5, 16, 2) and spatial == (5, 13)
   assert layers.crop_to_downsampled(padded, spatial, (1, 2)).shape == (1, 5, 7, 2)
   conv = layers.conv(3, (1, 3), ndim=2, strides=(1, 2))
-  y, variables = jax.eval_shape(lambda z: conv.init_with_output(jax.random.key(0), z),
-                                jax.ShapeDtypeStruct((1, 6, 8, 2), jnp.float32))
+  y, variables = jax.eval_shape(
+    lambda z: conv.init_with_output(jax.random.key(0), z), jax.ShapeDtypeStruct((1, 6, 8, 2), jnp.float32)
+  )
   assert y.shape == (1, 6, 4, 3) and variables["params"]["kernel"].shape == (1, 3, 2, 3)
   with pytest.raises(ValueError, match=r"kernel_size \(1, 3, 3\) needs 2 entries"):
     layers.conv(3, (1, 3, 3), ndim=2)

@@ -10,11 +10,7 @@ from jaxseg.errors import DataError
 
 
 def test_largest_component_2d_uses_diagonal_neighbours():
-  mask = np.array([[1, 0, 0, 0, 0],
-                   [0, 1, 0, 0, 1],
-                   [0, 0, 1, 0, 1],
-                   [0, 0, 0, 0, 1],
-                   [1, 1, 0, 0, 1]], bool)
+  mask = np.array([[1, 0, 0, 0, 0], [0, 1, 0, 0, 1], [0, 0, 1, 0, 1], [0, 0, 0, 0, 1], [1, 1, 0, 0, 1]], bool)
   # Diagonal chain of 3 (corners touch), a vertical bar of 4, a pair of 2.
   expected = np.zeros_like(mask)
   expected[1:5, 4] = True
@@ -26,7 +22,7 @@ def test_largest_component_2d_uses_diagonal_neighbours():
 def test_largest_component_3d_corner_connectivity_and_empty():
   mask = np.zeros((4, 4, 4), bool)
   mask[0, 0, 0] = mask[1, 1, 1] = mask[2, 2, 2] = True  # Three voxels touching at corners.
-  mask[0, 3, 0] = mask[1, 3, 0] = True                   # Two voxels sharing a face.
+  mask[0, 3, 0] = mask[1, 3, 0] = True  # Two voxels sharing a face.
   expected = np.zeros_like(mask)
   expected[0, 0, 0] = expected[1, 1, 1] = expected[2, 2, 2] = True
   np.testing.assert_array_equal(postprocess.largest_component(mask), expected)
@@ -36,9 +32,9 @@ def test_largest_component_3d_corner_connectivity_and_empty():
 
 def test_keep_largest_components_touches_only_chosen_classes():
   labels = np.zeros((6, 8), np.uint8)
-  labels[0:2, 0:3] = 1      # class 1: 6 voxels
-  labels[4:6, 6:8] = 1      # class 1: 4 voxels, separate
-  labels[0, 6] = 2          # class 2: two single voxels
+  labels[0:2, 0:3] = 1  # class 1: 6 voxels
+  labels[4:6, 6:8] = 1  # class 1: 4 voxels, separate
+  labels[0, 6] = 2  # class 2: two single voxels
   labels[3, 3] = 2
   out = postprocess.keep_largest_components(labels, [1])
   expected = labels.copy()
@@ -51,18 +47,21 @@ def test_keep_largest_components_touches_only_chosen_classes():
 
 def test_decide_needs_a_strict_improvement():
   choice = postprocess.decide(
-      {"liver": [0.8, 0.6], "kidney": [0.9, 0.9], "tumour": [0.5, 0.7]},
-      {"liver": [0.9, 0.6], "kidney": [0.9, 0.9], "tumour": [0.5, 0.3]}, step=40)
+    {"liver": [0.8, 0.6], "kidney": [0.9, 0.9], "tumour": [0.5, 0.7]},
+    {"liver": [0.9, 0.6], "kidney": [0.9, 0.9], "tumour": [0.5, 0.3]},
+    step=40,
+  )
   assert choice.largest_component == ("liver",)
   assert choice.step == 40 and choice.num_cases == 2
-  assert choice.validation_dice["liver"] == {"as_predicted": pytest.approx(0.7),
-                                             "largest_component": pytest.approx(0.75)}
+  assert choice.validation_dice["liver"] == {
+    "as_predicted": pytest.approx(0.7),
+    "largest_component": pytest.approx(0.75),
+  }
   assert choice.validation_dice["tumour"]["largest_component"] == pytest.approx(0.4)
 
 
 def test_save_load_apply(tmp_path):
-  choice = postprocess.Postprocessing(("spleen",), 12, 3, {"spleen": {"as_predicted": 0.5,
-                                                                      "largest_component": 0.6}})
+  choice = postprocess.Postprocessing(("spleen",), 12, 3, {"spleen": {"as_predicted": 0.5, "largest_component": 0.6}})
   path = postprocess.save(tmp_path, choice)
   assert json.loads(path.read_text())["largest_component"] == ["spleen"]
   loaded = postprocess.load(tmp_path)

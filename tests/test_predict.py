@@ -35,6 +35,7 @@ def random_state(exp, seed=0):
     if name.startswith(".batch_stats") and name.endswith("['var']"):
       return np.ones(leaf.shape, leaf.dtype)
     return np.zeros(leaf.shape, leaf.dtype)
+
   return jax.tree_util.tree_map_with_path(fill, exp.abstract_state())
 
 
@@ -58,6 +59,7 @@ def trained(tmp_path_factory, tiny_msd):
 @pytest.fixture(scope="module")
 def predict_config(trained, tiny_msd):
   """`predict_config(input_path, output, **predict_overrides)`: the trained config predicting `input_path`."""
+
   def make(input_path, output, **predict_overrides):
     config, _, root = trained
     config = tiny_msd.config(root, config.data.data_dir)
@@ -65,6 +67,7 @@ def predict_config(trained, tiny_msd):
     config.predict.output = str(output)
     config.predict.update(**predict_overrides)
     return config
+
   return make
 
 
@@ -115,8 +118,7 @@ def test_flipped_and_nnunet_copies_give_the_same_labels(predicted):
   np.testing.assert_array_equal(np.asarray(nib.load(output / "nnunet.nii.gz").dataobj), plain)
 
 
-def test_post_processing_recorded_in_the_workdir_is_applied(trained, predicted, predict_config, tiny_msd,
-                                                            tmp_path):
+def test_post_processing_recorded_in_the_workdir_is_applied(trained, predicted, predict_config, tiny_msd, tmp_path):
   config, workdir, root = trained
   other = make_workdir(config, tmp_path / "workdir")
   postprocess.save(other, postprocess.Postprocessing(("organ", "pair"), step=5))
@@ -134,8 +136,10 @@ def test_find_cases_groups_channel_files(tmp_path):
     (tmp_path / name).write_text("")
   cases = predict.find_cases(tmp_path, ("T1", "T2"))
   assert [(c.case_id, [p.name for p in c.paths], c.layout) for c in cases] == [
-      ("a", ["a.nii.gz"], "msd"), ("b", ["b_0000.nii.gz", "b_0001.nii.gz"], "nnunetv2"),
-      ("c_0003", ["c_0003.nii"], "msd")]
+    ("a", ["a.nii.gz"], "msd"),
+    ("b", ["b_0000.nii.gz", "b_0001.nii.gz"], "nnunetv2"),
+    ("c_0003", ["c_0003.nii"], "msd"),
+  ]
   assert [c.case_id for c in predict.find_cases(tmp_path / "b_0000.nii.gz", ("T1", "T2"))] == ["b"]
   with pytest.raises(DataError, match=r"case 'b' has channel files _0000, _0001 but the model takes 1"):
     predict.find_cases(tmp_path, ("CT",))
@@ -150,14 +154,29 @@ def bad_input(tmp_path, name, array, affine):
   return path
 
 
-@pytest.mark.parametrize("name, array, error, message", [
-    ("two_channels.nii.gz", np.ones((18, 22, 5, 2), np.float32), DataError,
-     r"two_channels.nii.gz: image has 2 channel\(s\) .* but the model takes 1 \(CT\)"),
-    ("flat.nii.gz", np.ones((18, 22), np.float32), DataError,
-     r"flat.nii.gz: image is 2D \(shape \(18, 22\)\) but the model was trained on 3D images"),
-    ("holes.nii.gz", np.where(np.arange(18 * 22 * 5).reshape(18, 22, 5) == 7, np.nan, 1.0).astype(np.float32),
-     DataError, r"holes.nii.gz: 1 voxel\(s\) are NaN or infinite \(first at index \(0, 1, 2(, 0)?\)\)"),
-])
+@pytest.mark.parametrize(
+  "name, array, error, message",
+  [
+    (
+      "two_channels.nii.gz",
+      np.ones((18, 22, 5, 2), np.float32),
+      DataError,
+      r"two_channels.nii.gz: image has 2 channel\(s\) .* but the model takes 1 \(CT\)",
+    ),
+    (
+      "flat.nii.gz",
+      np.ones((18, 22), np.float32),
+      DataError,
+      r"flat.nii.gz: image is 2D \(shape \(18, 22\)\) but the model was trained on 3D images",
+    ),
+    (
+      "holes.nii.gz",
+      np.where(np.arange(18 * 22 * 5).reshape(18, 22, 5) == 7, np.nan, 1.0).astype(np.float32),
+      DataError,
+      r"holes.nii.gz: 1 voxel\(s\) are NaN or infinite \(first at index \(0, 1, 2(, 0)?\)\)",
+    ),
+  ],
+)
 def test_bad_input_images(trained, predict_config, tiny_msd, tmp_path, name, array, error, message):
   path = bad_input(tmp_path, name, array, tiny_msd.AFFINE)
   with pytest.raises(error, match=message):
@@ -184,24 +203,37 @@ def test_checkpoint_of_another_model_config(trained, predict_config, tiny_msd, t
   source = trained[2] / "imagesTr" / f"{tiny_msd.CASES[0]}.nii.gz"
   config = predict_config(source, tmp_path / "out")
   config.model.features = 8
-  with pytest.raises(CheckpointError, match=r"does not match the config: params/.* has shape .* in the checkpoint "
-                     r"but .* for this config.*it was trained with model.features=4 \(this config: 8\)"):
+  with pytest.raises(
+    CheckpointError,
+    match=r"does not match the config: params/.* has shape .* in the checkpoint "
+    r"but .* for this config.*it was trained with model.features=4 \(this config: 8\)",
+  ):
     predict.predict_workdir(config, trained[1])
 
 
 def run_cli(*args):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "jaxseg.main", *args], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", "jaxseg.main", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+  )
 
 
 def cli_args(trained, input_path, output):
   config = trained[0]
-  return ["--config=configs/unet_ct.py", f"--workdir={trained[1]}", "--mode=predict",
-          "--config.data.name=msd", f"--config.data.root={config.data.root}",
-          f"--config.data.data_dir={config.data.data_dir}", "--config.data.prepare_workers=1",
-          "--config.data.patch_size=(16,16)", "--config.model.features=4", "--config.model.depth=2",
-          f"--config.predict.input={input_path}", f"--config.predict.output={output}"]
+  return [
+    "--config=configs/unet_ct.py",
+    f"--workdir={trained[1]}",
+    "--mode=predict",
+    "--config.data.name=msd",
+    f"--config.data.root={config.data.root}",
+    f"--config.data.data_dir={config.data.data_dir}",
+    "--config.data.prepare_workers=1",
+    "--config.data.patch_size=(16,16)",
+    "--config.model.features=4",
+    "--config.model.depth=2",
+    f"--config.predict.input={input_path}",
+    f"--config.predict.output={output}",
+  ]
 
 
 @pytest.mark.slow

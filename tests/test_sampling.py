@@ -64,8 +64,7 @@ def test_rotation_by_90_degrees_rotates_the_label():
   center = np.array([2.0, 6.0, 7.0])
   _, label = sampling.extract_patch(case, center, (9, 9))
   _, rotated = sampling.extract_patch(case, center, (9, 9), augment.SpatialTransform((math.pi / 2,)))
-  assert sorted(map(tuple, np.argwhere(rotated == 1))) == sorted(
-      map(tuple, np.argwhere(np.rot90(label, k=-1) == 1)))
+  assert sorted(map(tuple, np.argwhere(rotated == 1))) == sorted(map(tuple, np.argwhere(np.rot90(label, k=-1) == 1)))
 
 
 def test_3d_patch_shape_and_padding():
@@ -100,8 +99,9 @@ def test_rotation_about_axis_0_of_a_3d_patch_rotates_each_slice():
 def test_zoom_by_two_samples_every_half_voxel():
   case = _case()
   case.image[2, :, :, 0] = np.arange(24)[None, :]  # Intensity = x index.
-  image, _ = sampling.extract_patch(case, np.array([2.0, 10.0, 12.0]), (8, 8),
-                                      augment.SpatialTransform((0.0,), scale=2.0))
+  image, _ = sampling.extract_patch(
+    case, np.array([2.0, 10.0, 12.0]), (8, 8), augment.SpatialTransform((0.0,), scale=2.0)
+  )
   np.testing.assert_allclose(image[4, :, 0], 12 + (np.arange(8) - 4) / 2, atol=1e-5)
 
 

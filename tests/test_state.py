@@ -40,15 +40,18 @@ def create(config, tx=None, with_discriminator=True):
   if with_discriminator:
     discriminator = experiment.create_discriminator(config.adversarial)
     disc_tx = optax.adam(1e-3)
-  fn = functools.partial(state_lib.create_train_state, config, TinyNet(), tx or optax.adam(1e-3), INPUT_SHAPE,
-                         discriminator, disc_tx)
+  fn = functools.partial(
+    state_lib.create_train_state, config, TinyNet(), tx or optax.adam(1e-3), INPUT_SHAPE, discriminator, disc_tx
+  )
   with jax.threefry_partitionable(False):
     return jax.jit(fn)()
 
 
 def leaf_names(tree):
-  return ["/".join(str(getattr(k, "name", getattr(k, "key", k))) for k in path)
-          for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+  return [
+    "/".join(str(getattr(k, "name", getattr(k, "key", k))) for k in path)
+    for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]
+  ]
 
 
 def test_fresh_state_shapes_and_dtypes():
@@ -85,8 +88,10 @@ def test_adversary_only_when_enabled_and_the_segmenter_part_is_unchanged():
   assert adv.adversary.params["conv0"]["kernel"].shape == (4, 4, 2 * NUM_CLASSES, 4)
   assert jax.tree.leaves(adv.adversary.batch_stats)  # Spectral norm's power-iteration vectors.
   assert jax.tree.map(jnp.shape, adv.adversary.opt_state[0].mu) == jax.tree.map(jnp.shape, adv.adversary.params)
-  for x, y in zip(jax.tree.leaves((plain.step, plain.params, plain.batch_stats, plain.opt_state, plain.rng)),
-                  jax.tree.leaves((adv.step, adv.params, adv.batch_stats, adv.opt_state, adv.rng))):
+  for x, y in zip(
+    jax.tree.leaves((plain.step, plain.params, plain.batch_stats, plain.opt_state, plain.rng)),
+    jax.tree.leaves((adv.step, adv.params, adv.batch_stats, adv.opt_state, adv.rng)),
+  ):
     np.testing.assert_array_equal(x, y)
 
 
@@ -103,20 +108,24 @@ def test_pytree_layout_is_the_checkpoint_layout():
   assert names[0] == "step" and names[-1] == "rng"
   assert {n.split("/")[0] for n in names} == {"step", "params", "batch_stats", "opt_state", "rng"}
   adv_names = leaf_names(adv)
-  assert adv_names[:len(names)] == names
-  assert {n.split("/")[0] for n in adv_names[len(names):]} == {"disc_params", "disc_batch_stats", "disc_opt_state"}
+  assert adv_names[: len(names)] == names
+  assert {n.split("/")[0] for n in adv_names[len(names) :]} == {"disc_params", "disc_batch_stats", "disc_opt_state"}
   assert "disc_params/conv0/kernel" in adv_names
   with_none = jax.tree_util.tree_flatten_with_path(plain, is_leaf=lambda x: x is None)[0]
   assert [path[0].name for path, leaf in with_none if leaf is None and len(path) == 1] == [
-      "disc_params", "disc_batch_stats", "disc_opt_state"]
+    "disc_params",
+    "disc_batch_stats",
+    "disc_opt_state",
+  ]
 
 
 def test_tree_operations_keep_the_adversary_grouped():
   adv = create(tiny_config(adversarial=True))
   doubled = jax.tree.map(lambda x: x * 2, adv)
   assert isinstance(doubled, state_lib.TrainState) and isinstance(doubled.adversary, state_lib.AdversaryState)
-  np.testing.assert_array_equal(doubled.adversary.params["conv0"]["kernel"],
-                                2 * adv.adversary.params["conv0"]["kernel"])
+  np.testing.assert_array_equal(
+    doubled.adversary.params["conv0"]["kernel"], 2 * adv.adversary.params["conv0"]["kernel"]
+  )
   assert jax.tree.map(lambda x: x, create(tiny_config())).adversary is None
   replaced = adv.replace(adversary=None)
   assert replaced.adversary is None and replaced.params is adv.params

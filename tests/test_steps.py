@@ -42,13 +42,14 @@ def tiny_config(**adversarial):
 
 def fixed_batch(seed=0):
   rng = np.random.default_rng(seed)
-  return {"image": jnp.asarray(rng.normal(size=(2, *SPATIAL, 1)), jnp.float32),
-          "label": jnp.asarray(rng.integers(0, NUM_CLASSES, (2, *SPATIAL)), jnp.int32)}
+  return {
+    "image": jnp.asarray(rng.normal(size=(2, *SPATIAL, 1)), jnp.float32),
+    "label": jnp.asarray(rng.integers(0, NUM_CLASSES, (2, *SPATIAL)), jnp.int32),
+  }
 
 
 def fresh_state(config, tx, discriminator=None, disc_tx=None):
-  create = functools.partial(state_lib.create_train_state, config, TinyNet(), tx, INPUT_SHAPE, discriminator,
-                             disc_tx)
+  create = functools.partial(state_lib.create_train_state, config, TinyNet(), tx, INPUT_SHAPE, discriminator, disc_tx)
   with jax.threefry_partitionable(False):
     return jax.jit(create)()
 
@@ -64,8 +65,9 @@ def test_plain_step_is_the_hand_rolled_optax_update():
   new_state, step_metrics = jax.jit(steps.make_train_step(model, tx, schedule, "ce", (1.0,)))(state, batch)
 
   def loss_fn(params):  # Mean softmax cross-entropy, written out.
-    logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
-                                  train=True, mutable=["batch_stats"])
+    logits, updates = model.apply(
+      {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True, mutable=["batch_stats"]
+    )
     onehot = jax.nn.one_hot(batch["label"], NUM_CLASSES)
     return -jnp.mean(jnp.sum(onehot * jax.nn.log_softmax(logits), -1)), (logits, updates["batch_stats"])
 
@@ -74,15 +76,15 @@ def test_plain_step_is_the_hand_rolled_optax_update():
   expected = optax.apply_updates(state.params, updates)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), new_state.params, expected)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), new_state.opt_state, opt_state)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), new_state.batch_stats,
-               batch_stats)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), new_state.batch_stats, batch_stats)
   assert int(new_state.step) == 1 and new_state.adversary is None
   np.testing.assert_array_equal(new_state.rng, state.rng)  # Per-step keys are folded in, the key stays.
   np.testing.assert_allclose(step_metrics["loss"], loss, rtol=1e-5)
   np.testing.assert_allclose(step_metrics["grad_norm"], optax.global_norm(grads), rtol=1e-5)
   np.testing.assert_allclose(step_metrics["learning_rate"], LEARNING_RATE)
-  np.testing.assert_array_equal(step_metrics["counts"],
-                                metrics.confusion_counts(jnp.argmax(logits, -1), batch["label"], NUM_CLASSES))
+  np.testing.assert_array_equal(
+    step_metrics["counts"], metrics.confusion_counts(jnp.argmax(logits, -1), batch["label"], NUM_CLASSES)
+  )
 
 
 def test_plain_steps_lower_the_loss_on_a_fixed_batch():
@@ -108,9 +110,11 @@ def test_batch_fn_builds_the_batch_inside_the_step():
 
   state = fresh_state(tiny_config(), tx)
   with_fn, _ = jax.jit(steps.make_train_step(model, tx, schedule, "ce", (1.0,), batch_fn))(
-      state, {"raw": batch["image"], "label": batch["label"]})
+    state, {"raw": batch["image"], "label": batch["label"]}
+  )
   direct, _ = jax.jit(steps.make_train_step(model, tx, schedule, "ce", (1.0,)))(
-      state, {"image": batch["image"] * 2.0, "label": batch["label"]})  # step 0: + 0.
+    state, {"image": batch["image"] * 2.0, "label": batch["label"]}
+  )  # step 0: + 0.
   assert len(seen_steps) == 1
   for a, b in zip(jax.tree.leaves(with_fn), jax.tree.leaves(direct)):
     np.testing.assert_array_equal(a, b)
@@ -121,10 +125,21 @@ def test_adversarial_step_updates_the_discriminator_only_when_scheduled():
   model, tx, disc_tx = TinyNet(), sgd(), optax.adam(1e-2)
   discriminator = experiment.create_discriminator(config.adversarial)
   adv = config.adversarial
-  step = jax.jit(steps.make_adversarial_train_step(
-      model, tx, optax.constant_schedule(LEARNING_RATE), "ce", (1.0,), discriminator, disc_tx,
-      adversarial_weight=adv.weight, warmup_steps=adv.warmup_steps, disc_every_steps=adv.disc_every_steps,
-      label_smoothing=adv.label_smoothing))
+  step = jax.jit(
+    steps.make_adversarial_train_step(
+      model,
+      tx,
+      optax.constant_schedule(LEARNING_RATE),
+      "ce",
+      (1.0,),
+      discriminator,
+      disc_tx,
+      adversarial_weight=adv.weight,
+      warmup_steps=adv.warmup_steps,
+      disc_every_steps=adv.disc_every_steps,
+      label_smoothing=adv.label_smoothing,
+    )
+  )
   states, batch = [fresh_state(config, tx, discriminator, disc_tx)], fixed_batch()
   for _ in range(4):
     new_state, step_metrics = step(states[-1], batch)
@@ -132,8 +147,9 @@ def test_adversarial_step_updates_the_discriminator_only_when_scheduled():
     states.append(new_state)
   for t, scheduled in enumerate([True, False, False, True]):  # t % 3 == 0.
     before, after = states[t], states[t + 1]
-    changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before.adversary),
-                                                        jax.tree.leaves(after.adversary))]
+    changed = [
+      not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before.adversary), jax.tree.leaves(after.adversary))
+    ]
     assert any(changed) == scheduled, t
     assert int(after.adversary.opt_state[0].count) == int(before.adversary.opt_state[0].count) + scheduled
     assert not np.array_equal(after.params["Conv_0"]["kernel"], before.params["Conv_0"]["kernel"])  # Every step.
@@ -143,9 +159,18 @@ def test_adversarial_step_updates_the_discriminator_only_when_scheduled():
 def test_adversarial_step_needs_the_adversary():
   config = tiny_config(enabled=True)
   step = steps.make_adversarial_train_step(
-      TinyNet(), sgd(), optax.constant_schedule(LEARNING_RATE), "ce", (1.0,),
-      experiment.create_discriminator(config.adversarial), optax.adam(1e-2), adversarial_weight=0.5,
-      warmup_steps=0, disc_every_steps=1, label_smoothing=0.0)
+    TinyNet(),
+    sgd(),
+    optax.constant_schedule(LEARNING_RATE),
+    "ce",
+    (1.0,),
+    experiment.create_discriminator(config.adversarial),
+    optax.adam(1e-2),
+    adversarial_weight=0.5,
+    warmup_steps=0,
+    disc_every_steps=1,
+    label_smoothing=0.0,
+  )
   with pytest.raises(AttributeError):
     step(fresh_state(tiny_config(), sgd()), fixed_batch())  # A state built without the switch.
 

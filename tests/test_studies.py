@@ -20,7 +20,9 @@ study = _load("_study")
 # Harness.
 
 
-@pytest.mark.parametrize("name, argv, message", [
+@pytest.mark.parametrize(
+  "name, argv, message",
+  [
     ("interpretability", ["--models=unet,vit"], r"unknown model 'vit'; choose from unet, attention_unet"),
     ("interpretability", ["--dataset=mr_phantom"], r"unknown dataset 'mr_phantom'; choose from ct_phantom"),
     ("interpretability", ["--classes=liver,pancreas"], r"unknown class 'pancreas'; choose from liver"),
@@ -31,7 +33,8 @@ study = _load("_study")
     ("reproducibility", ["--bogus"], r"unrecognized arguments: --bogus"),
     ("adversarial", ["--weight=-1"], r"--weight must be > 0, got -1.0"),
     ("adversarial", ["--scale=tpu"], r"argument --scale: invalid choice: 'tpu'"),
-])
+  ],
+)
 def test_bad_study_input_is_one_line_before_training(tmp_path, name, argv, message):
   assert_refused_before_training(_load(name), name, argv, message, tmp_path)
 
@@ -45,6 +48,7 @@ def test_bad_config_value_is_refused_in_one_line():
 
 def test_run_training_reuses_a_finished_run_and_refuses_another_config(tmp_path, monkeypatch):
   from jaxseg import train
+
   calls = []
 
   def fake_train(config, workdir):
@@ -92,6 +96,7 @@ def test_write_report_is_atomic_and_json_has_no_nan(tmp_path):
 
 def test_shuffled_label_dataset_deranges_only_training_labels(tmp_path):
   from jaxseg.data import phantoms
+
   interp = _load("interpretability")
   source = phantoms.ensure_phantom("ct_phantom", tmp_path / "data", num_cases=6)
   target, label_of = interp.shuffled_label_dataset(source, tmp_path / "data" / "shuffled")
@@ -104,10 +109,13 @@ def test_shuffled_label_dataset_deranges_only_training_labels(tmp_path):
     np.testing.assert_array_equal(np.asarray(new.dataobj), np.asarray(read(source, "labelsTr", label_of[case]).dataobj))
     np.testing.assert_array_equal(new.affine, read(source, "labelsTr", case).affine)
   for case in splits["validation"] + splits["test"]:
-    np.testing.assert_array_equal(np.asarray(read(target, "labelsTr", case).dataobj),
-                                  np.asarray(read(source, "labelsTr", case).dataobj))
+    np.testing.assert_array_equal(
+      np.asarray(read(target, "labelsTr", case).dataobj), np.asarray(read(source, "labelsTr", case).dataobj)
+    )
   for case in sum(splits.values(), []):
-    assert (target / "imagesTr" / f"{case}.nii.gz").read_bytes() == (source / "imagesTr" / f"{case}.nii.gz").read_bytes()
+    assert (target / "imagesTr" / f"{case}.nii.gz").read_bytes() == (
+      source / "imagesTr" / f"{case}.nii.gz"
+    ).read_bytes()
   assert json.loads((target / "dataset.json").read_text())["name"] == "ct_phantom_shuffled_labels"
   assert interp.shuffled_label_dataset(source, target) == (target, label_of)  # Reused, not redone.
 
@@ -128,7 +136,8 @@ def test_reproducibility_quick_is_bitwise_identical_and_resumes(tmp_path):
   assert saved["checks"]["resumed"]["latest_checkpoint_at_kill"] == 3
   assert set(saved["runs"]) == {"seed0", "seed1", "seed0_repeat", "seed0_resumed"}
   assert saved["spread"]["mean_foreground"]["dice"][2] == 2 and saved["determinism"]["deterministic_flags"] == [
-      "--xla_gpu_deterministic_ops=true"]
+    "--xla_gpu_deterministic_ops=true"
+  ]
   assert saved["command"].startswith("python experiments/reproducibility.py --quick")
   assert {"jax", "flax", "optax"} <= set(saved["versions"]) and saved["cpu_count"] >= 1
   md = (tmp_path / "out" / "reproducibility.md").read_text()
@@ -147,7 +156,11 @@ def test_interpretability_quick_writes_scores_and_figure(tmp_path):
   interp.main(["--quick", f"--workdir={tmp_path / 'runs'}", f"--output={out}"])
   saved = json.loads(out.with_suffix(".json").read_text())
   assert [(r["model"], r["labels"]) for r in saved["runs"]] == [
-      ("unet", "real"), ("unet", "shuffled"), ("attention_unet", "real"), ("attention_unet", "shuffled")]
+    ("unet", "real"),
+    ("unet", "shuffled"),
+    ("attention_unet", "real"),
+    ("attention_unet", "shuffled"),
+  ]
   assert set(saved["summary"]) == {"unet", "attention_unet"}
   assert set(saved["summary"]["unet"]) == set(interp.GRADIENT_METHODS)
   assert set(saved["summary"]["attention_unet"]) == set(interp.GRADIENT_METHODS) | {"attention"}
@@ -171,10 +184,15 @@ def test_adversarial_quick_pairs_the_arms_and_resumes(tmp_path, monkeypatch):
   adv.main(argv)
   saved = json.loads(out.with_suffix(".json").read_text())
   assert sorted((r["arm"], r["seed"]) for r in saved["runs"]) == [
-      ("adversarial", 0), ("adversarial", 1), ("plain", 0), ("plain", 1)]
+    ("adversarial", 0),
+    ("adversarial", 1),
+    ("plain", 0),
+    ("plain", 1),
+  ]
   adversarial = [r for r in saved["runs"] if r["arm"] == "adversarial"]
-  assert all(r["config"]["adversarial"]["enabled"] and r["config"]["adversarial"]["warmup_steps"] == 2
-             for r in adversarial)  # A quarter of the 8 steps, as the config's 100 of 400.
+  assert all(
+    r["config"]["adversarial"]["enabled"] and r["config"]["adversarial"]["warmup_steps"] == 2 for r in adversarial
+  )  # A quarter of the 8 steps, as the config's 100 of 400.
   assert all(r["disc"]["train/disc_loss"] > 0 for r in adversarial)
   assert len(saved["summary"]["paired_dice_difference"]["mean_foreground"]["per_seed"]) == 2
   assert saved["scale"] == "quick" and "--scale=quick" not in (out.with_suffix(".md").read_text())
@@ -186,8 +204,10 @@ def test_adversarial_quick_pairs_the_arms_and_resumes(tmp_path, monkeypatch):
 
 def test_save_figure_writes_a_png_and_leaves_no_temporary(tmp_path):
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   fig, ax = plt.subplots()
   ax.plot([0, 1], [1, 0])
   study.save_figure(fig, tmp_path / "figure.png", dpi=30)

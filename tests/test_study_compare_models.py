@@ -11,20 +11,24 @@ from study_modules import assert_refused_before_training, load_study
 cm = load_study("compare_models")
 
 
-@pytest.mark.parametrize("argv, message", [
+@pytest.mark.parametrize(
+  "argv, message",
+  [
     (["--models=unet,vit"], r"unknown model 'vit'; choose from unet, attention_unet, fcn8s"),
     (["--datasets=ct_phantom,xray"], r"unknown dataset 'xray'; choose from ct_phantom, mr_phantom"),
     (["--methods=otsu,snakes"], r"unknown method 'snakes'; choose from threshold_components, otsu"),
     (["--scale=tpu"], r"argument --scale: invalid choice: 'tpu'"),
     (["--seeds=0"], r"--seeds must be >= 1, got 0"),
-])
+  ],
+)
 def test_bad_input_is_one_line_before_training(tmp_path, argv, message):
   assert_refused_before_training(cm, "compare_models", argv, message, tmp_path)
 
 
 def test_grid_skips_3d_models_on_2d_data_and_sets_defaults(tmp_path):
-  args = cm.parse_args([f"--workdir={tmp_path}", "--models=unet,unet3d", "--datasets=ct_phantom,microscopy_phantom",
-                        "--methods=none"])
+  args = cm.parse_args(
+    [f"--workdir={tmp_path}", "--models=unet,unet3d", "--datasets=ct_phantom,microscopy_phantom", "--methods=none"]
+  )
   assert args.grid == {"ct_phantom": ["unet", "unet3d"], "microscopy_phantom": ["unet"]}
   assert args.methods == [] and args.seeds == 3
   default = cm.parse_args([f"--workdir={tmp_path}"])
@@ -54,27 +58,42 @@ def test_run_configs_share_the_recipe_and_budget_and_take_the_architecture(tmp_p
 
 
 def _run(method, dataset, seed, dice, kind="deep"):
-  test = {c: {"dice": d, "iou": d / (2 - d), "sensitivity": d, "specificity": 1.0, "hd95": 10 * (1 - d)}
-          for c, d in (("liver", dice), ("spleen", dice / 2))}
+  test = {
+    c: {"dice": d, "iou": d / (2 - d), "sensitivity": d, "specificity": 1.0, "hd95": 10 * (1 - d)}
+    for c, d in (("liver", dice), ("spleen", dice / 2))
+  }
   test["mean_foreground"] = {m: (test["liver"][m] + test["spleen"][m]) / 2 for m in test["liver"]}
   test["num_cases"] = 3
-  return {"kind": kind, "method": method, "dataset": dataset, "seed": seed, "test": test, "seconds": 10.0,
-          "train_seconds": 5.0, "parameters": None if kind != "deep" else 1000,
-          "forward_gflops_per_patch": None if kind != "deep" else 0.5, "reused": False,
-          "cases": {"c1": {"liver": dice, "spleen": dice / 2}, "c2": {"liver": dice - 0.2, "spleen": dice / 4}},
-          **({"fitted": {"num_cases": 2}} if kind == "traditional" else {})}
+  return {
+    "kind": kind,
+    "method": method,
+    "dataset": dataset,
+    "seed": seed,
+    "test": test,
+    "seconds": 10.0,
+    "train_seconds": 5.0,
+    "parameters": None if kind != "deep" else 1000,
+    "forward_gflops_per_patch": None if kind != "deep" else 0.5,
+    "reused": False,
+    "cases": {"c1": {"liver": dice, "spleen": dice / 2}, "c2": {"liver": dice - 0.2, "spleen": dice / 4}},
+    **({"fitted": {"num_cases": 2}} if kind == "traditional" else {}),
+  }
 
 
-RUNS = ([_run("unet", "ct_phantom", s, d) for s, d in enumerate((0.6, 0.7, 0.8))]
-        + [_run("fcn8s", "ct_phantom", s, d) for s, d in enumerate((0.5, 0.5, 0.6))]
-        + [_run("otsu", "ct_phantom", None, 0.4, "traditional"), _run("watershed", "ct_phantom", None, 0.3, "traditional")])
+RUNS = (
+  [_run("unet", "ct_phantom", s, d) for s, d in enumerate((0.6, 0.7, 0.8))]
+  + [_run("fcn8s", "ct_phantom", s, d) for s, d in enumerate((0.5, 0.5, 0.6))]
+  + [_run("otsu", "ct_phantom", None, 0.4, "traditional"), _run("watershed", "ct_phantom", None, 0.3, "traditional")]
+)
 
 
 def test_aggregate_and_paired_differences_by_hand():
   table = cm.aggregate(RUNS)
   unet = table["ct_phantom"]["unet"]
   assert unet["liver"]["dice"][0] == pytest.approx(0.7) and unet["liver"]["dice"][1] == pytest.approx(0.1)
-  assert unet["n"] == 3 and table["ct_phantom"]["otsu"]["n"] == 1 and table["ct_phantom"]["otsu"]["kind"] == "traditional"
+  assert (
+    unet["n"] == 3 and table["ct_phantom"]["otsu"]["n"] == 1 and table["ct_phantom"]["otsu"]["kind"] == "traditional"
+  )
   assert cm.best(table, "ct_phantom", "deep") == "unet" and cm.best(table, "ct_phantom", "traditional") == "otsu"
   compared = cm.comparisons(RUNS, table)["ct_phantom"]
   assert set(compared) == {"fcn8s - unet", "unet - otsu", "unet - otsu (over test cases)"}
@@ -96,20 +115,36 @@ def test_aggregate_and_paired_differences_by_hand():
 
 
 def test_markdown_and_figure(tmp_path):
-  args = cm.parse_args([f"--workdir={tmp_path}", "--models=unet,fcn8s", "--datasets=ct_phantom",
-                        "--methods=otsu,watershed", f"--output={tmp_path / 'out' / 'cm'}"])
+  args = cm.parse_args(
+    [
+      f"--workdir={tmp_path}",
+      "--models=unet,fcn8s",
+      "--datasets=ct_phantom",
+      "--methods=otsu,watershed",
+      f"--output={tmp_path / 'out' / 'cm'}",
+    ]
+  )
   table = cm.aggregate(RUNS)
   compared = cm.comparisons(RUNS, table)
-  meta = {"command": "python experiments/compare_models.py", "date": "2026-12-01", "wall_seconds": 60.0,
-          "scale": "cpu", "machine": "m", "cpu_count": 2, "load_average": [1.0, 1.0, 1.0],
-          "versions": {"jax": "x", "flax": "y", "optax": "z"}, "device": {"count": 1, "platform": "cpu", "kind": "cpu"}}
+  meta = {
+    "command": "python experiments/compare_models.py",
+    "date": "2026-12-01",
+    "wall_seconds": 60.0,
+    "scale": "cpu",
+    "machine": "m",
+    "cpu_count": 2,
+    "load_average": [1.0, 1.0, 1.0],
+    "versions": {"jax": "x", "flax": "y", "optax": "z"},
+    "device": {"count": 1, "platform": "cpu", "kind": "cpu"},
+  }
   text = cm.markdown(meta, args, RUNS, table, compared)
   assert "| unet | deep | 0.700 ± 0.100 | 0.350 ± 0.050 | 0.525 ± 0.075 | 0.00 M | 0.500 |" in text
   assert "| otsu | traditional | 0.400 | 0.200 | 0.300 | - | - | 5 | 10 |" in text  # One value: no '± 0'.
   assert "| fcn8s - unet | -0.167 [" in text
   assert '- ct_phantom: {"num_cases": 2}' in text and "INCOMPLETE" not in text
-  partial = cm.markdown(meta, args, RUNS, table, compared, {"deep_runs_finished": 6, "deep_runs_in_grid": 9,
-                                                            "complete": False})
+  partial = cm.markdown(
+    meta, args, RUNS, table, compared, {"deep_runs_finished": 6, "deep_runs_in_grid": 9, "complete": False}
+  )
   assert partial.startswith("# ") and "**INCOMPLETE: 6 of the 9 deep runs" in partial
   (tmp_path / "out").mkdir()
   cm.save_figure(tmp_path / "out" / "cm.png", table)
@@ -118,10 +153,14 @@ def test_markdown_and_figure(tmp_path):
 
 def test_traditional_records_are_reused_without_redoing_them(tmp_path, monkeypatch):
   from jaxseg import experiment
+
   args = cm.parse_args([f"--workdir={tmp_path}", "--datasets=ct_phantom", "--methods=otsu", "--quick"])
   config = cm.run_config("unet", "ct_phantom", 0, args)
-  key = {"data": config.data.to_dict(), "methods_version": cm.TRADITIONAL_VERSION,
-         "prepared_version": cm.prepared_version()}
+  key = {
+    "data": config.data.to_dict(),
+    "methods_version": cm.TRADITIONAL_VERSION,
+    "prepared_version": cm.prepared_version(),
+  }
   run = _run("otsu", "ct_phantom", None, 0.4, "traditional")
   directory = tmp_path / "ct_phantom_traditional"
   directory.mkdir()
@@ -169,4 +208,6 @@ def test_quick_protocol_end_to_end_and_resume(tmp_path):
   cm.main(argv)  # Resumes: every run is read back.
   again = json.loads((tmp_path / "out" / "compare_models.json").read_text())
   assert all(r["reused"] for r in again["runs"])
-  assert again["table"]["ct_phantom"]["unet"]["mean_foreground"] == data["table"]["ct_phantom"]["unet"]["mean_foreground"]
+  assert (
+    again["table"]["ct_phantom"]["unet"]["mean_foreground"] == data["table"]["ct_phantom"]["unet"]["mean_foreground"]
+  )

@@ -20,12 +20,20 @@ NAME = "data_size_and_hyperparameters"
 study = load_study(NAME)
 
 
-@pytest.mark.parametrize("argv, message", [
+@pytest.mark.parametrize(
+  "argv, message",
+  [
     (["--losses=ce,hinge"], r"unknown loss 'hinge'; choose from dice_ce, ce, dice, focal"),
-    (["--factors=data_size,batch_size"], r"unknown factor 'batch_size'; choose from data_size, loss, "
-                                         r"learning_rate, augmentation"),
-    (["--sizes=2,21"], r"--sizes: 21 training cases asked for, the ct_phantom of this protocol \(30 cases\) has 20 "
-                       r"in its training split"),
+    (
+      ["--factors=data_size,batch_size"],
+      r"unknown factor 'batch_size'; choose from data_size, loss, "
+      r"learning_rate, augmentation",
+    ),
+    (
+      ["--sizes=2,21"],
+      r"--sizes: 21 training cases asked for, the ct_phantom of this protocol \(30 cases\) has 20 "
+      r"in its training split",
+    ),
     (["--sizes=2,x"], r"--sizes: 'x' is not an integer"),
     (["--sizes=0"], r"--sizes: '0' must be >= 1 case"),
     (["--learning_rates=1e-3,-1"], r"--learning_rates: '-1' must be > 0"),
@@ -33,7 +41,8 @@ study = load_study(NAME)
     (["--scale=tpu"], r"argument --scale: invalid choice: 'tpu'"),
     (["--seeds=0"], r"--seeds must be >= 1, got 0"),
     (["--bogus"], r"unrecognized arguments: --bogus"),
-])
+  ],
+)
 def test_bad_input_is_one_line_before_training(tmp_path, argv, message):
   assert_refused_before_training(study, NAME, argv, message, tmp_path, f"--output={tmp_path / 'out'}")
 
@@ -46,15 +55,28 @@ def test_quick_sizes_are_checked_against_the_quick_phantom(tmp_path):
 def test_one_baseline_serves_every_factor_and_each_run_changes_one_thing(tmp_path):
   args = study.parse_args([f"--workdir={tmp_path}"])
   runs = study.runs_of(args)
-  assert list(runs) == ["baseline", "cases2", "cases4", "cases8", "loss_ce", "loss_dice", "loss_focal",
-                        "lr0.0005", "lr0.008", "augment_off"]
+  assert list(runs) == [
+    "baseline",
+    "cases2",
+    "cases4",
+    "cases8",
+    "loss_ce",
+    "loss_dice",
+    "loss_focal",
+    "lr0.0005",
+    "lr0.008",
+    "augment_off",
+  ]
   base = study.run_config(None, None, 1, args)
   assert base.seed == 1 and base.train.loss == "dice_ce" and base.data.max_train_cases == 0
   assert base.train.learning_rate == study._study.load_config("unet_ct").train.learning_rate
   assert base.data.num_cases == 30 and base.eval.splits == ("test",) and base.eval.checkpoint == "latest"
   flat = lambda c: dict(_flatten(c.to_dict()))
-  expected = {"cases4": {"data.max_train_cases": 4}, "loss_focal": {"train.loss": "focal"},
-              "lr0.008": {"train.learning_rate": 0.008}}
+  expected = {
+    "cases4": {"data.max_train_cases": 4},
+    "loss_focal": {"train.loss": "focal"},
+    "lr0.008": {"train.learning_rate": 0.008},
+  }
   for name, changes in expected.items():
     config = study.run_config(*runs[name], 1, args)
     diff = {k: v for k, v in flat(config).items() if flat(base)[k] != v}
@@ -64,8 +86,15 @@ def test_one_baseline_serves_every_factor_and_each_run_changes_one_thing(tmp_pat
   assert changed and all(k.startswith("data.augment.") and k.endswith("_prob") for k in changed)
   assert all(v == 0.0 for k, v in off.items() if k.startswith("data.augment.") and k.endswith("_prob"))
   # Levels equal to the baseline's are not run twice.
-  args = study.parse_args([f"--workdir={tmp_path}", "--sizes=4,20", "--losses=dice_ce,ce", "--learning_rates=2e-3",
-                           "--factors=data_size,loss,learning_rate"])
+  args = study.parse_args(
+    [
+      f"--workdir={tmp_path}",
+      "--sizes=4,20",
+      "--losses=dice_ce,ce",
+      "--learning_rates=2e-3",
+      "--factors=data_size,loss,learning_rate",
+    ]
+  )
   assert list(study.runs_of(args)) == ["baseline", "cases4", "loss_ce"]
 
 
@@ -110,17 +139,29 @@ def test_summary_statistics_match_an_independent_computation(tmp_path):
 
 def fake_results(config):
   """A test summary whose Dice is a deterministic function of the run's config."""
-  key = (config.data.max_train_cases, config.train.loss, config.train.learning_rate, config.data.augment.rotate_prob,
-         config.seed)
+  key = (
+    config.data.max_train_cases,
+    config.train.loss,
+    config.train.learning_rate,
+    config.data.augment.rotate_prob,
+    config.seed,
+  )
   value = 0.5 + (hash(key) % 1000) / 4000
-  return {"test": {"liver": {"dice": value}, "tumour": {"dice": value / 2}, "num_cases": 2,
-                   "mean_foreground": {"dice": 0.75 * value}}}
+  return {
+    "test": {
+      "liver": {"dice": value},
+      "tumour": {"dice": value / 2},
+      "num_cases": 2,
+      "mean_foreground": {"dice": 0.75 * value},
+    }
+  }
 
 
 def test_interrupted_study_resumes_its_finished_runs_and_reports(tmp_path, monkeypatch):
   """The real harness (`_study.run_training`) with a fake train_and_evaluate: a study killed at its third run
   trains only the rest when rerun, and the report and JSON are written (figures: the next test)."""
   from jaxseg import train
+
   monkeypatch.setattr(study, "use_compilation_cache", lambda directory: None)
   monkeypatch.setattr(study, "save_figures", lambda args, summary: ["dsh_data_size.png", "dsh_factors.png"])
   trained = []
@@ -133,8 +174,14 @@ def test_interrupted_study_resumes_its_finished_runs_and_reports(tmp_path, monke
     return fake_results(config)
 
   monkeypatch.setattr(train, "train_and_evaluate", fake_train)
-  argv = ["--seeds=2", "--sizes=2", "--losses=ce", "--factors=data_size,loss,augmentation",
-          f"--workdir={tmp_path / 'runs'}", f"--output={tmp_path / 'out' / 'dsh'}"]
+  argv = [
+    "--seeds=2",
+    "--sizes=2",
+    "--losses=ce",
+    "--factors=data_size,loss,augmentation",
+    f"--workdir={tmp_path / 'runs'}",
+    f"--output={tmp_path / 'out' / 'dsh'}",
+  ]
   with pytest.raises(KeyboardInterrupt):
     study.main(argv)
   assert trained == ["baseline_seed0", "cases2_seed0"]
@@ -153,6 +200,7 @@ def test_interrupted_study_resumes_its_finished_runs_and_reports(tmp_path, monke
 
 def test_report_and_figures_after_the_first_seed_say_it_is_partial(tmp_path, monkeypatch):
   from jaxseg import train
+
   monkeypatch.setattr(study, "use_compilation_cache", lambda directory: None)
   calls = []
 
@@ -164,8 +212,15 @@ def test_report_and_figures_after_the_first_seed_say_it_is_partial(tmp_path, mon
 
   monkeypatch.setattr(train, "train_and_evaluate", fake_train)
   with pytest.raises(KeyboardInterrupt):
-    study.main(["--seeds=2", "--factors=data_size,augmentation", "--sizes=2", f"--workdir={tmp_path / 'runs'}",
-                f"--output={tmp_path / 'dsh'}"])
+    study.main(
+      [
+        "--seeds=2",
+        "--factors=data_size,augmentation",
+        "--sizes=2",
+        f"--workdir={tmp_path / 'runs'}",
+        f"--output={tmp_path / 'dsh'}",
+      ]
+    )
   text = (tmp_path / "dsh.md").read_text()
   assert "**Partial: 1 of 2 seeds finished so far**" in text
   assert json.loads((tmp_path / "dsh.json").read_text())["seeds"] == 1
@@ -175,8 +230,14 @@ def test_report_and_figures_after_the_first_seed_say_it_is_partial(tmp_path, mon
   # --report_only (another process still training): the same report from the finished seed, nothing trained.
   (tmp_path / "dsh.md").unlink()
   monkeypatch.setattr(train, "train_and_evaluate", None)
-  argv = ["--seeds=2", "--factors=data_size,augmentation", "--sizes=2", f"--workdir={tmp_path / 'runs'}",
-          f"--output={tmp_path / 'dsh'}", "--report_only"]
+  argv = [
+    "--seeds=2",
+    "--factors=data_size,augmentation",
+    "--sizes=2",
+    f"--workdir={tmp_path / 'runs'}",
+    f"--output={tmp_path / 'dsh'}",
+    "--report_only",
+  ]
   study.main(argv)
   assert "**Partial: 1 of 2 seeds finished so far**" in (tmp_path / "dsh.md").read_text()
   with pytest.raises(SystemExit, match=r"--report_only: no seed has finished all its runs in .*other"):
@@ -186,8 +247,13 @@ def test_report_and_figures_after_the_first_seed_say_it_is_partial(tmp_path, mon
 @pytest.mark.slow
 def test_quick_protocol_end_to_end(tmp_path):
   """`--quick` in a fresh process (it sets JAX's compilation cache): trains, reports, and a rerun reuses every run."""
-  cmd = [sys.executable, str(ROOT / "experiments" / f"{NAME}.py"), "--quick", f"--workdir={tmp_path / 'runs'}",
-         f"--output={tmp_path / 'out' / NAME}"]
+  cmd = [
+    sys.executable,
+    str(ROOT / "experiments" / f"{NAME}.py"),
+    "--quick",
+    f"--workdir={tmp_path / 'runs'}",
+    f"--output={tmp_path / 'out' / NAME}",
+  ]
   subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, timeout=1800)
   saved = json.loads((tmp_path / "out" / f"{NAME}.json").read_text())
   assert saved["scale"] == "quick" and saved["seeds"] == 2

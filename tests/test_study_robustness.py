@@ -15,7 +15,9 @@ from jaxseg.data import corruptions, nifti, preprocess
 robustness = load_study("robustness")
 
 
-@pytest.mark.parametrize("argv, message", [
+@pytest.mark.parametrize(
+  "argv, message",
+  [
     (["--shifts=noise,fog"], r"unknown shift 'fog'; choose from noise, blur"),
     (["--arms=none,mixup"], r"unknown arm 'mixup'; choose from none, shipped, nnunet, adversarial"),
     (["--model=vit"], r"unknown model 'vit'; choose from unet, attention_unet"),
@@ -25,7 +27,8 @@ robustness = load_study("robustness")
     (["--test_cases=-1"], r"--test_cases must be >= 0"),
     (["--seeds=0"], r"--seeds must be >= 1, got 0"),
     (["--scale=tpu"], r"argument --scale: invalid choice: 'tpu'"),
-])
+  ],
+)
 def test_bad_input_is_one_line_before_training(tmp_path, argv, message):
   assert_refused_before_training(robustness, "robustness", argv, message, tmp_path)
 
@@ -48,6 +51,7 @@ def test_seeds_default_per_protocol_and_explicit():
 
 def test_arm_configs_differ_only_in_augmentation_and_the_adversarial_term(tmp_path):
   from jaxseg import config as config_lib
+
   args = robustness.parse_args([f"--workdir={tmp_path}"])
   configs = {arm: robustness.run_config("ct_phantom", arm, 1, args) for arm in robustness.ARMS}
   shipped = robustness._study.load_config("unet_ct").data.augment
@@ -61,8 +65,14 @@ def test_arm_configs_differ_only_in_augmentation_and_the_adversarial_term(tmp_pa
   assert configs["adversarial"].adversarial.enabled and not configs["shipped"].adversarial.enabled
   assert configs["adversarial"].adversarial.warmup_steps == robustness.PROTOCOLS["cpu"]["num_steps"] // 4
   for arm, config in configs.items():  # Same data, model, budget and seed everywhere.
-    assert (config.seed, config.data.name, config.model.name, config.model.features, config.train.num_steps,
-            tuple(config.data.patch_size)) == (1, "ct_phantom", "unet", 8, 250, (96, 96)), arm
+    assert (
+      config.seed,
+      config.data.name,
+      config.model.name,
+      config.model.features,
+      config.train.num_steps,
+      tuple(config.data.patch_size),
+    ) == (1, "ct_phantom", "unet", 8, 250, (96, 96)), arm
   mr = robustness.run_config("mr_phantom", "none", 0, args)
   assert mr.model.name == "unet" and mr.data.name == "mr_phantom" and len(mr.data.patch_size) == 2
 
@@ -76,9 +86,16 @@ class _FakeRaw:
   def __init__(self):
     rng = np.random.default_rng(0)
     self.dataset = types.SimpleNamespace(channel_names=("CT",))
-    self.cases = {f"c{i}": nifti.LoadedCase(f"c{i}", rng.normal(50, 300, (12, 10, 4, 1)).astype(np.float32),
-                                            np.zeros((12, 10, 4), np.uint8), np.diag([2.0, 2.0, 4.0, 1.0]),
-                                            (2.0, 2.0, 4.0)) for i in range(2)}
+    self.cases = {
+      f"c{i}": nifti.LoadedCase(
+        f"c{i}",
+        rng.normal(50, 300, (12, 10, 4, 1)).astype(np.float32),
+        np.zeros((12, 10, 4), np.uint8),
+        np.diag([2.0, 2.0, 4.0, 1.0]),
+        (2.0, 2.0, 4.0),
+      )
+      for i in range(2)
+    }
     self.loads = 0
 
   def load(self, case_id):
@@ -96,19 +113,25 @@ class _FakeEvaluator:
   def score_case(self, case, choice, compare_largest, with_view):
     assert not compare_largest and not with_view
     self.seen.append(case)
-    return types.SimpleNamespace(scores={"a": {"dice": float(case.image.mean())},
-                                         "b": {"dice": float(case.image.std())}})
+    return types.SimpleNamespace(
+      scores={"a": {"dice": float(case.image.mean())}, "b": {"dice": float(case.image.std())}}
+    )
 
 
 def _plan():
-  return preprocess.Plan(target_spacing=[4.0, 2.0, 2.0],
-                         normalization=[{"scheme": "ct", "mean": 40.0, "std": 250.0, "clip": [-600.0, 700.0]}],
-                         channel_names=["CT"], labels={"background": 0, "a": 1, "b": 2})
+  return preprocess.Plan(
+    target_spacing=[4.0, 2.0, 2.0],
+    normalization=[{"scheme": "ct", "mean": 40.0, "std": 250.0, "clip": [-600.0, 700.0]}],
+    channel_names=["CT"],
+    labels={"background": 0, "a": 1, "b": 2},
+  )
 
 
 def _runs(raw, hashes=("h0", "h1")):
-  return [robustness.LoadedRun(f"run{i}", "none", i, h, _FakeEvaluator(raw), object(), _plan(), ["c0", "c1"])
-          for i, h in enumerate(hashes)]
+  return [
+    robustness.LoadedRun(f"run{i}", "none", i, h, _FakeEvaluator(raw), object(), _plan(), ["c0", "c1"])
+    for i, h in enumerate(hashes)
+  ]
 
 
 def test_a_shift_corrupts_the_raw_image_then_the_clean_plan_preprocesses_it(tmp_path):
@@ -118,8 +141,9 @@ def test_a_shift_corrupts_the_raw_image_then_the_clean_plan_preprocesses_it(tmp_
   for index, case_id in enumerate(("c0", "c1")):
     loaded = raw.cases[case_id]
     image = loaded.image + np.float32(100.0)  # Level 3: +100 HU, before preprocessing.
-    expected = preprocess.preprocess_case(nifti.LoadedCase(case_id, image, None, loaded.affine, loaded.spacing),
-                                          _plan()).image
+    expected = preprocess.preprocess_case(
+      nifti.LoadedCase(case_id, image, None, loaded.affine, loaded.spacing), _plan()
+    ).image
     for run in runs:
       np.testing.assert_array_equal(run.evaluator.seen[index].image, expected)
       assert scores[run.name][case_id]["a"]["dice"] == pytest.approx(float(expected.mean()))
@@ -152,20 +176,31 @@ def test_evaluations_resume_and_recompute_only_what_changed(tmp_path):
 def test_identity_check_reads_the_runs_own_case_scores(tmp_path):
   (tmp_path / "results" / "test").mkdir(parents=True)
   (tmp_path / "results" / "test" / "cases.csv").write_text(
-      "case_id,class,dice\nc0,a,0.5\nc0,b,0.25\nc1,a,0.75\nc1,b,1.0\n")
+    "case_id,class,dice\nc0,a,0.5\nc0,b,0.25\nc1,a,0.75\nc1,b,1.0\n"
+  )
   clean = {"c0": {"a": {"dice": 0.5}, "b": {"dice": 0.2}}}
   assert robustness.identity_check(tmp_path, clean, ["a", "b"]) == pytest.approx(0.05)
   assert robustness.identity_check(tmp_path / "none", clean, ["a", "b"]) is None
 
 
 def _record(arm, seed, level, dice, shift="noise"):
-  return {"dataset": "ct_phantom", "arm": arm, "seed": seed, "shift": shift, "level": level,
-          "dice": {"mean_foreground": dice}}
+  return {
+    "dataset": "ct_phantom",
+    "arm": arm,
+    "seed": seed,
+    "shift": shift,
+    "level": level,
+    "dice": {"mean_foreground": dice},
+  }
 
 
 def test_summary_statistics_by_hand(tmp_path):
-  curves = {("none", 0): [0.9, 0.8, 0.6, 0.4, 0.2], ("none", 1): [0.8, 0.7, 0.5, 0.3, 0.1],
-            ("nnunet", 0): [0.9, 0.9, 0.8, 0.7, 0.6], ("nnunet", 1): [0.85, 0.8, 0.8, 0.6, 0.4]}
+  curves = {
+    ("none", 0): [0.9, 0.8, 0.6, 0.4, 0.2],
+    ("none", 1): [0.8, 0.7, 0.5, 0.3, 0.1],
+    ("nnunet", 0): [0.9, 0.9, 0.8, 0.7, 0.6],
+    ("nnunet", 1): [0.85, 0.8, 0.8, 0.6, 0.4],
+  }
   records = [_record(arm, seed, lv, d) for (arm, seed), ds in curves.items() for lv, d in enumerate(ds)]
   summary = robustness.summarise(records, None)["ct_phantom"]["noise"]
   assert summary["levels"] == [0, 1, 2, 3, 4]
@@ -192,8 +227,11 @@ def test_robustness_quick_end_to_end_resumes(tmp_path):
   robustness.main(argv)
   saved = json.loads(out.with_suffix(".json").read_text())
   assert saved["identity_check_max_abs_dice_difference"] == 0.0  # Level 0 = the run's own evaluation.
-  assert {(r["dataset"], r["arm"]) for r in saved["runs"]} == {("ct_phantom", "none"), ("ct_phantom", "adversarial"),
-                                                              ("mr_phantom", "none")}
+  assert {(r["dataset"], r["arm"]) for r in saved["runs"]} == {
+    ("ct_phantom", "none"),
+    ("ct_phantom", "adversarial"),
+    ("mr_phantom", "none"),
+  }
   assert set(saved["summary"]["mr_phantom"]) == {"bias_field", "noise"}
   for per_shift in saved["summary"].values():
     for entry in per_shift.values():

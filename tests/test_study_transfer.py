@@ -25,7 +25,9 @@ def resnet_keys(path, width=8, layer3_blocks=2, bottleneck=False):
   return path
 
 
-@pytest.mark.parametrize("argv, message", [
+@pytest.mark.parametrize(
+  "argv, message",
+  [
     (["--bogus"], r"unrecognized arguments: --bogus"),
     (["--scale=tpu"], r"argument --scale: invalid choice: 'tpu'"),
     (["--seeds=0"], r"--seeds must be >= 1, got 0"),
@@ -33,17 +35,23 @@ def resnet_keys(path, width=8, layer3_blocks=2, bottleneck=False):
     (["--target_cases=0,2"], r"--target_cases='0,2': each must be 1..16 \(the mr_phantom training split"),
     (["--target_cases=17"], r"each must be 1..16"),
     (["--quick", "--target_cases=5"], r"each must be 1..4"),
-    (["--torchvision_weights=/nonexistent/resnet18.pth"],
-     r"--torchvision_weights: /nonexistent/resnet18.pth: config.model.pretrained file does not exist"),
-])
+    (
+      ["--torchvision_weights=/nonexistent/resnet18.pth"],
+      r"--torchvision_weights: /nonexistent/resnet18.pth: config.model.pretrained file does not exist",
+    ),
+  ],
+)
 def test_bad_input_is_one_line_before_training(tmp_path, argv, message):
   assert_refused_before_training(study, "transfer_learning", argv, message, tmp_path)
 
 
 def test_weights_that_are_not_a_resnet_are_refused(tmp_path):
   np.savez(tmp_path / "other.npz", **{"encoder.weight": np.zeros(3, np.float32)})
-  with pytest.raises(SystemExit, match=r"--torchvision_weights: .*other.npz: not the state_dict of a torchvision "
-                     r"resnet18/34/50/101 or vgg16"):
+  with pytest.raises(
+    SystemExit,
+    match=r"--torchvision_weights: .*other.npz: not the state_dict of a torchvision "
+    r"resnet18/34/50/101 or vgg16",
+  ):
     study.main([f"--torchvision_weights={tmp_path / 'other.npz'}", f"--workdir={tmp_path / 'runs'}"])
   np.savez(tmp_path / "vgg.npz", **{"features.28.weight": np.zeros(3, np.float32)})
   with pytest.raises(SystemExit, match=r"holds VGG16 weights; DeepLab needs a ResNet"):
@@ -52,12 +60,18 @@ def test_weights_that_are_not_a_resnet_are_refused(tmp_path):
 
 def test_plan_and_run_configs(tmp_path):
   weights = resnet_keys(tmp_path / "r34.npz", width=16, layer3_blocks=6)
-  args = study.parse_args(["--target_cases=4,1", f"--torchvision_weights={weights}", "--seeds=2",
-                           f"--workdir={tmp_path / 'runs'}"])
+  args = study.parse_args(
+    ["--target_cases=4,1", f"--torchvision_weights={weights}", "--seeds=2", f"--workdir={tmp_path / 'runs'}"]
+  )
   assert args.sizes == (1, 4) and args.backbone == "resnet34" and args.backbone_width == 16
   runs = study.plan(args)
-  assert [(r["arm"], r["cases"]) for r in runs[:5]] == [("pretrain", 0), ("scratch", 1), ("fine_tuned", 1),
-                                                         ("deeplab_scratch", 1), ("deeplab_imagenet", 1)]
+  assert [(r["arm"], r["cases"]) for r in runs[:5]] == [
+    ("pretrain", 0),
+    ("scratch", 1),
+    ("fine_tuned", 1),
+    ("deeplab_scratch", 1),
+    ("deeplab_imagenet", 1),
+  ]
   assert len(runs) == 2 * (1 + 2 * 4)
   by = {(r["arm"], r["cases"], r["seed"]): r for r in runs}
   pre = by[("pretrain", 0, 1)]["config"]
@@ -80,9 +94,17 @@ def test_plan_and_run_configs(tmp_path):
 
 def fake_runs(dice):
   """Runs as main() collects them, from {(arm, cases, seed): mean foreground Dice}."""
-  return [{"arm": arm, "cases": cases, "seed": seed, "seconds": 1.0, "reused": False,
-           "results": {"test": {"mean_foreground": {"dice": d}, "liver": {"dice": d}, "num_cases": 5}}}
-          for (arm, cases, seed), d in dice.items()]
+  return [
+    {
+      "arm": arm,
+      "cases": cases,
+      "seed": seed,
+      "seconds": 1.0,
+      "reused": False,
+      "results": {"test": {"mean_foreground": {"dice": d}, "liver": {"dice": d}, "num_cases": 5}},
+    }
+    for (arm, cases, seed), d in dice.items()
+  ]
 
 
 def test_summary_against_scipy(tmp_path):

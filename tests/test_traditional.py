@@ -15,9 +15,9 @@ def _case(seed, shape=(40, 40), noise=0.3):
   """Background 0 (intensity 0), class 1 a square (intensity 4), class 2 a disc (intensity 8), Gaussian noise."""
   rng = np.random.default_rng(seed)
   label = np.zeros(shape, np.uint8)
-  y, x = np.mgrid[:shape[0], :shape[1]]
+  y, x = np.mgrid[: shape[0], : shape[1]]
   top = int(rng.integers(2, 8))
-  label[top:top + 12, 3:15] = 1
+  label[top : top + 12, 3:15] = 1
   label[(y - 28) ** 2 + (x - 27) ** 2 <= int(rng.integers(25, 50))] = 2
   image = np.choose(label, [0.0, 4.0, 8.0]) + noise * rng.standard_normal(shape)
   return image[..., None].astype(np.float32), label
@@ -72,8 +72,9 @@ def test_decision_weights_do_not_lower_the_training_dice():
   label = (rng.random((60, 60)) < 0.05).astype(np.uint8)
   image = (rng.normal(0.0, 1.0, label.shape) + 1.5 * label)[..., None].astype(np.float32)
   fitted = traditional.fit([(image, label)], num_classes=2)
-  counts = traditional._count((label.astype(np.int64),) + traditional._bin_index(image, fitted.edges),
-                              (2, fitted.likelihood.shape[1]))
+  counts = traditional._count(
+    (label.astype(np.int64),) + traditional._bin_index(image, fitted.edges), (2, fitted.likelihood.shape[1])
+  )
   lik = fitted.likelihood.reshape(2, -1)
   with_priors = traditional._pooled_dice(counts, (fitted.priors[:, None] * lik).argmax(0))
   with_weights = traditional._pooled_dice(counts, (fitted.weights[:, None] * lik).argmax(0))

@@ -19,8 +19,10 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_config(phantom_config):
   """`tiny_config(data_dir, **train_overrides)`: the tiny phantom config with one figure per report."""
+
   def make(data_dir, **train_overrides):
     return phantom_config(data_dir, train=train_overrides, eval={"num_figures": 1})
+
   return make
 
 
@@ -47,8 +49,7 @@ def test_train_writes_every_output(data_dir, tiny_config, tmp_path):
   assert list((tmp_path / "results" / "test" / "figures").glob("*.png"))
 
 
-def test_killed_run_resumes_to_identical_result(data_dir, tiny_config, tmp_path, interrupt_training,
-                                                 restore_latest):
+def test_killed_run_resumes_to_identical_result(data_dir, tiny_config, tmp_path, interrupt_training, restore_latest):
   config = tiny_config(data_dir, num_steps=6, checkpoint_every_steps=3, eval_every_steps=3)
   reference = train.train_and_evaluate(config, tmp_path / "uninterrupted")
   # Step 4 is computed but its checkpoint (step 6) never written.

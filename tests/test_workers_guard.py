@@ -28,21 +28,30 @@ def probe():
 """
 
 SCRIPTS = {
-    "unguarded": POOL_PROBE + "\nprobe()\n",
-    "guarded": POOL_PROBE + "\n\nif __name__ == '__main__':\n  probe()\n",
-    "guarded_reversed_and": POOL_PROBE + "\n\nif '__main__' == __name__ and True:\n  probe()\n",
-    "guard_below": POOL_PROBE + "\nprobe()\n\nif __name__ == '__main__':\n  pass\n",
+  "unguarded": POOL_PROBE + "\nprobe()\n",
+  "guarded": POOL_PROBE + "\n\nif __name__ == '__main__':\n  probe()\n",
+  "guarded_reversed_and": POOL_PROBE + "\n\nif '__main__' == __name__ and True:\n  probe()\n",
+  "guard_below": POOL_PROBE + "\nprobe()\n\nif __name__ == '__main__':\n  pass\n",
 }
 
 
 def run_script(path, *args, timeout):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
-  return subprocess.run([sys.executable, str(path), *map(str, args)], capture_output=True, text=True,
-                        timeout=timeout, env=env, cwd=path.parent, check=False)
+  return subprocess.run(
+    [sys.executable, str(path), *map(str, args)],
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    env=env,
+    cwd=path.parent,
+    check=False,
+  )
 
 
-@pytest.mark.parametrize("name,expected", [("unguarded", "INLINE"), ("guarded", "POOL"),
-                                           ("guarded_reversed_and", "POOL"), ("guard_below", "INLINE")])
+@pytest.mark.parametrize(
+  "name,expected",
+  [("unguarded", "INLINE"), ("guarded", "POOL"), ("guarded_reversed_and", "POOL"), ("guard_below", "INLINE")],
+)
 def test_worker_pool_only_when_the_main_script_is_guarded(tmp_path, name, expected):
   script = tmp_path / f"{name}.py"
   script.write_text(SCRIPTS[name])
@@ -60,8 +69,14 @@ def test_worker_pool_only_when_the_main_script_is_guarded(tmp_path, name, expect
 
 def test_no_main_script_file_spawns_normally():
   code = POOL_PROBE + "\nprobe()\n"
-  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+  result = subprocess.run(
+    [sys.executable, "-c", code],
+    capture_output=True,
+    text=True,
+    timeout=60,
+    check=False,
+    env={**os.environ, "PYTHONPATH": str(REPO)},
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.split() == ["POOL"]
 
@@ -69,7 +84,8 @@ def test_no_main_script_file_spawns_normally():
 def test_unguarded_script_prepares_a_phantom_without_hanging(tmp_path):
   """End to end: the script a new user writes, on a 5-case phantom with 2 preparation workers asked for."""
   script = tmp_path / "prepare.py"
-  script.write_text(textwrap.dedent("""
+  script.write_text(
+    textwrap.dedent("""
       import sys
       from jaxseg import experiment
       from jaxseg.config import base_config
@@ -81,7 +97,8 @@ def test_unguarded_script_prepares_a_phantom_without_hanging(tmp_path):
       config.model.update(features=4, depth=2)
       exp = experiment.setup(config, sys.argv[2])
       print("PREPARED", exp.prepared.name, flush=True)
-  """))
+  """)
+  )
   # Unfixed, this never returns; prepared in-process it takes ~15 s on an idle 2-core CPU.
   result = run_script(script, tmp_path / "data", tmp_path / "workdir", timeout=240)
   assert result.returncode == 0, result.stderr[-2000:]

@@ -15,8 +15,16 @@ from jaxseg import writers
 
 def write_sample(logdir):
   with writers.create_default_writer(logdir) as writer:
-    writer.write_hparams({"model.name": "unet", "train.learning_rate": 1e-3, "train.num_steps": 7,
-                          "data.augment.enabled": True, "model.pretrained": None, "data.patch_size": (64, 64)})
+    writer.write_hparams(
+      {
+        "model.name": "unet",
+        "train.learning_rate": 1e-3,
+        "train.num_steps": 7,
+        "data.augment.enabled": True,
+        "model.pretrained": None,
+        "data.patch_size": (64, 64),
+      }
+    )
     writer.write_scalars(1, {"train/loss": 0.75, "train/dice": np.float32(0.25)})
     writer.write_scalars(2, {"train/loss": jnp.asarray(0.5)})
     image = np.zeros((1, 6, 10, 3), np.uint8)
@@ -34,8 +42,14 @@ def test_scalars_images_hparams_round_trip(tmp_path):
   assert writers.read_tags(tmp_path) >= {"validation/overlay", "validation/grid", "_hparams_/session_start_info"}
 
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  images = {value.tag: value.image for path in tmp_path.glob("events.out.tfevents.*")
-            for event in writers.read_events(path) for value in event.summary.value if value.HasField("image")}
+
+  images = {
+    value.tag: value.image
+    for path in tmp_path.glob("events.out.tfevents.*")
+    for event in writers.read_events(path)
+    for value in event.summary.value
+    if value.HasField("image")
+  }
   overlay = np.asarray(Image.open(io.BytesIO(images["validation/overlay"].encoded_image_string)))
   assert overlay.shape == (6, 10, 3) and tuple(overlay[2, 3]) == (255, 0, 0) and overlay.sum() == 255
   grid = np.asarray(Image.open(io.BytesIO(images["validation/grid"].encoded_image_string)))
@@ -52,6 +66,7 @@ def test_tensorboard_reads_the_files(tmp_path):
   assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(1, 0.75), (2, 0.5)]
   assert [e.width for e in acc.Images("validation/overlay")] == [10]
   from tensorboard.plugins.hparams import plugin_data_pb2  # pylint: disable=g-import-not-at-top
+
   content = acc.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
   hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
   assert hparams["model.name"].string_value == "unet"
@@ -95,8 +110,21 @@ def test_corrupt_record_is_refused(tmp_path):
 def test_report_progress_rates_and_scalars(tmp_path):
   with writers.create_default_writer(tmp_path) as writer:
     report = writers.ReportProgress(num_train_steps=10, every_steps=4, writer=writer)
-    fired = [report(step, t=float(t)) for step, t in [(1, 100), (2, 101), (3, 102), (4, 103), (5, 104),
-                                                       (6, 105), (7, 106), (8, 108), (9, 110), (10, 112)]]
+    fired = [
+      report(step, t=float(t))
+      for step, t in [
+        (1, 100),
+        (2, 101),
+        (3, 102),
+        (4, 103),
+        (5, 104),
+        (6, 105),
+        (7, 106),
+        (8, 108),
+        (9, 110),
+        (10, 112),
+      ]
+    ]
   assert fired == [False, False, False, True, False, False, False, True, False, True]
   rates = writers.read_scalars(tmp_path)["steps_per_sec"]
   assert rates == [(4, 1.0), (8, pytest.approx(4 / 5)), (10, 0.5)]  # (4-1)/(103-100), (8-4)/(108-103), 2/4 s.

@@ -49,30 +49,44 @@ DTYPES = ("float32", "bfloat16")
 def environment() -> dict[str, str]:
   """Device, versions and date stamped on every row."""
   import flax  # pylint: disable=g-import-not-at-top
+
   device = jax.local_devices()[0]
-  env = {"device": f"{device.device_kind} x{jax.device_count()} ({jax.default_backend()})",
-         "host": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs",
-         "versions": f"jax {jax.__version__}, flax {flax.__version__}",
-         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+  env = {
+    "device": f"{device.device_kind} x{jax.device_count()} ({jax.default_backend()})",
+    "host": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs",
+    "versions": f"jax {jax.__version__}, flax {flax.__version__}",
+    "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+  }
   if importlib.util.find_spec("torch") is not None:
     import torch  # pylint: disable=g-import-not-at-top
+
     env["versions"] += f", torch {torch.__version__}"
   return env
 
 
-def run(scale: str = "cpu", case_names: Sequence[str] | None = None, dtypes: Sequence[str] = DTYPES,
-        sections: Sequence[str] = SECTIONS, steps: int = 3, repeats: int = 3, with_torch: bool = True,
-        model_overrides: dict[str, Any] | None = None, log=print) -> list[dict[str, Any]]:
+def run(
+  scale: str = "cpu",
+  case_names: Sequence[str] | None = None,
+  dtypes: Sequence[str] = DTYPES,
+  sections: Sequence[str] = SECTIONS,
+  steps: int = 3,
+  repeats: int = 3,
+  with_torch: bool = True,
+  model_overrides: dict[str, Any] | None = None,
+  log=print,
+) -> list[dict[str, Any]]:
   """Runs the suite; returns its rows (dicts). See the module docstring.
 
   `model_overrides` (e.g. `{"conv3d": "native"}`) apply to every case's
   jaxseg network.
   """
   from jaxseg.benchmark import train as train_lib  # pylint: disable=g-import-not-at-top
+
   selected = cases_lib.select(scale, list(case_names) if case_names else None)
   if model_overrides:
-    selected = [dataclasses.replace(c, model=tuple(sorted({**dict(c.model), **model_overrides}.items())))
-                for c in selected]
+    selected = [
+      dataclasses.replace(c, model=tuple(sorted({**dict(c.model), **model_overrides}.items()))) for c in selected
+    ]
   unknown = [s for s in sections if s not in SECTIONS]
   if unknown:
     raise ValueError(f"unknown section(s) {', '.join(unknown)}; known sections: {', '.join(SECTIONS)}")
@@ -90,10 +104,15 @@ def run(scale: str = "cpu", case_names: Sequence[str] | None = None, dtypes: Seq
       if "achieved_tflops" in row:
         row["peak_share"] = None if peak is None else row["achieved_tflops"] * 1e12 / peak
       rows.append(row)
-      numbers = ", ".join(f"{k}={row[k]:.4g}" for k in ("step_ms", "vs_pytorch", "ms", "overhead_ratio",
-                                                          "memory_bytes") if row.get(k) is not None)
-      log(f"  {row['section']} {row['case']} {row.get('dtype', '')} {row.get('framework', '')} "
-          f"{row.get('variant', row.get('path', ''))}: {row.get('status')} {numbers}")
+      numbers = ", ".join(
+        f"{k}={row[k]:.4g}"
+        for k in ("step_ms", "vs_pytorch", "ms", "overhead_ratio", "memory_bytes")
+        if row.get(k) is not None
+      )
+      log(
+        f"  {row['section']} {row['case']} {row.get('dtype', '')} {row.get('framework', '')} "
+        f"{row.get('variant', row.get('path', ''))}: {row.get('status')} {numbers}"
+      )
 
   if "train" in sections:
     for case in selected:
@@ -104,27 +123,35 @@ def run(scale: str = "cpu", case_names: Sequence[str] | None = None, dtypes: Seq
       if case.ndim == 3:
         for remat in (False, True):
           variant = dataclasses.replace(case, model=tuple(sorted({**dict(case.model), "remat": remat}.items())))
-          for row in train_lib.run_case(variant, "float32", steps_per_repeat=1, repeats=max(1, repeats // 2),
-                                        with_torch=False):
+          for row in train_lib.run_case(
+            variant, "float32", steps_per_repeat=1, repeats=max(1, repeats // 2), with_torch=False
+          ):
             add([dict(row, section="remat", remat=remat)])
   if "inference" in sections:
     from jaxseg.benchmark import sliding  # pylint: disable=g-import-not-at-top
+
     for case in selected:
       if dict(case.model)["name"].startswith("unet"):
         add(sliding.run_case(case, "float32", repeats))
   if "pipeline" in sections:
     from jaxseg.benchmark import pipeline  # pylint: disable=g-import-not-at-top
+
     add(pipeline.run(scale, repeats))
   if "layers" in sections:
     from jaxseg.benchmark import layers as layers_bench  # pylint: disable=g-import-not-at-top
+
     add(layers_bench.run(scale, repeats))
   if "augment" in sections:
     if importlib.util.find_spec("jaxseg.benchmark.augment") is None:
       add([{"section": "augment", "case": "-", "status": "skipped: jaxseg.benchmark.augment not present"}])
     else:
       augment = importlib.import_module("jaxseg.benchmark.augment")
-      add([{"section": "augment", "case": row.get("name", "-"), "status": "ok", **row}
-           for row in augment.run(quick=scale == "quick")])
+      add(
+        [
+          {"section": "augment", "case": row.get("name", "-"), "status": "ok", **row}
+          for row in augment.run(quick=scale == "quick")
+        ]
+      )
   return rows
 
 
@@ -143,20 +170,49 @@ def _fmt(value: Any, kind: str) -> str:
 
 
 COLUMNS = {
-    "train": [("case", "case", ""), ("dtype", "dtype", ""), ("framework", "framework", ""),
-              ("step ms", "step_ms", ""), ("vs PyTorch", "vs_pytorch", ""), ("compile s", "compile_s", ""),
-              ("memory", "memory_bytes", "bytes"), ("images/s", "images_per_s", ""),
-              ("voxels/s", "voxels_per_s", "rate"), ("GFLOP/step", "gflop_per_step", ""),
-              ("TFLOP/s", "achieved_tflops", ""), ("of peak", "peak_share", "share")],
-    "remat": [("case", "case", ""), ("remat", "remat", ""), ("step ms", "step_ms", ""),
-              ("memory (XLA estimate)", "memory_bytes", "bytes")],
-    "inference": [("case", "case", ""), ("image", "patch", ""), ("path", "path", ""),
-                  ("seconds", "seconds", ""), ("voxels/s", "voxels_per_s", "rate"),
-                  ("forward calls", "forward_calls", ""), ("overhead ratio", "overhead_ratio", "")],
-    "layers": [("layer", "case", ""), ("input", "shape", ""), ("variant", "variant", ""), ("ms", "ms", ""),
-               ("vs PyTorch", "vs_pytorch", "")],
-    "pipeline": [("config", "case", ""), ("batch", "batch", ""), ("pipeline batches/s", "pipeline_batches_per_s", ""),
-                 ("step batches/s", "step_batches_per_s", ""), ("ratio", "ratio", "")],
+  "train": [
+    ("case", "case", ""),
+    ("dtype", "dtype", ""),
+    ("framework", "framework", ""),
+    ("step ms", "step_ms", ""),
+    ("vs PyTorch", "vs_pytorch", ""),
+    ("compile s", "compile_s", ""),
+    ("memory", "memory_bytes", "bytes"),
+    ("images/s", "images_per_s", ""),
+    ("voxels/s", "voxels_per_s", "rate"),
+    ("GFLOP/step", "gflop_per_step", ""),
+    ("TFLOP/s", "achieved_tflops", ""),
+    ("of peak", "peak_share", "share"),
+  ],
+  "remat": [
+    ("case", "case", ""),
+    ("remat", "remat", ""),
+    ("step ms", "step_ms", ""),
+    ("memory (XLA estimate)", "memory_bytes", "bytes"),
+  ],
+  "inference": [
+    ("case", "case", ""),
+    ("image", "patch", ""),
+    ("path", "path", ""),
+    ("seconds", "seconds", ""),
+    ("voxels/s", "voxels_per_s", "rate"),
+    ("forward calls", "forward_calls", ""),
+    ("overhead ratio", "overhead_ratio", ""),
+  ],
+  "layers": [
+    ("layer", "case", ""),
+    ("input", "shape", ""),
+    ("variant", "variant", ""),
+    ("ms", "ms", ""),
+    ("vs PyTorch", "vs_pytorch", ""),
+  ],
+  "pipeline": [
+    ("config", "case", ""),
+    ("batch", "batch", ""),
+    ("pipeline batches/s", "pipeline_batches_per_s", ""),
+    ("step batches/s", "step_batches_per_s", ""),
+    ("ratio", "ratio", ""),
+  ],
 }
 
 
@@ -165,8 +221,9 @@ def table(rows: list[dict[str, Any]]) -> str:
   out = []
   for section in dict.fromkeys(r["section"] for r in rows):
     section_rows = [r for r in rows if r["section"] == section]
-    columns = COLUMNS.get(section) or [(k, k, "") for k in section_rows[0] if k not in (
-        "section", "device", "host", "versions", "date")]
+    columns = COLUMNS.get(section) or [
+      (k, k, "") for k in section_rows[0] if k not in ("section", "device", "host", "versions", "date")
+    ]
     out.append(f"{section}:\n")
     out.append("| " + " | ".join(c[0] for c in columns) + " |")
     out.append("|" + "---|" * len(columns))

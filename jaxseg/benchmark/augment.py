@@ -56,7 +56,7 @@ def synthetic_case(patch: Sequence[int], seed: int = 0) -> sampling.Case:
   shape = (4, *[int(1.5 * n) for n in patch]) if len(patch) == 2 else tuple(int(1.5 * n) for n in patch)
   rng = np.random.default_rng(seed)
   image = ndimage.zoom(rng.normal(size=tuple(max(2, n // 8) for n in shape)), [8] * 3, order=1)
-  image = np.ascontiguousarray(image[:shape[0], :shape[1], :shape[2]], np.float32)[..., None]
+  image = np.ascontiguousarray(image[: shape[0], : shape[1], : shape[2]], np.float32)[..., None]
   grid = np.indices(shape).astype(np.float32)
   centre = np.asarray(shape, np.float32).reshape(3, 1, 1, 1) / 2
   radius = np.sqrt(((grid[1:] - centre[1:]) ** 2).sum(0))
@@ -99,8 +99,10 @@ def crop_batch(patch: tuple[int, ...], batch: int) -> dict[str, np.ndarray]:
   """Host crops (what the host path hands the device) of `batch` samples."""
   case = synthetic_case(patch)
   crop = da.crop_size(default_augmentation(len(patch)), patch)
-  rows = [sampling.training_crop(case, patch, crop, np.random.default_rng([1, i]), force_foreground=i % 3 == 0)
-          for i in range(batch)]
+  rows = [
+    sampling.training_crop(case, patch, crop, np.random.default_rng([1, i]), force_foreground=i % 3 == 0)
+    for i in range(batch)
+  ]
   return {k: np.stack([row[k] for row in rows]) for k in rows[0]}
 
 
@@ -124,8 +126,9 @@ def _model_config(ndim: int, quick: bool):
   return config
 
 
-def step_times(patch: tuple[int, ...], batch: int, crops: dict[str, np.ndarray], quick: bool, repeats: int
-               ) -> tuple[float, float]:
+def step_times(
+  patch: tuple[int, ...], batch: int, crops: dict[str, np.ndarray], quick: bool, repeats: int
+) -> tuple[float, float]:
   """(seconds per train step with device augmentation, without augmentation) for a U-Net on `patch`."""
   config = _model_config(len(patch), quick)
   model = models.create_model(config.model)
@@ -135,10 +138,13 @@ def step_times(patch: tuple[int, ...], batch: int, crops: dict[str, np.ndarray],
     state = jax.jit(functools.partial(state_lib.create_train_state, config, model, tx, (1, *patch, 1)))()
   weights = models.output_weights(config.model)
   plain = jax.jit(steps.make_train_step(model, tx, schedule, "dice_ce", weights))
-  augmented = jax.jit(steps.make_train_step(model, tx, schedule, "dice_ce", weights, da.make_batch_fn(
-      _augment_config(config, patch))))
-  patches = {"image": jnp.asarray(crops["image"][(slice(None), *[slice(0, n) for n in patch])]),
-             "label": jnp.asarray(crops["label"][(slice(None), *[slice(0, n) for n in patch])], jnp.int32)}
+  augmented = jax.jit(
+    steps.make_train_step(model, tx, schedule, "dice_ce", weights, da.make_batch_fn(_augment_config(config, patch)))
+  )
+  patches = {
+    "image": jnp.asarray(crops["image"][(slice(None), *[slice(0, n) for n in patch])]),
+    "label": jnp.asarray(crops["label"][(slice(None), *[slice(0, n) for n in patch])], jnp.int32),
+  }
   device_crops = {k: jnp.asarray(v) for k, v in crops.items()}
   # Alternate the two so load changes on a shared machine hit both alike.
   with_aug, without = [], []
@@ -177,10 +183,24 @@ def run(quick: bool, report=None) -> list[dict]:
       _host_samples(patch, 0, 1)
       one = statistics.median(host_rate(patch, count) for _ in range(repeats))
       every = statistics.median(host_rate(patch, count * cores, pool) for _ in range(repeats))
-      add({"name": f"{name} {size} host, 1 core", "path": "host", "size": size, "cores": 1,
-           "patches_per_s": round(one, 2)})
-      add({"name": f"{name} {size} host, {cores} cores", "path": "host", "size": size, "cores": cores,
-           "patches_per_s": round(every, 2)})
+      add(
+        {
+          "name": f"{name} {size} host, 1 core",
+          "path": "host",
+          "size": size,
+          "cores": 1,
+          "patches_per_s": round(one, 2),
+        }
+      )
+      add(
+        {
+          "name": f"{name} {size} host, {cores} cores",
+          "path": "host",
+          "size": size,
+          "cores": cores,
+          "patches_per_s": round(every, 2),
+        }
+      )
       crops = crop_batch(patch, batch)
       aug = default_augmentation(len(patch))
       augment = jax.jit(lambda c, s, aug=aug, patch=patch: da.augment_batch(da.augment_key(0), s, c, aug, patch))
@@ -188,10 +208,19 @@ def run(quick: bool, report=None) -> list[dict]:
       counter = iter(range(10**9))
       seconds = _time(lambda: augment(device_crops, jnp.int32(next(counter)))["image"], repeats)
       with_aug, without = step_times(patch, batch, crops, quick, repeats)
-      add({"name": f"{name} {size} device ({jax.devices()[0].platform})", "path": "device", "size": size,
-           "batch": batch, "crop": "x".join(str(n) for n in crops["label"].shape[1:]),
-           "patches_per_s": round(batch / seconds, 2), "step_s_augmented": round(with_aug, 4),
-           "step_s_plain": round(without, 4), "step_ratio": round(with_aug / without, 3)})
+      add(
+        {
+          "name": f"{name} {size} device ({jax.devices()[0].platform})",
+          "path": "device",
+          "size": size,
+          "batch": batch,
+          "crop": "x".join(str(n) for n in crops["label"].shape[1:]),
+          "patches_per_s": round(batch / seconds, 2),
+          "step_s_augmented": round(with_aug, 4),
+          "step_s_plain": round(without, 4),
+          "step_ratio": round(with_aug / without, 3),
+        }
+      )
   return rows
 
 
@@ -200,14 +229,19 @@ def main():
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--output", default="", help="also write the rows as JSON here")
   args = parser.parse_args()
-  print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, {os.cpu_count()} CPU cores, "
-        f"load average {tuple(round(x, 1) for x in os.getloadavg())}")
+  print(
+    f"jax {jax.__version__} on {jax.devices()[0].device_kind}, {os.cpu_count()} CPU cores, "
+    f"load average {tuple(round(x, 1) for x in os.getloadavg())}"
+  )
   print("| name | patches/s | step with device aug (s) | step without (s) | ratio |")
   print("|---|---|---|---|---|", flush=True)
 
   def report(row):
-    print(f"| {row['name']} | {row['patches_per_s']} | {row.get('step_s_augmented', '')} | "
-          f"{row.get('step_s_plain', '')} | {row.get('step_ratio', '')} |", flush=True)
+    print(
+      f"| {row['name']} | {row['patches_per_s']} | {row.get('step_s_augmented', '')} | "
+      f"{row.get('step_s_plain', '')} | {row.get('step_ratio', '')} |",
+      flush=True,
+    )
 
   rows = run(args.quick, report)
   print(f"load average at the end {tuple(round(x, 1) for x in os.getloadavg())}")

@@ -22,15 +22,14 @@ import dataclasses
 import math
 from typing import Any
 
-NNUNET_2D = dict(name="unet", norm="instance", activation="leaky_relu",
-                 features=32, max_features=512, depth=5)
-NNUNET_3D = dict(name="unet3d", norm="instance", activation="leaky_relu",
-                 features=32, max_features=320)
+NNUNET_2D = dict(name="unet", norm="instance", activation="leaky_relu", features=32, max_features=512, depth=5)
+NNUNET_3D = dict(name="unet3d", norm="instance", activation="leaky_relu", features=32, max_features=320)
 
 
 @dataclasses.dataclass(frozen=True)
 class Case:
   """One network at one size; `model` overrides `default_model_config()`."""
+
   name: str
   model: tuple[tuple[str, Any], ...]
   patch: tuple[int, ...]
@@ -56,34 +55,57 @@ def _case(case_name, patch, batch, **model):
 
 
 SCALES: dict[str, tuple[Case, ...]] = {
-    "gpu": (
-        _case("unet2d-128", (128, 128), 32, **NNUNET_2D),
-        _case("unet2d-256", (256, 256), 12, **NNUNET_2D),
-        _case("unet3d-64x128x128", (64, 128, 128), 2, depth=4, **NNUNET_3D),
-        _case("unet3d-128-ds", (128, 128, 128), 2, depth=5,
-              deep_supervision=True, **NNUNET_3D),
-        _case("deeplabv3plus-256", (256, 256), 8, name="deeplabv3plus",
-              backbone="resnet50", output_stride=16, norm="batch"),
+  "gpu": (
+    _case("unet2d-128", (128, 128), 32, **NNUNET_2D),
+    _case("unet2d-256", (256, 256), 12, **NNUNET_2D),
+    _case("unet3d-64x128x128", (64, 128, 128), 2, depth=4, **NNUNET_3D),
+    _case("unet3d-128-ds", (128, 128, 128), 2, depth=5, deep_supervision=True, **NNUNET_3D),
+    _case(
+      "deeplabv3plus-256", (256, 256), 8, name="deeplabv3plus", backbone="resnet50", output_stride=16, norm="batch"
     ),
-    "cpu": (
-        _case("unet2d-128", (128, 128), 8, name="unet", features=16, depth=4,
-              norm="batch", activation="relu"),
-        _case("unet3d-32x64x64", (32, 64, 64), 2, name="unet3d", features=16,
-              max_features=320, depth=3, norm="instance",
-              activation="leaky_relu", deep_supervision=True),
-        _case("deeplabv3plus-128", (128, 128), 2, name="deeplabv3plus",
-              backbone="resnet18", output_stride=16, norm="batch"),
+  ),
+  "cpu": (
+    _case("unet2d-128", (128, 128), 8, name="unet", features=16, depth=4, norm="batch", activation="relu"),
+    _case(
+      "unet3d-32x64x64",
+      (32, 64, 64),
+      2,
+      name="unet3d",
+      features=16,
+      max_features=320,
+      depth=3,
+      norm="instance",
+      activation="leaky_relu",
+      deep_supervision=True,
     ),
-    "quick": (
-        _case("unet2d-32", (32, 32), 2, name="unet", features=4, depth=2,
-              norm="batch"),
-        _case("unet3d-16-ds", (16, 16, 16), 1, name="unet3d", features=4,
-              depth=2, norm="instance", activation="leaky_relu",
-              deep_supervision=True),
-        _case("deeplabv3plus-32", (32, 32), 2, name="deeplabv3plus",
-              backbone="resnet18", backbone_width=8, output_stride=16,
-              norm="batch"),
+    _case(
+      "deeplabv3plus-128", (128, 128), 2, name="deeplabv3plus", backbone="resnet18", output_stride=16, norm="batch"
     ),
+  ),
+  "quick": (
+    _case("unet2d-32", (32, 32), 2, name="unet", features=4, depth=2, norm="batch"),
+    _case(
+      "unet3d-16-ds",
+      (16, 16, 16),
+      1,
+      name="unet3d",
+      features=4,
+      depth=2,
+      norm="instance",
+      activation="leaky_relu",
+      deep_supervision=True,
+    ),
+    _case(
+      "deeplabv3plus-32",
+      (32, 32),
+      2,
+      name="deeplabv3plus",
+      backbone="resnet18",
+      backbone_width=8,
+      output_stride=16,
+      norm="batch",
+    ),
+  ),
 }
 
 
@@ -95,13 +117,11 @@ def select(scale: str, names: list[str] | None) -> list[Case]:
       ones.
   """
   if scale not in SCALES:
-    raise ValueError(f"unknown scale {scale!r}; known scales: "
-                     f"{', '.join(SCALES)}")
+    raise ValueError(f"unknown scale {scale!r}; known scales: {', '.join(SCALES)}")
   known = {case.name: case for case in SCALES[scale]}
   if not names:
     return list(known.values())
   unknown = [n for n in names if n not in known]
   if unknown:
-    raise ValueError(f"unknown case(s) {', '.join(unknown)} for --scale="
-                     f"{scale}; known cases: {', '.join(known)}")
+    raise ValueError(f"unknown case(s) {', '.join(unknown)} for --scale={scale}; known cases: {', '.join(known)}")
   return [known[n] for n in names]

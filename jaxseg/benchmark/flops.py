@@ -21,13 +21,13 @@ from jax.extend import core as jax_core
 # compute dtype, from the vendors' data sheets (no sparsity). fp32 means
 # plain fp32 (not TF32) arithmetic.
 PEAKS: dict[str, dict[str, float]] = {
-    "H200": {"float32": 67e12, "bfloat16": 989e12},
-    "H100": {"float32": 67e12, "bfloat16": 989e12},
-    "A100": {"float32": 19.5e12, "bfloat16": 312e12},
-    "L4": {"float32": 30.3e12, "bfloat16": 121e12},
-    "TPU v4": {"bfloat16": 275e12},
-    "TPU v5 lite": {"bfloat16": 197e12},
-    "TPU v5p": {"bfloat16": 459e12},
+  "H200": {"float32": 67e12, "bfloat16": 989e12},
+  "H100": {"float32": 67e12, "bfloat16": 989e12},
+  "A100": {"float32": 19.5e12, "bfloat16": 312e12},
+  "L4": {"float32": 30.3e12, "bfloat16": 121e12},
+  "TPU v4": {"bfloat16": 275e12},
+  "TPU v5 lite": {"bfloat16": 197e12},
+  "TPU v5p": {"bfloat16": 459e12},
 }
 TRAIN_STEP_FACTOR = 3
 
@@ -70,7 +70,7 @@ def jaxpr_flops(jaxpr: Any) -> int:
     total += _eqn_flops(eqn)
     repeat = eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1
     for param in eqn.params.values():
-      for sub in (param if isinstance(param, (tuple, list)) else (param,)):
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
         if isinstance(sub, (jax_core.ClosedJaxpr, jax_core.Jaxpr)):
           total += repeat * jaxpr_flops(sub)
   return total

@@ -27,9 +27,9 @@ import jax.numpy as jnp
 from jaxseg.models import layers
 
 SHAPES = {  # Input [B, *spatial, C] per scale.
-    "gpu": {"conv3d": (2, 64, 128, 128, 16), "upsample": (2, 32, 64, 64, 64), "maxpool": (32, 128, 128, 32)},
-    "cpu": {"conv3d": (2, 32, 64, 64, 16), "upsample": (2, 16, 32, 32, 32), "maxpool": (8, 128, 128, 16)},
-    "quick": {"conv3d": (1, 8, 16, 16, 4), "upsample": (1, 4, 8, 8, 8), "maxpool": (2, 16, 16, 4)},
+  "gpu": {"conv3d": (2, 64, 128, 128, 16), "upsample": (2, 32, 64, 64, 64), "maxpool": (32, 128, 128, 32)},
+  "cpu": {"conv3d": (2, 32, 64, 64, 16), "upsample": (2, 16, 32, 32, 32), "maxpool": (8, 128, 128, 16)},
+  "quick": {"conv3d": (1, 8, 16, 16, 4), "upsample": (1, 4, 8, 8, 8), "maxpool": (2, 16, 16, 4)},
 }
 
 
@@ -43,6 +43,7 @@ def _jax_fn(f: Callable, x, w):
 
 def _torch_fn(kind: str, shape):
   import torch  # pylint: disable=g-import-not-at-top
+
   f = torch.nn.functional
   x = torch.randn(shape[0], shape[-1], *shape[1:-1], requires_grad=True)
   c = shape[-1]
@@ -57,6 +58,7 @@ def _torch_fn(kind: str, shape):
 
   def run():
     torch.sin(op()).sum().backward()
+
   return run
 
 
@@ -68,16 +70,22 @@ def _variants(kind: str, shape) -> dict[str, Callable[[], Any]]:
     w = jax.random.normal(key, (3, 3, 3, c, c)) * 0.1
     args = ((1, 1, 1), [(1, 1)] * 3)
     kw = dict(dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
-    return {"xla 3D conv (native)": _jax_fn(lambda x, w: jax.lax.conv_general_dilated(x, w, *args, **kw), x, w),
-            "depth folded (folded)": _jax_fn(lambda x, w: layers.depth_folded_conv(x, w, *args, **kw), x, w)}
+    return {
+      "xla 3D conv (native)": _jax_fn(lambda x, w: jax.lax.conv_general_dilated(x, w, *args, **kw), x, w),
+      "depth folded (folded)": _jax_fn(lambda x, w: layers.depth_folded_conv(x, w, *args, **kw), x, w),
+    }
   if kind == "upsample":
     ref = nn.ConvTranspose(c // 2, (2, 2, 2), strides=(2, 2, 2))
     new = layers.StrideUpsample(c // 2, (2, 2, 2))
     variables = ref.init(key, x)
-    return {"nn.ConvTranspose": _jax_fn(lambda x, v: ref.apply(v, x), x, variables),
-            "StrideUpsample": _jax_fn(lambda x, v: new.apply(v, x), x, variables)}
-  return {"nn.max_pool": _jax_fn(lambda x, _: nn.max_pool(x, (2, 2), strides=(2, 2)), x, None),
-          "layers.max_pool": _jax_fn(lambda x, _: layers.max_pool(x, (2, 2)), x, None)}
+    return {
+      "nn.ConvTranspose": _jax_fn(lambda x, v: ref.apply(v, x), x, variables),
+      "StrideUpsample": _jax_fn(lambda x, v: new.apply(v, x), x, variables),
+    }
+  return {
+    "nn.max_pool": _jax_fn(lambda x, _: nn.max_pool(x, (2, 2), strides=(2, 2)), x, None),
+    "layers.max_pool": _jax_fn(lambda x, _: layers.max_pool(x, (2, 2)), x, None),
+  }
 
 
 def run(scale: str, repeats: int) -> list[dict[str, Any]]:
@@ -97,8 +105,16 @@ def run(scale: str, repeats: int) -> list[dict[str, Any]]:
         times[name].append(time.perf_counter() - start)
     medians = {name: statistics.median(t) for name, t in times.items()}
     for name, seconds in medians.items():
-      rows.append({"section": "layers", "case": kind, "shape": "x".join(map(str, shape)), "framework":
-                   "pytorch" if name == "pytorch" else "jaxseg", "variant": name, "status": "ok",
-                   "ms": 1e3 * seconds,
-                   "vs_pytorch": seconds / medians["pytorch"] if has_torch else None})
+      rows.append(
+        {
+          "section": "layers",
+          "case": kind,
+          "shape": "x".join(map(str, shape)),
+          "framework": "pytorch" if name == "pytorch" else "jaxseg",
+          "variant": name,
+          "status": "ok",
+          "ms": 1e3 * seconds,
+          "vs_pytorch": seconds / medians["pytorch"] if has_torch else None,
+        }
+      )
   return rows

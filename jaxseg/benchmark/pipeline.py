@@ -24,7 +24,14 @@ def run(scale: str, repeats: int) -> list[dict[str, Any]]:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config_arg = str(SCRIPT.parents[1] / CONFIGS[scale])
-  result = module.bench(config_arg, [], batches=10 if scale == "quick" else 40, steps_per_repeat=3,
-                        repeats=repeats)
-  return [dict(row, status="ok", batch=result["batch"], pipeline_batches_per_s=result["pipeline"],
-               step_batches_per_s=result["step"], ratio=result["ratio"])]
+  result = module.bench(config_arg, [], batches=10 if scale == "quick" else 40, steps_per_repeat=3, repeats=repeats)
+  return [
+    dict(
+      row,
+      status="ok",
+      batch=result["batch"],
+      pipeline_batches_per_s=result["pipeline"],
+      step_batches_per_s=result["step"],
+      ratio=result["ratio"],
+    )
+  ]

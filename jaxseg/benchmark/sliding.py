@@ -37,13 +37,21 @@ def run_case(case: Case, dtype: str, repeats: int) -> list[dict[str, Any]]:
   forward = jax.jit(steps.make_predict_fn(model))
   image = np.random.default_rng(0).normal(size=tuple(p * 3 // 2 for p in case.patch) + (1,)).astype(np.float32)
   batch = np.random.default_rng(1).normal(size=shape).astype(np.float32)
-  predictors = {"host": lambda x: np.asarray(forward(params, batch_stats, x)),
-                "device": inference.DevicePredictor(forward, (params, batch_stats), placement="device")}
+  predictors = {
+    "host": lambda x: np.asarray(forward(params, batch_stats, x)),
+    "device": inference.DevicePredictor(forward, (params, batch_stats), placement="device"),
+  }
   calls = inference.num_forward_calls(image.shape[:-1], case.patch, 0.5, case.batch)
   rows = []
   for path, fn in predictors.items():
-    predict = functools.partial(inference.sliding_window_predict, fn, image, window=case.patch,
-                                num_classes=case.num_classes, batch_size=case.batch)
+    predict = functools.partial(
+      inference.sliding_window_predict,
+      fn,
+      image,
+      window=case.patch,
+      num_classes=case.num_classes,
+      batch_size=case.batch,
+    )
     predict()  # Compiles.
     np.asarray(forward(params, batch_stats, batch))
     totals, forwards = [], []
@@ -58,9 +66,20 @@ def run_case(case: Case, dtype: str, repeats: int) -> list[dict[str, Any]]:
         one.append(time.perf_counter() - start)
       forwards.append(statistics.median(one))
     total = statistics.median(totals)
-    rows.append({"section": "inference", "case": case.name, "dtype": dtype, "framework": "jaxseg",
-                 "path": path, "batch": case.batch, "patch": "x".join(map(str, image.shape[:-1])),
-                 "status": "ok", "seconds": total, "voxels_per_s": image[..., 0].size / total,
-                 "forward_calls": calls,
-                 "overhead_ratio": statistics.median(t / (calls * f) for t, f in zip(totals, forwards))})
+    rows.append(
+      {
+        "section": "inference",
+        "case": case.name,
+        "dtype": dtype,
+        "framework": "jaxseg",
+        "path": path,
+        "batch": case.batch,
+        "patch": "x".join(map(str, image.shape[:-1])),
+        "status": "ok",
+        "seconds": total,
+        "voxels_per_s": image[..., 0].size / total,
+        "forward_calls": calls,
+        "overhead_ratio": statistics.median(t / (calls * f) for t, f in zip(totals, forwards)),
+      }
+    )
   return rows

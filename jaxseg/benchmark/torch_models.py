@@ -19,8 +19,7 @@ def _norm(kind: str, ndim: int, channels: int, groups: int) -> nn.Module:
   if kind == "batch":
     return (nn.BatchNorm2d if ndim == 2 else nn.BatchNorm3d)(channels)
   if kind == "instance":
-    return (nn.InstanceNorm2d if ndim == 2 else nn.InstanceNorm3d)(
-        channels, affine=True)
+    return (nn.InstanceNorm2d if ndim == 2 else nn.InstanceNorm3d)(channels, affine=True)
   if kind == "group":
     return nn.GroupNorm(groups, channels)
   if kind == "layer":
@@ -29,29 +28,26 @@ def _norm(kind: str, ndim: int, channels: int, groups: int) -> nn.Module:
 
 
 def _act(kind: str) -> nn.Module:
-  return {"relu": nn.ReLU(), "leaky_relu": nn.LeakyReLU(0.01),
-          "gelu": nn.GELU(), "silu": nn.SiLU()}[kind]
+  return {"relu": nn.ReLU(), "leaky_relu": nn.LeakyReLU(0.01), "gelu": nn.GELU(), "silu": nn.SiLU()}[kind]
 
 
 class Block(nn.Sequential):
-
   def __init__(self, cin, cout, m, ndim, stride=1):
     conv = nn.Conv2d if ndim == 2 else nn.Conv3d
     layers = []
     for i in range(2):
-      layers += [conv(cin if i == 0 else cout, cout, 3,
-                      stride=stride if i == 0 else 1, padding=1,
-                      bias=m["norm"] == "none"),
-                 _norm(m["norm"], ndim, cout, m["norm_groups"]),
-                 _act(m["activation"])]
+      layers += [
+        conv(cin if i == 0 else cout, cout, 3, stride=stride if i == 0 else 1, padding=1, bias=m["norm"] == "none"),
+        _norm(m["norm"], ndim, cout, m["norm_groups"]),
+        _act(m["activation"]),
+      ]
     super().__init__(*layers)
 
 
 class UNet(nn.Module):
   """`[B, C, *S] -> list of logits`, full resolution first."""
 
-  def __init__(self, m: dict, ndim: int, in_channels: int = 1,
-               strided: bool = False):
+  def __init__(self, m: dict, ndim: int, in_channels: int = 1, strided: bool = False):
     super().__init__()
     self.ndim, self.strided, self.m = ndim, strided, m
     width = lambda level: min(m["features"] * 2**level, m["max_features"])
@@ -59,13 +55,11 @@ class UNet(nn.Module):
     self.down = nn.ModuleList()
     cin = in_channels
     for level in range(depth + 1):
-      self.down.append(Block(cin, width(level), m, ndim,
-                             2 if strided and level else 1))
+      self.down.append(Block(cin, width(level), m, ndim, 2 if strided and level else 1))
       cin = width(level)
     up = nn.ConvTranspose2d if ndim == 2 else nn.ConvTranspose3d
     conv = nn.Conv2d if ndim == 2 else nn.Conv3d
-    self.upconv, self.up, self.heads = (nn.ModuleList(), nn.ModuleList(),
-                                        nn.ModuleDict())
+    self.upconv, self.up, self.heads = (nn.ModuleList(), nn.ModuleList(), nn.ModuleDict())
     for level in reversed(range(depth)):
       self.upconv.append(up(cin, width(level), 2, stride=2))
       self.up.append(Block(2 * width(level), width(level), m, ndim))
@@ -103,8 +97,7 @@ def dice_ce(logits, labels):
   return ce + 1 - dice[1:].mean()
 
 
-def make_step(model, weights, lr=1e-3, weight_decay=1e-4, clip=12.0,
-              dtype=None):
+def make_step(model, weights, lr=1e-3, weight_decay=1e-4, clip=12.0, dtype=None):
   """`step(images, labels) -> loss`: forward, loss, backward, clip, AdamW."""
   opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
   device_type = next(model.parameters()).device.type
@@ -116,8 +109,7 @@ def make_step(model, weights, lr=1e-3, weight_decay=1e-4, clip=12.0,
       loss = 0.0
       for level, (w, out) in enumerate(zip(weights, outputs)):
         if w:
-          sub = labels[(slice(None),) + (slice(None, None, 2**level),) *
-                       (labels.ndim - 1)]
+          sub = labels[(slice(None),) + (slice(None, None, 2**level),) * (labels.ndim - 1)]
           loss = loss + w * dice_ce(out, sub)
     loss.backward()
     nn.utils.clip_grad_norm_(model.parameters(), clip)

@@ -29,8 +29,7 @@ from jaxseg.benchmark.cases import Case
 
 def is_out_of_memory(error: BaseException) -> bool:
   text = f"{type(error).__name__} {error}".lower()
-  return any(s in text for s in ("resource_exhausted", "out of memory",
-                                 "outofmemory", "oom"))
+  return any(s in text for s in ("resource_exhausted", "out of memory", "outofmemory", "oom"))
 
 
 def model_config(case: Case, dtype: str):
@@ -43,15 +42,16 @@ def model_config(case: Case, dtype: str):
 
 def _batch(case: Case, seed: int = 0) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(seed)
-  return {"image": rng.normal(size=(case.batch, *case.patch, 1)).astype(np.float32),
-          "label": rng.integers(0, case.num_classes, (case.batch, *case.patch)).astype(np.int32)}
+  return {
+    "image": rng.normal(size=(case.batch, *case.patch, 1)).astype(np.float32),
+    "label": rng.integers(0, case.num_classes, (case.batch, *case.patch)).astype(np.int32),
+  }
 
 
 def _memory(compiled) -> int | None:
   try:
     m = compiled.memory_analysis()
-    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-               - m.alias_size_in_bytes)
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
   except Exception:  # pylint: disable=broad-except
     return None
 
@@ -84,7 +84,8 @@ class JaxStep:
     self.step = compiled
     variables = {"params": self.state.params, "batch_stats": self.state.batch_stats}
     self.flops = flops_lib.TRAIN_STEP_FACTOR * flops_lib.forward_flops(
-        lambda v, x: model.apply(v, x, train=False), variables, self.batch["image"])
+      lambda v, x: model.apply(v, x, train=False), variables, self.batch["image"]
+    )
 
   def run(self, count: int) -> float:
     """Median seconds per step over `count` steps."""
@@ -103,6 +104,7 @@ class TorchStep:
   def __init__(self, case: Case, dtype: str):
     import torch  # pylint: disable=g-import-not-at-top
     from jaxseg.benchmark import torch_models  # pylint: disable=g-import-not-at-top
+
     self.torch = torch
     m = dict(models.default_model_config())
     m.update(case.model_overrides)
@@ -113,12 +115,11 @@ class TorchStep:
     self.images = torch.from_numpy(np.moveaxis(batch["image"], -1, 1).copy()).to(self.device)
     self.labels = torch.from_numpy(batch["label"]).long().to(self.device)
     weights = models.deep_supervision_weights(m["depth"]) if m["deep_supervision"] else [1.0]
-    self.step = torch_models.make_step(model, weights,
-                                       dtype=torch.bfloat16 if dtype == "bfloat16" else None)
+    self.step = torch_models.make_step(model, weights, dtype=torch.bfloat16 if dtype == "bfloat16" else None)
     if self.device.type == "cuda":
       torch.cuda.reset_peak_memory_stats()
     self.step(self.images, self.labels)  # Warm-up (cuDNN autotuning, allocator).
-    self.memory_bytes = (int(torch.cuda.max_memory_allocated()) if self.device.type == "cuda" else None)
+    self.memory_bytes = int(torch.cuda.max_memory_allocated()) if self.device.type == "cuda" else None
 
   def run(self, count: int) -> float:
     times = []
@@ -140,11 +141,15 @@ def _torch_unavailable(case: Case) -> str | None:
   return None
 
 
-def run_case(case: Case, dtype: str, *, steps_per_repeat: int, repeats: int, with_torch: bool
-             ) -> list[dict[str, Any]]:
+def run_case(case: Case, dtype: str, *, steps_per_repeat: int, repeats: int, with_torch: bool) -> list[dict[str, Any]]:
   """The jaxseg row and the PyTorch row of one case in one dtype."""
-  base = {"section": "train", "case": case.name, "dtype": dtype, "batch": case.batch,
-          "patch": "x".join(map(str, case.patch))}
+  base = {
+    "section": "train",
+    "case": case.name,
+    "dtype": dtype,
+    "batch": case.batch,
+    "patch": "x".join(map(str, case.patch)),
+  }
   rows = {"jaxseg": dict(base, framework="jaxseg")}
   runners = {}
   try:
@@ -180,11 +185,17 @@ def run_case(case: Case, dtype: str, *, steps_per_repeat: int, repeats: int, wit
   for name, runner in runners.items():
     step_s = statistics.median(times[name])
     row = rows[name]
-    row.update(status="ok", step_ms=1e3 * step_s, voxels_per_s=case.voxels / step_s,
-               images_per_s=case.batch / step_s, memory_bytes=runner.memory_bytes)
+    row.update(
+      status="ok",
+      step_ms=1e3 * step_s,
+      voxels_per_s=case.voxels / step_s,
+      images_per_s=case.batch / step_s,
+      memory_bytes=runner.memory_bytes,
+    )
     if name == "jaxseg":
-      row.update(compile_s=runner.compile_s, gflop_per_step=runner.flops / 1e9,
-                 achieved_tflops=runner.flops / step_s / 1e12)
+      row.update(
+        compile_s=runner.compile_s, gflop_per_step=runner.flops / 1e9, achieved_tflops=runner.flops / step_s / 1e12
+      )
       peak = _device_peak_bytes()
       if peak:
         row["memory_bytes"] = peak

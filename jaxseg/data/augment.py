@@ -54,6 +54,7 @@ class Augmentation:
 
   Probabilities are per sample; ranges are (low, high) of a uniform draw.
   """
+
   ndim: int
   flip_axes: tuple[int, ...]
   flip_prob: float
@@ -93,11 +94,31 @@ class Augmentation:
   def none(cls, ndim: int) -> Augmentation:
     """No augmentation at all (every probability 0)."""
     unit = (1.0, 1.0)
-    return cls(ndim=ndim, flip_axes=(), flip_prob=0.0, rotate_prob=0.0, rotate_max_deg=0.0, scale_prob=0.0,
-               scale_range=unit, elastic_prob=0.0, elastic_alpha=(0.0, 0.0), elastic_sigma=unit, noise_prob=0.0,
-               noise_std=(0.0, 0.0), blur_prob=0.0, blur_sigma=unit, brightness_prob=0.0, brightness_range=unit,
-               contrast_prob=0.0, contrast_range=unit, lowres_prob=0.0, lowres_range=unit,
-               inverted_gamma_prob=0.0, gamma_prob=0.0, gamma_range=unit)
+    return cls(
+      ndim=ndim,
+      flip_axes=(),
+      flip_prob=0.0,
+      rotate_prob=0.0,
+      rotate_max_deg=0.0,
+      scale_prob=0.0,
+      scale_range=unit,
+      elastic_prob=0.0,
+      elastic_alpha=(0.0, 0.0),
+      elastic_sigma=unit,
+      noise_prob=0.0,
+      noise_std=(0.0, 0.0),
+      blur_prob=0.0,
+      blur_sigma=unit,
+      brightness_prob=0.0,
+      brightness_range=unit,
+      contrast_prob=0.0,
+      contrast_range=unit,
+      lowres_prob=0.0,
+      lowres_range=unit,
+      inverted_gamma_prob=0.0,
+      gamma_prob=0.0,
+      gamma_range=unit,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +131,7 @@ class SpatialTransform:
     elastic: float32 `[ndim, *patch]` displacement (voxels) added to the patch
       grid before zoom and rotation, zero at the patch centre; or None.
   """
+
   angles: tuple[float, ...]
   scale: float = 1.0
   elastic: np.ndarray | None = None
@@ -129,13 +151,15 @@ def sample_spatial(rng: np.random.Generator, aug: Augmentation, patch_size: Sequ
   scale = float(rng.uniform(*aug.scale_range)) if rng.uniform() < aug.scale_prob else 1.0
   elastic = None
   if rng.uniform() < aug.elastic_prob:
-    elastic = elastic_displacement(rng, patch_size, alpha=rng.uniform(*aug.elastic_alpha),
-                                   sigma=rng.uniform(*aug.elastic_sigma))
+    elastic = elastic_displacement(
+      rng, patch_size, alpha=rng.uniform(*aug.elastic_alpha), sigma=rng.uniform(*aug.elastic_sigma)
+    )
   return SpatialTransform(angles, scale, elastic)
 
 
-def elastic_displacement(rng: np.random.Generator, patch_size: Sequence[int], *, alpha: float, sigma: float
-                         ) -> np.ndarray:
+def elastic_displacement(
+  rng: np.random.Generator, patch_size: Sequence[int], *, alpha: float, sigma: float
+) -> np.ndarray:
   """Smooth random displacement `[ndim, *patch]` in voxels (batchgenerators' elastic field).
 
   Per axis: uniform(-1, 1) noise, Gaussian-filtered with `sigma` voxels and
@@ -255,8 +279,7 @@ def resize(array: np.ndarray, shape: Sequence[int], *, order: int) -> np.ndarray
   return out
 
 
-def gamma(image: np.ndarray, rng: np.random.Generator, gamma_range: tuple[float, float], *, invert: bool
-          ) -> np.ndarray:
+def gamma(image: np.ndarray, rng: np.random.Generator, gamma_range: tuple[float, float], *, invert: bool) -> np.ndarray:
   """Per channel: x -> ((x - min) / range) ** gamma * range + min, then its mean and std restored.
 
   With `invert`, applied to -x and negated back (brightens dark regions).
@@ -275,8 +298,9 @@ def gamma(image: np.ndarray, rng: np.random.Generator, gamma_range: tuple[float,
   return out
 
 
-def mirror(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, axes: Sequence[int], prob: float
-           ) -> tuple[np.ndarray, np.ndarray]:
+def mirror(
+  image: np.ndarray, label: np.ndarray, rng: np.random.Generator, axes: Sequence[int], prob: float
+) -> tuple[np.ndarray, np.ndarray]:
   """Mirrors each of the spatial `axes` of image `[*patch, C]` and label `[*patch]` with probability `prob`."""
   for axis in axes:
     if rng.uniform() < prob:

@@ -78,6 +78,7 @@ class Shift:
     intensity_scaled: whether a non-CT channel's parameter is multiplied by its reference intensity.
     modalities: channel kinds the shift is meant for ('ct', 'mr'); others still run it.
   """
+
   name: str
   parameter: str
   unit_ct: str
@@ -104,21 +105,58 @@ class Shift:
     return levels[level]
 
 
-SHIFTS: dict[str, Shift] = {s.name: s for s in (
-    Shift("noise", "Gaussian noise std", "HU", "x reference intensity",
-          (0.0, 20.0, 40.0, 80.0, 160.0), (0.0, 0.025, 0.05, 0.1, 0.2), intensity_scaled=True),
+SHIFTS: dict[str, Shift] = {
+  s.name: s
+  for s in (
+    Shift(
+      "noise",
+      "Gaussian noise std",
+      "HU",
+      "x reference intensity",
+      (0.0, 20.0, 40.0, 80.0, 160.0),
+      (0.0, 0.025, 0.05, 0.1, 0.2),
+      intensity_scaled=True,
+    ),
     Shift("blur", "Gaussian blur std", "mm", "mm", (0.0, 1.5, 3.0, 4.5, 6.0), (0.0, 1.5, 3.0, 4.5, 6.0)),
-    Shift("contrast", "contrast factor", "about 0 HU", "about the channel mean",
-          (1.0, 0.8, 0.6, 0.4, 0.2), (1.0, 0.8, 0.6, 0.4, 0.2)),
-    Shift("intensity_shift", "intensity offset", "HU", "x reference intensity",
-          (0.0, 25.0, 50.0, 100.0, 200.0), (0.0, 0.05, 0.1, 0.2, 0.4), intensity_scaled=True),
-    Shift("low_resolution", "in-plane downsampling factor", "", "", (1.0, 1.5, 2.0, 3.0, 4.0),
-          (1.0, 1.5, 2.0, 3.0, 4.0)),
-    Shift("ghosting", "ghost intensity a", f"{GHOSTS} copies along Y", f"{GHOSTS} copies along Y",
-          (0.0, 0.025, 0.05, 0.1, 0.2), (0.0, 0.2, 0.4, 0.6, 0.8)),
-    Shift("bias_field", "bias field log-amplitude alpha", "", "", (0.0, 0.15, 0.3, 0.5, 0.8),
-          (0.0, 0.15, 0.3, 0.5, 0.8), modalities=("mr",)),
-)}
+    Shift(
+      "contrast",
+      "contrast factor",
+      "about 0 HU",
+      "about the channel mean",
+      (1.0, 0.8, 0.6, 0.4, 0.2),
+      (1.0, 0.8, 0.6, 0.4, 0.2),
+    ),
+    Shift(
+      "intensity_shift",
+      "intensity offset",
+      "HU",
+      "x reference intensity",
+      (0.0, 25.0, 50.0, 100.0, 200.0),
+      (0.0, 0.05, 0.1, 0.2, 0.4),
+      intensity_scaled=True,
+    ),
+    Shift(
+      "low_resolution", "in-plane downsampling factor", "", "", (1.0, 1.5, 2.0, 3.0, 4.0), (1.0, 1.5, 2.0, 3.0, 4.0)
+    ),
+    Shift(
+      "ghosting",
+      "ghost intensity a",
+      f"{GHOSTS} copies along Y",
+      f"{GHOSTS} copies along Y",
+      (0.0, 0.025, 0.05, 0.1, 0.2),
+      (0.0, 0.2, 0.4, 0.6, 0.8),
+    ),
+    Shift(
+      "bias_field",
+      "bias field log-amplitude alpha",
+      "",
+      "",
+      (0.0, 0.15, 0.3, 0.5, 0.8),
+      (0.0, 0.15, 0.3, 0.5, 0.8),
+      modalities=("mr",),
+    ),
+  )
+}
 
 
 def is_ct(channel_name: str) -> bool:
@@ -181,8 +219,9 @@ def ghosting(channel: np.ndarray, intensity: float, axis: int = 1, ghosts: int =
   return np.fft.ifft(spectrum, axis=axis).real
 
 
-def bias_field(shape: Sequence[int], spacing: Sequence[float], rng: np.random.Generator,
-               degree: int = BIAS_DEGREE) -> np.ndarray:
+def bias_field(
+  shape: Sequence[int], spacing: Sequence[float], rng: np.random.Generator, degree: int = BIAS_DEGREE
+) -> np.ndarray:
   """b(x) of the module doc on a grid `shape` (X, Y, Z) of `spacing` mm: a smooth field with max |b| = 1
   (all zeros when the grid has one voxel)."""
   extents = [(n - 1) * float(s) / 2 for n, s in zip(shape, spacing)]
@@ -206,8 +245,16 @@ def apply_bias_field(channel: np.ndarray, alpha: float, field: np.ndarray) -> np
   return channel * np.exp(alpha * field)
 
 
-def corrupt(image: np.ndarray, spacing: Sequence[float], shift: str, level: int, *,
-            channel_names: Sequence[str], seed: int = 0, phase_axis: int = 1) -> np.ndarray:
+def corrupt(
+  image: np.ndarray,
+  spacing: Sequence[float],
+  shift: str,
+  level: int,
+  *,
+  channel_names: Sequence[str],
+  seed: int = 0,
+  phase_axis: int = 1,
+) -> np.ndarray:
   """`image` `[X, Y, Z, C]` (original units) under `shift` at severity `level`, same shape and dtype.
 
   Args:
@@ -228,8 +275,10 @@ def corrupt(image: np.ndarray, spacing: Sequence[float], shift: str, level: int,
   spec = SHIFTS[shift]
   image = np.asarray(image)
   if image.ndim != 4 or image.shape[3] != len(channel_names) or len(spacing) != 3:
-    raise ValueError(f"expected an image [X, Y, Z, C] with C = {len(channel_names)} channel names and 3 "
-                     f"spacings, got shape {image.shape} and spacing {tuple(spacing)}")
+    raise ValueError(
+      f"expected an image [X, Y, Z, C] with C = {len(channel_names)} channel names and 3 "
+      f"spacings, got shape {image.shape} and spacing {tuple(spacing)}"
+    )
   spec.value(level, True)  # Checks the level.
   if level == 0:
     return image.copy()
@@ -263,5 +312,7 @@ def parameters(shift: str, channel_names: Sequence[str]) -> list[dict]:
   """The severity table of `shift` as it applies to these channels: one {level, channel: value} per level
   (for intensity-scaled shifts on non-CT channels, the fraction of the reference intensity)."""
   spec = SHIFTS[shift]
-  return [{"level": level, **{name: spec.value(level, is_ct(name)) for name in channel_names}}
-          for level in range(spec.num_levels)]
+  return [
+    {"level": level, **{name: spec.value(level, is_ct(name)) for name in channel_names}}
+    for level in range(spec.num_levels)
+  ]

@@ -42,9 +42,25 @@ from jaxseg.data.augment import Augmentation
 
 # fold_in tags: the augmentation stream of `config.seed`, and one sub-stream per transform.
 AUGMENT_STREAM = 0x61756731
-_STREAMS = {name: i for i, name in enumerate((
-    "rotate", "scale", "elastic", "noise", "blur", "brightness", "contrast", "lowres", "inverted_gamma", "gamma",
-    "mirror", "sample"))}
+_STREAMS = {
+  name: i
+  for i, name in enumerate(
+    (
+      "rotate",
+      "scale",
+      "elastic",
+      "noise",
+      "blur",
+      "brightness",
+      "contrast",
+      "lowres",
+      "inverted_gamma",
+      "gamma",
+      "mirror",
+      "sample",
+    )
+  )
+}
 # scipy.ndimage.gaussian_filter's default truncation (radius = int(truncate * sigma + 0.5)).
 TRUNCATE = 4.0
 # Padding scipy's spline zoom adds before its prefilter (`_prepad_for_spline_filter`).
@@ -70,6 +86,7 @@ def _stream(key: jax.Array, name: str) -> jax.Array:
 
 # ----------------------------------------------------------------------------------------------------------
 # Random parameters (one example).
+
 
 def _uniform(key, low, high, shape=()):
   return jax.random.uniform(key, shape, jnp.float32, low, high) if low != high else jnp.full(shape, low, jnp.float32)
@@ -141,6 +158,7 @@ def sample_params(key: jax.Array, aug: Augmentation, num_channels: int) -> dict[
 # ----------------------------------------------------------------------------------------------------------
 # Spatial transforms.
 
+
 def rotation_matrix(angles: jax.Array) -> jax.Array:
   """`[ndim, ndim]` as `augment.rotation_matrix`: 2D by one angle; 3D about axis 0, then 1, then 2."""
   if angles.shape[0] == 1:
@@ -204,8 +222,9 @@ def elastic_field(noise: jax.Array, alpha: jax.Array, sigma: jax.Array, radius: 
   return fields - fields[(slice(None), *centre)][(slice(None), *([None] * len(patch)))]
 
 
-def coordinate_map(center: jax.Array, patch_size: Sequence[int], angles: jax.Array, scale: jax.Array,
-                   elastic: jax.Array | None = None) -> jax.Array:
+def coordinate_map(
+  center: jax.Array, patch_size: Sequence[int], angles: jax.Array, scale: jax.Array, elastic: jax.Array | None = None
+) -> jax.Array:
   """`augment.source_coordinates`: `[ndim, *patch]` source voxel of each patch voxel (float32)."""
   grid = jnp.stack(jnp.meshgrid(*[jnp.arange(n, dtype=jnp.float32) - n // 2 for n in patch_size], indexing="ij"))
   if elastic is not None:
@@ -222,8 +241,14 @@ def _inside(coords: jax.Array, shape: jax.Array, bounds: tuple[jax.Array, jax.Ar
   return jnp.all((coords >= expand(low) - _INSIDE_EPS) & (coords <= expand(high) + _INSIDE_EPS), axis=0)
 
 
-def interpolate_linear(volume: jax.Array, lead: tuple, coords: jax.Array, shape: jax.Array, cval: jax.Array,
-                       bounds: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+def interpolate_linear(
+  volume: jax.Array,
+  lead: tuple,
+  coords: jax.Array,
+  shape: jax.Array,
+  cval: jax.Array,
+  bounds: tuple[jax.Array, jax.Array] | None = None,
+) -> jax.Array:
   """Multilinear samples `[*patch, C]` of `volume[*lead]` `[*spatial, C]` at `coords` `[ndim, *patch]`.
 
   scipy's `map_coordinates(order=1, mode="constant")` per channel (what
@@ -248,8 +273,14 @@ def interpolate_linear(volume: jax.Array, lead: tuple, coords: jax.Array, shape:
   return jnp.where(_inside(coords, shape, bounds)[..., None], out, cval.astype(jnp.float32))
 
 
-def interpolate_nearest(volume: jax.Array, lead: tuple, coords: jax.Array, shape: jax.Array, cval=0,
-                        bounds: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+def interpolate_nearest(
+  volume: jax.Array,
+  lead: tuple,
+  coords: jax.Array,
+  shape: jax.Array,
+  cval=0,
+  bounds: tuple[jax.Array, jax.Array] | None = None,
+) -> jax.Array:
   """scipy's `map_coordinates(order=0, mode="constant")`: the voxel floor(c + 0.5), `cval` outside."""
   ndim = coords.shape[0]
   limit = (shape - 1).reshape(-1, *([1] * ndim))
@@ -260,6 +291,7 @@ def interpolate_nearest(volume: jax.Array, lead: tuple, coords: jax.Array, shape
 
 # ----------------------------------------------------------------------------------------------------------
 # Intensity transforms (one example, `[*patch, C]`).
+
 
 def gaussian_noise(image: jax.Array, std: jax.Array, key: jax.Array) -> jax.Array:
   return image + std * jax.random.normal(key, image.shape, jnp.float32)
@@ -295,15 +327,15 @@ def lowres_operator(n: int, zoom: jax.Array, order: int) -> jax.Array:
   # Nearest-neighbour downsampling (grid mode, edge mode): small[j] = x[floor((j + 0.5) n / m - 0.5 + 0.5)]
   # (at an exact tie scipy's float64 product may land on either side; float32 here may differ there).
   source = jnp.clip(jnp.floor((j + 0.5) * (n / mf)), 0, n - 1).astype(jnp.int32)
-  down = ((j[None, :] == source[:, None]) & (j[:, None] < m)).astype(jnp.float32)   # [small slot, n]
-  up_coords = (jnp.arange(n, dtype=jnp.float32) + 0.5) * (mf / n) - 0.5            # in small voxels
+  down = ((j[None, :] == source[:, None]) & (j[:, None] < m)).astype(jnp.float32)  # [small slot, n]
+  up_coords = (jnp.arange(n, dtype=jnp.float32) + 0.5) * (mf / n) - 0.5  # in small voxels
   if order == 1:
     c = jnp.clip(up_coords, 0.0, mf - 1)
     low = jnp.floor(c)
     frac = c - low
     low = low.astype(jnp.int32)
     high = jnp.minimum(low + 1, m - 1)
-    up = ((j[None, :] == low[:, None]) * (1 - frac)[:, None] + (j[None, :] == high[:, None]) * frac[:, None])
+    up = (j[None, :] == low[:, None]) * (1 - frac)[:, None] + (j[None, :] == high[:, None]) * frac[:, None]
     return up @ down
   size = n + 2 * _SPLINE_PAD
   p = jnp.arange(size)
@@ -318,14 +350,14 @@ def lowres_operator(n: int, zoom: jax.Array, order: int) -> jax.Array:
   system = system.at[0, 1].set(2.0 / 6.0)
   last = length - 1
   system = system.at[last, last - 1].set(2.0 / 6.0)
-  coefficients = jnp.linalg.solve(system, extend @ down)                             # [size, n]
+  coefficients = jnp.linalg.solve(system, extend @ down)  # [size, n]
   t = up_coords + _SPLINE_PAD
   base = jnp.floor(t).astype(jnp.int32)
   weights = 0.0
   for offset in (-1, 0, 1, 2):
     k = base + offset
     d = jnp.abs(t - k)
-    beta = jnp.where(d < 1, 2.0 / 3.0 - d ** 2 + d ** 3 / 2, jnp.where(d < 2, (2 - d) ** 3 / 6, 0.0))
+    beta = jnp.where(d < 1, 2.0 / 3.0 - d**2 + d**3 / 2, jnp.where(d < 2, (2 - d) ** 3 / 6, 0.0))
     weights = weights + (p[None, :] == k[:, None]) * beta[:, None]
   return weights @ coefficients
 
@@ -371,8 +403,9 @@ def mirror(image: jax.Array, label: jax.Array, flags: jax.Array, axes: Sequence[
 Sampler = Callable[[jax.Array], tuple[jax.Array, jax.Array]]  # coords [ndim, *patch] -> (image, label)
 
 
-def spatial_coordinates(params: dict[str, jax.Array], aug: Augmentation, center: jax.Array,
-                        patch_size: Sequence[int]) -> jax.Array:
+def spatial_coordinates(
+  params: dict[str, jax.Array], aug: Augmentation, center: jax.Array, patch_size: Sequence[int]
+) -> jax.Array:
   """The one coordinate map of an example (rotation, zoom and elastic deformation where they happen)."""
   angles = jnp.where(params["rotate"], params["angles"], 0.0)
   scale = jnp.where(params["scale_on"], params["scale"], 1.0)
@@ -386,26 +419,31 @@ def spatial_coordinates(params: dict[str, jax.Array], aug: Augmentation, center:
 
 def intensity(image: jax.Array, params: dict[str, jax.Array], aug: Augmentation) -> jax.Array:
   """`augment.intensity` with drawn parameters; transforms of probability 0 are not even traced."""
+
   def maybe(prob, flag, fn):
     nonlocal image
     if prob > 0:
       image = jnp.where(flag, fn(image), image)
 
   maybe(aug.noise_prob, params["noise_on"], lambda x: gaussian_noise(x, params["noise_std"], params["noise_key"]))
-  maybe(aug.blur_prob, params["blur_on"],
-        lambda x: gaussian_blur(x, params["blur_sigma"], params["blur_channels"], kernel_radius(aug.blur_sigma[1])))
+  maybe(
+    aug.blur_prob,
+    params["blur_on"],
+    lambda x: gaussian_blur(x, params["blur_sigma"], params["blur_channels"], kernel_radius(aug.blur_sigma[1])),
+  )
   maybe(aug.brightness_prob, params["brightness_on"], lambda x: brightness(x, params["brightness"]))
   maybe(aug.contrast_prob, params["contrast_on"], lambda x: contrast(x, params["contrast"]))
-  maybe(aug.lowres_prob, params["lowres_on"],
-        lambda x: low_resolution(x, params["lowres_zoom"], params["lowres_channels"]))
-  maybe(aug.inverted_gamma_prob, params["inverted_gamma_on"],
-        lambda x: gamma(x, params["inverted_gamma"], invert=True))
+  maybe(
+    aug.lowres_prob, params["lowres_on"], lambda x: low_resolution(x, params["lowres_zoom"], params["lowres_channels"])
+  )
+  maybe(aug.inverted_gamma_prob, params["inverted_gamma_on"], lambda x: gamma(x, params["inverted_gamma"], invert=True))
   maybe(aug.gamma_prob, params["gamma_on"], lambda x: gamma(x, params["gamma"], invert=False))
   return image
 
 
-def transform_example(key: jax.Array, aug: Augmentation, patch_size: Sequence[int], center: jax.Array,
-                      sampler: Sampler, num_channels: int) -> tuple[jax.Array, jax.Array]:
+def transform_example(
+  key: jax.Array, aug: Augmentation, patch_size: Sequence[int], center: jax.Array, sampler: Sampler, num_channels: int
+) -> tuple[jax.Array, jax.Array]:
   """One augmented example: image `[*patch, C]` float32, label `[*patch]` int32.
 
   `sampler(coords)` resamples the source (image linear, label nearest) at a
@@ -418,8 +456,14 @@ def transform_example(key: jax.Array, aug: Augmentation, patch_size: Sequence[in
   return image, label.astype(jnp.int32)
 
 
-def augment_batch(seed_key: jax.Array, step: jax.Array, batch: dict[str, jax.Array], aug: Augmentation,
-                  patch_size: Sequence[int], offset: int | jax.Array = 0) -> dict[str, jax.Array]:
+def augment_batch(
+  seed_key: jax.Array,
+  step: jax.Array,
+  batch: dict[str, jax.Array],
+  aug: Augmentation,
+  patch_size: Sequence[int],
+  offset: int | jax.Array = 0,
+) -> dict[str, jax.Array]:
   """Augments host crops (`crop_size` around each sample's centre) into training patches.
 
   Args:
@@ -445,8 +489,11 @@ def augment_batch(seed_key: jax.Array, step: jax.Array, batch: dict[str, jax.Arr
 
   def one(key, image, label, pad, low, high):
     def sampler(coords):
-      return (interpolate_linear(image, (), coords, shape, pad, (low, high)),
-              interpolate_nearest(label, (), coords, shape, 0, (low, high)))
+      return (
+        interpolate_linear(image, (), coords, shape, pad, (low, high)),
+        interpolate_nearest(label, (), coords, shape, 0, (low, high)),
+      )
+
     return transform_example(key, aug, patch_size, center, sampler, channels)
 
   out_image, out_label = jax.vmap(one)(example_keys(seed_key, step, num, offset), images, labels, pads, low, high)
@@ -455,6 +502,7 @@ def augment_batch(seed_key: jax.Array, step: jax.Array, batch: dict[str, jax.Arr
 
 # ----------------------------------------------------------------------------------------------------------
 # The host crop that holds every source voxel of a rotated / zoomed patch.
+
 
 def _unit_field_std(sigma: float, ndim: int) -> float:
   """Std of uniform(-1, 1) noise after a Gaussian filter of `sigma` voxels (continuous approximation)."""

@@ -51,6 +51,7 @@ class Layout:
     classes: foreground class values, in the order of the `[N, K]` tables.
     patch_size: `config.data.patch_size`.
   """
+
   num_cases: int
   classes: tuple[int, ...]
   patch_size: tuple[int, ...]
@@ -92,18 +93,22 @@ def cache_arrays(cases: Sequence[sampling.Case]) -> dict[str, np.ndarray]:
   class_cases = np.zeros((k, n), np.int32)
   for j in range(k):
     members = np.nonzero(holding[:, j])[0]
-    class_cases[j, :len(members)] = members
+    class_cases[j, : len(members)] = members
   foreground = np.nonzero(holding.any(axis=1))[0]
   fg_cases = np.zeros(n, np.int32)
-  fg_cases[:len(foreground)] = foreground
+  fg_cases[: len(foreground)] = foreground
   return {
-      "image": image, "label": label,
-      "shape": np.asarray([case.image.shape[:3] for case in cases], np.int32),
-      "pad_value": np.stack([case.pad_value for case in cases]).astype(np.float32),
-      "locations": np.concatenate(locations + [np.zeros((1, 3), np.int32)]),
-      "loc_start": loc_start, "loc_count": loc_count,
-      "class_cases": class_cases, "class_case_count": holding.sum(axis=0).astype(np.int32),
-      "fg_cases": fg_cases, "fg_count": np.int32(len(foreground)),
+    "image": image,
+    "label": label,
+    "shape": np.asarray([case.image.shape[:3] for case in cases], np.int32),
+    "pad_value": np.stack([case.pad_value for case in cases]).astype(np.float32),
+    "locations": np.concatenate(locations + [np.zeros((1, 3), np.int32)]),
+    "loc_start": loc_start,
+    "loc_count": loc_count,
+    "class_cases": class_cases,
+    "class_case_count": holding.sum(axis=0).astype(np.int32),
+    "fg_cases": fg_cases,
+    "fg_count": np.int32(len(foreground)),
   }
 
 
@@ -126,10 +131,11 @@ def check_fits(arrays: dict[str, np.ndarray], num_cases: int, device: jax.Device
   free, described = device_memory(device)
   if size > FIT_FRACTION * free:
     raise ConfigError(
-        f"config.data.device_cache: the training split ({num_cases} cases, {size / 2**30:.2f} GiB as "
-        f"{tuple(arrays['image'].shape)} float32 + labels) does not fit in device memory ({described}; the cache "
-        f"may take {FIT_FRACTION:.0%}); set config.data.device_cache=False to sample patches on the host "
-        "(device_augment still augments on the device)")
+      f"config.data.device_cache: the training split ({num_cases} cases, {size / 2**30:.2f} GiB as "
+      f"{tuple(arrays['image'].shape)} float32 + labels) does not fit in device memory ({described}; the cache "
+      f"may take {FIT_FRACTION:.0%}); set config.data.device_cache=False to sample patches on the host "
+      "(device_augment still augments on the device)"
+    )
 
 
 def build(source, mesh: jax.sharding.Mesh, patch_size: Sequence[int]) -> tuple[dict[str, jax.Array], Layout]:
@@ -142,8 +148,10 @@ def build(source, mesh: jax.sharding.Mesh, patch_size: Sequence[int]) -> tuple[d
   arrays = cache_arrays(cases)
   check_fits(arrays, len(cases), mesh.devices.flat[0])
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  cache = {k: jax.make_array_from_callback(np.shape(v), replicated, lambda index, v=v: np.asarray(v)[index])
-           for k, v in arrays.items()}
+  cache = {
+    k: jax.make_array_from_callback(np.shape(v), replicated, lambda index, v=v: np.asarray(v)[index])
+    for k, v in arrays.items()
+  }
   classes = tuple(sorted({value for case in cases for value in case.locations}))
   return cache, Layout(len(cases), classes, tuple(int(p) for p in patch_size))
 
@@ -153,8 +161,9 @@ def _randint(key: jax.Array, count: jax.Array) -> jax.Array:
   return jnp.minimum(jnp.floor(jax.random.uniform(key) * count).astype(jnp.int32), jnp.maximum(count - 1, 0))
 
 
-def choose_case(key: jax.Array, cache: dict[str, jax.Array], layout: Layout, force: jax.Array,
-                class_balanced: bool) -> tuple[jax.Array, jax.Array]:
+def choose_case(
+  key: jax.Array, cache: dict[str, jax.Array], layout: Layout, force: jax.Array, class_balanced: bool
+) -> tuple[jax.Array, jax.Array]:
   """(case index, class slot or -1) as `sampling.CaseIndex.choose`; `force` is a traced bool."""
   k_class, k_case = jax.random.split(key)
   any_case = _randint(k_case, layout.num_cases)
@@ -170,8 +179,14 @@ def choose_case(key: jax.Array, cache: dict[str, jax.Array], layout: Layout, for
   return jnp.where(forced, case, any_case), jnp.where(forced, slot, -1)
 
 
-def choose_center(key: jax.Array, cache: dict[str, jax.Array], case: jax.Array, slot: jax.Array,
-                  patch_size: Sequence[int], force: jax.Array) -> jax.Array:
+def choose_center(
+  key: jax.Array,
+  cache: dict[str, jax.Array],
+  case: jax.Array,
+  slot: jax.Array,
+  patch_size: Sequence[int],
+  force: jax.Array,
+) -> jax.Array:
   """The (z, y, x) centre voxel, float32, as `sampling.choose_center`; `force` is a traced bool."""
   k_class, k_voxel, k_uniform = jax.random.split(key, 3)
   shape = cache["shape"][case].astype(jnp.float32)
@@ -194,15 +209,22 @@ def choose_center(key: jax.Array, cache: dict[str, jax.Array], case: jax.Array, 
   return jnp.where(force & jnp.any(present), voxel, center)
 
 
-def sample_batch(cache: dict[str, jax.Array], step: jax.Array, *, seed: int, layout: Layout,
-                 aug: augment_lib.Augmentation, batch_size: int, foreground_fraction: float,
-                 class_balanced: bool) -> dict[str, jax.Array]:
+def sample_batch(
+  cache: dict[str, jax.Array],
+  step: jax.Array,
+  *,
+  seed: int,
+  layout: Layout,
+  aug: augment_lib.Augmentation,
+  batch_size: int,
+  foreground_fraction: float,
+  class_balanced: bool,
+) -> dict[str, jax.Array]:
   """The global batch of `step`: `image` `[B, *patch, C]` float32, `label` `[B, *patch]` int32."""
   patch = layout.patch_size
   ndim = len(patch)
   channels = cache["image"].shape[-1]
-  forced = np.array([sampling.is_forced_foreground(i, batch_size, foreground_fraction)
-                     for i in range(batch_size)])
+  forced = np.array([sampling.is_forced_foreground(i, batch_size, foreground_fraction) for i in range(batch_size)])
   keys = da.example_keys(da.augment_key(seed), step, batch_size)
 
   def one(key, force):
@@ -214,26 +236,35 @@ def sample_batch(cache: dict[str, jax.Array], step: jax.Array, *, seed: int, lay
     lead = (case,) if ndim == 3 else (case, center[0].astype(jnp.int32))
 
     def sampler(coords):
-      return (da.interpolate_linear(cache["image"], lead, coords, shape[3 - ndim:], cache["pad_value"][case]),
-              da.interpolate_nearest(cache["label"], lead, coords, shape[3 - ndim:]))
+      return (
+        da.interpolate_linear(cache["image"], lead, coords, shape[3 - ndim :], cache["pad_value"][case]),
+        da.interpolate_nearest(cache["label"], lead, coords, shape[3 - ndim :]),
+      )
 
-    return da.transform_example(key, aug, patch, center[3 - ndim:], sampler, channels)
+    return da.transform_example(key, aug, patch, center[3 - ndim :], sampler, channels)
 
   image, label = jax.vmap(one)(keys, jnp.asarray(forced))
   return {"image": image, "label": label}
 
 
-def make_batch_fn(config: ml_collections.ConfigDict, layout: Layout, sharding: jax.sharding.Sharding | None = None
-                  ) -> Callable[[dict[str, jax.Array], jax.Array], dict[str, jax.Array]]:
+def make_batch_fn(
+  config: ml_collections.ConfigDict, layout: Layout, sharding: jax.sharding.Sharding | None = None
+) -> Callable[[dict[str, jax.Array], jax.Array], dict[str, jax.Array]]:
   """`batch_fn(cache, step) -> batch` for `steps.make_train_step`, the batch constrained to `sharding`."""
   data = config.data
   aug = augment_lib.Augmentation.from_config(data.augment, len(layout.patch_size))
 
   def batch_fn(cache, step):
-    batch = sample_batch(cache, step, seed=int(config.seed), layout=layout, aug=aug,
-                         batch_size=int(config.train.batch_size),
-                         foreground_fraction=float(data.foreground_fraction),
-                         class_balanced=bool(data.class_balanced))
+    batch = sample_batch(
+      cache,
+      step,
+      seed=int(config.seed),
+      layout=layout,
+      aug=aug,
+      batch_size=int(config.train.batch_size),
+      foreground_fraction=float(data.foreground_fraction),
+      class_balanced=bool(data.class_balanced),
+    )
     return jax.lax.with_sharding_constraint(batch, sharding) if sharding is not None else batch
 
   return batch_fn

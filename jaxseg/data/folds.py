@@ -50,16 +50,18 @@ def kfold(case_ids: Sequence[str], num_folds: int = NUM_FOLDS, seed: int = SEED)
   """
   ids = sorted(case_ids)
   if len(ids) < num_folds:
-    raise DataError(f"{num_folds}-fold cross-validation needs at least {num_folds} training and validation cases, "
-                    f"the dataset has {len(ids)}")
+    raise DataError(
+      f"{num_folds}-fold cross-validation needs at least {num_folds} training and validation cases, "
+      f"the dataset has {len(ids)}"
+    )
   order = np.arange(len(ids))
   np.random.RandomState(seed).shuffle(order)
   sizes = np.full(num_folds, len(ids) // num_folds)
-  sizes[:len(ids) % num_folds] += 1
+  sizes[: len(ids) % num_folds] += 1
   folds, start = [], 0
   for size in sizes:
     held = np.zeros(len(ids), bool)
-    held[order[start:start + size]] = True
+    held[order[start : start + size]] = True
     start += size
     folds.append({"train": [ids[i] for i in np.flatnonzero(~held)], "val": [ids[i] for i in np.flatnonzero(held)]})
   return folds
@@ -130,17 +132,21 @@ def subset_train(prepared, max_train_cases: int):
   if max_train_cases == 0:
     return prepared
   if max_train_cases < 0 or max_train_cases > len(train):
-    raise ConfigError(f"config.data.max_train_cases={max_train_cases} but the training split of dataset "
-                      f"{prepared.name!r} has {len(train)} cases; use 0 (all) or 1..{len(train)}")
+    raise ConfigError(
+      f"config.data.max_train_cases={max_train_cases} but the training split of dataset "
+      f"{prepared.name!r} has {len(train)} cases; use 0 (all) or 1..{len(train)}"
+    )
   kept = set(train_order(train)[:max_train_cases])
-  records = {split: [(split, i) for i in range(len(prepared.splits.get(split, [])))]
-             for split in ("validation", "test")}
+  records = {
+    split: [(split, i) for i in range(len(prepared.splits.get(split, [])))] for split in ("validation", "test")
+  }
   records["train"] = [("train", i) for i, case_id in enumerate(train) if case_id in kept]
   splits = {**prepared.splits, "train": [train[i] for _, i in records["train"]]}
   class_voxels = dict(prepared.class_voxels)
   class_voxels["train"] = [prepared.class_voxels["train"][i] for _, i in records["train"]]
-  return dataclasses.replace(prepared, builder=FoldBuilder(prepared.builder, records), splits=splits,
-                             class_voxels=class_voxels)
+  return dataclasses.replace(
+    prepared, builder=FoldBuilder(prepared.builder, records), splits=splits, class_voxels=class_voxels
+  )
 
 
 def select(prepared, fold: str, max_train_cases: int = 0):
@@ -160,28 +166,38 @@ def select(prepared, fold: str, max_train_cases: int = 0):
   if fold == "":
     return subset_train(prepared, max_train_cases)
   if fold not in FOLDS:
-    raise ConfigError(f"config.data.fold: {fold!r} is not a fold; use '' (the fixed split), 0..{NUM_FOLDS - 1} "
-                      "or 'all'")
+    raise ConfigError(
+      f"config.data.fold: {fold!r} is not a fold; use '' (the fixed split), 0..{NUM_FOLDS - 1} or 'all'"
+    )
   meta = prepared.builder.info.metadata
   folds = meta.get("folds") or dataset_folds(prepared.splits)
   if not folds:
-    raise DataError(f"config.data.fold={fold}: {NUM_FOLDS}-fold cross-validation needs at least {NUM_FOLDS} "
-                    f"training and validation cases, dataset {prepared.name!r} has "
-                    f"{len(prepared.splits.get('train', [])) + len(prepared.splits.get('validation', []))}")
-  where = {case_id: (split, i) for split in ("train", "validation") for i, case_id in
-           enumerate(prepared.splits.get(split, []))}
+    raise DataError(
+      f"config.data.fold={fold}: {NUM_FOLDS}-fold cross-validation needs at least {NUM_FOLDS} "
+      f"training and validation cases, dataset {prepared.name!r} has "
+      f"{len(prepared.splits.get('train', [])) + len(prepared.splits.get('validation', []))}"
+    )
+  where = {
+    case_id: (split, i) for split in ("train", "validation") for i, case_id in enumerate(prepared.splits.get(split, []))
+  }
   if fold == "all":
     wanted = {"train": sorted(where), "validation": list(prepared.splits.get("validation", []))}
   else:
     wanted = {"train": list(folds[int(fold)]["train"]), "validation": list(folds[int(fold)]["val"])}
   missing = [c for ids in wanted.values() for c in ids if c not in where]
   if missing:
-    raise DataError(f"{prepared.builder.data_dir}: the stored folds name cases {missing[:3]} that are not in its "
-                    "train or validation split; prepare the dataset again")
+    raise DataError(
+      f"{prepared.builder.data_dir}: the stored folds name cases {missing[:3]} that are not in its "
+      "train or validation split; prepare the dataset again"
+    )
   records = {name: [where[c] for c in ids] for name, ids in wanted.items()}
   test = prepared.splits.get("test", [])
   records["test"] = [("test", i) for i in range(len(test))]
   splits = {**wanted, "test": list(test)}
   class_voxels = {name: [prepared.class_voxels[s][i] for s, i in recs] for name, recs in records.items() if recs}
-  return subset_train(dataclasses.replace(prepared, builder=FoldBuilder(prepared.builder, records), splits=splits,
-                                          class_voxels=class_voxels), max_train_cases)
+  return subset_train(
+    dataclasses.replace(
+      prepared, builder=FoldBuilder(prepared.builder, records), splits=splits, class_voxels=class_voxels
+    ),
+    max_train_cases,
+  )

@@ -57,6 +57,7 @@ class PreparedDataset:
     ndim: 2 or 3, spatial dimensions of the raw images.
     class_voxels: split -> per record, label value (str) -> voxel count.
   """
+
   builder: tfds.core.DatasetBuilder
   name: str
   labels: dict[str, int]
@@ -71,10 +72,16 @@ class PreparedDataset:
     """Opens a prepared dataset directory (`<data_dir>/prepared/<builder>/<config>/<version>`)."""
     builder = tfds.builder_from_directory(str(prepared_dir))
     meta = builder.info.metadata
-    return cls(builder=builder, name=meta["name"], labels={k: int(v) for k, v in meta["labels"].items()},
-               channel_names=tuple(meta["channel_names"]), plan=preprocess.Plan.from_dict(meta["plan"]),
-               splits={k: list(v) for k, v in meta["splits"].items()}, ndim=int(meta["ndim"]),
-               class_voxels={k: list(v) for k, v in meta["class_voxels"].items()})
+    return cls(
+      builder=builder,
+      name=meta["name"],
+      labels={k: int(v) for k, v in meta["labels"].items()},
+      channel_names=tuple(meta["channel_names"]),
+      plan=preprocess.Plan.from_dict(meta["plan"]),
+      splits={k: list(v) for k, v in meta["splits"].items()},
+      ndim=int(meta["ndim"]),
+      class_voxels={k: list(v) for k, v in meta["class_voxels"].items()},
+    )
 
   @property
   def num_classes(self) -> int:
@@ -95,6 +102,7 @@ def raw_root(config: ml_collections.ConfigDict) -> pathlib.Path:
     where = location.data_dir(config)
     if not isinstance(where, pathlib.Path):  # A gs:// data_dir: raw NIfTI stay local, prepared data go there.
       from jaxseg import paths  # pylint: disable=g-import-not-at-top
+
       where = paths.local_cache_dir()
     return phantoms.ensure_phantom(config.data.name, where, num_cases=config.data.num_cases or None, seed=0)
   root = pathlib.Path(config.data.root).expanduser()
@@ -103,8 +111,9 @@ def raw_root(config: ml_collections.ConfigDict) -> pathlib.Path:
   return root
 
 
-def dataset_builder(config: ml_collections.ConfigDict, root: pathlib.Path
-                    ) -> tuple[segmentation.SegmentationBuilder, dict[str, Any]]:
+def dataset_builder(
+  config: ml_collections.ConfigDict, root: pathlib.Path
+) -> tuple[segmentation.SegmentationBuilder, dict[str, Any]]:
   """The builder of the configured dataset and the keyword arguments of its `download_and_prepare`."""
   prepared_dir = str(location.data_dir(config) / "prepared")
   workers = config.data.prepare_workers
@@ -125,6 +134,7 @@ def prepare(config: ml_collections.ConfigDict) -> PreparedDataset:
   root = raw_root(config) if jax.process_index() == 0 else None
   if jax.process_count() > 1:
     from jaxseg import parallel  # pylint: disable=g-import-not-at-top
+
     parallel.barrier("raw dataset ready")  # Coordination service: no 30 s gloo rendezvous limit.
     root = root or raw_root(config)
   builder, prepare_kwargs = dataset_builder(config, root)
@@ -139,13 +149,15 @@ def prepare(config: ml_collections.ConfigDict) -> PreparedDataset:
   if config.data.task:
     _check_same_task_copy(prepared, root, config.data.task, builder.prepared_dir)
   if models.spatial_dims(config.model.name) == 3 and prepared.ndim == 2:
-    raise ConfigError(f"config.model.name: {config.model.name!r} is a 3D model but dataset {prepared.name!r} "
-                      "is 2D; choose a 2D model")
+    raise ConfigError(
+      f"config.model.name: {config.model.name!r} is a 3D model but dataset {prepared.name!r} is 2D; choose a 2D model"
+    )
   return prepared
 
 
-def _check_same_task_copy(prepared: PreparedDataset, manual_dir: pathlib.Path, task: str,
-                          prepared_dir: pathlib.Path) -> None:
+def _check_same_task_copy(
+  prepared: PreparedDataset, manual_dir: pathlib.Path, task: str, prepared_dir: pathlib.Path
+) -> None:
   """Refuses a prepared task made from different raw files than those now in `manual_dir`."""
   try:
     raw_dataset = nifti.read_dataset(msd.task_root(manual_dir, task))
@@ -153,8 +165,10 @@ def _check_same_task_copy(prepared: PreparedDataset, manual_dir: pathlib.Path, t
     return  # The raw files are not needed once the task is prepared.
   recorded = prepared.builder.info.metadata["raw_signature"]
   if segmentation.raw_signature(raw_dataset, with_location=False) != recorded:
-    raise DataError(f"{prepared_dir}: prepared from other {task} files ({prepared.builder.info.metadata['raw_root']}) "
-                    f"than those in {raw_dataset.root}; delete {prepared_dir} to prepare them")
+    raise DataError(
+      f"{prepared_dir}: prepared from other {task} files ({prepared.builder.info.metadata['raw_root']}) "
+      f"than those in {raw_dataset.root}; delete {prepared_dir} to prepare them"
+    )
 
 
 class CaseSource:
@@ -181,8 +195,9 @@ class CaseSource:
         self._cache.move_to_end(index)
         return self._cache[index]
     record = self._source[index]
-    case = sampling.make_case(_text(record["case_id"]), record["image"], record["label"],
-                                record["spacing"], json.loads(_text(record["meta"])))
+    case = sampling.make_case(
+      _text(record["case_id"]), record["image"], record["label"], record["spacing"], json.loads(_text(record["meta"]))
+    )
     with self._lock:
       self._cache[index] = case
       while len(self._cache) > self._cache_size:
@@ -225,6 +240,7 @@ class TrainSampler:
       (`device_augment.crop_size`) each sample becomes
       (`sampling.training_crop`); None: augmented patches.
   """
+
   source: CaseSource
   seed: int
   global_batch: int
@@ -243,14 +259,17 @@ class TrainSampler:
     force = sampling.is_forced_foreground(position, self.global_batch, self.foreground_fraction)
     index, class_value = self.source.index.choose(rng, force_foreground=force, class_balanced=self.class_balanced)
     if self.crop_size is not None:
-      return sampling.training_crop(self.source[index], self.patch_size, self.crop_size, rng,
-                                      force_foreground=force, class_value=class_value)
-    return sampling.training_sample(self.source[index], self.patch_size, rng, force_foreground=force,
-                                      augment=self.augment, class_value=class_value)
+      return sampling.training_crop(
+        self.source[index], self.patch_size, self.crop_size, rng, force_foreground=force, class_value=class_value
+      )
+    return sampling.training_sample(
+      self.source[index], self.patch_size, rng, force_foreground=force, augment=self.augment, class_value=class_value
+    )
 
 
-def train_batches(config: ml_collections.ConfigDict, source: CaseSource, *, start_step: int,
-                  local_batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+def train_batches(
+  config: ml_collections.ConfigDict, source: CaseSource, *, start_step: int, local_batch_size: int
+) -> Iterator[dict[str, np.ndarray]]:
   """This process's slices of the global batches of steps start_step .. num_steps - 1.
 
   Yields `image` `[b, *patch, C]` float32 and `label` `[b, *patch]` int32 with
@@ -265,18 +284,27 @@ def train_batches(config: ml_collections.ConfigDict, source: CaseSource, *, star
   patch_size = tuple(int(p) for p in data.patch_size)
   augment = augment_lib.Augmentation.from_config(data.augment, len(patch_size))
   sampler = TrainSampler(
-      source=source, seed=int(config.seed), global_batch=int(config.train.batch_size),
-      local_batch=local_batch_size, offset=jax.process_index() * local_batch_size, patch_size=patch_size,
-      foreground_fraction=float(data.foreground_fraction), class_balanced=bool(data.class_balanced),
-      augment=augment, crop_size=device_augment.crop_size(augment, patch_size) if data.device_augment else None)
-  dataset = (grain.MapDataset.range(start_step * local_batch_size, config.train.num_steps * local_batch_size)
-             .map(sampler)
-             .batch(local_batch_size, drop_remainder=True))
-  batches = dataset.to_iter_dataset(grain.ReadOptions(num_threads=data.num_threads,
-                                                      prefetch_buffer_size=data.prefetch))
+    source=source,
+    seed=int(config.seed),
+    global_batch=int(config.train.batch_size),
+    local_batch=local_batch_size,
+    offset=jax.process_index() * local_batch_size,
+    patch_size=patch_size,
+    foreground_fraction=float(data.foreground_fraction),
+    class_balanced=bool(data.class_balanced),
+    augment=augment,
+    crop_size=device_augment.crop_size(augment, patch_size) if data.device_augment else None,
+  )
+  dataset = (
+    grain.MapDataset.range(start_step * local_batch_size, config.train.num_steps * local_batch_size)
+    .map(sampler)
+    .batch(local_batch_size, drop_remainder=True)
+  )
+  batches = dataset.to_iter_dataset(grain.ReadOptions(num_threads=data.num_threads, prefetch_buffer_size=data.prefetch))
   if data.num_workers > 0:
     if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags; outside an absl app
-      flags.FLAGS.mark_as_parsed()   # they keep their defaults.
-    batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers,
-                                                               per_worker_buffer_size=max(1, data.prefetch)))
+      flags.FLAGS.mark_as_parsed()  # they keep their defaults.
+    batches = batches.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=data.num_workers, per_worker_buffer_size=max(1, data.prefetch))
+    )
   return iter(batches)

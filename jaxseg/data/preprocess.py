@@ -74,7 +74,7 @@ MIN_STD = 1e-8
 # case less than this share of its voxels (nnU-Net's use_mask_for_norm rule).
 USE_MASK_MAX_RELATIVE_SIZE = 0.75
 
-_RAS = nib.orientations.axcodes2ornt('RAS')
+_RAS = nib.orientations.axcodes2ornt("RAS")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +88,7 @@ class CanonicalInfo:
       ornt[i, 0], flipped when ornt[i, 1] == -1.
     spacing: voxel size (mm) along the canonical axes (z, y, x).
   """
+
   original_shape: tuple[int, int, int]
   original_affine: np.ndarray
   ornt: np.ndarray
@@ -96,23 +97,24 @@ class CanonicalInfo:
   def to_dict(self) -> dict[str, Any]:
     """JSON-serialisable; `spacing` is stored as 'canonical_spacing'."""
     return {
-        'original_shape': list(self.original_shape),
-        'original_affine': self.original_affine.tolist(),
-        'ornt': self.ornt.tolist(),
-        'canonical_spacing': list(self.spacing),
+      "original_shape": list(self.original_shape),
+      "original_affine": self.original_affine.tolist(),
+      "ornt": self.ornt.tolist(),
+      "canonical_spacing": list(self.spacing),
     }
 
   @classmethod
-  def from_dict(cls, d: Mapping[str, Any]) -> 'CanonicalInfo':
+  def from_dict(cls, d: Mapping[str, Any]) -> "CanonicalInfo":
     return cls(
-        original_shape=tuple(int(s) for s in _get(d, 'original_shape')),
-        original_affine=np.asarray(_get(d, 'original_affine'), np.float64),
-        ornt=np.asarray(_get(d, 'ornt'), np.float64),
-        spacing=tuple(float(s) for s in _get(d, 'canonical_spacing')))
+      original_shape=tuple(int(s) for s in _get(d, "original_shape")),
+      original_affine=np.asarray(_get(d, "original_affine"), np.float64),
+      ornt=np.asarray(_get(d, "ornt"), np.float64),
+      spacing=tuple(float(s) for s in _get(d, "canonical_spacing")),
+    )
 
 
 def to_canonical(
-    image: np.ndarray, label: np.ndarray | None, affine: np.ndarray
+  image: np.ndarray, label: np.ndarray | None, affine: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray | None, CanonicalInfo]:
   """Reorients a case to the canonical [Z, Y, X] layout, without resampling.
 
@@ -133,24 +135,23 @@ def to_canonical(
   image = np.asarray(image, np.float32)
   affine = np.asarray(affine, np.float64)
   if image.ndim != 4:
-    raise ValueError(f'image must be [X, Y, Z, C], got shape {image.shape}')
+    raise ValueError(f"image must be [X, Y, Z, C], got shape {image.shape}")
   ornt = nib.orientations.io_orientation(affine)
   if np.isnan(ornt).any():
-    raise DataError(f'affine {affine.tolist()} has no well-defined '
-                    'orientation (singular)')
+    raise DataError(f"affine {affine.tolist()} has no well-defined orientation (singular)")
   spacing_xyz = np.linalg.norm(affine[:3, :3], axis=0)
   spacing_ras = np.empty(3)
   spacing_ras[ornt[:, 0].astype(int)] = spacing_xyz
   info = CanonicalInfo(
-      original_shape=tuple(int(s) for s in image.shape[:3]),
-      original_affine=affine,
-      ornt=ornt,
-      spacing=tuple(float(s) for s in spacing_ras[::-1]))
+    original_shape=tuple(int(s) for s in image.shape[:3]),
+    original_affine=affine,
+    ornt=ornt,
+    spacing=tuple(float(s) for s in spacing_ras[::-1]),
+  )
   image_zyx = _ras_to_zyx(nib.orientations.apply_orientation(image, ornt))
   label_zyx = None
   if label is not None:
-    label_zyx = _ras_to_zyx(
-        nib.orientations.apply_orientation(np.asarray(label, np.uint8), ornt))
+    label_zyx = _ras_to_zyx(nib.orientations.apply_orientation(np.asarray(label, np.uint8), ornt))
   return image_zyx, label_zyx, info
 
 
@@ -158,11 +159,11 @@ def from_canonical(array_zyx: np.ndarray, info: CanonicalInfo) -> np.ndarray:
   """Inverse of `to_canonical`: [Z, Y, X, ...] -> the file's [X, Y, Z, ...]."""
   array_ras = np.swapaxes(np.asarray(array_zyx), 0, 2)
   inverse = nib.orientations.ornt_transform(_RAS, info.ornt)
-  array = np.ascontiguousarray(
-      nib.orientations.apply_orientation(array_ras, inverse))
+  array = np.ascontiguousarray(nib.orientations.apply_orientation(array_ras, inverse))
   if array.shape[:3] != info.original_shape:
-    raise ValueError(f'canonical array of shape {np.shape(array_zyx)} does not '
-                     f'match original shape {info.original_shape}')
+    raise ValueError(
+      f"canonical array of shape {np.shape(array_zyx)} does not match original shape {info.original_shape}"
+    )
   return array
 
 
@@ -181,6 +182,7 @@ class Fingerprint:
     cropped_shapes: canonical (Z, Y, X) per training case after cropping to
       the non-zero region (None in fingerprints of jaxseg < 1.2 datasets).
   """
+
   spacings: list[tuple[float, float, float]]
   shapes: list[tuple[int, int, int]]
   intensity: list[dict[str, float]]
@@ -191,28 +193,31 @@ class Fingerprint:
     """Median over cases of (voxels after cropping) / (voxels before); 1 without cropped shapes."""
     if not self.cropped_shapes:
       return 1.0
-    return float(np.median([np.prod(c, dtype=np.float64) / np.prod(s, dtype=np.float64)
-                            for c, s in zip(self.cropped_shapes, self.shapes)]))
+    return float(
+      np.median(
+        [np.prod(c, dtype=np.float64) / np.prod(s, dtype=np.float64) for c, s in zip(self.cropped_shapes, self.shapes)]
+      )
+    )
 
   def to_dict(self) -> dict[str, Any]:
     d = {
-        'spacings': [list(s) for s in self.spacings],
-        'shapes': [list(s) for s in self.shapes],
-        'intensity': [dict(c) for c in self.intensity],
+      "spacings": [list(s) for s in self.spacings],
+      "shapes": [list(s) for s in self.shapes],
+      "intensity": [dict(c) for c in self.intensity],
     }
     if self.cropped_shapes is not None:
-      d['cropped_shapes'] = [list(s) for s in self.cropped_shapes]
+      d["cropped_shapes"] = [list(s) for s in self.cropped_shapes]
     return d
 
   @classmethod
-  def from_dict(cls, d: Mapping[str, Any]) -> 'Fingerprint':
-    cropped = d.get('cropped_shapes')
+  def from_dict(cls, d: Mapping[str, Any]) -> "Fingerprint":
+    cropped = d.get("cropped_shapes")
     return cls(
-        spacings=[tuple(float(v) for v in s) for s in _get(d, 'spacings')],
-        shapes=[tuple(int(v) for v in s) for s in _get(d, 'shapes')],
-        intensity=[{k: float(v) for k, v in c.items()}
-                   for c in _get(d, 'intensity')],
-        cropped_shapes=None if cropped is None else [tuple(int(v) for v in s) for s in cropped])
+      spacings=[tuple(float(v) for v in s) for s in _get(d, "spacings")],
+      shapes=[tuple(int(v) for v in s) for s in _get(d, "shapes")],
+      intensity=[{k: float(v) for k, v in c.items()} for c in _get(d, "intensity")],
+      cropped_shapes=None if cropped is None else [tuple(int(v) for v in s) for s in cropped],
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,15 +234,15 @@ class CaseStatistics:
     samples: float64 [N, C], the voxels drawn for the percentiles.
     cropped_shape: (Z, Y, X) after cropping to the non-zero region.
   """
+
   spacing: tuple[float, float, float]
   shape: tuple[int, int, int]
-  channels: list['_RunningStats']
+  channels: list["_RunningStats"]
   samples: np.ndarray
   cropped_shape: tuple[int, int, int] | None = None
 
 
-def case_statistics(image: np.ndarray, label: np.ndarray,
-                    spacing: Sequence[float], index: int) -> CaseStatistics:
+def case_statistics(image: np.ndarray, label: np.ndarray, spacing: Sequence[float], index: int) -> CaseStatistics:
   """Foreground statistics of one canonical training case.
 
   Args:
@@ -255,8 +260,7 @@ def case_statistics(image: np.ndarray, label: np.ndarray,
   values = image[np.asarray(label) > 0].astype(np.float64)  # [N, C]
   rng = np.random.default_rng([PERCENTILE_SAMPLE_SEED, index])
   if len(values) > PERCENTILE_SAMPLES_PER_CASE:
-    sampled = values[rng.choice(len(values), PERCENTILE_SAMPLES_PER_CASE,
-                                replace=False)]
+    sampled = values[rng.choice(len(values), PERCENTILE_SAMPLES_PER_CASE, replace=False)]
   else:
     sampled = values
   channels = []
@@ -265,10 +269,13 @@ def case_statistics(image: np.ndarray, label: np.ndarray,
     stats.add(values[:, c])
     channels.append(stats)
   bbox = _nonzero_bbox(image, np.asarray(label))
-  return CaseStatistics(spacing=tuple(float(s) for s in spacing),
-                        shape=tuple(int(s) for s in image.shape[:3]),
-                        channels=channels, samples=sampled,
-                        cropped_shape=tuple(stop - start for start, stop in bbox))
+  return CaseStatistics(
+    spacing=tuple(float(s) for s in spacing),
+    shape=tuple(int(s) for s in image.shape[:3]),
+    channels=channels,
+    samples=sampled,
+    cropped_shape=tuple(stop - start for start, stop in bbox),
+  )
 
 
 def merge_statistics(cases: Iterable[CaseStatistics]) -> Fingerprint:
@@ -281,8 +288,7 @@ def merge_statistics(cases: Iterable[CaseStatistics]) -> Fingerprint:
   spacings, shapes, stats, samples, cropped = [], [], [], [], []
   for index, case in enumerate(cases):
     if stats and len(case.channels) != len(stats):
-      raise DataError(f'training case {index} has {len(case.channels)} '
-                      f'channels, earlier cases {len(stats)}')
+      raise DataError(f"training case {index} has {len(case.channels)} channels, earlier cases {len(stats)}")
     if not stats:
       stats = [_RunningStats() for _ in case.channels]
     spacings.append(case.spacing)
@@ -292,26 +298,24 @@ def merge_statistics(cases: Iterable[CaseStatistics]) -> Fingerprint:
       total.merge(channel)
     samples.append(case.samples)
   if not stats or stats[0].count == 0:
-    raise DataError('no foreground (label > 0) voxel in any training case: '
-                    'cannot compute intensity statistics')
+    raise DataError("no foreground (label > 0) voxel in any training case: cannot compute intensity statistics")
   pooled = np.concatenate(samples)
   intensity = []
   for c, channel_stats in enumerate(stats):
-    intensity.append({
-        'mean': channel_stats.mean,
-        'std': channel_stats.std,
-        'p00_5': float(np.percentile(pooled[:, c], 0.5)),
-        'p99_5': float(np.percentile(pooled[:, c], 99.5)),
-        'min': channel_stats.minimum,
-        'max': channel_stats.maximum,
-    })
-  return Fingerprint(spacings=spacings, shapes=shapes, intensity=intensity,
-                     cropped_shapes=cropped)
+    intensity.append(
+      {
+        "mean": channel_stats.mean,
+        "std": channel_stats.std,
+        "p00_5": float(np.percentile(pooled[:, c], 0.5)),
+        "p99_5": float(np.percentile(pooled[:, c], 99.5)),
+        "min": channel_stats.minimum,
+        "max": channel_stats.maximum,
+      }
+    )
+  return Fingerprint(spacings=spacings, shapes=shapes, intensity=intensity, cropped_shapes=cropped)
 
 
-def compute_fingerprint(
-    cases: Iterable[tuple[np.ndarray, np.ndarray, Sequence[float]]]
-) -> Fingerprint:
+def compute_fingerprint(cases: Iterable[tuple[np.ndarray, np.ndarray, Sequence[float]]]) -> Fingerprint:
   """Collects spacings, shapes and foreground intensity statistics.
 
   Equal to `merge_statistics` of `case_statistics` of every case.
@@ -328,8 +332,8 @@ def compute_fingerprint(
       different numbers of channels.
   """
   return merge_statistics(
-      case_statistics(image, label, spacing, index)
-      for index, (image, label, spacing) in enumerate(cases))
+    case_statistics(image, label, spacing, index) for index, (image, label, spacing) in enumerate(cases)
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -344,6 +348,7 @@ class Plan:
     channel_names: channel names in channel order.
     labels: class name -> label value.
   """
+
   target_spacing: tuple[float, float, float]
   normalization: list[dict[str, Any]]
   channel_names: list[str]
@@ -351,24 +356,29 @@ class Plan:
 
   def to_dict(self) -> dict[str, Any]:
     return {
-        'target_spacing': list(self.target_spacing),
-        'normalization': [dict(n) for n in self.normalization],
-        'channel_names': list(self.channel_names),
-        'labels': dict(self.labels),
+      "target_spacing": list(self.target_spacing),
+      "normalization": [dict(n) for n in self.normalization],
+      "channel_names": list(self.channel_names),
+      "labels": dict(self.labels),
     }
 
   @classmethod
-  def from_dict(cls, d: Mapping[str, Any]) -> 'Plan':
+  def from_dict(cls, d: Mapping[str, Any]) -> "Plan":
     return cls(
-        target_spacing=tuple(float(s) for s in _get(d, 'target_spacing')),
-        normalization=[dict(n) for n in _get(d, 'normalization')],
-        channel_names=[str(n) for n in _get(d, 'channel_names')],
-        labels={str(k): int(v) for k, v in _get(d, 'labels').items()})
+      target_spacing=tuple(float(s) for s in _get(d, "target_spacing")),
+      normalization=[dict(n) for n in _get(d, "normalization")],
+      channel_names=[str(n) for n in _get(d, "channel_names")],
+      labels={str(k): int(v) for k, v in _get(d, "labels").items()},
+    )
 
 
-def make_plan(fingerprint: Fingerprint, channel_names: Sequence[str],
-              labels: Mapping[str, int], *,
-              target_spacing: Sequence[float] | None = None) -> Plan:
+def make_plan(
+  fingerprint: Fingerprint,
+  channel_names: Sequence[str],
+  labels: Mapping[str, int],
+  *,
+  target_spacing: Sequence[float] | None = None,
+) -> Plan:
   """Chooses target spacing and normalisation from the fingerprint.
 
   Target spacing (nnU-Net's rule, `ExperimentPlanner.
@@ -400,31 +410,38 @@ def make_plan(fingerprint: Fingerprint, channel_names: Sequence[str],
     DataError: the number of channel names differs from the fingerprint's.
   """
   if len(channel_names) != len(fingerprint.intensity):
-    raise DataError(f'{len(channel_names)} channel names {list(channel_names)} '
-                    f'but the fingerprint has {len(fingerprint.intensity)} '
-                    'channels')
+    raise DataError(
+      f"{len(channel_names)} channel names {list(channel_names)} "
+      f"but the fingerprint has {len(fingerprint.intensity)} "
+      "channels"
+    )
   if target_spacing is None:
-    spacing = _nnunet_target_spacing(np.asarray(fingerprint.spacings),
-                                      np.asarray(fingerprint.shapes))
+    spacing = _nnunet_target_spacing(np.asarray(fingerprint.spacings), np.asarray(fingerprint.shapes))
   else:
     spacing = tuple(float(s) for s in target_spacing)
     if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
-      raise ConfigError(f'target_spacing must be three positive numbers '
-                        f'(z, y, x) in mm, got {list(target_spacing)}')
+      raise ConfigError(f"target_spacing must be three positive numbers (z, y, x) in mm, got {list(target_spacing)}")
   normalization = []
   for name, stats in zip(channel_names, fingerprint.intensity):
-    if name.lower() == 'ct':
-      normalization.append({
-          'scheme': 'ct',
-          'clip': [stats['p00_5'], stats['p99_5']],
-          'mean': stats['mean'],
-          'std': stats['std'],
-      })
+    if name.lower() == "ct":
+      normalization.append(
+        {
+          "scheme": "ct",
+          "clip": [stats["p00_5"], stats["p99_5"]],
+          "mean": stats["mean"],
+          "std": stats["std"],
+        }
+      )
     else:
-      normalization.append({'scheme': 'zscore', 'use_mask': bool(
-          fingerprint.median_relative_size_after_cropping < USE_MASK_MAX_RELATIVE_SIZE)})
-  return Plan(target_spacing=spacing, normalization=normalization,
-              channel_names=list(channel_names), labels=dict(labels))
+      normalization.append(
+        {
+          "scheme": "zscore",
+          "use_mask": bool(fingerprint.median_relative_size_after_cropping < USE_MASK_MAX_RELATIVE_SIZE),
+        }
+      )
+  return Plan(
+    target_spacing=spacing, normalization=normalization, channel_names=list(channel_names), labels=dict(labels)
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -442,6 +459,7 @@ class PreprocessedCase:
       'crop_bbox' ([[start, stop]] per canonical axis in that array),
       'shape_after_crop' and 'shape_after_resampling'.
   """
+
   case_id: str
   image: np.ndarray
   label: np.ndarray | None
@@ -464,35 +482,36 @@ def preprocess_case(loaded: LoadedCase, plan: Plan) -> PreprocessedCase:
   """
   image, label, info = to_canonical(loaded.image, loaded.label, loaded.affine)
   if image.shape[3] != len(plan.normalization):
-    raise DataError(f"case '{loaded.case_id}' has {image.shape[3]} channels, "
-                    f'the plan {len(plan.normalization)}')
+    raise DataError(f"case '{loaded.case_id}' has {image.shape[3]} channels, the plan {len(plan.normalization)}")
   bbox = _nonzero_bbox(image, label)
   crop = tuple(slice(start, stop) for start, stop in bbox)
   cropped_image = _normalize(image[crop], plan.normalization)
-  new_shape = resampled_shape(cropped_image.shape[:3], info.spacing,
-                               plan.target_spacing)
+  new_shape = resampled_shape(cropped_image.shape[:3], info.spacing, plan.target_spacing)
   separate_axis = _separate_axis(info.spacing, plan.target_spacing)
   resampled_image = np.stack(
-      [_resample(cropped_image[..., c], new_shape, 3, separate_axis)
-       for c in range(cropped_image.shape[3])], axis=-1)
+    [_resample(cropped_image[..., c], new_shape, 3, separate_axis) for c in range(cropped_image.shape[3])], axis=-1
+  )
   resampled_label = None
   if label is not None:
     resampled_label = _resample_label(label[crop], new_shape, separate_axis)
   meta = {
-      **info.to_dict(),
-      'shape_before_crop': list(image.shape[:3]),
-      'crop_bbox': [list(b) for b in bbox],
-      'shape_after_crop': list(cropped_image.shape[:3]),
-      'shape_after_resampling': list(new_shape),
-      'target_spacing': list(plan.target_spacing),
+    **info.to_dict(),
+    "shape_before_crop": list(image.shape[:3]),
+    "crop_bbox": [list(b) for b in bbox],
+    "shape_after_crop": list(cropped_image.shape[:3]),
+    "shape_after_resampling": list(new_shape),
+    "target_spacing": list(plan.target_spacing),
   }
   return PreprocessedCase(
-      case_id=loaded.case_id, image=resampled_image.astype(np.float32),
-      label=resampled_label, spacing=tuple(plan.target_spacing), meta=meta)
+    case_id=loaded.case_id,
+    image=resampled_image.astype(np.float32),
+    label=resampled_label,
+    spacing=tuple(plan.target_spacing),
+    meta=meta,
+  )
 
 
-def restore_to_original(array_zyx: np.ndarray, meta: Mapping[str, Any], *,
-                        is_label: bool) -> np.ndarray:
+def restore_to_original(array_zyx: np.ndarray, meta: Mapping[str, Any], *, is_label: bool) -> np.ndarray:
   """Maps a prediction on a preprocessed case back to the original file grid.
 
   Resamples back to the cropped shape (nearest neighbour for labels; for
@@ -512,14 +531,13 @@ def restore_to_original(array_zyx: np.ndarray, meta: Mapping[str, Any], *,
     the original file's voxel order and shape.
   """
   array = np.asarray(array_zyx)
-  expected = tuple(_get(meta, 'shape_after_resampling'))
+  expected = tuple(_get(meta, "shape_after_resampling"))
   if array.shape[:3] != expected or array.ndim != (3 if is_label else 4):
-    kind = '[Z, Y, X]' if is_label else '[Z, Y, X, K]'
-    raise ValueError(f'expected a {kind} array with spatial shape {expected}, '
-                     f'got {array.shape}')
-  cropped_shape = tuple(_get(meta, 'shape_after_crop'))
-  crop = tuple(slice(start, stop) for start, stop in _get(meta, 'crop_bbox'))
-  full_shape = tuple(_get(meta, 'shape_before_crop'))
+    kind = "[Z, Y, X]" if is_label else "[Z, Y, X, K]"
+    raise ValueError(f"expected a {kind} array with spatial shape {expected}, got {array.shape}")
+  cropped_shape = tuple(_get(meta, "shape_after_crop"))
+  crop = tuple(slice(start, stop) for start, stop in _get(meta, "crop_bbox"))
+  full_shape = tuple(_get(meta, "shape_before_crop"))
   if is_label:
     full = np.zeros(full_shape, array.dtype)
     full[crop] = _resample(array, cropped_shape, 0, None)
@@ -527,10 +545,10 @@ def restore_to_original(array_zyx: np.ndarray, meta: Mapping[str, Any], *,
     array = array.astype(np.float32)
     full = np.zeros(full_shape + array.shape[3:], np.float32)
     full[..., 0] = 1.0
-    separate_axis = _separate_axis(_get(meta, 'canonical_spacing'), _target_spacing(meta))
+    separate_axis = _separate_axis(_get(meta, "canonical_spacing"), _target_spacing(meta))
     full[crop] = np.stack(
-        [_resample(array[..., k], cropped_shape, 1, separate_axis)
-         for k in range(array.shape[3])], axis=-1)
+      [_resample(array[..., k], cropped_shape, 1, separate_axis) for k in range(array.shape[3])], axis=-1
+    )
   return from_canonical(full, CanonicalInfo.from_dict(meta))
 
 
@@ -558,7 +576,7 @@ class _RunningStats:
     other.maximum = float(values.max())
     self.merge(other)
 
-  def merge(self, other: '_RunningStats') -> None:
+  def merge(self, other: "_RunningStats") -> None:
     if other.count == 0:
       return
     n = other.count
@@ -583,26 +601,28 @@ def _get(d: Mapping[str, Any], key: str) -> Any:
 
 def _target_spacing(meta: Mapping[str, Any]) -> list[float]:
   """The plan's spacing of a case (derived from the shapes for metadata written before it was stored)."""
-  if 'target_spacing' in meta:
-    return [float(s) for s in meta['target_spacing']]
-  return [float(s) * c / r for s, c, r in zip(_get(meta, 'canonical_spacing'), _get(meta, 'shape_after_crop'),
-                                              _get(meta, 'shape_after_resampling'))]
+  if "target_spacing" in meta:
+    return [float(s) for s in meta["target_spacing"]]
+  return [
+    float(s) * c / r
+    for s, c, r in zip(
+      _get(meta, "canonical_spacing"), _get(meta, "shape_after_crop"), _get(meta, "shape_after_resampling")
+    )
+  ]
 
 
 def _ras_to_zyx(array_ras: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(np.swapaxes(array_ras, 0, 2))
 
 
-def _nnunet_target_spacing(spacings: np.ndarray,
-                           shapes: np.ndarray) -> tuple[float, float, float]:
+def _nnunet_target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> tuple[float, float, float]:
   target = np.percentile(spacings, 50, axis=0)
   median_shape = np.percentile(shapes, 50, axis=0)
   worst = int(np.argmax(target))
   others = [i for i in range(3) if i != worst]
   max_other_spacing = max(target[i] for i in others)
   aniso_spacing = target[worst] > ANISOTROPY_THRESHOLD * max_other_spacing
-  aniso_voxels = (median_shape[worst] * ANISOTROPY_THRESHOLD
-                  < min(median_shape[i] for i in others))
+  aniso_voxels = median_shape[worst] * ANISOTROPY_THRESHOLD < min(median_shape[i] for i in others)
   if aniso_spacing and aniso_voxels:
     worst_spacing = np.percentile(spacings[:, worst], 10)
     if worst_spacing < max_other_spacing:
@@ -611,8 +631,7 @@ def _nnunet_target_spacing(spacings: np.ndarray,
   return tuple(float(s) for s in target)
 
 
-def _nonzero_bbox(image: np.ndarray,
-                  label: np.ndarray | None) -> list[tuple[int, int]]:
+def _nonzero_bbox(image: np.ndarray, label: np.ndarray | None) -> list[tuple[int, int]]:
   """[start, stop) per axis of voxels with a non-zero channel or label."""
   mask = np.any(image != 0, axis=-1)
   if label is not None:
@@ -627,30 +646,28 @@ def _nonzero_bbox(image: np.ndarray,
   return bbox
 
 
-def _normalize(image: np.ndarray,
-               normalization: Sequence[Mapping[str, Any]]) -> np.ndarray:
+def _normalize(image: np.ndarray, normalization: Sequence[Mapping[str, Any]]) -> np.ndarray:
   """Per-channel intensity normalisation of [Z, Y, X, C] (module doc)."""
   out = np.empty(image.shape, np.float32)
   nonzero = None
   for c, norm in enumerate(normalization):
     x = image[..., c].astype(np.float64)
-    scheme = norm.get('scheme')
-    if scheme == 'ct':
-      low, high = norm['clip']
+    scheme = norm.get("scheme")
+    if scheme == "ct":
+      low, high = norm["clip"]
       x = np.clip(x, low, high)
-      mean, std = norm['mean'], norm['std']
-    elif scheme == 'zscore' and norm.get('use_mask'):
+      mean, std = norm["mean"], norm["std"]
+    elif scheme == "zscore" and norm.get("use_mask"):
       if nonzero is None:
         nonzero = nonzero_mask(image)
       values = x[nonzero]
       mean, std = (values.mean(), values.std()) if values.size else (0.0, 1.0)
       out[..., c] = np.where(nonzero, (x - mean) / max(std, MIN_STD), 0.0)
       continue
-    elif scheme == 'zscore':
+    elif scheme == "zscore":
       mean, std = x.mean(), x.std()
     else:
-      raise DataError(f"unknown normalization scheme {scheme!r} for channel "
-                      f"{c}; expected 'ct' or 'zscore'")
+      raise DataError(f"unknown normalization scheme {scheme!r} for channel {c}; expected 'ct' or 'zscore'")
     out[..., c] = (x - mean) / max(std, MIN_STD)
   return out
 
@@ -660,8 +677,7 @@ def nonzero_mask(image: np.ndarray) -> np.ndarray:
   return scipy.ndimage.binary_fill_holes(np.any(np.asarray(image) != 0, axis=-1))
 
 
-def resampled_shape(shape: Sequence[int], spacing: Sequence[float],
-                    target: Sequence[float]) -> tuple[int, int, int]:
+def resampled_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> tuple[int, int, int]:
   """Shape after resampling from `spacing` to `target` (mm), as `preprocess_case` resamples."""
   new_shape = []
   for size, current, wanted in zip(shape, spacing, target):
@@ -672,8 +688,7 @@ def resampled_shape(shape: Sequence[int], spacing: Sequence[float],
   return tuple(new_shape)
 
 
-def _separate_axis(spacing: Sequence[float],
-                   target: Sequence[float]) -> int | None:
+def _separate_axis(spacing: Sequence[float], target: Sequence[float]) -> int | None:
   """nnU-Net's separate-z axis: the one coarsest axis of an anisotropic grid."""
   for s in (np.asarray(spacing), np.asarray(target)):
     if s.max() / s.min() > ANISOTROPY_THRESHOLD:
@@ -682,8 +697,7 @@ def _separate_axis(spacing: Sequence[float],
   return None
 
 
-def _resample(array: np.ndarray, new_shape: Sequence[int], order: int,
-              separate_axis: int | None) -> np.ndarray:
+def _resample(array: np.ndarray, new_shape: Sequence[int], order: int, separate_axis: int | None) -> np.ndarray:
   """Resamples a [Z, Y, X] array on voxel centres to `new_shape`.
 
   With `separate_axis`, the other axes use `order` and that axis nearest
@@ -705,26 +719,22 @@ def _resample(array: np.ndarray, new_shape: Sequence[int], order: int,
   return _zoom(array, through_plane, 0, new_shape)
 
 
-def _zoom(array: np.ndarray, factors: Sequence[float], order: int,
-          new_shape: tuple[int, ...]) -> np.ndarray:
+def _zoom(array: np.ndarray, factors: Sequence[float], order: int, new_shape: tuple[int, ...]) -> np.ndarray:
   if array.shape == new_shape:
     return array
-  out = scipy.ndimage.zoom(array, factors, order=order, mode='nearest',
-                           grid_mode=True)
+  out = scipy.ndimage.zoom(array, factors, order=order, mode="nearest", grid_mode=True)
   assert out.shape == new_shape, (out.shape, new_shape)
   return out
 
 
-def _resample_label(label: np.ndarray, new_shape: Sequence[int],
-                    separate_axis: int | None) -> np.ndarray:
+def _resample_label(label: np.ndarray, new_shape: Sequence[int], separate_axis: int | None) -> np.ndarray:
   """One-hot linear resampling of uint8 [Z, Y, X] labels."""
   if label.shape == tuple(new_shape):
     return label
   out = np.zeros(new_shape, np.uint8)
   best = np.full(new_shape, -1.0, np.float32)
   for value in np.unique(label):
-    membership = _resample((label == value).astype(np.float32), new_shape, 1,
-                           separate_axis)
+    membership = _resample((label == value).astype(np.float32), new_shape, 1, separate_axis)
     better = membership > best
     out[better] = value
     best[better] = membership[better]

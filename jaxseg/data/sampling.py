@@ -45,6 +45,7 @@ class Case:
       oversampling.
     pad_value: float32 `[C]`, the image minimum, used outside the volume.
   """
+
   case_id: str
   image: np.ndarray
   label: np.ndarray | None
@@ -93,6 +94,7 @@ class CaseIndex:
       holding at least one voxel of it.
     cases_with_foreground: int `[N]` indices of the cases holding any foreground.
   """
+
   num_cases: int
   cases_with_class: dict[int, np.ndarray]
   cases_with_foreground: np.ndarray
@@ -106,11 +108,11 @@ class CaseIndex:
         if int(value) != 0 and count > 0:
           by_class.setdefault(int(value), []).append(index)
     foreground = sorted({i for cases in by_class.values() for i in cases})
-    return cls(len(class_voxels), {k: np.asarray(v) for k, v in sorted(by_class.items())},
-               np.asarray(foreground, np.int64))
+    return cls(
+      len(class_voxels), {k: np.asarray(v) for k, v in sorted(by_class.items())}, np.asarray(foreground, np.int64)
+    )
 
-  def choose(self, rng: np.random.Generator, *, force_foreground: bool, class_balanced: bool
-             ) -> tuple[int, int | None]:
+  def choose(self, rng: np.random.Generator, *, force_foreground: bool, class_balanced: bool) -> tuple[int, int | None]:
     """(case index, foreground class to centre on or None for any present class).
 
     Unforced samples take any case uniformly. Forced ones take a case holding
@@ -127,8 +129,13 @@ class CaseIndex:
     return int(self.cases_with_foreground[rng.integers(len(self.cases_with_foreground))]), None
 
 
-def choose_center(case: Case, patch_size: Sequence[int], rng: np.random.Generator, force_foreground: bool,
-                  class_value: int | None = None) -> np.ndarray:
+def choose_center(
+  case: Case,
+  patch_size: Sequence[int],
+  rng: np.random.Generator,
+  force_foreground: bool,
+  class_value: int | None = None,
+) -> np.ndarray:
   """The (z, y, x) voxel a sample is centred on.
 
   Foreground samples take `class_value` if the case holds it, else a class
@@ -143,7 +150,7 @@ def choose_center(case: Case, patch_size: Sequence[int], rng: np.random.Generato
     coords = case.locations[class_value]
     return coords[rng.integers(len(coords))].astype(np.float64)
   full = np.ones(3, np.int64)
-  full[3 - len(patch_size):] = patch_size
+  full[3 - len(patch_size) :] = patch_size
   center = np.empty(3)
   for axis in range(3):
     if len(patch_size) == 2 and axis == 0:
@@ -173,8 +180,9 @@ def _crop(array: np.ndarray, start: np.ndarray, size: Sequence[int], pad_value) 
   return np.stack(channels, axis=-1)
 
 
-def extract_patch(case: Case, center: np.ndarray, patch_size: Sequence[int],
-                  transform: augment_lib.SpatialTransform | None = None) -> tuple[np.ndarray, np.ndarray]:
+def extract_patch(
+  case: Case, center: np.ndarray, patch_size: Sequence[int], transform: augment_lib.SpatialTransform | None = None
+) -> tuple[np.ndarray, np.ndarray]:
   """Image `[*patch, C]` and label `[*patch]` around `center`, optionally rotated/zoomed/deformed.
 
   2D patches come from the axial slice `center[0]` (2D rotation is about the
@@ -186,20 +194,31 @@ def extract_patch(case: Case, center: np.ndarray, patch_size: Sequence[int],
   image, label = case.image, case.label
   if ndim == 2:
     image, label = image[int(center[0])], label[int(center[0])]
-  center = center[3 - ndim:]
+  center = center[3 - ndim :]
   if transform is None or transform.is_identity:
     start = center - np.asarray(patch_size) // 2
     return (_crop(image, start, patch_size, case.pad_value), _crop(label, start, patch_size, 0))
   coords = augment_lib.source_coordinates(center, patch_size, transform)
-  out_image = np.stack([
+  out_image = np.stack(
+    [
       ndimage.map_coordinates(image[..., c], coords, order=1, mode="constant", cval=case.pad_value[c])
-      for c in range(image.shape[-1])], axis=-1).astype(np.float32)
+      for c in range(image.shape[-1])
+    ],
+    axis=-1,
+  ).astype(np.float32)
   out_label = ndimage.map_coordinates(label, coords, order=0, mode="constant", cval=0)
   return out_image, out_label
 
 
-def training_sample(case: Case, patch_size: Sequence[int], rng: np.random.Generator, *, force_foreground: bool,
-                    augment: augment_lib.Augmentation, class_value: int | None = None) -> dict[str, np.ndarray]:
+def training_sample(
+  case: Case,
+  patch_size: Sequence[int],
+  rng: np.random.Generator,
+  *,
+  force_foreground: bool,
+  augment: augment_lib.Augmentation,
+  class_value: int | None = None,
+) -> dict[str, np.ndarray]:
   """One augmented training sample: `image` `[*patch, C]` float32, `label` `[*patch]` int32."""
   center = choose_center(case, patch_size, rng, force_foreground, class_value)
   spatial = augment_lib.sample_spatial(rng, augment, patch_size)
@@ -209,8 +228,15 @@ def training_sample(case: Case, patch_size: Sequence[int], rng: np.random.Genera
   return {"image": np.ascontiguousarray(image, np.float32), "label": np.ascontiguousarray(label, np.int32)}
 
 
-def training_crop(case: Case, patch_size: Sequence[int], crop_size: Sequence[int], rng: np.random.Generator, *,
-                  force_foreground: bool, class_value: int | None = None) -> dict[str, np.ndarray]:
+def training_crop(
+  case: Case,
+  patch_size: Sequence[int],
+  crop_size: Sequence[int],
+  rng: np.random.Generator,
+  *,
+  force_foreground: bool,
+  class_value: int | None = None,
+) -> dict[str, np.ndarray]:
   """An unaugmented crop for device augmentation (`jaxseg.data.device_augment.augment_batch`).
 
   The centre is drawn exactly as `training_sample` draws it (same `rng`
@@ -228,8 +254,11 @@ def training_crop(case: Case, patch_size: Sequence[int], crop_size: Sequence[int
   image, label = case.image, case.label
   if ndim == 2:
     image, label = image[int(center[0])], label[int(center[0])]
-  start = (center[3 - ndim:] - np.asarray(crop_size) // 2).astype(np.int64)
-  return {"low": (-start).astype(np.int32), "high": (np.asarray(image.shape[:ndim]) - 1 - start).astype(np.int32),
-          "image": np.ascontiguousarray(_crop(image, start, crop_size, case.pad_value), np.float32),
-          "label": np.ascontiguousarray(_crop(label, start, crop_size, 0), np.uint8),
-          "pad_value": np.asarray(case.pad_value, np.float32)}
+  start = (center[3 - ndim :] - np.asarray(crop_size) // 2).astype(np.int64)
+  return {
+    "low": (-start).astype(np.int32),
+    "high": (np.asarray(image.shape[:ndim]) - 1 - start).astype(np.int32),
+    "image": np.ascontiguousarray(_crop(image, start, crop_size, case.pad_value), np.float32),
+    "label": np.ascontiguousarray(_crop(label, start, crop_size, 0), np.uint8),
+    "pad_value": np.asarray(case.pad_value, np.float32),
+  }

@@ -42,7 +42,8 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 def default_model_config() -> ml_collections.ConfigDict:
   """Every key any model reads, with its default (used as `config.model`)."""
-  return ml_collections.ConfigDict({
+  return ml_collections.ConfigDict(
+    {
       # Registry name, one of REGISTRY.
       "name": "unet",
       "num_classes": 5,
@@ -113,7 +114,8 @@ def default_model_config() -> ml_collections.ConfigDict:
       # Path of torchvision ImageNet weights (.pth state_dict or
       # .safetensors) for the backbone; '' for random initialisation.
       "pretrained": "",
-  })
+    }
+  )
 
 
 def _get(cfg: ml_collections.ConfigDict, key: str):
@@ -122,13 +124,11 @@ def _get(cfg: ml_collections.ConfigDict, key: str):
   return cfg[key]
 
 
-def choice(cfg: ml_collections.ConfigDict, key: str,
-           options: tuple[str, ...]) -> str:
+def choice(cfg: ml_collections.ConfigDict, key: str, options: tuple[str, ...]) -> str:
   """Returns `cfg[key]`, checked to be one of `options`."""
   value = _get(cfg, key)
   if value not in options:
-    raise ConfigError(f"config.model.{key}={value!r} is not one of "
-                      f"{', '.join(map(str, options))}")
+    raise ConfigError(f"config.model.{key}={value!r} is not one of {', '.join(map(str, options))}")
   return value
 
 
@@ -151,8 +151,7 @@ def flag(cfg: ml_collections.ConfigDict, key: str) -> bool:
 def rate(cfg: ml_collections.ConfigDict, key: str) -> float:
   """Returns `cfg[key]`, checked to be a probability in [0, 1)."""
   value = _get(cfg, key)
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-      0 <= value < 1):
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < 1):
     raise ConfigError(f"config.model.{key}={value!r} must be in [0, 1)")
   return float(value)
 
@@ -161,14 +160,14 @@ def compute_dtype(cfg: ml_collections.ConfigDict) -> layers.Dtype:
   """The jnp dtype named by `cfg.dtype`."""
   if _get(cfg, "dtype") == "float16":
     raise ConfigError(
-        "config.model.dtype='float16' is not supported: float16 training "
-        "needs loss scaling, which jaxseg does not do; use 'bfloat16' "
-        "(float32's exponent range, the same speed on current accelerators)")
+      "config.model.dtype='float16' is not supported: float16 training "
+      "needs loss scaling, which jaxseg does not do; use 'bfloat16' "
+      "(float32's exponent range, the same speed on current accelerators)"
+    )
   return _DTYPES[choice(cfg, "dtype", tuple(_DTYPES))]
 
 
-def norm_settings(cfg: ml_collections.ConfigDict, widths: tuple[int, ...]
-                  ) -> tuple[str, int]:
+def norm_settings(cfg: ml_collections.ConfigDict, widths: tuple[int, ...]) -> tuple[str, int]:
   """Returns `(norm, norm_groups)`, checking the groups divide `widths`."""
   norm = choice(cfg, "norm", layers.NORMS)
   groups = positive_int(cfg, "norm_groups")
@@ -176,8 +175,8 @@ def norm_settings(cfg: ml_collections.ConfigDict, widths: tuple[int, ...]
     for width in widths:
       if width % groups:
         raise ConfigError(
-            f"config.model.norm_groups={groups} does not divide the "
-            f"{width} channels of a layer of {cfg.get('name')!r}")
+          f"config.model.norm_groups={groups} does not divide the {width} channels of a layer of {cfg.get('name')!r}"
+        )
   return norm, groups
 
 
@@ -185,12 +184,10 @@ def no_extra_outputs(cfg: ml_collections.ConfigDict, *keys: str) -> None:
   """Rejects output options (`deep_supervision`, `aux_head`) a model lacks."""
   for key in keys:
     if flag(cfg, key):
-      raise ConfigError(f"config.model.{key}=True is not supported by "
-                        f"model {cfg.name!r}")
+      raise ConfigError(f"config.model.{key}=True is not supported by model {cfg.name!r}")
 
 
-def _level_tuples(cfg: ml_collections.ConfigDict, key: str, levels: int,
-                  what: str) -> tuple[tuple[int, ...], ...]:
+def _level_tuples(cfg: ml_collections.ConfigDict, key: str, levels: int, what: str) -> tuple[tuple[int, ...], ...]:
   """`cfg[key]` as `levels` tuples of one int per spatial axis (() kept)."""
   value = _get(cfg, key)
   if not value:
@@ -200,13 +197,16 @@ def _level_tuples(cfg: ml_collections.ConfigDict, key: str, levels: int,
     rows = tuple(tuple(v for v in row) for row in value)
   except TypeError:
     rows = None
-  if (rows is None or len(rows) != levels or any(
-      len(row) != ndim or any(isinstance(v, bool) or not isinstance(v, int)
-                              for v in row) for row in rows)):
+  if (
+    rows is None
+    or len(rows) != levels
+    or any(len(row) != ndim or any(isinstance(v, bool) or not isinstance(v, int) for v in row) for row in rows)
+  ):
     raise ConfigError(
-        f"config.model.{key}={_plain(value)!r} must be {levels} tuples "
-        f"({what}) of {ndim} integers (one per spatial axis of the {ndim}D "
-        f"model {cfg.name!r}), or () for the default")
+      f"config.model.{key}={_plain(value)!r} must be {levels} tuples "
+      f"({what}) of {ndim} integers (one per spatial axis of the {ndim}D "
+      f"model {cfg.name!r}), or () for the default"
+    )
   return rows
 
 
@@ -222,24 +222,22 @@ def pool_factors(cfg: ml_collections.ConfigDict) -> tuple[tuple[int, ...], ...]:
   Returns () (2 on every axis) or `depth` tuples of 1s and 2s.
   """
   depth = positive_int(cfg, "depth")
-  factors = _level_tuples(cfg, "pool_factors", depth,
-                          f"one per downsampling, config.model.depth={depth}")
+  factors = _level_tuples(cfg, "pool_factors", depth, f"one per downsampling, config.model.depth={depth}")
   for level, factor in enumerate(factors):
     if any(f not in (1, 2) for f in factor):
-      raise ConfigError(f"config.model.pool_factors: downsampling {level} has "
-                        f"factors {factor}; each axis is pooled by 1 or 2")
+      raise ConfigError(
+        f"config.model.pool_factors: downsampling {level} has factors {factor}; each axis is pooled by 1 or 2"
+      )
   return factors
 
 
 def kernel_sizes(cfg: ml_collections.ConfigDict) -> tuple[tuple[int, ...], ...]:
   """`config.model.kernel_sizes`, checked: () or `depth + 1` tuples of odd sizes."""
   depth = positive_int(cfg, "depth")
-  kernels = _level_tuples(cfg, "kernel_sizes", depth + 1,
-                          f"one per level, config.model.depth={depth} + 1")
+  kernels = _level_tuples(cfg, "kernel_sizes", depth + 1, f"one per level, config.model.depth={depth} + 1")
   for level, kernel in enumerate(kernels):
     if any(k < 1 or k % 2 == 0 for k in kernel):
-      raise ConfigError(f"config.model.kernel_sizes: level {level} has kernel "
-                        f"{kernel}; sizes must be odd and >= 1")
+      raise ConfigError(f"config.model.kernel_sizes: level {level} has kernel {kernel}; sizes must be odd and >= 1")
   return kernels
 
 
@@ -248,13 +246,13 @@ def no_unet_geometry(cfg: ml_collections.ConfigDict) -> None:
   for key in ("pool_factors", "kernel_sizes"):
     if _get(cfg, key):
       raise ConfigError(
-          f"config.model.{key}={_plain(cfg[key])!r} is only used by the "
-          f"U-Nets (unet, unet3d, attention_unet), not by model "
-          f"{cfg.name!r}; set it to ()")
+        f"config.model.{key}={_plain(cfg[key])!r} is only used by the "
+        f"U-Nets (unet, unet3d, attention_unet), not by model "
+        f"{cfg.name!r}; set it to ()"
+      )
 
 
-def check_patch_size(cfg: ml_collections.ConfigDict,
-                     patch_size) -> None:
+def check_patch_size(cfg: ml_collections.ConfigDict, patch_size) -> None:
   """Refuses a patch not divisible by the product of `pool_factors` per axis.
 
   Only for an explicit `config.model.pool_factors` (the planned topology);
@@ -262,8 +260,7 @@ def check_patch_size(cfg: ml_collections.ConfigDict,
   checks `pool_factors` and `kernel_sizes` themselves (U-Nets) or their
   absence (other models).
   """
-  if _check_name(_get(cfg, "name")) not in ("unet", "unet3d",
-                                            "attention_unet"):
+  if _check_name(_get(cfg, "name")) not in ("unet", "unet3d", "attention_unet"):
     no_unet_geometry(cfg)
     return
   factors = pool_factors(cfg)
@@ -277,10 +274,11 @@ def check_patch_size(cfg: ml_collections.ConfigDict,
   bad = [axis for axis, (p, s) in enumerate(zip(patch, scale)) if p % s]
   if bad:
     raise ConfigError(
-        f"config.data.patch_size={patch} is not divisible by the product of "
-        f"config.model.pool_factors per axis, {tuple(scale)} (axis "
-        f"{', '.join(map(str, bad))}); use a patch of multiples of "
-        f"{tuple(scale)} or other pool_factors / depth")
+      f"config.data.patch_size={patch} is not divisible by the product of "
+      f"config.model.pool_factors per axis, {tuple(scale)} (axis "
+      f"{', '.join(map(str, bad))}); use a patch of multiples of "
+      f"{tuple(scale)} or other pool_factors / depth"
+    )
 
 
 def unet_fields(cfg: ml_collections.ConfigDict) -> dict:
@@ -290,16 +288,21 @@ def unet_fields(cfg: ml_collections.ConfigDict) -> dict:
   norm, groups = norm_settings(cfg, (features, max_features))
   no_extra_outputs(cfg, "aux_head")
   return dict(
-      num_classes=positive_int(cfg, "num_classes"), features=features,
-      depth=positive_int(cfg, "depth"), max_features=max_features, norm=norm,
-      norm_groups=groups,
-      activation=choice(cfg, "activation", layers.ACTIVATIONS),
-      dropout=rate(cfg, "dropout"),
-      deep_supervision=flag(cfg, "deep_supervision"),
-      dtype=compute_dtype(cfg),
-      conv3d=choice(cfg, "conv3d", layers.CONV3D_IMPLS),
-      remat=flag(cfg, "remat"), pool_factors=pool_factors(cfg),
-      kernel_sizes=kernel_sizes(cfg))
+    num_classes=positive_int(cfg, "num_classes"),
+    features=features,
+    depth=positive_int(cfg, "depth"),
+    max_features=max_features,
+    norm=norm,
+    norm_groups=groups,
+    activation=choice(cfg, "activation", layers.ACTIVATIONS),
+    dropout=rate(cfg, "dropout"),
+    deep_supervision=flag(cfg, "deep_supervision"),
+    dtype=compute_dtype(cfg),
+    conv3d=choice(cfg, "conv3d", layers.CONV3D_IMPLS),
+    remat=flag(cfg, "remat"),
+    pool_factors=pool_factors(cfg),
+    kernel_sizes=kernel_sizes(cfg),
+  )
 
 
 def unet(cfg: ml_collections.ConfigDict) -> nn.Module:
@@ -317,9 +320,12 @@ def attention_unet(cfg: ml_collections.ConfigDict) -> nn.Module:
   return AttentionUNet(**unet_fields(cfg))
 
 
-def backbone_fields(cfg: ml_collections.ConfigDict,
-                    names: tuple[str, ...], output_strides: tuple[int, ...],
-                    head_widths: tuple[int, ...] = ()) -> dict:
+def backbone_fields(
+  cfg: ml_collections.ConfigDict,
+  names: tuple[str, ...],
+  output_strides: tuple[int, ...],
+  head_widths: tuple[int, ...] = (),
+) -> dict:
   """Constructor arguments shared by the backbone models (FCN, DeepLab)."""
   no_extra_outputs(cfg, "deep_supervision")
   no_unet_geometry(cfg)
@@ -328,25 +334,31 @@ def backbone_fields(cfg: ml_collections.ConfigDict,
   norm, groups = norm_settings(cfg, (width, *head_widths))
   output_stride = _get(cfg, "output_stride")
   if backbone != "vgg16" and output_stride not in output_strides:
-    raise ConfigError(f"config.model.output_stride={output_stride!r} is not "
-                      f"one of {', '.join(map(str, output_strides))} for "
-                      f"model {cfg.name!r}")
+    raise ConfigError(
+      f"config.model.output_stride={output_stride!r} is not "
+      f"one of {', '.join(map(str, output_strides))} for "
+      f"model {cfg.name!r}"
+    )
   aux_head = flag(cfg, "aux_head")
   if aux_head and backbone == "vgg16":
-    raise ConfigError("config.model.aux_head=True needs a ResNet "
-                      "config.model.backbone, not 'vgg16'")
-  return dict(num_classes=positive_int(cfg, "num_classes"),
-              backbone=backbone, backbone_width=width,
-              output_stride=output_stride, norm=norm, norm_groups=groups,
-              aux_head=aux_head, dtype=compute_dtype(cfg))
+    raise ConfigError("config.model.aux_head=True needs a ResNet config.model.backbone, not 'vgg16'")
+  return dict(
+    num_classes=positive_int(cfg, "num_classes"),
+    backbone=backbone,
+    backbone_width=width,
+    output_stride=output_stride,
+    norm=norm,
+    norm_groups=groups,
+    aux_head=aux_head,
+    dtype=compute_dtype(cfg),
+  )
 
 
 def fcn(num_skips: int) -> Callable[[ml_collections.ConfigDict], nn.Module]:
   """Factory of FCN-32s (0 skips), FCN-16s (1) or FCN-8s (2)."""
 
   def create(cfg: ml_collections.ConfigDict) -> nn.Module:
-    return FCN(num_skips=num_skips, **backbone_fields(
-        cfg, backbones.BACKBONES, backbones.RESNET_OUTPUT_STRIDES))
+    return FCN(num_skips=num_skips, **backbone_fields(cfg, backbones.BACKBONES, backbones.RESNET_OUTPUT_STRIDES))
 
   return create
 
@@ -355,9 +367,9 @@ def deeplab(plus: bool) -> Callable[[ml_collections.ConfigDict], nn.Module]:
   """Factory of DeepLabv3 or (plus) DeepLabv3+."""
 
   def create(cfg: ml_collections.ConfigDict) -> nn.Module:
-    return DeepLab(plus=plus, **backbone_fields(
-        cfg, tuple(backbones.RESNETS), DEEPLAB_OUTPUT_STRIDES,
-        head_widths=(48, 256)))
+    return DeepLab(
+      plus=plus, **backbone_fields(cfg, tuple(backbones.RESNETS), DEEPLAB_OUTPUT_STRIDES, head_widths=(48, 256))
+    )
 
   return create
 
@@ -369,12 +381,14 @@ class ModelEntry(NamedTuple):
     create: builds the `flax.linen.Module` from `config.model`.
     spatial_dims: 2 for inputs `[B, H, W, C]`, 3 for `[B, D, H, W, C]`.
   """
+
   create: Callable[[ml_collections.ConfigDict], nn.Module]
   spatial_dims: int
 
 
 # The one model table: config.model.name -> (constructor, spatial dimensions).
-REGISTRY: Mapping[str, ModelEntry] = types.MappingProxyType({
+REGISTRY: Mapping[str, ModelEntry] = types.MappingProxyType(
+  {
     "unet": ModelEntry(unet, 2),
     "unet3d": ModelEntry(unet3d, 3),
     "attention_unet": ModelEntry(attention_unet, 2),
@@ -383,17 +397,18 @@ REGISTRY: Mapping[str, ModelEntry] = types.MappingProxyType({
     "fcn8s": ModelEntry(fcn(2), 2),
     "deeplabv3": ModelEntry(deeplab(plus=False), 2),
     "deeplabv3plus": ModelEntry(deeplab(plus=True), 2),
-})
+  }
+)
 
 # name -> constructor, a read-only view of REGISTRY (`name in MODELS`, iteration in table order).
 MODELS: Mapping[str, Callable[[ml_collections.ConfigDict], nn.Module]] = types.MappingProxyType(
-    {name: entry.create for name, entry in REGISTRY.items()})
+  {name: entry.create for name, entry in REGISTRY.items()}
+)
 
 
 def _check_name(name: str) -> str:
   if name not in REGISTRY:
-    raise ConfigError(f"config.model.name={name!r} is not a model; valid "
-                      f"names: {', '.join(REGISTRY)}")
+    raise ConfigError(f"config.model.name={name!r} is not a model; valid names: {', '.join(REGISTRY)}")
   return name
 
 

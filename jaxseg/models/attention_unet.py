@@ -37,6 +37,7 @@ class AttentionGate(nn.Module):
   (`alpha * skip` `[B, *s, C_x]`, alpha `[B, *s, 1]`). `factor`: the
   pooling factor of each axis between the two; () = 2 on every axis.
   """
+
   inter_features: int
   ndim: int = 2
   dtype: layers.Dtype = jnp.float32
@@ -47,13 +48,18 @@ class AttentionGate(nn.Module):
   def __call__(self, skip: Array, gating: Array) -> tuple[Array, Array]:
     window = tuple(self.factor) or (2,) * self.ndim
     impl = layers.conv3d_kwargs(self.ndim, self.conv3d)
-    theta = nn.Conv(self.inter_features, window, strides=window,
-                    padding="VALID", use_bias=False, dtype=self.dtype,
-                    name="theta", **impl)(skip)
-    phi = nn.Conv(self.inter_features, (1,) * self.ndim, dtype=self.dtype,
-                  name="phi", **impl)(gating)
-    q = nn.Conv(1, (1,) * self.ndim, dtype=self.dtype,
-                name="psi", **impl)(nn.relu(theta + phi))
+    theta = nn.Conv(
+      self.inter_features,
+      window,
+      strides=window,
+      padding="VALID",
+      use_bias=False,
+      dtype=self.dtype,
+      name="theta",
+      **impl,
+    )(skip)
+    phi = nn.Conv(self.inter_features, (1,) * self.ndim, dtype=self.dtype, name="phi", **impl)(gating)
+    q = nn.Conv(1, (1,) * self.ndim, dtype=self.dtype, name="psi", **impl)(nn.relu(theta + phi))
     alpha = layers.resize_bilinear(nn.sigmoid(q), skip.shape[1:-1])
     return skip * alpha, alpha
 
@@ -65,14 +71,18 @@ class AttentionUNet(UNet):
   sown gate maps.
   """
 
-  def merge_skip(self, skip: Array, coarse: Array, up: Array, level: int,
-                 spatial: tuple[int, ...]) -> Array:
-    gated, alpha = AttentionGate(max(skip.shape[-1] // 2, 1), ndim=self.ndim,
-                                 dtype=self.dtype, conv3d=self.conv3d,
-                                 factor=self.factors()[level],
-                                 name=f"gate{level}")(
-                                     skip, coarse)
-    self.sow("intermediates", "attention_gates",
-             layers.crop_to_downsampled(alpha.astype(jnp.float32), spatial,
-                                        self.scale(level)))
+  def merge_skip(self, skip: Array, coarse: Array, up: Array, level: int, spatial: tuple[int, ...]) -> Array:
+    gated, alpha = AttentionGate(
+      max(skip.shape[-1] // 2, 1),
+      ndim=self.ndim,
+      dtype=self.dtype,
+      conv3d=self.conv3d,
+      factor=self.factors()[level],
+      name=f"gate{level}",
+    )(skip, coarse)
+    self.sow(
+      "intermediates",
+      "attention_gates",
+      layers.crop_to_downsampled(alpha.astype(jnp.float32), spatial, self.scale(level)),
+    )
     return jnp.concatenate([gated, up], axis=-1)

@@ -30,10 +30,10 @@ Array = jax.Array
 
 # name -> (blocks per stage, block type).
 RESNETS = {
-    "resnet18": ((2, 2, 2, 2), "basic"),
-    "resnet34": ((3, 4, 6, 3), "basic"),
-    "resnet50": ((3, 4, 6, 3), "bottleneck"),
-    "resnet101": ((3, 4, 23, 3), "bottleneck"),
+  "resnet18": ((2, 2, 2, 2), "basic"),
+  "resnet34": ((3, 4, 6, 3), "basic"),
+  "resnet50": ((3, 4, 6, 3), "bottleneck"),
+  "resnet101": ((3, 4, 23, 3), "bottleneck"),
 }
 BACKBONES = (*RESNETS, "vgg16")
 # ResNet output strides: 32 is the plain network.
@@ -49,6 +49,7 @@ class ResNetBlock(nn.Module):
 
   `[B, H, W, C] -> [B, H / strides, W / strides, planes * expansion]`.
   """
+
   planes: int
   bottleneck: bool
   strides: int = 1
@@ -60,26 +61,23 @@ class ResNetBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     def conv(features, kernel, name, strides=1, dilation=1):
-      return layers.conv(features, kernel, strides=strides, dilation=dilation,
-                         dtype=self.dtype, kernel_init=_he_fan_out, name=name)
+      return layers.conv(
+        features, kernel, strides=strides, dilation=dilation, dtype=self.dtype, kernel_init=_he_fan_out, name=name
+      )
 
     def norm(name):
-      return layers.norm_layer(self.norm, train=train, dtype=self.dtype,
-                               groups=self.norm_groups, name=name)
+      return layers.norm_layer(self.norm, train=train, dtype=self.dtype, groups=self.norm_groups, name=name)
 
     out_features = self.planes * (4 if self.bottleneck else 1)
     if self.bottleneck:
       y = nn.relu(norm("bn1")(conv(self.planes, 1, "conv1")(x)))
-      y = nn.relu(norm("bn2")(conv(self.planes, 3, "conv2", self.strides,
-                                   self.dilation)(y)))
+      y = nn.relu(norm("bn2")(conv(self.planes, 3, "conv2", self.strides, self.dilation)(y)))
       y = norm("bn3")(conv(out_features, 1, "conv3")(y))
     else:
-      y = nn.relu(norm("bn1")(conv(self.planes, 3, "conv1", self.strides,
-                                   self.dilation)(x)))
+      y = nn.relu(norm("bn1")(conv(self.planes, 3, "conv1", self.strides, self.dilation)(x)))
       y = norm("bn2")(conv(self.planes, 3, "conv2", 1, self.dilation)(y))
     if self.strides != 1 or x.shape[-1] != out_features:
-      x = norm("downsample_bn")(
-          conv(out_features, 1, "downsample_conv", self.strides)(x))
+      x = norm("downsample_bn")(conv(out_features, 1, "downsample_conv", self.strides)(x))
     return nn.relu(x + y)
 
 
@@ -91,6 +89,7 @@ class ResNet(nn.Module):
   `[B, H / stride, W / stride, C]` for H, W divisible by the output stride
   (and by 4). The classification head (avgpool, fc) is not part of it.
   """
+
   stage_sizes: tuple[int, ...]
   bottleneck: bool
   width: int = 64
@@ -101,10 +100,8 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> dict[str, Array]:
-    x = layers.conv(self.width, 7, strides=2, dtype=self.dtype,
-                    kernel_init=_he_fan_out, name="conv1")(x)
-    x = layers.norm_layer(self.norm, train=train, dtype=self.dtype,
-                          groups=self.norm_groups, name="bn1")(x)
+    x = layers.conv(self.width, 7, strides=2, dtype=self.dtype, kernel_init=_he_fan_out, name="conv1")(x)
+    x = layers.norm_layer(self.norm, train=train, dtype=self.dtype, groups=self.norm_groups, name="bn1")(x)
     x = nn.relu(x)
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     features = {}
@@ -118,11 +115,15 @@ class ResNet(nn.Module):
       stride *= block_stride
       for index in range(num_blocks):
         x = ResNetBlock(
-            self.width * 2**stage, self.bottleneck,
-            strides=block_stride if index == 0 else 1,
-            dilation=previous_dilation if index == 0 else dilation,
-            norm=self.norm, norm_groups=self.norm_groups, dtype=self.dtype,
-            name=f"layer{stage + 1}_{index}")(x, train=train)
+          self.width * 2**stage,
+          self.bottleneck,
+          strides=block_stride if index == 0 else 1,
+          dilation=previous_dilation if index == 0 else dilation,
+          norm=self.norm,
+          norm_groups=self.norm_groups,
+          dtype=self.dtype,
+          name=f"layer{stage + 1}_{index}",
+        )(x, train=train)
       features[f"layer{stage + 1}"] = x
     return features
 
@@ -134,6 +135,7 @@ class VGG16(nn.Module):
   W divisible by 32. ReLU everywhere; dropout 0.5 after fc6 and fc7 (rng
   `dropout`).
   """
+
   width: int = 64
   dtype: layers.Dtype = jnp.float32
 
@@ -143,23 +145,27 @@ class VGG16(nn.Module):
   def __call__(self, x: Array, *, train: bool) -> dict[str, Array]:
     features = {}
     for stage, num_convs in enumerate(self.STAGES):
-      channels = self.width * 2**min(stage, 3)
+      channels = self.width * 2 ** min(stage, 3)
       for index in range(num_convs):
-        x = nn.relu(layers.conv(channels, 3, use_bias=True, dtype=self.dtype,
-                                name=f"conv{stage + 1}_{index + 1}")(x))
+        x = nn.relu(layers.conv(channels, 3, use_bias=True, dtype=self.dtype, name=f"conv{stage + 1}_{index + 1}")(x))
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
       features[f"pool{stage + 1}"] = x
     for name, kernel in (("fc6", 7), ("fc7", 1)):
-      x = nn.relu(layers.conv(64 * self.width, kernel, use_bias=True,
-                              dtype=self.dtype, name=name)(x))
+      x = nn.relu(layers.conv(64 * self.width, kernel, use_bias=True, dtype=self.dtype, name=name)(x))
       x = nn.Dropout(0.5, deterministic=not train)(x)
     features["fc7"] = x
     return {key: features[key] for key in ("pool3", "pool4", "fc7")}
 
 
-def create_backbone(name: str, *, width: int = 64, output_stride: int = 32,
-                    norm: str = "batch", norm_groups: int = 8,
-                    dtype: layers.Dtype = jnp.float32) -> nn.Module:
+def create_backbone(
+  name: str,
+  *,
+  width: int = 64,
+  output_stride: int = 32,
+  norm: str = "batch",
+  norm_groups: int = 8,
+  dtype: layers.Dtype = jnp.float32,
+) -> nn.Module:
   """The backbone `name` (one of BACKBONES) as a submodule named `backbone`.
 
   Must be called inside a compact method. VGG16 ignores `output_stride`
@@ -168,6 +174,13 @@ def create_backbone(name: str, *, width: int = 64, output_stride: int = 32,
   if name == "vgg16":
     return VGG16(width=width, dtype=dtype, name="backbone")
   stage_sizes, block = RESNETS[name]
-  return ResNet(stage_sizes, block == "bottleneck", width=width,
-                output_stride=output_stride, norm=norm,
-                norm_groups=norm_groups, dtype=dtype, name="backbone")
+  return ResNet(
+    stage_sizes,
+    block == "bottleneck",
+    width=width,
+    output_stride=output_stride,
+    norm=norm,
+    norm_groups=norm_groups,
+    dtype=dtype,
+    name="backbone",
+  )

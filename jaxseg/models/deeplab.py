@@ -49,6 +49,7 @@ POOLING_NORMS = ("batch", "group", "layer")
 
 class ConvNormReLU(nn.Module):
   """Convolution (optionally atrous, bias only if `use_bias`), norm, ReLU; keeps h, w."""
+
   features: int
   kernel_size: int = 1
   rate: int = 1
@@ -59,17 +60,16 @@ class ConvNormReLU(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    x = layers.atrous_conv(self.features, self.rate,
-                           kernel_size=self.kernel_size,
-                           use_bias=self.use_bias, dtype=self.dtype,
-                           name="conv")(x)
-    x = layers.norm_layer(self.norm, train=train, dtype=self.dtype,
-                          groups=self.norm_groups, name="norm")(x)
+    x = layers.atrous_conv(
+      self.features, self.rate, kernel_size=self.kernel_size, use_bias=self.use_bias, dtype=self.dtype, name="conv"
+    )(x)
+    x = layers.norm_layer(self.norm, train=train, dtype=self.dtype, groups=self.norm_groups, name="norm")(x)
     return nn.relu(x)
 
 
 class ASPP(nn.Module):
   """Atrous spatial pyramid pooling: `[B, h, w, C] -> [B, h, w, features]`."""
+
   rates: tuple[int, ...]
   features: int = 256
   dropout: float = 0.5
@@ -80,20 +80,22 @@ class ASPP(nn.Module):
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     def branch(name, kernel_size=1, rate=1):
-      return ConvNormReLU(self.features, kernel_size, rate, norm=self.norm,
-                          norm_groups=self.norm_groups, dtype=self.dtype,
-                          name=name)
+      return ConvNormReLU(
+        self.features, kernel_size, rate, norm=self.norm, norm_groups=self.norm_groups, dtype=self.dtype, name=name
+      )
 
     outputs = [branch("conv1x1")(x, train=train)]
     for index, rate in enumerate(self.rates):
       outputs.append(branch(f"atrous{index}", 3, rate)(x, train=train))
     pooling_norm = self.norm if self.norm in POOLING_NORMS else "none"
-    pooled = ConvNormReLU(self.features, norm=pooling_norm,
-                          norm_groups=self.norm_groups,
-                          use_bias=pooling_norm == "none", dtype=self.dtype,
-                          name="pooling")(
-                              jnp.mean(x, axis=(1, 2), keepdims=True),
-                              train=train)
+    pooled = ConvNormReLU(
+      self.features,
+      norm=pooling_norm,
+      norm_groups=self.norm_groups,
+      use_bias=pooling_norm == "none",
+      dtype=self.dtype,
+      name="pooling",
+    )(jnp.mean(x, axis=(1, 2), keepdims=True), train=train)
     outputs.append(jnp.broadcast_to(pooled, outputs[0].shape))
     x = branch("project")(jnp.concatenate(outputs, axis=-1), train=train)
     return nn.Dropout(self.dropout, deterministic=not train)(x)
@@ -105,6 +107,7 @@ class DeepLab(nn.Module):
   Any H, W: the input is zero padded to a multiple of `output_stride` and the
   logits are cropped back.
   """
+
   num_classes: int
   plus: bool = False
   backbone: str = "resnet50"
@@ -117,37 +120,49 @@ class DeepLab(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array | list[Array]:
-    x, spatial = layers.pad_to_multiple(x.astype(self.dtype),
-                                        self.output_stride)
+    x, spatial = layers.pad_to_multiple(x.astype(self.dtype), self.output_stride)
     features = backbones.create_backbone(
-        self.backbone, width=self.backbone_width,
-        output_stride=self.output_stride, norm=self.norm,
-        norm_groups=self.norm_groups, dtype=self.dtype)(x, train=train)
+      self.backbone,
+      width=self.backbone_width,
+      output_stride=self.output_stride,
+      norm=self.norm,
+      norm_groups=self.norm_groups,
+      dtype=self.dtype,
+    )(x, train=train)
     if self.plus:
       logits = DeepLabV3PlusHead(
-          self.num_classes, ASPP_RATES[self.output_stride], norm=self.norm,
-          norm_groups=self.norm_groups, dtype=self.dtype, name="classifier")(
-              features["layer4"], features["layer1"], train=train)
+        self.num_classes,
+        ASPP_RATES[self.output_stride],
+        norm=self.norm,
+        norm_groups=self.norm_groups,
+        dtype=self.dtype,
+        name="classifier",
+      )(features["layer4"], features["layer1"], train=train)
     else:
       logits = DeepLabV3Head(
-          self.num_classes, ASPP_RATES[self.output_stride], norm=self.norm,
-          norm_groups=self.norm_groups, dtype=self.dtype, name="classifier")(
-              features["layer4"], train=train)
+        self.num_classes,
+        ASPP_RATES[self.output_stride],
+        norm=self.norm,
+        norm_groups=self.norm_groups,
+        dtype=self.dtype,
+        name="classifier",
+      )(features["layer4"], train=train)
     outputs = [logits]
     if self.aux_head:
-      outputs.append(FCNHead(self.num_classes, norm=self.norm,
-                             norm_groups=self.norm_groups, dtype=self.dtype,
-                             name="aux_classifier")(features["layer3"],
-                                                    train=train))
+      outputs.append(
+        FCNHead(
+          self.num_classes, norm=self.norm, norm_groups=self.norm_groups, dtype=self.dtype, name="aux_classifier"
+        )(features["layer3"], train=train)
+      )
     outputs = [
-        layers.crop_spatial(
-            layers.resize_bilinear(o, x.shape[1:3]), spatial).astype(
-                jnp.float32) for o in outputs]
+      layers.crop_spatial(layers.resize_bilinear(o, x.shape[1:3]), spatial).astype(jnp.float32) for o in outputs
+    ]
     return outputs if train and self.aux_head else outputs[0]
 
 
 class DeepLabV3Head(nn.Module):
   """ASPP, 3x3 conv-norm-ReLU, 1x1 classifier; keeps h, w."""
+
   num_classes: int
   rates: tuple[int, ...]
   norm: str = "batch"
@@ -156,12 +171,11 @@ class DeepLabV3Head(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    x = ASPP(self.rates, norm=self.norm, norm_groups=self.norm_groups,
-             dtype=self.dtype, name="aspp")(x, train=train)
-    x = ConvNormReLU(256, 3, norm=self.norm, norm_groups=self.norm_groups,
-                     dtype=self.dtype, name="refine")(x, train=train)
-    return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype,
-                   name="score")(x)
+    x = ASPP(self.rates, norm=self.norm, norm_groups=self.norm_groups, dtype=self.dtype, name="aspp")(x, train=train)
+    x = ConvNormReLU(256, 3, norm=self.norm, norm_groups=self.norm_groups, dtype=self.dtype, name="refine")(
+      x, train=train
+    )
+    return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="score")(x)
 
 
 class DeepLabV3PlusHead(nn.Module):
@@ -169,6 +183,7 @@ class DeepLabV3PlusHead(nn.Module):
 
   Returns logits at the resolution of `low`.
   """
+
   num_classes: int
   rates: tuple[int, ...]
   norm: str = "batch"
@@ -178,16 +193,15 @@ class DeepLabV3PlusHead(nn.Module):
   @nn.compact
   def __call__(self, high: Array, low: Array, *, train: bool) -> Array:
     def conv_norm_relu(features, kernel_size, name):
-      return ConvNormReLU(features, kernel_size, norm=self.norm,
-                          norm_groups=self.norm_groups, dtype=self.dtype,
-                          name=name)
+      return ConvNormReLU(
+        features, kernel_size, norm=self.norm, norm_groups=self.norm_groups, dtype=self.dtype, name=name
+      )
 
-    high = ASPP(self.rates, norm=self.norm, norm_groups=self.norm_groups,
-                dtype=self.dtype, name="aspp")(high, train=train)
+    high = ASPP(self.rates, norm=self.norm, norm_groups=self.norm_groups, dtype=self.dtype, name="aspp")(
+      high, train=train
+    )
     low = conv_norm_relu(48, 1, "low_project")(low, train=train)
-    x = jnp.concatenate(
-        [layers.resize_bilinear(high, low.shape[1:3]), low], axis=-1)
+    x = jnp.concatenate([layers.resize_bilinear(high, low.shape[1:3]), low], axis=-1)
     x = conv_norm_relu(256, 3, "refine0")(x, train=train)
     x = conv_norm_relu(256, 3, "refine1")(x, train=train)
-    return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype,
-                   name="score")(x)
+    return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="score")(x)

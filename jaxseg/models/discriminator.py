@@ -67,13 +67,15 @@ class PatchDiscriminator(nn.Module):
     input_form: "product" (Luc et al. 2016) or "concat".
     spectral_norm: spectrally normalise every convolution instead of layer norm.
   """
+
   features: int = 32
   num_layers: int = 3
   input_form: str = "product"
   spectral_norm: bool = False
 
-  def _conv(self, width: int, kernel_size: int, strides: int, ndim: int, use_bias: bool,
-            name: str) -> Callable[[Array, bool], Array]:
+  def _conv(
+    self, width: int, kernel_size: int, strides: int, ndim: int, use_bias: bool, name: str
+  ) -> Callable[[Array, bool], Array]:
     conv = layers.conv(width, kernel_size, ndim=ndim, strides=strides, use_bias=use_bias, name=name)
     if self.spectral_norm:
       normalised = nn.SpectralNorm(conv, name=f"{name}_sn")

@@ -47,6 +47,7 @@ FULL_STRIDE = 32
 
 class FCNHead(nn.Module):
   """torchvision's FCN head: `[B, h, w, C] -> [B, h, w, num_classes]`."""
+
   num_classes: int
   norm: str = "batch"
   norm_groups: int = 8
@@ -56,11 +57,9 @@ class FCNHead(nn.Module):
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     x = layers.conv(x.shape[-1] // 4, 3, dtype=self.dtype, name="conv")(x)
-    x = layers.norm_layer(self.norm, train=train, dtype=self.dtype,
-                          groups=self.norm_groups, name="norm")(x)
+    x = layers.norm_layer(self.norm, train=train, dtype=self.dtype, groups=self.norm_groups, name="norm")(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(x))
-    return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype,
-                   name="score")(x)
+    return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="score")(x)
 
 
 class FCN(nn.Module):
@@ -69,6 +68,7 @@ class FCN(nn.Module):
   Any H, W: the input is zero padded to a multiple of the backbone's output
   stride (32 for VGG16 and for FCN-16s/8s) and the logits are cropped back.
   """
+
   num_classes: int
   # 0: FCN-32s, 1: FCN-16s, 2: FCN-8s.
   num_skips: int
@@ -86,33 +86,34 @@ class FCN(nn.Module):
     stride = backbones.VGG_OUTPUT_STRIDE if vgg else self.backbone_stride
     x, spatial = layers.pad_to_multiple(x.astype(self.dtype), stride)
     features = backbones.create_backbone(
-        self.backbone, width=self.backbone_width,
-        output_stride=self.backbone_stride, norm=self.norm,
-        norm_groups=self.norm_groups, dtype=self.dtype)(x, train=train)
+      self.backbone,
+      width=self.backbone_width,
+      output_stride=self.backbone_stride,
+      norm=self.norm,
+      norm_groups=self.norm_groups,
+      dtype=self.dtype,
+    )(x, train=train)
 
     if vgg:
       skips = ("pool4", "pool3")
-      scores = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype,
-                       kernel_init=nn.initializers.zeros,
-                       name="score_fr")(features["fc7"])
+      scores = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, kernel_init=nn.initializers.zeros, name="score_fr")(
+        features["fc7"]
+      )
     else:
       skips = ("layer3", "layer2")
       scores = self.head("classifier")(features["layer4"], train=train)
-    for index, skip in enumerate(skips[:self.num_skips]):
-      skip_scores = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype,
-                            kernel_init=nn.initializers.zeros,
-                            name=f"score_{skip}")(features[skip])
-      scores = layers.upsample_2x_learned(
-          self.num_classes, dtype=self.dtype, name=f"upscore{index}")(scores)
+    for index, skip in enumerate(skips[: self.num_skips]):
+      skip_scores = nn.Conv(
+        self.num_classes, (1, 1), dtype=self.dtype, kernel_init=nn.initializers.zeros, name=f"score_{skip}"
+      )(features[skip])
+      scores = layers.upsample_2x_learned(self.num_classes, dtype=self.dtype, name=f"upscore{index}")(scores)
       scores = scores + skip_scores  # Both [B, 2h, 2w, classes]: coarse-to-fine.
     outputs = [scores]
     if self.aux_head:
-      outputs.append(self.head("aux_classifier")(features["layer3"],
-                                                 train=train))
+      outputs.append(self.head("aux_classifier")(features["layer3"], train=train))
     outputs = [
-        layers.crop_spatial(
-            layers.resize_bilinear(o, x.shape[1:3]), spatial).astype(
-                jnp.float32) for o in outputs]
+      layers.crop_spatial(layers.resize_bilinear(o, x.shape[1:3]), spatial).astype(jnp.float32) for o in outputs
+    ]
     return outputs if train and self.aux_head else outputs[0]
 
   @property
@@ -121,5 +122,4 @@ class FCN(nn.Module):
     return FULL_STRIDE if self.num_skips else self.output_stride
 
   def head(self, name: str) -> FCNHead:
-    return FCNHead(self.num_classes, norm=self.norm,
-                   norm_groups=self.norm_groups, dtype=self.dtype, name=name)
+    return FCNHead(self.num_classes, norm=self.norm, norm_groups=self.norm_groups, dtype=self.dtype, name=name)

@@ -40,12 +40,12 @@ def activation_fn(name: str) -> Callable[[Array], Array]:
     return nn.gelu
   if name == "silu":
     return nn.silu
-  raise ValueError(f"unknown activation {name!r}; expected one of "
-                   f"{ACTIVATIONS}")
+  raise ValueError(f"unknown activation {name!r}; expected one of {ACTIVATIONS}")
 
 
-def norm_layer(kind: str, *, train: bool, dtype: Dtype, groups: int = 8,
-               name: str | None = None) -> Callable[[Array], Array]:
+def norm_layer(
+  kind: str, *, train: bool, dtype: Dtype, groups: int = 8, name: str | None = None
+) -> Callable[[Array], Array]:
   """Returns a normalisation layer over the channel axis of `[B, ..., C]`.
 
   Must be called inside a compact method; the layer becomes a submodule.
@@ -63,17 +63,15 @@ def norm_layer(kind: str, *, train: bool, dtype: Dtype, groups: int = 8,
     name: submodule name.
   """
   if kind == "batch":
-    return nn.BatchNorm(use_running_average=not train,
-                        momentum=BATCH_NORM_MOMENTUM, epsilon=NORM_EPSILON,
-                        dtype=dtype, name=name)
+    return nn.BatchNorm(
+      use_running_average=not train, momentum=BATCH_NORM_MOMENTUM, epsilon=NORM_EPSILON, dtype=dtype, name=name
+    )
   if kind == "instance":
     return nn.InstanceNorm(epsilon=NORM_EPSILON, dtype=dtype, name=name)
   if kind == "group":
-    return nn.GroupNorm(num_groups=groups, epsilon=NORM_EPSILON, dtype=dtype,
-                        name=name)
+    return nn.GroupNorm(num_groups=groups, epsilon=NORM_EPSILON, dtype=dtype, name=name)
   if kind == "layer":
-    return nn.GroupNorm(num_groups=1, epsilon=NORM_EPSILON, dtype=dtype,
-                        name=name)
+    return nn.GroupNorm(num_groups=1, epsilon=NORM_EPSILON, dtype=dtype, name=name)
   if kind == "none":
     return lambda x: x
   raise ValueError(f"unknown norm {kind!r}; expected one of {NORMS}")
@@ -94,10 +92,8 @@ def fold_depth(impl: str) -> bool:
   folded form runs at 2D speed (README, Performance).
   """
   if impl not in CONV3D_IMPLS:
-    raise ValueError(f"unknown conv3d implementation {impl!r}; expected one "
-                     f"of {CONV3D_IMPLS}")
-  return impl == "folded" or (impl == "auto" and
-                              jax.default_backend() == "cpu")
+    raise ValueError(f"unknown conv3d implementation {impl!r}; expected one of {CONV3D_IMPLS}")
+  return impl == "folded" or (impl == "auto" and jax.default_backend() == "cpu")
 
 
 def conv3d_kwargs(ndim: int, impl: str) -> dict[str, Any]:
@@ -107,13 +103,19 @@ def conv3d_kwargs(ndim: int, impl: str) -> dict[str, Any]:
   return {}
 
 
-def depth_folded_conv(lhs: Array, rhs: Array, window_strides: Sequence[int],
-                      padding: str | Sequence[tuple[int, int]], *,
-                      lhs_dilation: Sequence[int] | None = None,
-                      rhs_dilation: Sequence[int] | None = None,
-                      dimension_numbers: Any = None,
-                      feature_group_count: int = 1, precision: Any = None,
-                      preferred_element_type: Dtype | None = None) -> Array:
+def depth_folded_conv(
+  lhs: Array,
+  rhs: Array,
+  window_strides: Sequence[int],
+  padding: str | Sequence[tuple[int, int]],
+  *,
+  lhs_dilation: Sequence[int] | None = None,
+  rhs_dilation: Sequence[int] | None = None,
+  dimension_numbers: Any = None,
+  feature_group_count: int = 1,
+  precision: Any = None,
+  preferred_element_type: Dtype | None = None,
+) -> Array:
   """`lax.conv_general_dilated` of a 3D channels-last convolution via 2D.
 
   `lhs` `[B, D, H, W, C_in]`, `rhs` `[kd, kh, kw, C_in, C_out]` (flax's
@@ -128,62 +130,81 @@ def depth_folded_conv(lhs: Array, rhs: Array, window_strides: Sequence[int],
   `conv_general_dilated`.
   """
   native = functools.partial(
-      jax.lax.conv_general_dilated, lhs, rhs, window_strides, padding,
-      lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-      dimension_numbers=dimension_numbers,
-      feature_group_count=feature_group_count, precision=precision,
-      preferred_element_type=preferred_element_type)
-  channels_last = jax.lax.conv_dimension_numbers(
-      lhs.shape, rhs.shape, ("NDHWC", "DHWIO", "NDHWC"))
-  if (lhs.ndim != 5 or feature_group_count != 1 or
-      any(d != 1 for d in (lhs_dilation or ())) or
-      (dimension_numbers is not None and
-       jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape,
-                                      dimension_numbers) != channels_last)):
+    jax.lax.conv_general_dilated,
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=lhs_dilation,
+    rhs_dilation=rhs_dilation,
+    dimension_numbers=dimension_numbers,
+    feature_group_count=feature_group_count,
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+  )
+  channels_last = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NDHWC", "DHWIO", "NDHWC"))
+  if (
+    lhs.ndim != 5
+    or feature_group_count != 1
+    or any(d != 1 for d in (lhs_dilation or ()))
+    or (
+      dimension_numbers is not None
+      and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != channels_last
+    )
+  ):
     return native()
   kd, kh, kw, c_in, c_out = rhs.shape
   strides = tuple(window_strides)
   dilation = tuple(rhs_dilation or (1, 1, 1))
   if isinstance(padding, str):
     padding = jax.lax.padtype_to_pads(
-        lhs.shape[1:4], [(k - 1) * d + 1 for k, d in zip(rhs.shape[:3],
-                                                          dilation)],
-        strides, padding)
+      lhs.shape[1:4], [(k - 1) * d + 1 for k, d in zip(rhs.shape[:3], dilation)], strides, padding
+    )
   padding = [tuple(p) for p in padding]
   (lo, hi), stride, dil = padding[0], strides[0], dilation[0]
   batch, depth = lhs.shape[:2]
   out_depth = (depth + lo + hi - dil * (kd - 1) - 1) // stride + 1
-  x = jax.lax.pad(lhs, jnp.zeros((), lhs.dtype),
-                  [(0, 0, 0), (lo, hi, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0)])
-  taps = [jax.lax.slice_in_dim(x, t * dil, t * dil + stride * (out_depth - 1)
-                               + 1, stride, axis=1) for t in range(kd)]
+  x = jax.lax.pad(lhs, jnp.zeros((), lhs.dtype), [(0, 0, 0), (lo, hi, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0)])
+  taps = [jax.lax.slice_in_dim(x, t * dil, t * dil + stride * (out_depth - 1) + 1, stride, axis=1) for t in range(kd)]
   x = taps[0] if kd == 1 else jnp.concatenate(taps, axis=-1)
   x = x.reshape((batch * out_depth, *x.shape[2:]))
   kernel = jnp.moveaxis(rhs, 0, 2).reshape(kh, kw, kd * c_in, c_out)
   y = jax.lax.conv_general_dilated(
-      x, kernel, strides[1:], padding[1:], rhs_dilation=dilation[1:],
-      dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision,
-      preferred_element_type=preferred_element_type)
+    x,
+    kernel,
+    strides[1:],
+    padding[1:],
+    rhs_dilation=dilation[1:],
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+  )
   return y.reshape((batch, out_depth, *y.shape[1:]))
 
 
-def per_axis(value: int | Sequence[int], ndim: int, what: str = "value"
-             ) -> tuple[int, ...]:
+def per_axis(value: int | Sequence[int], ndim: int, what: str = "value") -> tuple[int, ...]:
   """`(value,) * ndim` for an int, else `value` checked to have `ndim` entries."""
   if isinstance(value, (int, np.integer)):
     return (int(value),) * ndim
   value = tuple(int(v) for v in value)
   if len(value) != ndim:
-    raise ValueError(f"{what} {value} needs {ndim} entries, one per spatial "
-                     "axis")
+    raise ValueError(f"{what} {value} needs {ndim} entries, one per spatial axis")
   return value
 
 
-def conv(features: int, kernel_size: int | Sequence[int], *, ndim: int = 2,
-         strides: int | Sequence[int] = 1, dilation: int = 1,
-         use_bias: bool = False, dtype: Dtype = jnp.float32,
-         kernel_init: nn.initializers.Initializer | None = None,
-         conv3d: str = "auto", name: str | None = None) -> nn.Conv:
+def conv(
+  features: int,
+  kernel_size: int | Sequence[int],
+  *,
+  ndim: int = 2,
+  strides: int | Sequence[int] = 1,
+  dilation: int = 1,
+  use_bias: bool = False,
+  dtype: Dtype = jnp.float32,
+  kernel_init: nn.initializers.Initializer | None = None,
+  conv3d: str = "auto",
+  name: str | None = None,
+) -> nn.Conv:
   """An `ndim`-D convolution with symmetric zero padding (PyTorch style).
 
   `kernel_size` and `strides` are one int for every axis or one per axis
@@ -198,22 +219,36 @@ def conv(features: int, kernel_size: int | Sequence[int], *, ndim: int = 2,
   pads = [(dilation * (k - 1) // 2,) * 2 for k in kernel]
   kwargs = {} if kernel_init is None else {"kernel_init": kernel_init}
   kwargs.update(conv3d_kwargs(ndim, conv3d))
-  return nn.Conv(features, kernel, strides=per_axis(strides, ndim, "strides"),
-                 padding=pads, kernel_dilation=(dilation,) * ndim,
-                 use_bias=use_bias, dtype=dtype, name=name, **kwargs)
+  return nn.Conv(
+    features,
+    kernel,
+    strides=per_axis(strides, ndim, "strides"),
+    padding=pads,
+    kernel_dilation=(dilation,) * ndim,
+    use_bias=use_bias,
+    dtype=dtype,
+    name=name,
+    **kwargs,
+  )
 
 
-def atrous_conv(features: int, rate: int, *, kernel_size: int = 3,
-                ndim: int = 2, use_bias: bool = False,
-                dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Conv:
+def atrous_conv(
+  features: int,
+  rate: int,
+  *,
+  kernel_size: int = 3,
+  ndim: int = 2,
+  use_bias: bool = False,
+  dtype: Dtype = jnp.float32,
+  name: str | None = None,
+) -> nn.Conv:
   """Atrous (dilated) convolution that keeps the spatial size.
 
   The kernel taps are `rate` pixels apart, so a 3x3 kernel sees a
   `(2 * rate + 1)`-pixel square with 9 weights (Chen et al., DeepLab). The
   input is zero padded by `rate * (kernel_size - 1) // 2` on each side.
   """
-  return conv(features, kernel_size, ndim=ndim, dilation=rate,
-              use_bias=use_bias, dtype=dtype, name=name)
+  return conv(features, kernel_size, ndim=ndim, dilation=rate, use_bias=use_bias, dtype=dtype, name=name)
 
 
 def bilinear_upsample_init(factor: int = 2) -> nn.initializers.Initializer:
@@ -224,8 +259,7 @@ def bilinear_upsample_init(factor: int = 2) -> nn.initializers.Initializer:
   bilinear interpolation by `factor`.
   """
 
-  def init(key: Array, shape: Sequence[int], dtype: Dtype = jnp.float32
-           ) -> Array:
+  def init(key: Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> Array:
     del key
     size, _, in_features, out_features = shape
     if in_features != out_features:
@@ -233,22 +267,27 @@ def bilinear_upsample_init(factor: int = 2) -> nn.initializers.Initializer:
     center = (size - 1) / 2
     taps = 1 - np.abs(np.arange(size) - center) / factor
     kernel = np.zeros(shape, np.float32)
-    kernel[:, :, np.arange(in_features), np.arange(in_features)] = (
-        np.outer(taps, taps)[:, :, None])
+    kernel[:, :, np.arange(in_features), np.arange(in_features)] = np.outer(taps, taps)[:, :, None]
     return jnp.asarray(kernel, dtype)
 
   return init
 
 
-def upsample_2x_learned(features: int, *, dtype: Dtype,
-                        name: str | None = None) -> nn.ConvTranspose:
+def upsample_2x_learned(features: int, *, dtype: Dtype, name: str | None = None) -> nn.ConvTranspose:
   """Learned 2x upsampling `[B, H, W, C] -> [B, 2H, 2W, C]`, bilinear at init.
 
   A 4x4 transposed convolution with stride 2 (FCN's `upscore` layers), no bias.
   """
-  return nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME",
-                          use_bias=False, dtype=dtype,
-                          kernel_init=bilinear_upsample_init(2), name=name)
+  return nn.ConvTranspose(
+    features,
+    (4, 4),
+    strides=(2, 2),
+    padding="SAME",
+    use_bias=False,
+    dtype=dtype,
+    kernel_init=bilinear_upsample_init(2),
+    name=name,
+  )
 
 
 class StrideUpsample(nn.Module):
@@ -268,6 +307,7 @@ class StrideUpsample(nn.Module):
   15x for a whole 3D U-Net step on an H200; see the README's Performance
   section).
   """
+
   features: int
   factor: Sequence[int]
   use_bias: bool = True
@@ -281,16 +321,11 @@ class StrideUpsample(nn.Module):
     factor = tuple(int(f) for f in self.factor)
     ndim = len(factor)
     if x.ndim != ndim + 2:
-      raise ValueError(f"StrideUpsample with factor {factor} needs "
-                       f"[B, *{ndim} spatial, C] inputs, got {x.shape}")
+      raise ValueError(f"StrideUpsample with factor {factor} needs [B, *{ndim} spatial, C] inputs, got {x.shape}")
     in_features = x.shape[-1]
-    kernel = self.param("kernel", self.kernel_init,
-                        factor + (in_features, self.features),
-                        self.param_dtype)
-    bias = (self.param("bias", self.bias_init, (self.features,),
-                       self.param_dtype) if self.use_bias else None)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
-                                              dtype=self.dtype)
+    kernel = self.param("kernel", self.kernel_init, factor + (in_features, self.features), self.param_dtype)
+    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     # [*k, C_in, C_out] -> flipped -> [C_in, *k, C_out]: one matrix product
     # gives [B, *S, *k, C_out].
     kernel = jnp.flip(kernel, axis=tuple(range(ndim)))
@@ -304,8 +339,7 @@ class StrideUpsample(nn.Module):
     for axis in range(ndim):
       order += [1 + axis, 1 + ndim + axis]
     y = jnp.transpose(y, order + [2 * ndim + 1])
-    return y.reshape((batch, *(s * f for s, f in zip(spatial, factor)),
-                      self.features))
+    return y.reshape((batch, *(s * f for s, f in zip(spatial, factor)), self.features))
 
 
 def max_pool(x: Array, window: Sequence[int]) -> Array:
@@ -341,8 +375,7 @@ def resize_bilinear(x: Array, spatial_shape: Sequence[int]) -> Array:
   return jax.image.resize(x, shape, method="bilinear").astype(x.dtype)
 
 
-def pad_to_multiple(x: Array, multiple: int | Sequence[int]
-                    ) -> tuple[Array, tuple[int, ...]]:
+def pad_to_multiple(x: Array, multiple: int | Sequence[int]) -> tuple[Array, tuple[int, ...]]:
   """Zero pads the spatial axes of `[B, *spatial, C]` at their high end.
 
   Returns the padded array, whose spatial sizes are the smallest multiples of
@@ -367,8 +400,7 @@ def downsampled_size(size: int, factor: int) -> int:
   return -(-size // factor)
 
 
-def crop_to_downsampled(x: Array, spatial: Sequence[int],
-                        factor: int | Sequence[int]) -> Array:
+def crop_to_downsampled(x: Array, spatial: Sequence[int], factor: int | Sequence[int]) -> Array:
   """Crops a `1/factor`-resolution map of a padded input to the input's extent.
 
   `factor` is one int for every axis or one per axis. The result has
@@ -376,5 +408,4 @@ def crop_to_downsampled(x: Array, spatial: Sequence[int],
   `labels[:, ::factor[0], ::factor[1]]` for labels of spatial shape `spatial`.
   """
   factors = per_axis(factor, len(spatial), "factor")
-  return crop_spatial(x, [downsampled_size(s, f)
-                          for s, f in zip(spatial, factors)])
+  return crop_spatial(x, [downsampled_size(s, f) for s, f in zip(spatial, factors)])

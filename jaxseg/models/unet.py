@@ -36,6 +36,7 @@ class ConvBlock(nn.Module):
   stride `strides` (1 keeps the size); `kernel_size` and `strides` are one
   int for every axis or one per axis.
   """
+
   features: int
   norm: str = "batch"
   norm_groups: int = 8
@@ -50,12 +51,17 @@ class ConvBlock(nn.Module):
   def __call__(self, x: Array, train: bool) -> Array:
     act = layers.activation_fn(self.activation)
     for i in range(2):
-      x = layers.conv(self.features, self.kernel_size, ndim=self.ndim,
-                      strides=self.strides if i == 0 else 1,
-                      use_bias=self.norm == "none", dtype=self.dtype,
-                      conv3d=self.conv3d, name=f"conv{i}")(x)
-      x = layers.norm_layer(self.norm, train=train, dtype=self.dtype,
-                            groups=self.norm_groups, name=f"norm{i}")(x)
+      x = layers.conv(
+        self.features,
+        self.kernel_size,
+        ndim=self.ndim,
+        strides=self.strides if i == 0 else 1,
+        use_bias=self.norm == "none",
+        dtype=self.dtype,
+        conv3d=self.conv3d,
+        name=f"conv{i}",
+      )(x)
+      x = layers.norm_layer(self.norm, train=train, dtype=self.dtype, groups=self.norm_groups, name=f"norm{i}")(x)
       x = act(x)
     return x
 
@@ -72,6 +78,7 @@ class UNet(nn.Module):
   (the shape of `labels[:, ::f_H, ::f_W]`). Logits are float32 whatever the
   compute `dtype`.
   """
+
   num_classes: int
   features: int = 32
   depth: int = 4
@@ -100,10 +107,10 @@ class UNet(nn.Module):
     if not self.pool_factors:
       return ((2,) * self.ndim,) * self.depth
     factors = tuple(tuple(int(f) for f in level) for level in self.pool_factors)
-    if len(factors) != self.depth or any(len(f) != self.ndim or min(f) < 1
-                                         for f in factors):
-      raise ValueError(f"pool_factors {factors} must be {self.depth} tuples "
-                       f"of {self.ndim} factors >= 1 (one per downsampling)")
+    if len(factors) != self.depth or any(len(f) != self.ndim or min(f) < 1 for f in factors):
+      raise ValueError(
+        f"pool_factors {factors} must be {self.depth} tuples of {self.ndim} factors >= 1 (one per downsampling)"
+      )
     return factors
 
   def kernels(self) -> tuple[tuple[int, ...], ...]:
@@ -112,10 +119,11 @@ class UNet(nn.Module):
       return ((3,) * self.ndim,) * (self.depth + 1)
     kernels = tuple(tuple(int(k) for k in level) for level in self.kernel_sizes)
     if len(kernels) != self.depth + 1 or any(
-        len(k) != self.ndim or min(k) < 1 or not all(v % 2 for v in k)
-        for k in kernels):
-      raise ValueError(f"kernel_sizes {kernels} must be {self.depth + 1} "
-                       f"tuples of {self.ndim} odd sizes (one per level)")
+      len(k) != self.ndim or min(k) < 1 or not all(v % 2 for v in k) for k in kernels
+    ):
+      raise ValueError(
+        f"kernel_sizes {kernels} must be {self.depth + 1} tuples of {self.ndim} odd sizes (one per level)"
+      )
     return kernels
 
   def scale(self, level: int) -> tuple[int, ...]:
@@ -130,22 +138,27 @@ class UNet(nn.Module):
     """Number of channels of the blocks at resolution level `level`."""
     return min(self.features * 2**level, self.max_features)
 
-  def block(self, level: int, name: str,
-            strides: int | tuple[int, ...] = 1) -> ConvBlock:
+  def block(self, level: int, name: str, strides: int | tuple[int, ...] = 1) -> ConvBlock:
     """The `ConvBlock` of `level`, called as `block(x, train)`.
 
     With `remat`, the block is wrapped in `nn.remat` (same parameters): its
     activations are recomputed in the backward pass instead of stored.
     """
     cls = nn.remat(ConvBlock, static_argnums=(2,)) if self.remat else ConvBlock
-    return cls(self.width(level), norm=self.norm,
-               norm_groups=self.norm_groups, activation=self.activation,
-               ndim=self.ndim, strides=strides, dtype=self.dtype,
-               conv3d=self.conv3d, kernel_size=self.kernels()[level],
-               name=name)
+    return cls(
+      self.width(level),
+      norm=self.norm,
+      norm_groups=self.norm_groups,
+      activation=self.activation,
+      ndim=self.ndim,
+      strides=strides,
+      dtype=self.dtype,
+      conv3d=self.conv3d,
+      kernel_size=self.kernels()[level],
+      name=name,
+    )
 
-  def merge_skip(self, skip: Array, coarse: Array, up: Array, level: int,
-                 spatial: tuple[int, ...]) -> Array:
+  def merge_skip(self, skip: Array, coarse: Array, up: Array, level: int, spatial: tuple[int, ...]) -> Array:
     """Joins the skip connection and the upsampled decoder features.
 
     Args:
@@ -163,8 +176,7 @@ class UNet(nn.Module):
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array | list[Array]:
     factors = self.factors()
-    x, spatial = layers.pad_to_multiple(x.astype(self.dtype),
-                                        self.scale(self.depth))
+    x, spatial = layers.pad_to_multiple(x.astype(self.dtype), self.scale(self.depth))
     skips = []
     for level in range(self.depth + 1):
       # Downsampling into `level` by factors[level - 1]: max pooling, or the
@@ -184,17 +196,19 @@ class UNet(nn.Module):
     for level in reversed(range(self.depth)):
       # nn.ConvTranspose(width, window, strides=window) as matmul +
       # depth-to-space: same parameters, same outputs, much faster.
-      up = layers.StrideUpsample(self.width(level), factors[level],
-                                 dtype=self.dtype, name=f"upconv{level}")(x)
+      up = layers.StrideUpsample(self.width(level), factors[level], dtype=self.dtype, name=f"upconv{level}")(x)
       x = self.merge_skip(skips[level], x, up, level, spatial)
       x = self.block(level, f"up{level}")(x, train)
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
       if level == 0 or self.deep_supervision:
-        logits = nn.Conv(self.num_classes, (1,) * self.ndim,
-                         dtype=self.dtype, name=f"head{level}",
-                         **layers.conv3d_kwargs(self.ndim, self.conv3d))(x)
-        outputs.append(layers.crop_to_downsampled(
-            logits.astype(jnp.float32), spatial, self.scale(level)))
+        logits = nn.Conv(
+          self.num_classes,
+          (1,) * self.ndim,
+          dtype=self.dtype,
+          name=f"head{level}",
+          **layers.conv3d_kwargs(self.ndim, self.conv3d),
+        )(x)
+        outputs.append(layers.crop_to_downsampled(logits.astype(jnp.float32), spatial, self.scale(level)))
     outputs.reverse()
     if train and self.deep_supervision:
       return outputs

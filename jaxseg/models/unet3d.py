@@ -24,5 +24,6 @@ class UNet3D(UNet):
   cropped to `ceil(size / f)` per axis with `f = scale(l)` (the shape of
   `labels[:, ::f_D, ::f_H, ::f_W]`; `f = 2**l` by default).
   """
+
   ndim: int = 3
   strided_downsampling: bool = True

@@ -31,15 +31,23 @@ def main(repeats: int = 3):
     variables = jax.jit(lambda: model.init(jax.random.key(0), np.zeros((1, *window, 1), np.float32), train=False))()
   forward = jax.jit(steps.make_predict_fn(model))
   image = np.random.default_rng(0).normal(size=(3, 384, 384, 1)).astype(np.float32)
-  windows = image.shape[0] * int(np.prod([len(inference.window_starts(n, w, 0.5))
-                                          for n, w in zip(image.shape[1:3], window)]))
-  out = {"windows": windows, "devices_available": jax.local_device_count(), "window": window, "batch": batch,
-         "image": list(image.shape), "jax": jax.__version__, "cpu_count": __import__("os").cpu_count()}
+  windows = image.shape[0] * int(
+    np.prod([len(inference.window_starts(n, w, 0.5)) for n, w in zip(image.shape[1:3], window)])
+  )
+  out = {
+    "windows": windows,
+    "devices_available": jax.local_device_count(),
+    "window": window,
+    "batch": batch,
+    "image": list(image.shape),
+    "jax": jax.__version__,
+    "cpu_count": __import__("os").cpu_count(),
+  }
   for n in (1, 4):
-    predictor = inference.DevicePredictor(forward, (variables["params"], variables.get("batch_stats", {})),
-                                          placement="device", mesh=parallel.local_mesh(n))
-    run = lambda p=predictor: inference.sliding_window_predict(p, image, window=window, num_classes=5,
-                                                               batch_size=batch)
+    predictor = inference.DevicePredictor(
+      forward, (variables["params"], variables.get("batch_stats", {})), placement="device", mesh=parallel.local_mesh(n)
+    )
+    run = lambda p=predictor: inference.sliding_window_predict(p, image, window=window, num_classes=5, batch_size=batch)
     probs = run()  # Compiles.
     times = []
     for _ in range(repeats):

@@ -57,7 +57,9 @@ def tiny_config(data_dir: str, num_steps: int):
 def save_params(params, path: pathlib.Path) -> None:
   params = parallel.host_copy(params)  # Every process (a collective when arrays span processes).
   if jax.process_index() == 0:
-    np.savez(path, **{jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(params)[0]})
+    np.savez(
+      path, **{jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+    )
 
 
 NUM_STEPS = 5
@@ -76,8 +78,12 @@ def run_train(workdir: str, data_dir: str, stop: int, out: pathlib.Path, hang: b
   experiment.write_config(exp)
   start = int(state.step)
   shardings = exp.state_shardings()
-  step_fn = jax.jit(train.make_step(exp), in_shardings=(shardings, parallel.batch_sharding(exp.mesh)),
-                    out_shardings=(shardings, None), donate_argnums=0)
+  step_fn = jax.jit(
+    train.make_step(exp),
+    in_shardings=(shardings, parallel.batch_sharding(exp.mesh)),
+    out_shardings=(shardings, None),
+    donate_argnums=0,
+  )
   local = parallel.check_batch_size(config.train.batch_size, exp.mesh)
   source = pipeline.CaseSource(exp.prepared, "train", config.data.cache_cases)
   batches = pipeline.train_batches(config, source, start_step=start, local_batch_size=local)
@@ -98,8 +104,17 @@ def run_train(workdir: str, data_dir: str, stop: int, out: pathlib.Path, hang: b
   checkpoints.close()
   save_params(state.params, out.with_suffix(f".{stop}.npz"))
   if jax.process_index() == 0:
-    out.write_text(json.dumps({"losses": losses, "start": start, "processes": jax.process_count(),
-                               "devices": exp.mesh.devices.size, "local_batch": local}))
+    out.write_text(
+      json.dumps(
+        {
+          "losses": losses,
+          "start": start,
+          "processes": jax.process_count(),
+          "devices": exp.mesh.devices.size,
+          "local_batch": local,
+        }
+      )
+    )
   print(f"SAVED step {stop} process {jax.process_index()}", flush=True)
   if hang:
     while True:  # Wait to be killed, like a preempted job.
@@ -119,8 +134,9 @@ def run_evaluate(workdir: str, data_dir: str, out: pathlib.Path) -> None:
   started = time.perf_counter()
   results = evaluate.evaluate_workdir(tiny_config(data_dir, NUM_STEPS), workdir)  # The trained config (same schedule).
   if jax.process_index() == 0:
-    out.write_text(json.dumps({"results": results, "seconds": time.perf_counter() - started,
-                               "processes": jax.process_count()}))
+    out.write_text(
+      json.dumps({"results": results, "seconds": time.perf_counter() - started, "processes": jax.process_count()})
+    )
 
 
 if __name__ == "__main__":

@@ -28,36 +28,55 @@ def run(data: int, fsdp: int = 1):
   shardings = parallel.state_shardings(shapes, mesh, config.mesh)
   with jax.threefry_partitionable(False):
     state = jax.jit(create, out_shardings=shardings)()
-  step = jax.jit(steps.make_train_step(model, tx, schedule, "dice_ce", [1.0]),
-                 in_shardings=(shardings, parallel.batch_sharding(mesh)),
-                 out_shardings=(shardings, None), donate_argnums=0)
+  step = jax.jit(
+    steps.make_train_step(model, tx, schedule, "dice_ce", [1.0]),
+    in_shardings=(shardings, parallel.batch_sharding(mesh)),
+    out_shardings=(shardings, None),
+    donate_argnums=0,
+  )
   rng = np.random.default_rng(0)
   losses = []
   for _ in range(3):
-    batch = {"image": rng.normal(size=(8, 16, 16, 2)).astype(np.float32),
-             "label": rng.integers(0, 3, size=(8, 16, 16)).astype(np.int32)}
+    batch = {
+      "image": rng.normal(size=(8, 16, 16, 2)).astype(np.float32),
+      "label": rng.integers(0, 3, size=(8, 16, 16)).astype(np.int32),
+    }
     state, metrics = step(state, parallel.global_batch(batch, mesh))
     losses.append(float(metrics["loss"]))
-  split = [len(leaf.sharding.device_set) != len(leaf.sharding.addressable_devices) or
-           leaf.sharding.shard_shape(leaf.shape) != leaf.shape for leaf in jax.tree.leaves(state)]
-  return {"losses": losses, "state": jax.device_get(state), "devices": mesh.devices.size,
-          "split_fraction": parallel.sharded_fraction(shardings, shapes), "split_leaves": int(sum(split))}
+  split = [
+    len(leaf.sharding.device_set) != len(leaf.sharding.addressable_devices)
+    or leaf.sharding.shard_shape(leaf.shape) != leaf.shape
+    for leaf in jax.tree.leaves(state)
+  ]
+  return {
+    "losses": losses,
+    "state": jax.device_get(state),
+    "devices": mesh.devices.size,
+    "split_fraction": parallel.sharded_fraction(shardings, shapes),
+    "split_leaves": int(sum(split)),
+  }
 
 
 def main():
   assert jax.device_count() == 4, jax.devices()
   runs = {"1": run(1), "4": run(4), "2x2fsdp": run(2, 2)}
-  diff = lambda a, b: max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
-                          for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  diff = lambda a, b: max(
+    float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
   ref = runs["1"]
   out = {"devices": [r["devices"] for r in runs.values()], "losses_1": ref["losses"]}
   for name in ("4", "2x2fsdp"):
     r = runs[name]
-    out[name] = {"losses": r["losses"], "max_loss_diff": max(abs(a - b) for a, b in zip(ref["losses"], r["losses"])),
-                 "max_param_diff": diff(ref["state"].params, r["state"].params),
-                 "max_batch_stats_diff": diff(ref["state"].batch_stats, r["state"].batch_stats),
-                 "max_opt_state_diff": diff(ref["state"].opt_state, r["state"].opt_state),
-                 "split_fraction": r["split_fraction"], "split_leaves": r["split_leaves"]}
+    out[name] = {
+      "losses": r["losses"],
+      "max_loss_diff": max(abs(a - b) for a, b in zip(ref["losses"], r["losses"])),
+      "max_param_diff": diff(ref["state"].params, r["state"].params),
+      "max_batch_stats_diff": diff(ref["state"].batch_stats, r["state"].batch_stats),
+      "max_opt_state_diff": diff(ref["state"].opt_state, r["state"].opt_state),
+      "split_fraction": r["split_fraction"],
+      "split_leaves": r["split_leaves"],
+    }
   print(json.dumps(out))
 
 

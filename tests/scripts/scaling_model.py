@@ -37,13 +37,26 @@ def step_time(config, devices: int, global_batch: int, repeats: int = 3) -> floa
   shardings = parallel.state_shardings(jax.eval_shape(create), mesh, config.mesh)
   with jax.threefry_partitionable(False):
     state = jax.jit(create, out_shardings=shardings)()
-  step = jax.jit(steps.make_train_step(model, tx, optimizer_lib.learning_rate_schedule(config.train), config.train.loss,
-                                       models.output_weights(config.model)),
-                 in_shardings=(shardings, parallel.batch_sharding(mesh)), out_shardings=(shardings, None),
-                 donate_argnums=0)
+  step = jax.jit(
+    steps.make_train_step(
+      model,
+      tx,
+      optimizer_lib.learning_rate_schedule(config.train),
+      config.train.loss,
+      models.output_weights(config.model),
+    ),
+    in_shardings=(shardings, parallel.batch_sharding(mesh)),
+    out_shardings=(shardings, None),
+    donate_argnums=0,
+  )
   rng = np.random.default_rng(0)
-  batch = parallel.global_batch({"image": rng.normal(size=(global_batch, *patch, 1)).astype(np.float32),
-                                 "label": rng.integers(0, 5, (global_batch, *patch)).astype(np.int32)}, mesh)
+  batch = parallel.global_batch(
+    {
+      "image": rng.normal(size=(global_batch, *patch, 1)).astype(np.float32),
+      "label": rng.integers(0, 5, (global_batch, *patch)).astype(np.int32),
+    },
+    mesh,
+  )
   state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
   times = []
@@ -56,8 +69,12 @@ def step_time(config, devices: int, global_batch: int, repeats: int = 3) -> floa
 
 
 def main():
-  out = {"jax": jax.__version__, "cpu_count": os.cpu_count(), "devices": jax.device_count(),
-         "load_average": os.getloadavg()}
+  out = {
+    "jax": jax.__version__,
+    "cpu_count": os.cpu_count(),
+    "devices": jax.device_count(),
+    "load_average": os.getloadavg(),
+  }
   for name, (module, model_name) in MODELS.items():
     config = module.get_config()
     if model_name:
@@ -65,12 +82,20 @@ def main():
     config.model.num_classes = 5
     model = models.create_model(config.model)
     patch = tuple(config.data.patch_size)
-    variables = jax.eval_shape(lambda m=model, p=patch: m.init(jax.random.key(0), np.zeros((1, *p, 1), np.float32),
-                                                               train=False))
+    variables = jax.eval_shape(
+      lambda m=model, p=patch: m.init(jax.random.key(0), np.zeros((1, *p, 1), np.float32), train=False)
+    )
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
     b = int(config.train.batch_size)
-    row = {"config": module.__name__, "model": config.model.name, "patch": patch, "batch_per_device": b,
-           "params": params, "param_bytes": 4 * params, "step_s_1_device": step_time(config, 1, b)}
+    row = {
+      "config": module.__name__,
+      "model": config.model.name,
+      "patch": patch,
+      "batch_per_device": b,
+      "params": params,
+      "param_bytes": 4 * params,
+      "step_s_1_device": step_time(config, 1, b),
+    }
     if name == "unet2d":
       row["step_s_4_devices_weak"] = step_time(config, 4, 4 * b)
       row["step_s_4_devices_strong"] = step_time(config, 4, b)

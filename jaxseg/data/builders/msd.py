@@ -53,6 +53,7 @@ class TaskSpec:
     num_test: unlabelled cases (imagesTs).
     description: what is segmented in which images.
   """
+
   modality: tuple[str, ...]
   labels: dict[int, str]
   num_training: int
@@ -61,27 +62,58 @@ class TaskSpec:
 
 
 TASKS: dict[str, TaskSpec] = {
-    "Task01_BrainTumour": TaskSpec(("FLAIR", "T1w", "t1gd", "T2w"),
-                                   {0: "background", 1: "edema", 2: "non-enhancing tumor", 3: "enhancing tumour"},
-                                   484, 266, "Glioma sub-regions in multi-parametric brain MRI (BraTS 2016/2017)."),
-    "Task02_Heart": TaskSpec(("MRI",), {0: "background", 1: "left atrium"}, 20, 10,
-                             "Left atrium in mono-modal cardiac MRI."),
-    "Task03_Liver": TaskSpec(("CT",), {0: "background", 1: "liver", 2: "cancer"}, 131, 70,
-                             "Liver and liver tumours in portal venous phase CT (LiTS)."),
-    "Task04_Hippocampus": TaskSpec(("MRI",), {0: "background", 1: "Anterior", 2: "Posterior"}, 260, 130,
-                                   "Anterior and posterior hippocampus in T1-weighted brain MRI crops."),
-    "Task05_Prostate": TaskSpec(("T2", "ADC"), {0: "background", 1: "PZ", 2: "TZ"}, 32, 16,
-                                "Prostate peripheral and transition zones in T2 and ADC MRI."),
-    "Task06_Lung": TaskSpec(("CT",), {0: "background", 1: "cancer"}, 63, 32,
-                            "Non-small-cell lung tumours in thin-section CT."),
-    "Task07_Pancreas": TaskSpec(("CT",), {0: "background", 1: "pancreas", 2: "cancer"}, 281, 139,
-                                "Pancreas and pancreatic tumours in portal venous phase CT."),
-    "Task08_HepaticVessel": TaskSpec(("CT",), {0: "background", 1: "Vessel", 2: "Tumour"}, 303, 140,
-                                     "Hepatic vessels and liver tumours in contrast CT."),
-    "Task09_Spleen": TaskSpec(("CT",), {0: "background", 1: "spleen"}, 41, 20,
-                              "Spleen in portal venous phase CT."),
-    "Task10_Colon": TaskSpec(("CT",), {0: "background", 1: "colon cancer primaries"}, 126, 64,
-                             "Colon cancer primaries in portal venous phase CT."),
+  "Task01_BrainTumour": TaskSpec(
+    ("FLAIR", "T1w", "t1gd", "T2w"),
+    {0: "background", 1: "edema", 2: "non-enhancing tumor", 3: "enhancing tumour"},
+    484,
+    266,
+    "Glioma sub-regions in multi-parametric brain MRI (BraTS 2016/2017).",
+  ),
+  "Task02_Heart": TaskSpec(
+    ("MRI",), {0: "background", 1: "left atrium"}, 20, 10, "Left atrium in mono-modal cardiac MRI."
+  ),
+  "Task03_Liver": TaskSpec(
+    ("CT",),
+    {0: "background", 1: "liver", 2: "cancer"},
+    131,
+    70,
+    "Liver and liver tumours in portal venous phase CT (LiTS).",
+  ),
+  "Task04_Hippocampus": TaskSpec(
+    ("MRI",),
+    {0: "background", 1: "Anterior", 2: "Posterior"},
+    260,
+    130,
+    "Anterior and posterior hippocampus in T1-weighted brain MRI crops.",
+  ),
+  "Task05_Prostate": TaskSpec(
+    ("T2", "ADC"),
+    {0: "background", 1: "PZ", 2: "TZ"},
+    32,
+    16,
+    "Prostate peripheral and transition zones in T2 and ADC MRI.",
+  ),
+  "Task06_Lung": TaskSpec(
+    ("CT",), {0: "background", 1: "cancer"}, 63, 32, "Non-small-cell lung tumours in thin-section CT."
+  ),
+  "Task07_Pancreas": TaskSpec(
+    ("CT",),
+    {0: "background", 1: "pancreas", 2: "cancer"},
+    281,
+    139,
+    "Pancreas and pancreatic tumours in portal venous phase CT.",
+  ),
+  "Task08_HepaticVessel": TaskSpec(
+    ("CT",), {0: "background", 1: "Vessel", 2: "Tumour"}, 303, 140, "Hepatic vessels and liver tumours in contrast CT."
+  ),
+  "Task09_Spleen": TaskSpec(("CT",), {0: "background", 1: "spleen"}, 41, 20, "Spleen in portal venous phase CT."),
+  "Task10_Colon": TaskSpec(
+    ("CT",),
+    {0: "background", 1: "colon cancer primaries"},
+    126,
+    64,
+    "Colon cancer primaries in portal venous phase CT.",
+  ),
 }
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = f"""Download a task archive (e.g. Task09_Spleen.tar) from {HOMEPAGE} and
@@ -102,10 +134,14 @@ def task_root(manual_dir: str | os.PathLike[str], task: str) -> pathlib.Path:
   if (root / "dataset.json").is_file():
     return root
   if (manual_dir / f"{task}.tar").is_file():
-    raise DataError(f"{manual_dir / (task + '.tar')}: the archive is not extracted; run "
-                    f"`tar -xf {manual_dir / (task + '.tar')} -C {manual_dir}`")
-  raise DataError(f"{root / 'dataset.json'}: file not found; download {task}.tar from {HOMEPAGE} and run "
-                  f"`tar -xf {task}.tar -C {manual_dir}`")
+    raise DataError(
+      f"{manual_dir / (task + '.tar')}: the archive is not extracted; run "
+      f"`tar -xf {manual_dir / (task + '.tar')} -C {manual_dir}`"
+    )
+  raise DataError(
+    f"{root / 'dataset.json'}: file not found; download {task}.tar from {HOMEPAGE} and run "
+    f"`tar -xf {task}.tar -C {manual_dir}`"
+  )
 
 
 def check_task(raw: nifti.RawDataset, task: str) -> None:
@@ -119,27 +155,31 @@ def check_task(raw: nifti.RawDataset, task: str) -> None:
   json_path = raw.root / "dataset.json"
   hint = "; for a modified copy leave config.data.task empty and set config.data.root to it"
   if len(raw.channel_names) != len(spec.modality):
-    raise DataError(f"{json_path}: {len(raw.channel_names)} channel(s) {list(raw.channel_names)} but {task} has "
-                    f"{len(spec.modality)} {list(spec.modality)}{hint}")
+    raise DataError(
+      f"{json_path}: {len(raw.channel_names)} channel(s) {list(raw.channel_names)} but {task} has "
+      f"{len(spec.modality)} {list(spec.modality)}{hint}"
+    )
   if sorted(raw.labels.values()) != sorted(spec.labels):
-    raise DataError(f"{json_path}: label values {sorted(raw.labels.values())} but {task} has "
-                    f"{sorted(spec.labels)} ({', '.join(spec.labels.values())}){hint}")
+    raise DataError(
+      f"{json_path}: label values {sorted(raw.labels.values())} but {task} has "
+      f"{sorted(spec.labels)} ({', '.join(spec.labels.values())}){hint}"
+    )
   if len(raw.training) != spec.num_training:
-    raise DataError(f"{json_path}: lists {len(raw.training)} training cases but {task} has "
-                    f"{spec.num_training}{hint}")
+    raise DataError(f"{json_path}: lists {len(raw.training)} training cases but {task} has {spec.num_training}{hint}")
 
 
 class MsdTask(segmentation.SegmentationBuilder):
   """One of the ten Medical Segmentation Decathlon tasks, preprocessed by jaxseg."""
 
-  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name, description=spec.description)
-                     for name, spec in TASKS.items()]
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name, description=spec.description) for name, spec in TASKS.items()]
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
   def _description(self) -> str:
     spec = TASKS[self.builder_config.name]
-    return (f"Medical Segmentation Decathlon {self.builder_config.name}: {spec.description} "
-            f"{spec.num_training} labelled cases, split 70/10/20 into train/validation/test.")
+    return (
+      f"Medical Segmentation Decathlon {self.builder_config.name}: {spec.description} "
+      f"{spec.num_training} labelled cases, split 70/10/20 into train/validation/test."
+    )
 
   def _homepage(self) -> str:
     return HOMEPAGE

@@ -51,11 +51,11 @@ VALIDATION_FRACTION = 0.1
 TEST_FRACTION = 0.2
 
 FEATURES = {
-    "image": ("float32 [Z, Y, X, C]: canonical, cropped, normalised, resampled to the plan's spacing"),
-    "label": "uint8 [Z, Y, X]",
-    "case_id": "the raw file name without extension",
-    "spacing": "float32 [3]: (z, y, x) voxel size in mm",
-    "meta": "JSON: geometry for preprocess.restore_to_original",
+  "image": ("float32 [Z, Y, X, C]: canonical, cropped, normalised, resampled to the plan's spacing"),
+  "label": "uint8 [Z, Y, X]",
+  "case_id": "the raw file name without extension",
+  "spacing": "float32 [3]: (z, y, x) voxel size in mm",
+  "meta": "JSON: geometry for preprocess.restore_to_original",
 }
 
 
@@ -70,8 +70,11 @@ def default_splits(case_ids: list[str], seed: int = 0) -> dict[str, list[str]]:
   n_test = max(1, round(TEST_FRACTION * len(ids))) if len(ids) >= 3 else 0
   n_val = max(1, round(VALIDATION_FRACTION * len(ids))) if len(ids) >= 3 else 0
   shuffled = [ids[i] for i in order]
-  return {"test": sorted(shuffled[:n_test]), "validation": sorted(shuffled[n_test:n_test + n_val]),
-          "train": sorted(shuffled[n_test + n_val:])}
+  return {
+    "test": sorted(shuffled[:n_test]),
+    "validation": sorted(shuffled[n_test : n_test + n_val]),
+    "train": sorted(shuffled[n_test + n_val :]),
+  }
 
 
 def raw_signature(raw: nifti.RawDataset, *, with_location: bool) -> str:
@@ -104,12 +107,12 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
 
   VERSION = tfds.core.Version("1.2.0")
   RELEASE_NOTES = {
-      "1.0.0": "Canonical orientation, target spacing, normalisation, non-zero crop.",
-      "1.1.0": "Records in split order; per-case class voxel counts in the metadata; preparation in processes.",
-      "1.2.0": "nnU-Net's 5-fold split stored in the metadata ('folds'); z-score normalisation within the non-zero "
-               "mask when cropping shrank the median case below 3/4 of its voxels (nnU-Net's use_mask_for_norm: "
-               "other image values); the fingerprint records the cropped shapes (planning); each case's meta "
-               "records the target spacing.",
+    "1.0.0": "Canonical orientation, target spacing, normalisation, non-zero crop.",
+    "1.1.0": "Records in split order; per-case class voxel counts in the metadata; preparation in processes.",
+    "1.2.0": "nnU-Net's 5-fold split stored in the metadata ('folds'); z-score normalisation within the non-zero "
+    "mask when cropping shrank the median case below 3/4 of its voxels (nnU-Net's use_mask_for_norm: "
+    "other image values); the fingerprint records the cropped shapes (planning); each case's meta "
+    "records the target spacing.",
   }
 
   def __init__(self, *, num_workers: int = 0, **kwargs):
@@ -132,21 +135,28 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=self._description(),
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(shape=(None, None, None, None), dtype=np.float32,
-                                          encoding=tfds.features.Encoding.ZLIB, doc=FEATURES["image"]),
-            "label": tfds.features.Tensor(shape=(None, None, None), dtype=np.uint8,
-                                          encoding=tfds.features.Encoding.ZLIB, doc=FEATURES["label"]),
-            "case_id": tfds.features.Text(doc=FEATURES["case_id"]),
-            "spacing": tfds.features.Tensor(shape=(3,), dtype=np.float32, doc=FEATURES["spacing"]),
-            "meta": tfds.features.Text(doc=FEATURES["meta"]),
-        }),
-        disable_shuffling=True,
-        homepage=self._homepage(),
-        citation=self._citation(),
-        metadata=tfds.core.MetadataDict(),
+      builder=self,
+      description=self._description(),
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Tensor(
+            shape=(None, None, None, None),
+            dtype=np.float32,
+            encoding=tfds.features.Encoding.ZLIB,
+            doc=FEATURES["image"],
+          ),
+          "label": tfds.features.Tensor(
+            shape=(None, None, None), dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB, doc=FEATURES["label"]
+          ),
+          "case_id": tfds.features.Text(doc=FEATURES["case_id"]),
+          "spacing": tfds.features.Tensor(shape=(3,), dtype=np.float32, doc=FEATURES["spacing"]),
+          "meta": tfds.features.Text(doc=FEATURES["meta"]),
+        }
+      ),
+      disable_shuffling=True,
+      homepage=self._homepage(),
+      citation=self._citation(),
+      metadata=tfds.core.MetadataDict(),
     )
 
   def _description(self) -> str:
@@ -189,22 +199,29 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
           shutil.rmtree(leftover, ignore_errors=True)
         stale = self.stale_versions()
         if stale:
-          logging.warning("%s", self._stale_message(stale) + "; preparing it again from the raw files (delete "
-                          "the old directory to free its space)")
+          logging.warning(
+            "%s",
+            self._stale_message(stale) + "; preparing it again from the raw files (delete "
+            "the old directory to free its space)",
+          )
       try:
         super().download_and_prepare(*args, **kwargs)
       except DataError as e:
         if stale:
-          raise DataError(f"{e} ({self._stale_message(stale)} and cannot be used; the raw files are needed to "
-                          "prepare it again)") from e
+          raise DataError(
+            f"{e} ({self._stale_message(stale)} and cannot be used; the raw files are needed to prepare it again)"
+          ) from e
         raise
 
   def _stale_message(self, stale: list[pathlib.Path]) -> str:
     newest = stale[-1]
-    changes = "; ".join(f"{v}: {note}" for v, note in self.RELEASE_NOTES.items()
-                        if tfds.core.Version(v) > tfds.core.Version(newest.name))
-    return (f"{newest} holds this dataset prepared by builder version {newest.name}, older than the current "
-            f"{self.version} ({changes})")
+    changes = "; ".join(
+      f"{v}: {note}" for v, note in self.RELEASE_NOTES.items() if tfds.core.Version(v) > tfds.core.Version(newest.name)
+    )
+    return (
+      f"{newest} holds this dataset prepared by builder version {newest.name}, older than the current "
+      f"{self.version} ({changes})"
+    )
 
   def _download_and_prepare(self, dl_manager, download_config=None):
     self._pool = workers.process_pool(self.num_workers)
@@ -231,10 +248,14 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
       raise DataError(f"{raw.root / 'splits.json'}: the 'train' split is empty; nothing to train on")
     jobs = [(by_id[case_id], raw, index) for index, case_id in enumerate(splits["train"])]
     statistics = workers.ordered_map(workers.fingerprint_case, jobs, self._pool, 2 * self.num_workers)
-    fingerprint = preprocess.merge_statistics(tfds.core.utils.tqdm(
-        statistics, desc=f"Fingerprint of {len(jobs)} training cases", total=len(jobs), unit=" cases"))
+    fingerprint = preprocess.merge_statistics(
+      tfds.core.utils.tqdm(
+        statistics, desc=f"Fingerprint of {len(jobs)} training cases", total=len(jobs), unit=" cases"
+      )
+    )
     plan = preprocess.make_plan(fingerprint, raw.channel_names, raw.labels)
-    self.info.metadata.update({
+    self.info.metadata.update(
+      {
         "raw_root": str(raw.root.resolve()),
         "raw_signature": raw_signature(raw, with_location=False),
         "name": raw.name,
@@ -247,12 +268,15 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
         "plan": plan.to_dict(),
         "fingerprint": fingerprint.to_dict(),
         "class_voxels": {name: [] for name, ids in splits.items() if ids},
-    })
-    return {name: self._generate_examples(name, [by_id[i] for i in ids], raw, plan)
-            for name, ids in splits.items() if ids}
+      }
+    )
+    return {
+      name: self._generate_examples(name, [by_id[i] for i in ids], raw, plan) for name, ids in splits.items() if ids
+    }
 
-  def _generate_examples(self, split: str, cases: list[nifti.RawCase], raw: nifti.RawDataset,
-                         plan: preprocess.Plan) -> Iterator[tuple[int, dict]]:
+  def _generate_examples(
+    self, split: str, cases: list[nifti.RawCase], raw: nifti.RawDataset, plan: preprocess.Plan
+  ) -> Iterator[tuple[int, dict]]:
     """Records keyed by their position in `splits[split]` (the record order)."""
     class_voxels = self.info.metadata["class_voxels"][split]
     jobs = [(case, raw, plan) for case in cases]

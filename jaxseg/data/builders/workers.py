@@ -48,8 +48,9 @@ def fingerprint_case(job: tuple[nifti.RawCase, nifti.RawDataset, int]) -> prepro
   return preprocess.case_statistics(image, label, info.spacing, index)
 
 
-def preprocess_example(job: tuple[nifti.RawCase, nifti.RawDataset, preprocess.Plan]
-                       ) -> tuple[dict[str, Any], dict[str, int]]:
+def preprocess_example(
+  job: tuple[nifti.RawCase, nifti.RawDataset, preprocess.Plan],
+) -> tuple[dict[str, Any], dict[str, int]]:
   """Reads and preprocesses one case into a record of the prepared dataset.
 
   Returns:
@@ -63,25 +64,28 @@ def preprocess_example(job: tuple[nifti.RawCase, nifti.RawDataset, preprocess.Pl
   counts = np.bincount(out.label.ravel(), minlength=1)
   class_voxels = {str(value): int(n) for value, n in enumerate(counts) if n}
   example = {
-      "image": out.image.astype(np.float32),
-      "label": out.label.astype(np.uint8),
-      "case_id": out.case_id,
-      "spacing": np.asarray(out.spacing, np.float32),
-      "meta": json.dumps(out.meta),
+    "image": out.image.astype(np.float32),
+    "label": out.label.astype(np.uint8),
+    "case_id": out.case_id,
+    "spacing": np.asarray(out.spacing, np.float32),
+    "meta": json.dumps(out.meta),
   }
   return example, class_voxels
 
 
 def _is_main_guard(node: ast.stmt) -> bool:
   """Whether `node` is `if __name__ == "__main__":` (either operand order, possibly `and`-ed with more)."""
+
   def is_check(test: ast.expr) -> bool:
     if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And):
       return any(is_check(value) for value in test.values)
     if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
       return False
     operands = [test.left, test.comparators[0]]
-    return (any(isinstance(o, ast.Name) and o.id == "__name__" for o in operands)
-            and any(isinstance(o, ast.Constant) and o.value == "__main__" for o in operands))
+    return any(isinstance(o, ast.Name) and o.id == "__name__" for o in operands) and any(
+      isinstance(o, ast.Constant) and o.value == "__main__" for o in operands
+    )
+
   return isinstance(node, ast.If) and is_check(node.test)
 
 
@@ -110,7 +114,8 @@ def unguarded_main_statement() -> str | None:
   for node in tree.body:
     if node.lineno <= line <= (node.end_lineno or node.lineno):
       guarded = _is_main_guard(node) and any(
-          inner.lineno <= line <= (inner.end_lineno or inner.lineno) for inner in node.body)
+        inner.lineno <= line <= (inner.end_lineno or inner.lineno) for inner in node.body
+      )
       return None if guarded else location
   return location
 
@@ -125,15 +130,20 @@ def process_pool(num_workers: int) -> concurrent.futures.ProcessPoolExecutor | N
     return None
   location = unguarded_main_statement()
   if location is not None:
-    logging.warning("%s prepares a dataset outside `if __name__ == \"__main__\":`, which %d worker processes "
-                    "would run again; preparing in this process instead. Move the script's work under that "
-                    "guard to prepare in parallel.", location, num_workers)
+    logging.warning(
+      '%s prepares a dataset outside `if __name__ == "__main__":`, which %d worker processes '
+      "would run again; preparing in this process instead. Move the script's work under that "
+      "guard to prepare in parallel.",
+      location,
+      num_workers,
+    )
     return None
   return concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
 
 
-def ordered_map(fn: Callable[[Job], Result], jobs: Iterable[Job],
-                pool: concurrent.futures.Executor | None, in_flight: int) -> Iterator[Result]:
+def ordered_map(
+  fn: Callable[[Job], Result], jobs: Iterable[Job], pool: concurrent.futures.Executor | None, in_flight: int
+) -> Iterator[Result]:
   """`map(fn, jobs)` in `pool`, in order, with at most `in_flight` jobs submitted ahead.
 
   The first exception of a job is raised here (for example the `DataError`

@@ -28,13 +28,13 @@ class PhantomCase:
     affine: float64 [4, 4] voxel index -> world position of both arrays (mm;
       micrometres for microscopy).
   """
+
   image: np.ndarray
   label: np.ndarray
   affine: np.ndarray
 
 
-def grid_axes(shape: Sequence[int], spacing: Sequence[float],
-              centre: Sequence[float]) -> Coords:
+def grid_axes(shape: Sequence[int], spacing: Sequence[float], centre: Sequence[float]) -> Coords:
   """Returns the 1D coordinates (mm) of voxel centres along each axis.
 
   Args:
@@ -45,17 +45,15 @@ def grid_axes(shape: Sequence[int], spacing: Sequence[float],
   Returns:
     One increasing float32 array of length shape[i] per axis.
   """
-  return tuple((np.arange(n, dtype=np.float32) - c) * np.float32(s)
-               for n, s, c in zip(shape, spacing, centre))
+  return tuple((np.arange(n, dtype=np.float32) - c) * np.float32(s) for n, s, c in zip(shape, spacing, centre))
 
 
 def voxel_grid(axes: Coords) -> Coords:
   """Expands `grid_axes` to one array of the full voxel shape per axis."""
-  return tuple(np.meshgrid(*axes, indexing='ij'))
+  return tuple(np.meshgrid(*axes, indexing="ij"))
 
 
-def box_slices(axes: Coords, centre: Sequence[float],
-               half_extent: float) -> tuple[slice, ...]:
+def box_slices(axes: Coords, centre: Sequence[float], half_extent: float) -> tuple[slice, ...]:
   """Index ranges of the voxels within `half_extent` of `centre` on every axis.
 
   Args:
@@ -63,35 +61,32 @@ def box_slices(axes: Coords, centre: Sequence[float],
     centre: the box centre, one coordinate per axis (mm).
     half_extent: half the box side (mm).
   """
-  return tuple(slice(int(np.searchsorted(a, c - half_extent)),
-                     int(np.searchsorted(a, c + half_extent, side='right')))
-               for a, c in zip(axes, centre))
+  return tuple(
+    slice(int(np.searchsorted(a, c - half_extent)), int(np.searchsorted(a, c + half_extent, side="right")))
+    for a, c in zip(axes, centre)
+  )
 
 
 def rotation_matrix(angles_rad: Sequence[float]) -> np.ndarray:
   """Returns the 3x3 rotation R = Rz @ Ry @ Rx for angles about x, y, z."""
   ax, ay, az = angles_rad
-  cx, sx, cy, sy, cz, sz = (np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay),
-                            np.cos(az), np.sin(az))
+  cx, sx, cy, sy, cz, sz = (np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az))
   rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
   ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
   rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
   return rz @ ry @ rx
 
 
-def to_local(coords: Coords, centre: Sequence[float],
-             rotation: np.ndarray | None = None) -> Coords:
+def to_local(coords: Coords, centre: Sequence[float], rotation: np.ndarray | None = None) -> Coords:
   """Moves coordinates into a shape's frame: R^T (p - centre)."""
   shifted = [c - np.float32(o) for c, o in zip(coords, centre)]
   if rotation is None:
     return tuple(shifted)
   rt = np.asarray(rotation, dtype=np.float32).T
-  return tuple(sum(rt[i, j] * shifted[j] for j in range(len(shifted)))
-               for i in range(len(shifted)))
+  return tuple(sum(rt[i, j] * shifted[j] for j in range(len(shifted))) for i in range(len(shifted)))
 
 
-def superellipsoid_radius(local: Coords, semi_axes: Sequence[float],
-                          exponent: float = 2.0) -> np.ndarray:
+def superellipsoid_radius(local: Coords, semi_axes: Sequence[float], exponent: float = 2.0) -> np.ndarray:
   """Normalised radius (sum |x_i / a_i|^e)^(1/e); < 1 inside the shape.
 
   Args:
@@ -100,16 +95,14 @@ def superellipsoid_radius(local: Coords, semi_axes: Sequence[float],
     exponent: 2 for an ellipsoid, larger for a boxier shape.
   """
   if exponent == 2.0:
-    return np.sqrt(sum(np.square(c * np.float32(1.0 / a))
-                       for c, a in zip(local, semi_axes)))
-  total = sum(np.abs(c * np.float32(1.0 / a)) ** np.float32(exponent)
-              for c, a in zip(local, semi_axes))
+    return np.sqrt(sum(np.square(c * np.float32(1.0 / a)) for c, a in zip(local, semi_axes)))
+  total = sum(np.abs(c * np.float32(1.0 / a)) ** np.float32(exponent) for c, a in zip(local, semi_axes))
   return total ** np.float32(1.0 / exponent)
 
 
-def plane_wave_field(rng: np.random.Generator, coords: Coords, *,
-                     wavelength: tuple[float, float],
-                     num_waves: int) -> np.ndarray:
+def plane_wave_field(
+  rng: np.random.Generator, coords: Coords, *, wavelength: tuple[float, float], num_waves: int
+) -> np.ndarray:
   """A smooth random field with zero mean and unit standard deviation.
 
   Sum of `num_waves` cosines with random directions, wavelengths drawn
@@ -132,8 +125,14 @@ def plane_wave_field(rng: np.random.Generator, coords: Coords, *,
   return field * np.float32(np.sqrt(2.0 / num_waves))
 
 
-def deform(rng: np.random.Generator, coords: Coords, *, amplitude_mm: float,
-           wavelength_mm: tuple[float, float], num_waves: int = 4) -> Coords:
+def deform(
+  rng: np.random.Generator,
+  coords: Coords,
+  *,
+  amplitude_mm: float,
+  wavelength_mm: tuple[float, float],
+  num_waves: int = 4,
+) -> Coords:
   """Applies a smooth random displacement field p -> p + u(p).
 
   Each component of u is an independent `plane_wave_field` times
@@ -141,21 +140,21 @@ def deform(rng: np.random.Generator, coords: Coords, *, amplitude_mm: float,
   Evaluating shapes at the displaced coordinates deforms them smoothly.
   """
   return tuple(
-      c + np.float32(amplitude_mm) * plane_wave_field(
-          rng, coords, wavelength=wavelength_mm, num_waves=num_waves)
-      for c in coords)
+    c + np.float32(amplitude_mm) * plane_wave_field(rng, coords, wavelength=wavelength_mm, num_waves=num_waves)
+    for c in coords
+  )
 
 
-def correlated_noise(rng: np.random.Generator, shape: Sequence[int],
-                     sigma_voxels: Sequence[float], std: float) -> np.ndarray:
+def correlated_noise(
+  rng: np.random.Generator, shape: Sequence[int], sigma_voxels: Sequence[float], std: float
+) -> np.ndarray:
   """Gaussian noise blurred by `sigma_voxels`, rescaled to std `std`."""
   noise = rng.standard_normal(shape, dtype=np.float32)
   noise = ndimage.gaussian_filter(noise, sigma_voxels)
   return noise * np.float32(std / max(float(noise.std()), 1e-12))
 
 
-def diagonal_affine(spacing: Sequence[float],
-                    origin: Sequence[float]) -> np.ndarray:
+def diagonal_affine(spacing: Sequence[float], origin: Sequence[float]) -> np.ndarray:
   """RAS affine: voxel (i, j, k) -> origin + spacing * (i, j, k).
 
   Args:
@@ -168,8 +167,7 @@ def diagonal_affine(spacing: Sequence[float],
   return affine
 
 
-def write_nifti(path: pathlib.Path, array: np.ndarray, affine: np.ndarray, *,
-                spatial_unit: str = 'mm') -> None:
+def write_nifti(path: pathlib.Path, array: np.ndarray, affine: np.ndarray, *, spatial_unit: str = "mm") -> None:
   """Writes `array` as .nii.gz in its own dtype, with qform = sform = affine.
 
   Integer arrays are stored unscaled with scl_slope 1 and scl_inter 0, so
@@ -179,11 +177,11 @@ def write_nifti(path: pathlib.Path, array: np.ndarray, affine: np.ndarray, *,
   image = nib.Nifti1Image(array, affine)
   image.set_qform(affine, code=1)
   image.set_sform(affine, code=1)
-  image.header.set_xyzt_units(xyz=spatial_unit, t='sec')
+  image.header.set_xyzt_units(xyz=spatial_unit, t="sec")
   image.header.set_slope_inter(1.0, 0.0)
   nib.save(image, str(path))
 
 
 def write_json(path: pathlib.Path, obj: Any) -> None:
   """Writes `obj` as indented JSON."""
-  path.write_text(json.dumps(obj, indent=2) + '\n')
+  path.write_text(json.dumps(obj, indent=2) + "\n")

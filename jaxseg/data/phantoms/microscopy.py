@@ -23,7 +23,7 @@ from jaxseg.data.phantoms import common
 
 SHAPE = (256, 256)
 PIXEL_UM = 0.5
-LABELS = {'background': 0, 'nucleus': 1, 'boundary': 2}
+LABELS = {"background": 0, "nucleus": 1, "boundary": 2}
 
 _MAX_OVERLAP = 0.2  # Largest fraction of a new nucleus that may lie on others.
 _CAMERA_OFFSET = 100.0  # Counts added by the camera to every pixel.
@@ -61,8 +61,7 @@ def _instances(rng, x, y):
       other_centre, other_semi = placed[rng.integers(len(placed))]
       direction = rng.normal(size=2)
       direction /= np.linalg.norm(direction)
-      centre = other_centre + direction * (other_semi + semi_major) * _uniform(
-          rng, 0.75, 0.95)
+      centre = other_centre + direction * (other_semi + semi_major) * _uniform(rng, 0.75, 0.95)
     else:
       centre = rng.uniform(0, SHAPE[0], size=2)
     radius = _nucleus_radius(rng, x, y, centre, semi, _uniform(rng, 0, np.pi))
@@ -80,11 +79,10 @@ def _instances(rng, x, y):
 
 def _inner_boundary(instance: np.ndarray) -> np.ndarray:
   """Instance pixels with a 4-neighbour of another id (not the image edge)."""
-  padded = np.pad(instance, 1, mode='edge')
+  padded = np.pad(instance, 1, mode="edge")
   centre = padded[1:-1, 1:-1]
   differs = np.zeros(instance.shape, bool)
-  for neighbour in (padded[:-2, 1:-1], padded[2:, 1:-1],
-                    padded[1:-1, :-2], padded[1:-1, 2:]):
+  for neighbour in (padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]):
     differs |= neighbour != centre
   return differs & (instance > 0)
 
@@ -101,8 +99,8 @@ def generate_case(rng: np.random.Generator) -> common.PhantomCase:
   """
   x, y = common.voxel_grid(common.grid_axes(SHAPE, (1.0, 1.0), (0.0, 0.0)))
   instance, masks = _instances(rng, x, y)
-  label = np.where(instance > 0, LABELS['nucleus'], LABELS['background'])
-  label[_inner_boundary(instance)] = LABELS['boundary']
+  label = np.where(instance > 0, LABELS["nucleus"], LABELS["background"])
+  label[_inner_boundary(instance)] = LABELS["boundary"]
 
   # Fluorescence adds up where nuclei overlap; chromatin makes it grainy.
   chromatin = 1.0 + 0.15 * common.correlated_noise(rng, SHAPE, (1.5, 1.5), 1.0)
@@ -115,16 +113,16 @@ def generate_case(rng: np.random.Generator) -> common.PhantomCase:
   axis = rng.uniform(0.3, 0.7, size=2) * np.array(SHAPE)
   falloff = ((x - axis[0]) ** 2 + (y - axis[1]) ** 2) / float(SHAPE[0]) ** 2
   illumination = np.clip(
-      1.0 - _uniform(rng, 0.3, 0.8) * falloff + 0.05 * common.plane_wave_field(
-          rng, (x, y), wavelength=(150.0, 400.0), num_waves=3), 0.2, None)
-  photons = illumination * (_uniform(rng, 80, 250) * stain
-                            + _uniform(rng, 5, 15))
-  counts = (rng.poisson(photons) + _CAMERA_OFFSET
-            + rng.normal(0.0, _uniform(rng, 1.0, 3.0), SHAPE))
+    1.0
+    - _uniform(rng, 0.3, 0.8) * falloff
+    + 0.05 * common.plane_wave_field(rng, (x, y), wavelength=(150.0, 400.0), num_waves=3),
+    0.2,
+    None,
+  )
+  photons = illumination * (_uniform(rng, 80, 250) * stain + _uniform(rng, 5, 15))
+  counts = rng.poisson(photons) + _CAMERA_OFFSET + rng.normal(0.0, _uniform(rng, 1.0, 3.0), SHAPE)
   image = np.clip(np.rint(counts), 0, np.iinfo(np.uint16).max).astype(np.uint16)
 
   origin = (*rng.uniform(0.0, 5000.0, size=2), 0.0)
   affine = common.diagonal_affine((PIXEL_UM, PIXEL_UM, 1.0), origin)
-  return common.PhantomCase(image=image[:, :, None],
-                            label=label.astype(np.uint8)[:, :, None],
-                            affine=affine)
+  return common.PhantomCase(image=image[:, :, None], label=label.astype(np.uint8)[:, :, None], affine=affine)
