@@ -190,6 +190,9 @@ def test_ctrl_c_during_training_is_one_line_and_status_130(tmp_path):
     stderr=subprocess.PIPE,
     text=True,
     start_new_session=True,
+    # As a terminal's foreground job: a shell's background job (pytest under `cmd &`) passes SIGINT ignored to
+    # its children, and jaxseg then leaves Ctrl-C alone on purpose (train._Progress.defer_ctrl_c).
+    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
   )
   try:
     deadline = time.time() + 180
