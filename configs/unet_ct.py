@@ -4,7 +4,7 @@ Variants: `configs/unet_ct.py` (default, about 7 minutes on a 2-core CPU) and
 `configs/unet_ct.py:quick` (a smoke test of every stage in about a minute).
 """
 
-from jaxseg.config import base_config, parse_arg, phantom_schedule, smoke_run
+from jaxseg.config import INTENSITY_AUGMENT_KEYS, base_config, parse_arg, phantom_schedule, smoke_run
 
 
 def get_config(arg=None):
@@ -17,15 +17,7 @@ def get_config(arg=None):
   config.data.augment.flip_axes = ()
   config.data.augment.rotate_max_deg = 15.0
   config.data.augment.scale_range = (0.85, 1.15)
-  for key in (
-    "noise_prob",
-    "blur_prob",
-    "brightness_prob",
-    "contrast_prob",
-    "lowres_prob",
-    "inverted_gamma_prob",
-    "gamma_prob",
-  ):
+  for key in INTENSITY_AUGMENT_KEYS:
     config.data.augment[key] = 0.0
   config.model.name = "unet"
   config.model.features = 16

@@ -50,6 +50,7 @@ import _study  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from jaxseg import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxseg.data import corruptions  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 NAME = "robustness"
@@ -72,15 +73,7 @@ ARMS = {
   "adversarial": "shipped augmentation plus the adversarial term of configs/unet_adversarial_ct.py "
   "(from a quarter of the steps)",
 }
-INTENSITY_KEYS = (
-  "noise_prob",
-  "blur_prob",
-  "brightness_prob",
-  "contrast_prob",
-  "lowres_prob",
-  "inverted_gamma_prob",
-  "gamma_prob",
-)
+INTENSITY_KEYS = config_lib.INTENSITY_AUGMENT_KEYS
 PROBABILITY_KEYS = ("flip_prob", "rotate_prob", "scale_prob", "elastic_prob") + INTENSITY_KEYS
 CORRUPTION_SEED = 2026  # The i-th evaluated test case is corrupted with seed CORRUPTION_SEED + i.
 # Training budget and evaluation size per protocol (equal for every arm; None/0 keeps the config file's value).
@@ -194,8 +187,6 @@ def shifts_of(dataset: str, args) -> list[str]:
 def run_config(dataset: str, arm: str, seed: int, args):
   """One run's config: the dataset's config file at the protocol's size, a 2D `--model`, the arm's
   augmentation (and adversarial term), final-checkpoint test evaluation."""
-  from jaxseg import config as config_lib  # pylint: disable=g-import-not-at-top
-
   p = protocol(args)
   path = "unet_adversarial_ct" if arm == "adversarial" else DATASETS[dataset]["config"]
   config = _study.protocol_config(path, seed, args, p)

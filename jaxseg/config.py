@@ -109,6 +109,19 @@ LOSSES = tuple(losses.LOSSES)
 FOLDS = ("", "0", "1", "2", "3", "4", "all")
 
 
+# The `*_prob` keys of nnU-Net's intensity augmentation in `config.data.augment` (a config that switches them off
+# sets each to 0).
+INTENSITY_AUGMENT_KEYS = (
+  "noise_prob",
+  "blur_prob",
+  "brightness_prob",
+  "contrast_prob",
+  "lowres_prob",
+  "inverted_gamma_prob",
+  "gamma_prob",
+)
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Returns the locked default config with every key jaxseg reads."""
   config = ml_collections.ConfigDict()

@@ -180,18 +180,7 @@ def test_intensity_chain_matches_the_host_draw_for_draw(shape, zoom):
   values += [0.0] + [v for pair in zip(gam_side, gam) for v in pair]
   aug = _aug(
     ndim,
-    **{
-      k: 1.0
-      for k in (
-        "noise_prob",
-        "blur_prob",
-        "brightness_prob",
-        "contrast_prob",
-        "lowres_prob",
-        "inverted_gamma_prob",
-        "gamma_prob",
-      )
-    },
+    **{k: 1.0 for k in config_lib.INTENSITY_AUGMENT_KEYS},
   )
   host = augment.intensity(image, FixedRng(values, normal), aug)
   params = {
@@ -422,18 +411,7 @@ def test_device_cache_samples_foreground_as_the_host_does(patch, class_balanced)
   aug = _aug(
     len(patch),
     flip_prob=0.0,
-    **{
-      k: 0.0
-      for k in (
-        "noise_prob",
-        "blur_prob",
-        "brightness_prob",
-        "contrast_prob",
-        "lowres_prob",
-        "inverted_gamma_prob",
-        "gamma_prob",
-      )
-    },
+    **{k: 0.0 for k in config_lib.INTENSITY_AUGMENT_KEYS},
   )
   sample = jax.jit(
     lambda c, s: device_cache.sample_batch(
