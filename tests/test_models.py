@@ -428,6 +428,8 @@ def test_unet_upconv_parameters_keep_conv_transpose_layout():
     (1, 1, 1, [(0, 0)] * 3),
     (2, 2, 1, "VALID"),
     (3, 1, 1, "SAME"),
+    (2, 1, 1, "SAME"),  # Asymmetric padding (0, 1) on the output-folded (stride 1) path.
+    (3, 1, 1, [(2, 0), (1, 1), (0, 2)]),
   ],
 )
 def test_depth_folded_conv_equals_3d_conv(kernel, strides, dilation, padding):
