@@ -14,8 +14,8 @@ differ from the YNNPACK ones only by float rounding. The flag concerns the CPU
 backend only; GPU and TPU programs do not read it.
 
 An XLA_FLAGS that already sets `xla_cpu_experimental_ynn_fusion_type` is left
-alone (`XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=` restores XLA's
-default). The flag is added only for the jaxlib versions in
+alone: `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`
+restores XLA's default (an empty value turns every YNNPACK fusion off). The flag is added only for the jaxlib versions in
 `CPU_CONVOLUTIONS_JAXLIB`, where it was measured: XLA stops at an unknown flag,
 and a later jaxlib may rename it.
 """

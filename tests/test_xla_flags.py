@@ -23,7 +23,10 @@ def test_adds_the_flag_after_the_users_flags():
 
 
 def test_leaves_a_users_own_ynn_setting_and_unknown_jaxlib_versions_alone():
-  for user in ("--xla_cpu_experimental_ynn_fusion_type=", "--xla_cpu_experimental_ynn_fusion_type=dot"):
+  for user in (
+    "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution",
+    "--xla_cpu_experimental_ynn_fusion_type=",
+  ):
     env = {"XLA_FLAGS": user}
     assert not xla_flags.add_cpu_convolution_flag(env, SUPPORTED)
     assert env == {"XLA_FLAGS": user}
