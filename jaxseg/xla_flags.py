@@ -15,9 +15,9 @@ backend only; GPU and TPU programs do not read it.
 
 An XLA_FLAGS that already sets `xla_cpu_experimental_ynn_fusion_type` is left
 alone: `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`
-restores XLA's default (an empty value turns every YNNPACK fusion off). The flag is added only for the jaxlib versions in
-`CPU_CONVOLUTIONS_JAXLIB`, where it was measured: XLA stops at an unknown flag,
-and a later jaxlib may rename it.
+restores XLA's default (an empty value turns every YNNPACK fusion off). The
+flag is added only for the jaxlib versions in `CPU_CONVOLUTIONS_JAXLIB`, where
+it was measured: XLA stops at an unknown flag, and a later jaxlib may rename it.
 """
 
 from __future__ import annotations
