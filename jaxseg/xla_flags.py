@@ -4,11 +4,11 @@ XLA reads XLA_FLAGS once, when the first JAX computation initialises the
 backend, so these take effect only if `import jaxseg` (any jaxseg module)
 comes before that; `python -m jaxseg.main`, the studies and the tests do.
 
-`CPU_CONVOLUTIONS`: XLA:CPU (jaxlib 0.10) hands every convolution to its YNNPACK
+`CPU_CONVOLUTIONS_FLAG`: XLA:CPU (jaxlib 0.10) hands every convolution to its YNNPACK
 library fusion by default. On the CPUs measured here YNNPACK's weight-gradient
 convolutions are 2-3x slower than the Eigen convolutions XLA uses otherwise,
 so a whole train step ran 1.5x (2D U-Net, `configs/unet_ct.py`'s network)
-and 2.3x (folded 3D U-Net) faster with this flag, which keeps convolutions
+and 3.3x (depth-folded 3D U-Net) faster with this flag, which keeps convolutions
 out of YNNPACK and leaves its other fusions on (README, Performance). Results
 differ from the YNNPACK ones only by float rounding. The flag concerns the CPU
 backend only; GPU and TPU programs do not read it.
