@@ -44,6 +44,12 @@ def jaxlib_version() -> tuple[int, ...] | None:
     return None
 
 
+def version_supported(version: tuple[int, ...] | None) -> bool:
+  """Whether a jaxlib `version` is in `CPU_CONVOLUTIONS_JAXLIB` (None: jaxlib not installed)."""
+  lowest, highest = CPU_CONVOLUTIONS_JAXLIB
+  return version is not None and lowest <= version < highest
+
+
 def add_cpu_convolution_flag(
   env: MutableMapping[str, str] | None = None, version: tuple[int, ...] | None = None
 ) -> bool:
@@ -61,9 +67,7 @@ def add_cpu_convolution_flag(
     return True
   if any(f.split("=")[0] == name for f in flags):
     return False
-  version = jaxlib_version() if version is None else version
-  lowest, highest = CPU_CONVOLUTIONS_JAXLIB
-  if version is None or not lowest <= version < highest:
+  if not version_supported(jaxlib_version() if version is None else version):
     return False
   env["XLA_FLAGS"] = " ".join([*flags, CPU_CONVOLUTIONS_FLAG])
   return True

@@ -312,21 +312,7 @@ def test_parameter_draws_have_the_configured_probabilities_and_ranges(ndim):
 def test_probability_zero_and_one_and_unit_ranges():
   aug = _aug(
     2,
-    **{
-      k: 0.0
-      for k in (
-        "rotate_prob",
-        "scale_prob",
-        "noise_prob",
-        "blur_prob",
-        "brightness_prob",
-        "contrast_prob",
-        "lowres_prob",
-        "inverted_gamma_prob",
-        "gamma_prob",
-        "flip_prob",
-      )
-    },
+    **{k: 0.0 for k in ("rotate_prob", "scale_prob", *config_lib.INTENSITY_AUGMENT_KEYS, "flip_prob")},
   )
   batch = _crop_batch((12, 10), channels=2)
   out = jax.jit(lambda b: da.augment_batch(da.augment_key(0), jnp.int32(0), b, aug, (12, 10)))(batch)

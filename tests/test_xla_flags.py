@@ -43,10 +43,7 @@ def test_version_parsing():
 
 
 @pytest.mark.skipif(
-  not (
-    xla_flags.jaxlib_version()
-    and xla_flags.CPU_CONVOLUTIONS_JAXLIB[0] <= xla_flags.jaxlib_version() < xla_flags.CPU_CONVOLUTIONS_JAXLIB[1]
-  ),
+  not xla_flags.version_supported(xla_flags.jaxlib_version()),
   reason="the flag is only added for the jaxlib versions it was measured with",
 )
 def test_importing_jaxseg_keeps_cpu_convolutions_out_of_ynnpack():
