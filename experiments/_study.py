@@ -13,6 +13,8 @@
   last) is read back instead of redone; a half-finished run resumes from its
   checkpoints (train_and_evaluate's own resumption). A finished run made with
   another config is refused rather than mixed in.
+- `use_compilation_cache(directory)`: JAX's persistent compilation cache, so
+  that a study's runs (seeds, levels of a factor) compile each program once.
 - `metadata(start)`: command, date, wall time, machine, CPU count, jax / flax /
   optax versions, device kind.
 - `write_report(output, markdown, data)`: `<output>.md` and `<output>.json`,
@@ -185,6 +187,20 @@ def run_training(config, workdir: str | pathlib.Path) -> dict[str, Any]:
   record = {"config_hash": digest, "data_version": version, "results": results, "seconds": time.time() - start}
   atomic_write(record_path, json.dumps(record, indent=2, default=float))
   return {**record, "reused": False, "workdir": str(workdir)}
+
+
+def use_compilation_cache(directory: str | pathlib.Path) -> None:
+  """Keeps compiled programs in `directory` (JAX's persistent compilation cache) unless one is set already.
+
+  A study's runs compile the same programs: the seeds of a model, and the runs of a factor that keep the
+  shapes. Every compilation after the first is then a read of the same executable, so results do not change.
+  A cache directory the user set (`JAX_COMPILATION_CACHE_DIR`, or an earlier study in the same process) is kept.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def data_version() -> str:

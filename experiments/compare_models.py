@@ -636,6 +636,7 @@ def main(argv=None):
     from jaxseg import traditional  # pylint: disable=g-import-not-at-top
 
     traditional._skimage()  # pylint: disable=protected-access  (a missing extra stops the study here)
+  _study.use_compilation_cache(args.workdir / "jax_cache")  # The seeds of a model compile the same programs.
   runs = []
   for dataset in args.datasets:  # Traditional methods first: minutes, not hours.
     runs += traditional_runs(dataset, args) if args.methods else []

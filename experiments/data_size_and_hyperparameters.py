@@ -547,16 +547,6 @@ def report(args, start: float, per_run: dict, seeds_done: int) -> None:
     args.seeds = requested
 
 
-def use_compilation_cache(directory: pathlib.Path) -> None:
-  """JAX's persistent compilation cache in `directory`: the runs of a study compile the same programs (every
-  run's prediction function; the train step of the baseline, subset and augmentation runs), so the second
-  compilation of each is a read (the executable is the same)."""
-  import jax  # pylint: disable=g-import-not-at-top
-
-  jax.config.update("jax_compilation_cache_dir", str(directory))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-
-
 def main(argv=None):
   args = parse_args(argv)
   start = time.time()
@@ -566,7 +556,7 @@ def main(argv=None):
     for name, (factor, level) in runs_of(args).items()
     for seed in range(args.seeds)
   }
-  use_compilation_cache(args.workdir / "jax_cache")
+  _study.use_compilation_cache(args.workdir / "jax_cache")
   per_run = {}
   if args.report_only:
     finished = lambda seed: all(

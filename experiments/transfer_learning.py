@@ -450,11 +450,7 @@ def cpu_seconds() -> float:
 def main(argv=None):
   args = parse_args(argv)
   start = time.time()
-  import jax  # pylint: disable=g-import-not-at-top
-
-  if not jax.config.jax_compilation_cache_dir:  # Every target run has the same shapes: compile them once.
-    jax.config.update("jax_compilation_cache_dir", str(args.workdir / "xla_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  _study.use_compilation_cache(args.workdir / "xla_cache")  # Every target run has the same shapes.
   runs = plan(args)  # Every config is built and validated before anything is trained.
   done = []
   for index, run in enumerate(runs):

@@ -62,10 +62,10 @@ class Experiment:
     """jit(`predict(params, batch_stats, images) -> logits`), compiled once per window shape."""
     return jax.jit(steps.make_predict_fn(self.model))
 
-  def create_state(self) -> state_lib.TrainState:
-    """A fresh train state from `config.seed` (`state.create_train_state`; pure: jit or eval_shape it)."""
+  def create_state(self, seed_key: jax.Array | None = None) -> state_lib.TrainState:
+    """A fresh train state from `seed_key` or `config.seed` (`state.create_train_state`; pure: jit or eval_shape it)."""
     return state_lib.create_train_state(
-      self.config, self.model, self.tx, self.input_shape, self.discriminator, self.disc_tx
+      self.config, self.model, self.tx, self.input_shape, self.discriminator, self.disc_tx, seed_key
     )
 
   def init_state(self) -> state_lib.TrainState:
@@ -73,7 +73,8 @@ class Experiment:
     # The replicated init needs no partitionable random bits; the classic threefry lowering
     # compiles several times faster on CPU (8 s instead of 52 s for the default U-Net).
     with jax.threefry_partitionable(False):
-      return jax.jit(self.create_state, out_shardings=self.state_shardings())()
+      # The seed is an argument, not a constant: runs that differ only in seed compile the same program.
+      return jax.jit(self.create_state, out_shardings=self.state_shardings())(jax.random.key(self.config.seed))
 
   def state_shardings(self) -> Any:
     """Sharding of every train-state leaf: replicated, or split over the mesh's fsdp axis (`parallel`)."""

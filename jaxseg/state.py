@@ -121,6 +121,7 @@ def create_train_state(
   input_shape: tuple[int, ...],
   discriminator: nn.Module | None = None,
   disc_tx: optax.GradientTransformation | None = None,
+  seed_key: jax.Array | None = None,
 ) -> TrainState:
   """A fresh state from `config.seed` (pure: jit it with out_shardings to place it).
 
@@ -131,13 +132,16 @@ def create_train_state(
     input_shape: `[B, *spatial, C]` of the images the networks are initialised for.
     discriminator, disc_tx: with `config.adversarial.enabled`, the discriminator and its optimiser
       (`Experiment.discriminator`, `Experiment.disc_tx`); ignored otherwise.
+    seed_key: `jax.random.key(config.seed)`, the default. Passed as an argument of a jitted call, it keeps the
+      seed out of the compiled program, so runs that differ only in seed share it (persistent cache).
 
   Returns:
     The state; with `config.adversarial.enabled` its `adversary` holds the discriminator's variables
     (initialised for `input_shape` images and `config.model.num_classes` label channels from a key of its
     own) and `disc_tx`'s state; the segmenter's part is the same as without it.
   """
-  seed_key = jax.random.key(config.seed)
+  if seed_key is None:
+    seed_key = jax.random.key(config.seed)
   init_rng, state_rng = jax.random.split(seed_key)
   variables = init_variables(model, init_rng, input_shape)
   params = variables["params"]

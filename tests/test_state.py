@@ -79,6 +79,29 @@ def test_same_seed_same_state_other_seed_other_weights():
   assert not np.array_equal(a.rng, c.rng)
 
 
+@pytest.mark.parametrize("seed", [0, 7, 2**40 + 3])
+def test_seed_key_argument_gives_the_config_seed_state_from_one_program(seed):
+  """`seed_key=jax.random.key(config.seed)` passed to a jitted call (as `Experiment.init_state` does) gives
+  the state of the constant seed, bit for bit, adversary included; the program it compiles is the same for
+  every seed, so the persistent cache serves runs that differ only in seed."""
+  config = tiny_config(adversarial=True, seed=seed)
+  discriminator, disc_tx = experiment.create_discriminator(config.adversarial), optax.adam(1e-3)
+
+  def fn(seed_key):
+    return state_lib.create_train_state(
+      config, TinyNet(), optax.adam(1e-3), INPUT_SHAPE, discriminator, disc_tx, seed_key
+    )
+
+  with jax.threefry_partitionable(False):
+    programs = {jax.jit(fn).lower(jax.random.key(s)).as_text() for s in (seed, seed + 1)}
+    from_keys = [jax.jit(fn)(jax.random.key(s)) for s in (seed, seed + 1)]
+  assert len(programs) == 1
+  for s, from_key in zip((seed, seed + 1), from_keys):
+    expected = create(tiny_config(adversarial=True, seed=s))
+    for x, y in zip(jax.tree.leaves(expected), jax.tree.leaves(from_key), strict=True):
+      np.testing.assert_array_equal(x, y)
+
+
 def test_adversary_only_when_enabled_and_the_segmenter_part_is_unchanged():
   plain = create(tiny_config(adversarial=False))  # A discriminator passed without the switch is ignored.
   adv = create(tiny_config(adversarial=True))

@@ -162,7 +162,7 @@ def test_interrupted_study_resumes_its_finished_runs_and_reports(tmp_path, monke
   trains only the rest when rerun, and the report and JSON are written (figures: the next test)."""
   from jaxseg import train
 
-  monkeypatch.setattr(study, "use_compilation_cache", lambda directory: None)
+  monkeypatch.setattr(study._study, "use_compilation_cache", lambda directory: None)
   monkeypatch.setattr(study, "save_figures", lambda args, summary: ["dsh_data_size.png", "dsh_factors.png"])
   trained = []
 
@@ -201,7 +201,7 @@ def test_interrupted_study_resumes_its_finished_runs_and_reports(tmp_path, monke
 def test_report_and_figures_after_the_first_seed_say_it_is_partial(tmp_path, monkeypatch):
   from jaxseg import train
 
-  monkeypatch.setattr(study, "use_compilation_cache", lambda directory: None)
+  monkeypatch.setattr(study._study, "use_compilation_cache", lambda directory: None)
   calls = []
 
   def fake_train(config, workdir):
