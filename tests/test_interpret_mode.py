@@ -26,7 +26,9 @@ def trained(tmp_path_factory):
   train.train_and_evaluate(config, workdir)
   config.interpret.update(
     num_cases=1,
-    classes=("liver,",),  # As '--config.interpret.classes=liver,' gives it. smoothgrad_samples=2, ig_steps=2,
+    classes=("liver,",),  # As '--config.interpret.classes=liver,' gives it.
+    smoothgrad_samples=2,
+    ig_steps=2,
     checkpoint="latest",
   )
   return config, workdir
