@@ -119,7 +119,8 @@ def load_config(path: str | pathlib.Path, arg: str | None = None):
 
 def protocol_config(path: str | pathlib.Path, seed: int, args: argparse.Namespace, protocol: dict[str, Any]):
   """A config file's config at a study protocol's size (`num_cases`, `patch_size`, `features`, `depth`
-  (0 = the file's), `num_steps`, `batch_size`), evaluated on the test split with the final weights."""
+  (0 = the file's), `num_steps`, `batch_size`), evaluated on the test split with the final weights (no
+  validation during training)."""
   config = load_config(path)
   config.seed = seed
   config.data.data_dir = str(args.data_dir)
@@ -134,6 +135,7 @@ def protocol_config(path: str | pathlib.Path, seed: int, args: argparse.Namespac
   config.train.num_steps = protocol["num_steps"]
   config.train.batch_size = protocol["batch_size"]
   config.train.warmup_steps = max(1, min(config.train.warmup_steps, protocol["num_steps"] // 10))
+  config.train.eval_every_steps = 0  # No validation passes: the final weights are what is scored.
   config.eval.splits = ("test",)
   config.eval.checkpoint = "latest"  # Equal budget: the final weights.
   config.eval.num_figures = 0

@@ -80,7 +80,6 @@ def run_config(arm: str, seed: int, args):
   config = _study.protocol_config(ARMS[arm], seed, args, p)
   steps = p["num_steps"]
   config.train.log_every_steps = max(1, min(config.train.log_every_steps, steps // 4))
-  config.train.eval_every_steps = steps  # Validation once, at the end.
   config.train.checkpoint_every_steps = steps
   if arm == "adversarial":  # The config's warm-up share of the steps (100 of 400).
     shipped = _study.load_config(ARMS["adversarial"])

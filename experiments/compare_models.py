@@ -171,7 +171,6 @@ def run_config(model: str, dataset: str, seed: int, args):
   if p["features"]:
     config.model.max_features = max(p["features"], 8 * p["features"])
   config.train.log_every_steps = max(1, min(config.train.log_every_steps, p["num_steps"]))
-  config.train.eval_every_steps = p["num_steps"]  # Validation once, at the end.
   config.train.checkpoint_every_steps = p["num_steps"]
   config.eval.postprocess = False  # Each method's own output.
   config.eval.mirror_axes = ()

@@ -227,7 +227,6 @@ def run_config(factor: str | None, level, seed: int, args):
   p = protocol(args)
   config = _study.protocol_config(CONFIG, seed, args, p)
   config.train.log_every_steps = max(1, min(config.train.log_every_steps, p["num_steps"]))
-  config.train.eval_every_steps = p["num_steps"]  # Validation once, at the end.
   config.train.checkpoint_every_steps = p["num_steps"]
   config.train.loss = BASELINE_LOSS
   config.eval.postprocess = False  # The network's own output: what the factors change.
@@ -389,7 +388,7 @@ def markdown(meta, args, summary, per_run, figures) -> str:
     "## Runs",
     "",
     "Test mean foreground Dice and wall time of the train_and_evaluate call that "
-    "made each run (set-up, compilation, training, validation, test evaluation; the first run also "
+    "made each run (set-up, compilation, training, test evaluation; the first run also "
     "generated and prepared the phantom; 'reused': finished by an earlier invocation and read back). "
     f"Sum over the {sum(len(s) for s in per_run.values())} runs: {total / 60:.1f} min.",
     "",

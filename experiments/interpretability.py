@@ -155,7 +155,6 @@ def run_config(model: str, seed: int, args, shuffled_root: pathlib.Path | None =
   p = protocol(args)
   config = _study.protocol_config(MODEL_CONFIGS[model], seed, args, p)
   config.train.log_every_steps = max(1, min(config.train.log_every_steps, p["num_steps"]))
-  config.train.eval_every_steps = p["num_steps"]  # Validation once, at the end.
   config.train.checkpoint_every_steps = p["num_steps"]
   config.eval.postprocess = False  # The model's own output: the maps explain it, not a post-processed one.
   if shuffled_root is not None:

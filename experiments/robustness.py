@@ -196,7 +196,6 @@ def run_config(dataset: str, arm: str, seed: int, args):
   if dataset == "mr_phantom" and not p["features"]:
     config.model.features = 16
   config.train.log_every_steps = max(1, min(config.train.log_every_steps, p["num_steps"]))
-  config.train.eval_every_steps = p["num_steps"]  # Validation once, at the end.
   config.train.checkpoint_every_steps = p["num_steps"]
   augment = config.data.augment
   if arm == "none":

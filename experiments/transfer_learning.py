@@ -176,7 +176,6 @@ def run_config(arm: str, seed: int, args, cases: int = 0, source: pathlib.Path |
   config.data.max_train_cases = cases
   steps = budget["num_steps"]
   config.train.log_every_steps = max(1, min(25, steps))
-  config.train.eval_every_steps = steps  # Validation once, at the end.
   config.train.checkpoint_every_steps = steps
   config.eval.postprocess = False  # The network's own output.
   if deeplab:

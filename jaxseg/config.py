@@ -60,6 +60,8 @@ Key reference (units in brackets):
                             the optimiser starts fresh. Only a fresh run: a resumed run restores its
                             own checkpoint. Not together with model.pretrained.
   train.init_from_checkpoint  'best' (default; the latest when there is no best) | 'latest' | a step.
+  train.eval_every_steps    validation (and the `best` checkpoint) every N steps and at the last;
+                            0 = none during training (`best` is then the latest checkpoint).
   train.init_from_exclude   glob patterns of array names never copied (e.g. 'params/head*' when the
                             source's classes are other structures); a tuple or 'a,b'.
   train.freeze_backbone, train.backbone_lr_multiplier  FCN/DeepLab only (the `backbone` module).
@@ -474,12 +476,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     "num_steps",
     "batch_size",
     "log_every_steps",
-    "eval_every_steps",
     "checkpoint_every_steps",
     "keep_checkpoints",
   ):
     if config.train[key] < 1:
       fail(f"train.{key}", f"must be >= 1, got {config.train[key]}")
+  if config.train.eval_every_steps < 0:
+    fail(
+      "train.eval_every_steps",
+      f"must be >= 1, or 0 for no validation during training, got {config.train.eval_every_steps}",
+    )
   if config.train.optimizer not in OPTIMIZERS:
     fail("train.optimizer", f"unknown optimizer {config.train.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
   if config.train.loss not in LOSSES:

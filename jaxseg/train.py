@@ -267,7 +267,8 @@ def _train_and_evaluate(
     progress.step = step
     is_last = step == num_steps
     log_now = step % config.train.log_every_steps == 0 or is_last
-    eval_now = (step % config.train.eval_every_steps == 0 or is_last) and len(val_source) > 0
+    every = config.train.eval_every_steps  # 0: no validation during training.
+    eval_now = every > 0 and (step % every == 0 or is_last) and len(val_source) > 0
     save_now = step % config.train.checkpoint_every_steps == 0 or is_last
     train_scalars = buffer.flush() if log_now or eval_now or save_now else {}
     writer.write_scalars(step, train_scalars)  # flush() waits for the device: the hooks below time real work.

@@ -231,6 +231,7 @@ def test_misspelt_key_cannot_be_set():
     ("model.name", "unett", "config.model.name: unknown model 'unett'"),
     ("data.patch_size", (64, 64, 64), "config.data.patch_size"),
     ("train.num_steps", 0, "config.train.num_steps: must be >= 1"),
+    ("train.eval_every_steps", -1, "config.train.eval_every_steps: must be >= 1, or 0 for no validation"),
     ("train.optimizer", "adam", "config.train.optimizer: unknown optimizer 'adam'"),
     (
       "train.loss",

@@ -49,6 +49,14 @@ def test_train_writes_every_output(data_dir, tiny_config, tmp_path):
   assert list((tmp_path / "results" / "test" / "figures").glob("*.png"))
 
 
+def test_eval_every_steps_0_trains_without_validation_and_evaluates_the_latest(data_dir, tiny_config, tmp_path):
+  results = train.train_and_evaluate(tiny_config(data_dir, eval_every_steps=0), tmp_path)
+  assert not any((tmp_path / "checkpoints" / "best").glob("[0-9]*"))
+  assert not any(tag.startswith("validation/") for tag in writers.read_tags(tmp_path))
+  assert "train/loss" in writers.read_scalars(tmp_path)
+  assert results["test"]["step"] == 4  # eval.checkpoint 'best' falls back to the latest.
+
+
 def test_killed_run_resumes_to_identical_result(data_dir, tiny_config, tmp_path, interrupt_training, restore_latest):
   config = tiny_config(data_dir, num_steps=6, checkpoint_every_steps=3, eval_every_steps=3)
   reference = train.train_and_evaluate(config, tmp_path / "uninterrupted")
