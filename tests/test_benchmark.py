@@ -5,6 +5,7 @@ Timing itself is never asserted; only that the suite measures and reports.
 
 import importlib.util
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -132,3 +133,19 @@ def test_quick_train_and_inference_rows(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "| case | dtype | framework | step ms |" in out
   assert "device: " in out and "jax " in out
+
+
+@pytest.mark.slow
+def test_augment_section_rows(monkeypatch):
+  """The device-augmentation rows at a tiny 2D size: host (one core, every core) and device patches/s, and the
+  step with device augmentation against the step without."""
+  from jaxseg.benchmark import augment  # pylint: disable=g-import-not-at-top
+
+  monkeypatch.setattr(augment, "sizes", lambda quick: [("2d", (32, 32), 2)])
+  rows = benchmark.run("quick", sections=["augment"], log=lambda line: None)
+  assert [(r["path"], r.get("cores")) for r in rows] == [("host", 1), ("host", os.cpu_count()), ("device", None)]
+  assert all(r["status"] == "ok" and r["patches_per_s"] > 0 and r["device"] and r["date"] for r in rows)
+  device = rows[-1]
+  crop = augment.da.crop_size(augment.default_augmentation(2), (32, 32))
+  assert device["batch"] == 2 and device["crop"] == "x".join(map(str, crop)) and min(crop) > 32
+  assert device["step_ratio"] == pytest.approx(device["step_s_augmented"] / device["step_s_plain"], rel=0.01)

@@ -106,15 +106,17 @@ def crop_batch(patch: tuple[int, ...], batch: int) -> dict[str, np.ndarray]:
   return {k: np.stack([row[k] for row in rows]) for k in rows[0]}
 
 
+def _seconds(fn) -> float:
+  """Seconds of one call, results ready."""
+  start = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - start
+
+
 def _time(fn, repeats: int) -> float:
   """Median seconds of one call (after one warm-up call that compiles)."""
   jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return statistics.median(_seconds(fn) for _ in range(repeats))
 
 
 def _model_config(ndim: int, quick: bool):
@@ -146,12 +148,12 @@ def step_times(
     "label": jnp.asarray(crops["label"][(slice(None), *[slice(0, n) for n in patch])], jnp.int32),
   }
   device_crops = {k: jnp.asarray(v) for k, v in crops.items()}
+  calls = (lambda: augmented(state, device_crops)[1]["loss"], lambda: plain(state, patches)[1]["loss"])
+  for call in calls:  # Compile both first.
+    jax.block_until_ready(call())
   # Alternate the two so load changes on a shared machine hit both alike.
-  with_aug, without = [], []
-  for _ in range(max(1, repeats)):
-    with_aug.append(_time(lambda: augmented(state, device_crops)[1]["loss"], 1))
-    without.append(_time(lambda: plain(state, patches)[1]["loss"], 1))
-  return statistics.median(with_aug), statistics.median(without)
+  times = [[_seconds(call) for call in calls] for _ in range(max(1, repeats))]
+  return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
 
 
 def _augment_config(config, patch):
