@@ -18,6 +18,8 @@ steps, and reports, from the run's TensorBoard events:
 The runs go concurrently (default; `--sequential` otherwise) so that a shared
 machine's load hits every path alike; the load average is recorded before and
 after. `--budget_s` stops the runs and reports what they reached;
+`--stop_at_threshold` stops each run once it has reached the threshold (then
+there is no final test evaluation);
 `--report_only=OLD.json` rewrites a report from finished runs. Writes
 `--output`.json and .md.
 
@@ -30,6 +32,7 @@ import json
 import os
 import pathlib
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -102,18 +105,10 @@ def launch(args, root: pathlib.Path) -> dict:
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     runs[name] = {"command": " ".join(command[1:]), "start": start, "process": process, "log": log}
     if args.sequential:
-      process.wait()
-      runs[name]["end"] = time.time()
-  started = time.time()
-  for run in runs.values():
-    try:
-      run["process"].wait(timeout=max(1.0, started + args.budget_s - time.time()) if args.budget_s else None)
-    except subprocess.TimeoutExpired:
-      run["process"].terminate()  # Our own child; its events so far are on disk.
-      run["process"].wait()
-      run["stopped_at_budget"] = True
-    run.setdefault("end", time.time())
-    run["log"].close()
+      finish(runs[name], workdir, args)
+  for name, run in runs.items():
+    if "end" not in run:
+      finish(run, root / name, args)
   return {
     name: {
       "command": run["command"],
@@ -121,9 +116,34 @@ def launch(args, root: pathlib.Path) -> dict:
       "end": run["end"],
       "exit_code": run["process"].returncode,
       "stopped_at_budget": run.get("stopped_at_budget", False),
+      "stopped_at_threshold": run.get("stopped_at_threshold", False),
     }
     for name, run in runs.items()
   }
+
+
+def finish(run: dict, workdir: pathlib.Path, args) -> None:
+  """Waits for one run to end; stops it (SIGTERM to our own child, its events so far are on disk) when
+  `--budget_s` seconds have passed since its start or, with `--stop_at_threshold`, once its validation
+  foreground Dice has reached the threshold. Sets run["end"]."""
+  deadline = run["start"] + args.budget_s if args.budget_s else None
+  process = run["process"]
+  while True:
+    try:
+      process.wait(timeout=5.0 if args.stop_at_threshold or deadline else None)
+      break
+    except subprocess.TimeoutExpired:
+      if deadline is not None and time.time() >= deadline:
+        run["stopped_at_budget"] = True
+      elif args.stop_at_threshold:
+        rows = validation_history(workdir, run["start"]).get("validation/dice_foreground", [])
+        run["stopped_at_threshold"] = first_at(rows, args.threshold) is not None
+      if run.get("stopped_at_budget") or run.get("stopped_at_threshold"):
+        process.terminate()
+        process.wait()
+        break
+  run["end"] = time.time()
+  run["log"].close()
 
 
 def previous_runs(report_path: pathlib.Path, root: pathlib.Path) -> tuple[dict, dict]:
@@ -141,6 +161,7 @@ def previous_runs(report_path: pathlib.Path, root: pathlib.Path) -> tuple[dict, 
       "end": start + row["wall_s"],
       "exit_code": row["exit_code"],
       "stopped_at_budget": row.get("stopped_at_budget", False),
+      "stopped_at_threshold": row.get("stopped_at_threshold", False),
     }
   return runs, old
 
@@ -158,6 +179,11 @@ def main():
   parser.add_argument("--eval_every", type=int, default=50)
   parser.add_argument("--workdir_root", default="/tmp/jaxseg_time_to_accuracy")
   parser.add_argument("--sequential", action="store_true", help="run the paths one after the other")
+  parser.add_argument(
+    "--stop_at_threshold",
+    action="store_true",
+    help="stop each run once its validation foreground Dice reaches the threshold (no final test evaluation)",
+  )
   parser.add_argument("--override", action="append", default=[], help="extra --config.KEY=VALUE flags")
   parser.add_argument("--output", default="experiments/results/time_to_accuracy")
   parser.add_argument(
@@ -183,7 +209,9 @@ def main():
     load_after = os.getloadavg()
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes")
   excluded = [c for c in args.exclude_classes.split(",") if c]
+  command = f"python experiments/time_to_accuracy.py {shlex.join(sys.argv[1:])}".strip()
   report = {
+    "command": old.get("command", command) if args.report_only else command,
     "config": args.config,
     "threshold": args.threshold,
     "eval_every_steps": args.eval_every,
@@ -234,6 +262,8 @@ def main():
   lines = [
     f"# Time to validation Dice >= {args.threshold} ({args.config})",
     "",
+    f"Command: `{report['command']}`",
+    "",
     f"{report['date']}, {report['machine']}, jax {report['jax']} ({report['backend']}); runs "
     f"{'concurrent' if report['concurrent'] else 'sequential'}; load average (1/5/15 min) before "
     f"{tuple(round(x, 1) for x in load_before)}, after {tuple(round(x, 1) for x in load_after)}; validation "
@@ -243,6 +273,11 @@ def main():
     f"{args.threshold} (step) | total s | test Dice, mean foreground (best checkpoint step) |",
     "|---|---|---|---|---|",
   ]
+
+  def stopped(row):
+    if row["stopped_at_budget"]:
+      return " (stopped at budget)"
+    return " (stopped at threshold)" if row["stopped_at_threshold"] else ""
 
   def reached(secs, step):
     return "not reached" if secs is None else f"{secs:.0f} (step {step})"
@@ -256,7 +291,7 @@ def main():
     lines.append(
       f"| {name} | {reached(row['seconds_to_threshold'], row['step_at_threshold'])} | "
       f"{reached(row['seconds_to_threshold_without_excluded'], row['step_at_threshold_without_excluded'])}"
-      f" | {row['wall_s']:.0f}{' (stopped at budget)' if row['stopped_at_budget'] else ''} | {test} |"
+      f" | {row['wall_s']:.0f}{stopped(row)} | {test} |"
     )
   lines += ["", "Validation foreground Dice (step, Dice, seconds since start):", ""]
   lines += [f"- {name}: {row['validation_dice']}" for name, row in report["paths"].items()]
