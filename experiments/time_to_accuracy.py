@@ -295,8 +295,10 @@ def main():
     )
   lines += ["", "Validation foreground Dice (step, Dice, seconds since start):", ""]
   lines += [f"- {name}: {row['validation_dice']}" for name, row in report["paths"].items()]
-  lines += ["", "Test Dice per class:", ""]
-  lines += [f"- {name}: {row['test_dice']}" for name, row in report["paths"].items()]
+  tested = {name: row["test_dice"] for name, row in report["paths"].items() if row["test_dice"] is not None}
+  if tested:  # Runs stopped early have no final test evaluation.
+    lines += ["", "Test Dice per class:", ""]
+    lines += [f"- {name}: {dice}" for name, dice in tested.items()]
   out.with_suffix(".md").write_text("\n".join(lines) + "\n")
   print("\n".join(lines))
 
