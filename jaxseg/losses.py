@@ -20,10 +20,21 @@ import optax
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
+def _at_labels(values: jax.Array, labels: jax.Array) -> jax.Array:
+  """`values[..., labels]` per voxel, as a sum with the labels' one-hot rather than a gather.
+
+  The gather's gradient is a scatter whose inputs are all constants in a train step, and XLA folds it at
+  compile time, slowly: 30 s of compilation for a 2 x 128^3 batch (4.8 s against 0.4 s for the cross-entropy's
+  gradient alone at 2 x 64^3, jax 0.10.2 CPU). The one-hot product is elementwise in both directions.
+  """
+  onehot = jax.nn.one_hot(labels, values.shape[-1], dtype=values.dtype)
+  return jnp.sum(values * onehot, axis=-1)
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean softmax cross-entropy over all voxels."""
+  """Mean softmax cross-entropy over all voxels: logsumexp of the logits minus the label's logit."""
   logits = logits.astype(jnp.float32)
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  return (jax.nn.logsumexp(logits, axis=-1) - _at_labels(logits, labels)).mean()
 
 
 def soft_dice_loss(logits: jax.Array, labels: jax.Array, *, smooth: float = 1e-5) -> jax.Array:
@@ -51,7 +62,7 @@ def dice_ce(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def focal_loss(logits: jax.Array, labels: jax.Array, *, gamma: float = 2.0) -> jax.Array:
   """Mean focal loss -(1 - p_t)^gamma log p_t (Lin et al. 2017)."""
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  log_pt = jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+  log_pt = _at_labels(log_probs, labels)
   return -(((1.0 - jnp.exp(log_pt)) ** gamma) * log_pt).mean()
 
 
