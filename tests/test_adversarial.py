@@ -84,6 +84,14 @@ def assert_trees_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def assert_trees_close(a, b):
+  """Equal to float32 rounding (a few ulp): for two programs that XLA fuses differently."""
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b) > 0
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-8)
+
+
 def trees_differ(a, b):
   return any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
@@ -283,16 +291,20 @@ def test_step_is_the_hand_computed_update_of_both_networks(run):
   np.testing.assert_allclose(step_metrics["disc_accuracy_fake"], np.mean(fake_logits < 0), atol=1e-6)
 
 
-def test_with_lambda_zero_the_segmenter_update_is_the_plain_step_exactly(run):
-  """t=0 is in the warm-up (lambda_t = 0, as at every step with `adversarial.weight=0`)."""
+def test_with_lambda_zero_the_segmenter_update_is_the_plain_step(run):
+  """t=0 is in the warm-up (lambda_t = 0, as at every step with `adversarial.weight=0`). Equal to float32
+  rounding: the adversarial program also feeds the softmax to the discriminator, and XLA fuses the loss
+  differently there (2-3 ulp in some parameters after one step)."""
   (plain_state, plain_metrics), adv_state, adv_metrics = run["plain"][0], run["states"][1], run["metrics"][0]
   assert float(adv_metrics["adversarial_weight"]) == 0.0
-  assert_trees_equal(
-    (adv_state.step, adv_state.params, adv_state.batch_stats, adv_state.opt_state),
-    (plain_state.step, plain_state.params, plain_state.batch_stats, plain_state.opt_state),
+  assert int(adv_state.step) == int(plain_state.step)
+  assert_trees_close(
+    (adv_state.params, adv_state.batch_stats, adv_state.opt_state),
+    (plain_state.params, plain_state.batch_stats, plain_state.opt_state),
   )
-  for name in ("loss", "grad_norm", "counts"):
-    np.testing.assert_array_equal(adv_metrics[name], plain_metrics[name])
+  for name in ("loss", "grad_norm"):
+    np.testing.assert_allclose(adv_metrics[name], plain_metrics[name], rtol=1e-6)
+  np.testing.assert_array_equal(adv_metrics["counts"], plain_metrics["counts"])
   assert trees_differ(run["states"][1].adversary.params, run["states"][0].adversary.params)  # D learnt.
   assert trees_differ(run["states"][2].params, run["plain"][1][0].params)  # From t=1 lambda_t > 0.
 
