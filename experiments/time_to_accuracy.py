@@ -37,6 +37,8 @@ import subprocess
 import sys
 import time
 
+POLL_S = 5.0  # How often a run's events are read for --stop_at_threshold and --budget_s.
+
 PATHS = {
   "host": [],
   "device": ["--config.data.device_augment=True"],
@@ -130,7 +132,7 @@ def finish(run: dict, workdir: pathlib.Path, args) -> None:
   process = run["process"]
   while True:
     try:
-      process.wait(timeout=5.0 if args.stop_at_threshold or deadline else None)
+      process.wait(timeout=POLL_S if args.stop_at_threshold or deadline else None)
       break
     except subprocess.TimeoutExpired:
       if deadline is not None and time.time() >= deadline:

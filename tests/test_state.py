@@ -79,11 +79,11 @@ def test_same_seed_same_state_other_seed_other_weights():
   assert not np.array_equal(a.rng, c.rng)
 
 
-@pytest.mark.parametrize("seed", [0, 7, 2**40 + 3])
-def test_seed_key_argument_gives_the_config_seed_state_from_one_program(seed):
+def test_seed_key_argument_gives_the_config_seed_state_from_one_program():
   """`seed_key=jax.random.key(config.seed)` passed to a jitted call (as `Experiment.init_state` does) gives
   the state of the constant seed, bit for bit, adversary included; the program it compiles is the same for
-  every seed, so the persistent cache serves runs that differ only in seed."""
+  every seed, so the persistent cache serves runs that differ only in seed. A seed beyond 32 bits, and the next."""
+  seed = 2**40 + 3
   config = tiny_config(adversarial=True, seed=seed)
   discriminator, disc_tx = experiment.create_discriminator(config.adversarial), optax.adam(1e-3)
 
